@@ -1,0 +1,111 @@
+"""``/v2/<name>/blobs/<digest>``: HEAD, GET (with Range) and DELETE.
+
+Every GET carries a ``Location`` naming a URL that serves the same bytes, Range included, with no
+credentials until it expires: the Ollama client resolves that URL once and downloads its parts
+from it. A store that can hand out its own URL (an object store) gets a 307 to that URL instead.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+
+from registry.api.common import digest_param, external_url, repository, services
+from registry.oci.digest import Digest
+from registry.oci.errors import RegistryError
+
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def parse_range(header: str, size: int) -> tuple[int, int]:
+    """``(first, last)`` inclusive for a single ``bytes=`` range; RegistryError 416 otherwise."""
+    m = _RANGE_RE.fullmatch(header.strip())
+    unsatisfiable = RegistryError(
+        "RANGE_INVALID",
+        f"range {header!r} not satisfiable for {size} bytes",
+        headers={"Content-Range": f"bytes */{size}"},
+    )
+    if m is None or (not m.group(1) and not m.group(2)):
+        raise unsatisfiable
+    if not m.group(1):  # suffix: the last N bytes
+        n = int(m.group(2))
+        if n == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - n), size - 1
+    first = int(m.group(1))
+    last = int(m.group(2)) if m.group(2) else size - 1
+    if first >= size or last < first:
+        raise unsatisfiable
+    return first, min(last, size - 1)
+
+
+async def _blob_size(request: Request, name: str, digest: Digest) -> int:
+    svc = services(request)
+    size = await run_in_threadpool(svc.meta.blob_size, name, digest)
+    if size is None:
+        if not await run_in_threadpool(svc.meta.repository_exists, name):
+            raise RegistryError("NAME_UNKNOWN", detail={"name": name})
+        raise RegistryError("BLOB_UNKNOWN", detail={"digest": str(digest)})
+    return size
+
+
+def _signed_request(request: Request) -> bool:
+    """True for a valid signed URL; a bad or expired signature is refused outright."""
+    query = request.query_params
+    if "signature" not in query:
+        return False
+    if not services(request).signer.verify(request.url.path, query.get("expires", ""), query["signature"]):
+        raise RegistryError("DENIED", "the signed URL is invalid or has expired")
+    return True
+
+
+def _headers(digest: Digest, size: int) -> dict[str, str]:
+    return {
+        "Content-Length": str(size),
+        "Content-Type": "application/octet-stream",
+        "Docker-Content-Digest": str(digest),
+        "ETag": f'"{digest}"',
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "max-age=31536000",
+    }
+
+
+async def head_blob(request: Request) -> Response:
+    name, digest = repository(request), digest_param(request.path_params["digest"])
+    _signed_request(request)
+    size = await _blob_size(request, name, digest)
+    return Response(headers=_headers(digest, size))
+
+
+async def get_blob(request: Request) -> Response:
+    name, digest = repository(request), digest_param(request.path_params["digest"])
+    signed = _signed_request(request)
+    svc = services(request)
+    size = await _blob_size(request, name, digest)
+    headers = _headers(digest, size)
+    if not signed:
+        direct = await svc.store.redirect_url(digest, svc.settings.signed_url_ttl)
+        if direct is not None:
+            return RedirectResponse(direct, status_code=307, headers={"Docker-Content-Digest": str(digest)})
+        path = request.url.path
+        headers["Location"] = external_url(request, path, svc.signer.sign(path, svc.settings.signed_url_ttl))
+
+    range_header = request.headers.get("range")
+    if range_header is None:
+        return StreamingResponse(svc.store.read(digest), headers=headers)
+    first, last = parse_range(range_header, size)
+    headers["Content-Length"] = str(last - first + 1)
+    headers["Content-Range"] = f"bytes {first}-{last}/{size}"
+    return StreamingResponse(svc.store.read(digest, first, last - first + 1), status_code=206, headers=headers)
+
+
+async def delete_blob(request: Request) -> Response:
+    """Unlink the blob from this repository; its bytes go when nothing else uses them (gc)."""
+    name, digest = repository(request), digest_param(request.path_params["digest"])
+    svc = services(request)
+    if not await run_in_threadpool(svc.meta.unlink_blob, name, digest):
+        await _blob_size(request, name, digest)  # raises the right 404
+    return Response(status_code=202, headers={"Docker-Content-Digest": str(digest), "Content-Length": "0"})

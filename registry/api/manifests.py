@@ -1,0 +1,134 @@
+"""``/v2/<name>/manifests/<reference>``: GET, HEAD, PUT and DELETE by tag or digest, and the
+OCI 1.1 referrers API (``/v2/<name>/referrers/<digest>``).
+
+Manifests are stored and served byte for byte with the media type they were pushed with."""
+
+from __future__ import annotations
+
+import json
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from registry.api.common import digest_param, external_url, reference_param, repository, services
+from registry.meta import MissingReferences, SizeConflict, StoredManifest
+from registry.oci import mediatypes as mt
+from registry.oci.digest import Digest
+from registry.oci.errors import RegistryError
+from registry.oci.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
+
+
+async def _lookup(request: Request) -> StoredManifest:
+    name = repository(request)
+    reference = reference_param(request.path_params["reference"])
+    svc = services(request)
+    stored = await run_in_threadpool(svc.meta.get_manifest, name, str(reference))
+    if stored is None:
+        if not await run_in_threadpool(svc.meta.repository_exists, name):
+            raise RegistryError("NAME_UNKNOWN", detail={"name": name})
+        raise RegistryError("MANIFEST_UNKNOWN", detail={"reference": str(reference)})
+    return stored
+
+
+def _headers(stored: StoredManifest) -> dict[str, str]:
+    return {
+        "Content-Type": stored.media_type,
+        "Content-Length": str(len(stored.content)),
+        "Docker-Content-Digest": stored.digest,
+        "ETag": f'"{stored.digest}"',
+    }
+
+
+async def get_manifest(request: Request) -> Response:
+    stored = await _lookup(request)
+    return Response(stored.content, headers=_headers(stored))
+
+
+async def head_manifest(request: Request) -> Response:
+    stored = await _lookup(request)
+    return Response(headers=_headers(stored))
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    too_large = RegistryError("SIZE_INVALID", f"manifest exceeds the {limit // (1024 * 1024)} MiB limit", status=413)
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise too_large
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise too_large
+    except ClientDisconnect:
+        raise RegistryError("MANIFEST_INVALID", "the request body ended early") from None
+    return bytes(body)
+
+
+async def put_manifest(request: Request) -> Response:
+    name = repository(request)
+    reference = reference_param(request.path_params["reference"])
+    raw = await _read_limited(request, MAX_MANIFEST_BYTES)
+    try:
+        manifest = Manifest.parse(raw, request.headers.get("content-type"))
+    except ManifestError as e:
+        raise RegistryError("MANIFEST_INVALID", str(e)) from None
+    digest = manifest.digest
+    if isinstance(reference, Digest) and reference != digest:
+        raise RegistryError(
+            "DIGEST_INVALID", f"manifest digest is {digest}, not {reference}", detail={"digest": str(reference)}
+        )
+    tag = reference if isinstance(reference, str) else None
+    try:
+        await run_in_threadpool(services(request).meta.put_manifest, name, manifest, tag)
+    except MissingReferences as e:
+        raise RegistryError("MANIFEST_BLOB_UNKNOWN", detail={"digests": e.digests}) from None
+    except SizeConflict as e:
+        raise RegistryError("MANIFEST_INVALID", str(e), detail={"digest": e.digest}) from None
+    headers = {
+        "Location": external_url(request, f"/v2/{name}/manifests/{digest}"),
+        "Docker-Content-Digest": str(digest),
+        "Content-Length": "0",
+    }
+    if manifest.subject is not None:
+        headers["OCI-Subject"] = str(manifest.subject.digest)
+    return Response(status_code=201, headers=headers)
+
+
+async def delete_manifest(request: Request) -> Response:
+    """By digest: the manifest and its tags. By tag: only the tag."""
+    name = repository(request)
+    reference = reference_param(request.path_params["reference"])
+    meta = services(request).meta
+    if isinstance(reference, Digest):
+        deleted = await run_in_threadpool(meta.delete_manifest, name, reference)
+    else:
+        deleted = await run_in_threadpool(meta.delete_tag, name, reference)
+    if not deleted:
+        if not await run_in_threadpool(meta.repository_exists, name):
+            raise RegistryError("NAME_UNKNOWN", detail={"name": name})
+        raise RegistryError("MANIFEST_UNKNOWN", detail={"reference": str(reference)})
+    return Response(status_code=202, headers={"Content-Length": "0"})
+
+
+async def list_referrers(request: Request) -> Response:
+    """An image index of the manifests whose ``subject`` is ``digest`` (never a 404)."""
+    name = repository(request)
+    subject = digest_param(request.path_params["digest"])
+    artifact_type = request.query_params.get("artifactType") or None
+    rows = await run_in_threadpool(services(request).meta.referrers, name, subject, artifact_type)
+    descriptors = []
+    for row in rows:
+        descriptor: dict[str, object] = {"mediaType": row.media_type, "digest": row.digest, "size": len(row.content)}
+        if row.artifact_type:
+            descriptor["artifactType"] = row.artifact_type
+        annotations = Manifest.parse(row.content, row.media_type).annotations
+        if annotations:
+            descriptor["annotations"] = dict(annotations)
+        descriptors.append(descriptor)
+    index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": descriptors}
+    headers = {"Content-Type": mt.OCI_INDEX}
+    if artifact_type:
+        headers["OCI-Filters-Applied"] = "artifactType"
+    return Response(json.dumps(index).encode(), headers=headers)

@@ -1,0 +1,205 @@
+"""``/v2/<name>/blobs/uploads/``: blob upload sessions.
+
+- ``POST`` starts a session (202, absolute ``Location``), uploads a whole blob with
+  ``?digest=`` (201), or mounts a blob from another repository with ``?mount=&from=`` (201).
+- ``PATCH`` appends a chunk. ``Content-Range`` may be ``a-b`` (Ollama) or ``bytes=a-b``; a
+  chunk must start where the upload ends, otherwise 416 with the ``Range`` we have.
+- ``GET`` reports the ``Range`` received so far (204), so an interrupted upload resumes.
+- ``PUT ?digest=`` appends an optional last chunk, verifies and publishes the blob (201).
+- ``DELETE`` cancels the session.
+
+Session state lives in the database (owner repository, times) and in the blob store (bytes),
+never in process memory, so any worker or replica can take the next request.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from registry.api.common import content_length, digest_param, external_url, has_body, repository, services
+from registry.oci.digest import Digest
+from registry.oci.errors import RegistryError
+from registry.oci.names import InvalidName, parse_repository
+from registry.storage import (
+    DigestMismatch,
+    IncompleteChunk,
+    OffsetMismatch,
+    OversizedChunk,
+    SizeMismatch,
+    UploadNotFound,
+    put_blob,
+)
+
+_CONTENT_RANGE_RE = re.compile(r"(?:bytes[= ])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+
+
+def parse_content_range(header: str) -> tuple[int, int]:
+    """``(first, last)`` inclusive from ``a-b``, ``bytes=a-b`` or ``bytes a-b/total``."""
+    m = _CONTENT_RANGE_RE.fullmatch(header.strip())
+    if m is None or int(m.group(2)) < int(m.group(1)):
+        raise RegistryError("RANGE_INVALID", f"invalid Content-Range {header!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _session_path(name: str, upload_id: str) -> str:
+    return f"/v2/{name}/blobs/uploads/{upload_id}"
+
+
+def _progress_headers(request: Request, name: str, upload_id: str, size: int) -> dict[str, str]:
+    location = external_url(request, _session_path(name, upload_id))
+    return {
+        "Location": location,
+        "Docker-Upload-Location": location,
+        "Docker-Upload-UUID": upload_id,
+        # Distribution's convention ("0-0" also when empty); Upload-Offset is unambiguous.
+        "Range": f"0-{max(size - 1, 0)}",
+        "Upload-Offset": str(size),
+        "Content-Length": "0",
+    }
+
+
+def _created(request: Request, name: str, digest: Digest) -> Response:
+    return Response(
+        status_code=201,
+        headers={
+            "Location": external_url(request, f"/v2/{name}/blobs/{digest}"),
+            "Docker-Content-Digest": str(digest),
+            "Content-Length": "0",
+        },
+    )
+
+
+async def _session(request: Request, name: str) -> str:
+    upload_id: str = request.path_params["upload_id"]
+    svc = services(request)
+    if await run_in_threadpool(svc.meta.get_upload, name, upload_id) is None:
+        raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id})
+    return upload_id
+
+
+async def _append(request: Request, name: str, upload_id: str) -> int:
+    """Append the request body at the declared (or current) offset; the new size."""
+    svc = services(request)
+    try:
+        size = await svc.store.upload_size(upload_id)
+    except UploadNotFound:
+        raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
+    length = content_length(request)
+    offset = size
+    raw_range = request.headers.get("content-range")
+    if raw_range:
+        first, last = parse_content_range(raw_range)
+        if length is not None and length != last - first + 1:
+            raise RegistryError("RANGE_INVALID", f"Content-Range {raw_range!r} does not match Content-Length {length}")
+        offset, length = first, last - first + 1
+    try:
+        new_size = await svc.store.append_upload(upload_id, offset, _body(request), length)
+    except OffsetMismatch as e:
+        headers = _progress_headers(request, name, upload_id, e.expected)
+        del headers["Content-Length"]
+        raise RegistryError(
+            "RANGE_INVALID",
+            f"chunk starts at byte {e.got}, but the upload has {e.expected} bytes",
+            detail={"expected": e.expected, "got": e.got},
+            headers=headers,
+        ) from None
+    except OversizedChunk as e:
+        raise RegistryError("SIZE_INVALID", str(e)) from None
+    except (IncompleteChunk, ClientDisconnect) as e:
+        raise RegistryError("BLOB_UPLOAD_INVALID", f"incomplete chunk: {e}") from None
+    except UploadNotFound:
+        raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
+    await run_in_threadpool(svc.meta.touch_upload, upload_id)
+    return new_size
+
+
+async def _body(request: Request) -> AsyncIterator[bytes]:
+    async for chunk in request.stream():
+        if chunk:
+            yield chunk
+
+
+async def start_upload(request: Request) -> Response:
+    name = repository(request)
+    svc = services(request)
+    query = request.query_params
+
+    if "mount" in query:
+        digest = digest_param(query["mount"])
+        source = query.get("from", "")
+        try:
+            parse_repository(source)
+        except InvalidName:
+            pass  # not mountable: fall through to a normal upload session, as the spec says
+        else:
+            if await run_in_threadpool(svc.meta.mount_blob, name, source, digest) is not None:
+                return _created(request, name, digest)
+
+    if "digest" in query:  # monolithic upload
+        digest = digest_param(query["digest"])
+        upload_id = str(uuid.uuid4())
+        try:
+            info = await put_blob(svc.store, upload_id, digest, _body(request), content_length(request))
+        except (DigestMismatch, SizeMismatch) as e:
+            raise RegistryError("DIGEST_INVALID", str(e), detail={"digest": str(digest)}) from None
+        except (IncompleteChunk, OversizedChunk, ClientDisconnect) as e:
+            raise RegistryError("BLOB_UPLOAD_INVALID", f"incomplete upload: {e}") from None
+        await run_in_threadpool(svc.meta.link_blob, name, digest, info.size)
+        return _created(request, name, digest)
+
+    upload_id = str(uuid.uuid4())
+    await svc.store.start_upload(upload_id)
+    await run_in_threadpool(svc.meta.start_upload, name, upload_id)
+    return Response(status_code=202, headers=_progress_headers(request, name, upload_id, 0))
+
+
+async def patch_upload(request: Request) -> Response:
+    name = repository(request)
+    upload_id = await _session(request, name)
+    size = await _append(request, name, upload_id)
+    return Response(status_code=202, headers=_progress_headers(request, name, upload_id, size))
+
+
+async def get_upload(request: Request) -> Response:
+    name = repository(request)
+    upload_id = await _session(request, name)
+    try:
+        size = await services(request).store.upload_size(upload_id)
+    except UploadNotFound:
+        raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
+    return Response(status_code=204, headers=_progress_headers(request, name, upload_id, size))
+
+
+async def finish_upload(request: Request) -> Response:
+    name = repository(request)
+    upload_id = await _session(request, name)
+    if "digest" not in request.query_params:
+        raise RegistryError("DIGEST_INVALID", "the digest query parameter is required")
+    digest = digest_param(request.query_params["digest"])
+    svc = services(request)
+    if has_body(request):
+        await _append(request, name, upload_id)
+    try:
+        info = await svc.store.commit_upload(upload_id, digest)
+    except (DigestMismatch, SizeMismatch) as e:
+        await run_in_threadpool(svc.meta.delete_upload, upload_id)
+        raise RegistryError("DIGEST_INVALID", str(e), detail={"digest": str(digest)}) from None
+    except UploadNotFound:
+        raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
+    await run_in_threadpool(svc.meta.finish_upload, name, upload_id, digest, info.size)
+    return _created(request, name, digest)
+
+
+async def cancel_upload(request: Request) -> Response:
+    name = repository(request)
+    upload_id = await _session(request, name)
+    svc = services(request)
+    await svc.store.abort_upload(upload_id)
+    await run_in_threadpool(svc.meta.delete_upload, upload_id)
+    return Response(status_code=204, headers={"Content-Length": "0"})

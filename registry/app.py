@@ -1,0 +1,109 @@
+"""``create_app(settings)``: the registry as an ASGI application.
+
+The app owns its engine and blob store (made here, disposed in the lifespan); nothing is global.
+The schema is not created here: ``hangar registry serve`` migrates before starting workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry import config
+from registry.api import routes
+from registry.api.common import API_VERSION_HEADER, Services
+from registry.db import make_engine
+from registry.gc import purge_uploads_forever
+from registry.meta import Metadata
+from registry.oci.errors import RegistryError
+from registry.signing import UrlSigner
+from registry.storage import open_store
+
+log = logging.getLogger("hangar.registry")
+
+_VERSION_HEADER = (API_VERSION_HEADER[0].lower().encode(), API_VERSION_HEADER[1].encode())
+
+
+class ApiVersionHeader:
+    """Adds ``Docker-Distribution-Api-Version: registry/2.0`` to every response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), _VERSION_HEADER]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def _error_response(error: RegistryError, request: Request) -> Response:
+    headers = dict(error.headers)
+    headers["Content-Type"] = "application/json"
+    body = b"" if request.method == "HEAD" else error.body()
+    return Response(body, status_code=error.status, headers=headers)
+
+
+async def _registry_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RegistryError)
+    return _error_response(exc, request)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "UNSUPPORTED", 405: "UNSUPPORTED"}.get(exc.status_code, "UNKNOWN")
+    return _error_response(RegistryError(code, exc.detail, status=exc.status_code), request)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _error_response(RegistryError("UNKNOWN", "internal server error"), request)
+
+
+def create_app(settings: config.Settings) -> Starlette:
+    engine = make_engine(settings.resolved_database_url)
+    meta = Metadata(engine)
+    store = open_store(settings.resolved_data_dir)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        signer = UrlSigner(meta.secret("blob-url"))
+        app.state.services = Services(settings=settings, meta=meta, store=store, signer=signer)
+        purger = asyncio.create_task(purge_uploads_forever(meta, store, settings.upload_max_age))
+        try:
+            yield
+        finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+            engine.dispose()
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(ApiVersionHeader)],
+        exception_handlers={
+            RegistryError: _registry_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+
+
+def app_from_env() -> Starlette:
+    """The factory uvicorn workers call: settings come from HANGAR_REGISTRY_* variables."""
+    return create_app(config.from_env())

@@ -1,0 +1,105 @@
+"""Registry settings: built once from command-line flags over ``HANGAR_REGISTRY_*`` environment
+variables over defaults. Nothing reads the environment at import time."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+ENV_PREFIX = "HANGAR_REGISTRY_"
+DEFAULT_LISTEN = "127.0.0.1:5000"
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = DEFAULT_LISTEN
+    data_dir: Path = Path("~/.hangar/registry")
+    # Empty means SQLite inside data_dir.
+    database_url: str = ""
+    # The scheme://host[:port] clients reach us at; empty means "from each request's Host".
+    public_url: str = ""
+    workers: int = 1
+    # Upload sessions untouched for this long are purged, with their data.
+    upload_max_age: float = 24 * 3600.0
+    # Lifetime of the self-authorising blob URLs handed out in Location headers.
+    signed_url_ttl: int = 24 * 3600
+    log_level: str = "info"
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.resolved_data_dir / 'registry.db'}"
+
+    def validate(self) -> Settings:
+        if ":" not in self.listen:
+            raise ValueError(f"--listen must be HOST:PORT, got {self.listen!r}")
+        try:
+            port = self.port
+        except ValueError:
+            raise ValueError(f"--listen port must be a number, got {self.listen!r}") from None
+        if not 0 <= port <= 65535:
+            raise ValueError(f"--listen port out of range: {port}")
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
+        if self.public_url and not self.public_url.startswith(("http://", "https://")):
+            raise ValueError("--public-url must start with http:// or https://")
+        if self.upload_max_age <= 0 or self.signed_url_ttl <= 0:
+            raise ValueError("ages and lifetimes must be positive")
+        return replace(self, public_url=self.public_url.rstrip("/"))
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that rebuilds these settings (for worker processes)."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name)) for f in fields(self)}
+
+
+def from_env(env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+    """Settings from ``HANGAR_REGISTRY_*`` variables, then non-None ``overrides`` on top."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is None or raw == "":
+            continue
+        values[f.name] = _convert(f.name, raw)
+    for name, value in overrides.items():
+        if value is not None:
+            values[name] = _convert(name, value) if isinstance(value, str) else value
+    return Settings(**values).validate()  # type: ignore[arg-type]
+
+
+def _convert(name: str, raw: str) -> object:
+    kind = {f.name: f.type for f in fields(Settings)}[name]
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return parse_duration(raw)
+        if kind == "Path":
+            return Path(raw)
+    except ValueError as e:
+        raise ValueError(f"{ENV_PREFIX}{name.upper()}: {e}") from None
+    return raw
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``2h``, ``1d``."""
+    text = text.strip()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if text and text[-1] in units:
+        return float(text[:-1]) * units[text[-1]]
+    return float(text)

@@ -1,0 +1,402 @@
+"""Registry metadata: the only module that issues SQL.
+
+Every method is synchronous and runs one short transaction; the HTTP handlers call them through
+a thread pool, and command-line tools call them directly. Names passed in are repository paths
+(``namespace/model``) already validated by the caller."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, Table, delete, exists, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from registry.db import WRITE, utcnow
+from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Secret, Tag, Upload
+from registry.oci.digest import Digest
+from registry.oci.manifest import Manifest as ParsedManifest
+from registry.oci.names import repository_key
+
+_repository = Repository.__table__
+_blob = Blob.__table__
+_repository_blob = RepositoryBlob.__table__
+_manifest = Manifest.__table__
+_reference = ManifestReference.__table__
+_tag = Tag.__table__
+_upload = Upload.__table__
+_secret = Secret.__table__
+
+
+def _bytewise(conn: Connection, column: Any) -> Any:
+    """Order and compare by bytes, as SQLite does, not by the PostgreSQL locale (pagination
+    must agree with ``last``, and every backend must list in the same order)."""
+    return column.collate("C") if conn.dialect.name == "postgresql" else column
+
+
+class MissingReferences(Exception):
+    """A manifest names blobs or manifests its repository does not have."""
+
+    def __init__(self, digests: Sequence[str]) -> None:
+        super().__init__(", ".join(digests))
+        self.digests = list(digests)
+
+
+class SizeConflict(Exception):
+    """A manifest's descriptor gives a size that differs from the stored blob's."""
+
+    def __init__(self, digest: str, declared: int, actual: int) -> None:
+        super().__init__(f"{digest}: descriptor size {declared}, blob size {actual}")
+        self.digest = digest
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    digest: str
+    media_type: str
+    content: bytes
+    artifact_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord:
+    upload_id: str
+    repository: str
+    started_at: dt.datetime
+
+
+class Metadata:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    # -- transactions --------------------------------------------------------------------
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(**{WRITE: True})
+            with conn.begin():
+                yield conn
+
+    def _insert(self, conn: Connection, table: Table) -> Any:
+        """An INSERT that can take ON CONFLICT clauses on either backend."""
+        if conn.dialect.name == "postgresql":
+            return postgresql.insert(table)
+        if conn.dialect.name == "sqlite":
+            return sqlite.insert(table)
+        return insert(table)  # pragma: no cover
+
+    # -- repositories ----------------------------------------------------------------------
+
+    def _repository_id(self, conn: Connection, name: str) -> int | None:
+        return conn.execute(select(_repository.c.id).where(_repository.c.key == repository_key(name))).scalar()
+
+    def _ensure_repository(self, conn: Connection, name: str) -> int:
+        key = repository_key(name)
+        conn.execute(
+            self._insert(conn, _repository)
+            .values(key=key, name=name, created_at=utcnow())
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
+        repo_id = self._repository_id(conn, name)
+        assert repo_id is not None
+        return repo_id
+
+    def repository_exists(self, name: str) -> bool:
+        with self._read() as conn:
+            return self._repository_id(conn, name) is not None
+
+    def list_repositories(self, n: int, last: str | None) -> list[str]:
+        """Repositories holding at least one manifest, ordered by name, after ``last``."""
+        with self._read() as conn:
+            key = _bytewise(conn, _repository.c.key)
+            query = (
+                select(_repository.c.name)
+                .where(exists().where(_manifest.c.repository_id == _repository.c.id))
+                .order_by(key)
+                .limit(n)
+            )
+            if last:
+                query = query.where(key > repository_key(last))
+            return list(conn.execute(query).scalars())
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    def blob_size(self, name: str, digest: Digest) -> int | None:
+        """The size of a blob linked into the repository, or None."""
+        query = (
+            select(_blob.c.size)
+            .select_from(_repository_blob.join(_blob).join(_repository))
+            .where(_repository.c.key == repository_key(name), _repository_blob.c.digest == str(digest))
+        )
+        with self._read() as conn:
+            return conn.execute(query).scalar()
+
+    def link_blob(self, name: str, digest: Digest, size: int) -> None:
+        with self._write() as conn:
+            self._link(conn, self._ensure_repository(conn, name), digest, size)
+
+    def _link(self, conn: Connection, repo_id: int, digest: Digest, size: int) -> None:
+        now = utcnow()
+        conn.execute(
+            self._insert(conn, _blob)
+            .values(digest=str(digest), size=size, created_at=now)
+            .on_conflict_do_nothing(index_elements=["digest"])
+        )
+        conn.execute(
+            self._insert(conn, _repository_blob)
+            .values(repository_id=repo_id, digest=str(digest), created_at=now)
+            .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+        )
+
+    def mount_blob(self, name: str, source: str, digest: Digest) -> int | None:
+        """Link a blob that ``source`` has into ``name``; its size, or None if source lacks it."""
+        with self._write() as conn:
+            size = conn.execute(
+                select(_blob.c.size)
+                .select_from(_repository_blob.join(_blob).join(_repository))
+                .where(_repository.c.key == repository_key(source), _repository_blob.c.digest == str(digest))
+            ).scalar()
+            if size is None:
+                return None
+            self._link(conn, self._ensure_repository(conn, name), digest, size)
+            return int(size)
+
+    def unlink_blob(self, name: str, digest: Digest) -> bool:
+        with self._write() as conn:
+            repo_id = self._repository_id(conn, name)
+            if repo_id is None:
+                return False
+            result = conn.execute(
+                delete(_repository_blob).where(
+                    _repository_blob.c.repository_id == repo_id, _repository_blob.c.digest == str(digest)
+                )
+            )
+            return result.rowcount > 0
+
+    # -- uploads ---------------------------------------------------------------------------
+
+    def start_upload(self, name: str, upload_id: str) -> None:
+        now = utcnow()
+        with self._write() as conn:
+            repo_id = self._ensure_repository(conn, name)
+            conn.execute(insert(_upload).values(id=upload_id, repository_id=repo_id, started_at=now, updated_at=now))
+
+    def get_upload(self, name: str, upload_id: str) -> UploadRecord | None:
+        """The session if it exists and belongs to this repository."""
+        query = (
+            select(_upload.c.id, _repository.c.name, _upload.c.started_at)
+            .select_from(_upload.join(_repository))
+            .where(_upload.c.id == upload_id, _repository.c.key == repository_key(name))
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return UploadRecord(row[0], row[1], row[2]) if row else None
+
+    def touch_upload(self, upload_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(update(_upload).where(_upload.c.id == upload_id).values(updated_at=utcnow()))
+
+    def finish_upload(self, name: str, upload_id: str, digest: Digest, size: int) -> None:
+        """Link the committed blob into the repository and forget the session."""
+        with self._write() as conn:
+            self._link(conn, self._ensure_repository(conn, name), digest, size)
+            conn.execute(delete(_upload).where(_upload.c.id == upload_id))
+
+    def delete_upload(self, upload_id: str) -> None:
+        with self._write() as conn:
+            conn.execute(delete(_upload).where(_upload.c.id == upload_id))
+
+    def stale_uploads(self, cutoff: dt.datetime) -> list[str]:
+        with self._read() as conn:
+            return list(conn.execute(select(_upload.c.id).where(_upload.c.updated_at < cutoff)).scalars())
+
+    def upload_ids(self) -> set[str]:
+        with self._read() as conn:
+            return set(conn.execute(select(_upload.c.id)).scalars())
+
+    # -- manifests -------------------------------------------------------------------------
+
+    def put_manifest(self, name: str, manifest: ParsedManifest, tag: str | None) -> None:
+        """Store a manifest (and point ``tag`` at it) once every blob it names is present.
+
+        Raises MissingReferences or SizeConflict; nothing is written then."""
+        digest = str(manifest.digest)
+        now = utcnow()
+        with self._write() as conn:
+            repo_id = self._ensure_repository(conn, name)
+            blobs = {str(d.digest): d.size for d in manifest.blobs()}
+            children = {str(d.digest) for d in manifest.manifests}
+            found = dict(
+                conn.execute(
+                    select(_blob.c.digest, _blob.c.size)
+                    .select_from(_repository_blob.join(_blob))
+                    .where(_repository_blob.c.repository_id == repo_id, _blob.c.digest.in_(blobs))
+                ).all()
+            )
+            found_children = set(
+                conn.execute(
+                    select(_manifest.c.digest).where(
+                        _manifest.c.repository_id == repo_id, _manifest.c.digest.in_(children)
+                    )
+                ).scalars()
+            )
+            missing = sorted(set(blobs) - set(found)) + sorted(children - found_children)
+            if missing:
+                raise MissingReferences(missing)
+            for blob_digest, declared in blobs.items():
+                if found[blob_digest] != declared:
+                    raise SizeConflict(blob_digest, declared, found[blob_digest])
+
+            conn.execute(
+                self._insert(conn, _manifest)
+                .values(
+                    repository_id=repo_id,
+                    digest=digest,
+                    media_type=manifest.media_type,
+                    artifact_type=manifest.effective_artifact_type(),
+                    subject_digest=str(manifest.subject.digest) if manifest.subject else None,
+                    size=len(manifest.raw),
+                    content=manifest.raw,
+                    created_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
+            )
+            manifest_id = conn.execute(
+                select(_manifest.c.id).where(_manifest.c.repository_id == repo_id, _manifest.c.digest == digest)
+            ).scalar_one()
+            refs = [{"manifest_id": manifest_id, "digest": d} for d in sorted(set(blobs) | children)]
+            if refs:
+                conn.execute(
+                    self._insert(conn, _reference).on_conflict_do_nothing(index_elements=["manifest_id", "digest"]),
+                    refs,
+                )
+            if tag is not None:
+                conn.execute(
+                    self._insert(conn, _tag)
+                    .values(repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=now)
+                    .on_conflict_do_update(
+                        index_elements=["repository_id", "name"], set_={"manifest_id": manifest_id, "updated_at": now}
+                    )
+                )
+
+    def get_manifest(self, name: str, reference: str) -> StoredManifest | None:
+        """A manifest by tag, or by digest when ``reference`` is one."""
+        cols = (_manifest.c.digest, _manifest.c.media_type, _manifest.c.content)
+        if reference.startswith("sha256:"):
+            query = (
+                select(*cols)
+                .select_from(_manifest.join(_repository))
+                .where(_repository.c.key == repository_key(name), _manifest.c.digest == reference)
+            )
+        else:
+            query = (
+                select(*cols)
+                .select_from(_tag.join(_manifest, _tag.c.manifest_id == _manifest.c.id).join(_repository))
+                .where(_repository.c.key == repository_key(name), _tag.c.name == reference)
+            )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return StoredManifest(row[0], row[1], row[2]) if row else None
+
+    def delete_manifest(self, name: str, digest: Digest) -> bool:
+        """Delete a manifest and every tag pointing at it."""
+        with self._write() as conn:
+            repo_id = self._repository_id(conn, name)
+            if repo_id is None:
+                return False
+            manifest_id = conn.execute(
+                select(_manifest.c.id).where(_manifest.c.repository_id == repo_id, _manifest.c.digest == str(digest))
+            ).scalar()
+            if manifest_id is None:
+                return False
+            # Explicit rather than relying on ON DELETE CASCADE being enabled.
+            conn.execute(delete(_tag).where(_tag.c.manifest_id == manifest_id))
+            conn.execute(delete(_reference).where(_reference.c.manifest_id == manifest_id))
+            conn.execute(delete(_manifest).where(_manifest.c.id == manifest_id))
+            return True
+
+    def delete_tag(self, name: str, tag: str) -> bool:
+        with self._write() as conn:
+            repo_id = self._repository_id(conn, name)
+            if repo_id is None:
+                return False
+            result = conn.execute(delete(_tag).where(_tag.c.repository_id == repo_id, _tag.c.name == tag))
+            return result.rowcount > 0
+
+    def list_tags(self, name: str, n: int, last: str | None) -> list[str] | None:
+        """Tags in lexical order after ``last``; None if the repository does not exist."""
+        with self._read() as conn:
+            repo_id = self._repository_id(conn, name)
+            if repo_id is None:
+                return None
+            name = _bytewise(conn, _tag.c.name)
+            query = select(_tag.c.name).where(_tag.c.repository_id == repo_id).order_by(name).limit(n)
+            if last:
+                query = query.where(name > last)
+            return list(conn.execute(query).scalars())
+
+    def referrers(self, name: str, subject: Digest, artifact_type: str | None) -> list[StoredManifest]:
+        query = (
+            select(_manifest.c.digest, _manifest.c.media_type, _manifest.c.content, _manifest.c.artifact_type)
+            .select_from(_manifest.join(_repository))
+            .where(_repository.c.key == repository_key(name), _manifest.c.subject_digest == str(subject))
+            .order_by(_manifest.c.created_at, _manifest.c.id)
+        )
+        if artifact_type:
+            query = query.where(_manifest.c.artifact_type == artifact_type)
+        with self._read() as conn:
+            return [StoredManifest(r[0], r[1], r[2], r[3]) for r in conn.execute(query)]
+
+    # -- garbage ---------------------------------------------------------------------------
+
+    def unreferenced_blobs(self, cutoff: dt.datetime) -> list[str]:
+        """Blobs older than ``cutoff`` that no repository links and no manifest names."""
+        query = select(_blob.c.digest).where(
+            _blob.c.created_at < cutoff,
+            ~exists().where(_repository_blob.c.digest == _blob.c.digest),
+            ~exists().where(_reference.c.digest == _blob.c.digest),
+        )
+        with self._read() as conn:
+            return list(conn.execute(query).scalars())
+
+    def forget_blob(self, digest: str) -> bool:
+        """Drop a blob row if it is still unreferenced; True if the caller may delete its bytes."""
+        with self._write() as conn:
+            result = conn.execute(
+                delete(_blob).where(
+                    _blob.c.digest == digest,
+                    ~exists().where(_repository_blob.c.digest == digest),
+                    ~exists().where(_reference.c.digest == digest),
+                )
+            )
+            return result.rowcount > 0
+
+    # -- secrets ---------------------------------------------------------------------------
+
+    def secret(self, name: str) -> bytes:
+        """A random key shared by every process using this database, created on first use."""
+        with self._write() as conn:
+            conn.execute(
+                self._insert(conn, _secret)
+                .values(name=name, value=secrets.token_hex(32), created_at=utcnow())
+                .on_conflict_do_nothing(index_elements=["name"])
+            )
+            value = conn.execute(select(_secret.c.value).where(_secret.c.name == name)).scalar_one()
+        return bytes.fromhex(value)
+
+    def count(self, table: str) -> int:
+        """Rows in a table (for tests and status output)."""
+        tables = {t.name: t for t in (_repository, _blob, _repository_blob, _manifest, _tag, _upload)}
+        with self._read() as conn:
+            return int(conn.execute(select(func.count()).select_from(tables[table])).scalar_one())

@@ -1,0 +1,145 @@
+"""The blob store: one narrow interface for the bytes of blobs and upload sessions.
+
+Metadata (which repository links which blob, manifests, tags) lives in SQL (``registry.meta``);
+a store only holds bytes named by digest, plus the data of uploads in progress. A blob becomes
+visible under its digest only after its bytes were verified against that digest, so a crash can
+never leave a partial or wrong blob behind a digest.
+
+Backends: ``filesystem`` (the embedded default). An object-store backend implements the same
+methods and may answer :meth:`BlobStore.redirect_url` with a presigned URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from registry.oci.digest import Digest
+
+
+class StorageError(Exception):
+    """Base class of the store's errors."""
+
+
+class BlobNotFound(StorageError):
+    pass
+
+
+class UploadNotFound(StorageError):
+    pass
+
+
+class OffsetMismatch(StorageError):
+    """A chunk that does not start where the upload currently ends."""
+
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__(f"chunk starts at {got}, but the upload has {expected} bytes")
+        self.expected = expected
+        self.got = got
+
+
+class IncompleteChunk(StorageError):
+    """The body ended before the declared length (the client went away); nothing was kept."""
+
+
+class OversizedChunk(StorageError):
+    """The body carried more bytes than the declared length; nothing was kept."""
+
+
+class DigestMismatch(StorageError):
+    def __init__(self, expected: Digest, actual: Digest) -> None:
+        super().__init__(f"content has digest {actual}, not {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class SizeMismatch(StorageError):
+    def __init__(self, expected: int, actual: int) -> None:
+        super().__init__(f"content is {actual} bytes, not {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+@dataclass(frozen=True, slots=True)
+class BlobInfo:
+    digest: Digest
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    upload_id: str
+    size: int
+    modified: float  # unix time of the last write
+
+
+class BlobStore(Protocol):
+    """What every backend provides. All methods are safe to call from several processes."""
+
+    async def stat(self, digest: Digest) -> BlobInfo:
+        """Size of a committed blob; raises BlobNotFound."""
+        ...
+
+    def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Stream ``length`` bytes (all remaining if None) from ``offset``; raises BlobNotFound."""
+        ...
+
+    async def delete(self, digest: Digest) -> None:
+        """Remove a blob's bytes; a missing blob is not an error."""
+        ...
+
+    def list(self) -> AsyncIterator[BlobInfo]:
+        """Every committed blob."""
+        ...
+
+    async def redirect_url(self, digest: Digest, expires_in: int) -> str | None:
+        """A URL serving the blob's bytes without credentials, or None to serve them ourselves."""
+        ...
+
+    async def start_upload(self, upload_id: str) -> None: ...
+
+    async def upload_size(self, upload_id: str) -> int:
+        """Bytes received so far; raises UploadNotFound."""
+        ...
+
+    async def append_upload(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], length: int | None) -> int:
+        """Append a chunk that must start at ``offset``; returns the new size.
+
+        With a declared ``length`` the chunk is all or nothing: a short or long body leaves the
+        upload as it was (so the same chunk can be sent again). Without one, whatever arrived
+        is kept."""
+        ...
+
+    async def commit_upload(self, upload_id: str, digest: Digest, size: int | None = None) -> BlobInfo:
+        """Verify the upload's bytes against ``digest`` and publish them under it.
+
+        On DigestMismatch or SizeMismatch the upload is discarded and nothing is published."""
+        ...
+
+    async def abort_upload(self, upload_id: str) -> None:
+        """Discard an upload's data; a missing upload is not an error."""
+        ...
+
+    def list_uploads(self) -> AsyncIterator[UploadInfo]: ...
+
+
+async def put_blob(
+    store: BlobStore, upload_id: str, digest: Digest, chunks: AsyncIterator[bytes], length: int | None
+) -> BlobInfo:
+    """Store a whole blob in one go (a monolithic upload)."""
+    await store.start_upload(upload_id)
+    try:
+        await store.append_upload(upload_id, 0, chunks, length)
+        return await store.commit_upload(upload_id, digest, length)
+    except BaseException:
+        await store.abort_upload(upload_id)
+        raise
+
+
+def open_store(data_dir: Path) -> BlobStore:
+    """The store configured for a registry; for now always the local filesystem."""
+    from registry.storage.filesystem import FilesystemStore
+
+    return FilesystemStore(data_dir)

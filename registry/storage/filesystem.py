@@ -1,0 +1,324 @@
+"""The filesystem blob store (the embedded default).
+
+Layout under the registry's data directory::
+
+    blobs/
+      sha256/<first 2 hex>/<64 hex>     committed blob, immutable, 0644
+    uploads/
+      <upload id>                       bytes received so far for one upload session
+
+An upload is published by fsync, sha256 verification, then ``os.replace`` into ``blobs/``: the
+rename is atomic, so a reader sees either no blob or the whole verified blob. Writers of one upload
+take an exclusive ``flock`` on its file; several processes (uvicorn workers) can share the store.
+
+Hashing is done while bytes arrive. ``hashlib`` state cannot be saved, so each process keeps the
+running hash of the uploads it served last; if the next chunk lands on another process, or after a
+restart, the commit re-reads the file once to hash it (about a second per GiB).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from registry.oci.digest import Digest
+from registry.storage import (
+    BlobInfo,
+    BlobNotFound,
+    DigestMismatch,
+    IncompleteChunk,
+    OffsetMismatch,
+    OversizedChunk,
+    SizeMismatch,
+    UploadInfo,
+    UploadNotFound,
+)
+
+READ_CHUNK = 1024 * 1024
+WRITE_BATCH = 4 * 1024 * 1024
+LOCK_TIMEOUT = 60.0
+_UPLOAD_ID_RE = re.compile(r"[A-Za-z0-9-]{1,64}")
+_HEX_RE = re.compile(r"[0-9a-f]{64}")
+
+T = TypeVar("T")
+
+
+def _in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    """Start ``fn`` in the default thread pool now; await the result later."""
+    return asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class FilesystemStore:
+    def __init__(self, root: Path, *, hash_cache_size: int = 1024) -> None:
+        self.root = root
+        self.blobs_dir = root / "blobs" / "sha256"
+        self.uploads_dir = root / "uploads"
+        self.blobs_dir.mkdir(parents=True, exist_ok=True)
+        self.uploads_dir.mkdir(parents=True, exist_ok=True)
+        # upload id -> (bytes hashed, running hash); see the module docstring.
+        self._hashes: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        self._hash_cache_size = hash_cache_size
+
+    # -- paths ---------------------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.hex[:2] / digest.hex
+
+    def _upload_path(self, upload_id: str) -> Path:
+        if _UPLOAD_ID_RE.fullmatch(upload_id) is None:
+            raise UploadNotFound(upload_id)
+        return self.uploads_dir / upload_id
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    async def stat(self, digest: Digest) -> BlobInfo:
+        try:
+            st = os.stat(self.blob_path(digest))
+        except FileNotFoundError:
+            raise BlobNotFound(str(digest)) from None
+        return BlobInfo(digest, st.st_size)
+
+    async def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        try:
+            fd = os.open(self.blob_path(digest), os.O_RDONLY)
+        except FileNotFoundError:
+            raise BlobNotFound(str(digest)) from None
+        try:
+            end = os.fstat(fd).st_size if length is None else offset + length
+            pos = offset
+            # Read the next chunk while the previous one is being sent.
+            pending = _in_thread(os.pread, fd, min(READ_CHUNK, end - pos), pos) if pos < end else None
+            while pending is not None:
+                data = await pending
+                if not data:
+                    raise BlobNotFound(f"{digest} is shorter than expected")
+                pos += len(data)
+                pending = _in_thread(os.pread, fd, min(READ_CHUNK, end - pos), pos) if pos < end else None
+                yield data
+        finally:
+            if pending is not None:  # the reader stopped early; let the read in flight end
+                with contextlib.suppress(BaseException):
+                    await pending
+            os.close(fd)
+
+    async def delete(self, digest: Digest) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.blob_path(digest))
+
+    async def list(self) -> AsyncIterator[BlobInfo]:
+        for shard in sorted(self.blobs_dir.iterdir()):
+            if not shard.is_dir():
+                continue
+            for entry in sorted(shard.iterdir()):
+                if _HEX_RE.fullmatch(entry.name):
+                    yield BlobInfo(Digest(entry.name), entry.stat().st_size)
+
+    async def redirect_url(self, digest: Digest, expires_in: int) -> str | None:
+        return None  # the registry serves these bytes itself
+
+    # -- uploads -------------------------------------------------------------------------
+
+    async def start_upload(self, upload_id: str) -> None:
+        fd = os.open(self._upload_path(upload_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.close(fd)
+        self._remember_hash(upload_id, 0, hashlib.sha256())
+
+    async def upload_size(self, upload_id: str) -> int:
+        try:
+            return os.stat(self._upload_path(upload_id)).st_size
+        except FileNotFoundError:
+            raise UploadNotFound(upload_id) from None
+
+    async def append_upload(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], length: int | None) -> int:
+        fd = await _in_thread(self._open_locked, upload_id)
+        try:
+            size = os.fstat(fd).st_size
+            if offset != size:
+                raise OffsetMismatch(size, offset)
+            hasher = self._take_hash(upload_id, size)
+            before = hasher.copy() if hasher is not None else None
+            writer = _PipelinedWriter(fd, offset, hasher)
+            try:
+                async for chunk in chunks:
+                    if length is not None and writer.received + len(chunk) > length:
+                        raise OversizedChunk(f"body is longer than the declared {length} bytes")
+                    await writer.feed(chunk)
+                await writer.flush()
+                if length is not None and writer.received != length:
+                    raise IncompleteChunk(f"got {writer.received} of {length} bytes")
+            except BaseException:
+                await writer.settle()
+                if length is not None:
+                    # All or nothing: the client may send this same chunk again.
+                    os.ftruncate(fd, offset)
+                    if before is not None:
+                        self._remember_hash(upload_id, offset, before)
+                raise
+            if hasher is not None:
+                self._remember_hash(upload_id, offset + writer.received, hasher)
+            return offset + writer.received
+        finally:
+            os.close(fd)  # also releases the flock
+
+    async def commit_upload(self, upload_id: str, digest: Digest, size: int | None = None) -> BlobInfo:
+        return await _in_thread(self._commit, upload_id, digest, size)
+
+    async def abort_upload(self, upload_id: str) -> None:
+        self._hashes.pop(upload_id, None)
+        with contextlib.suppress(FileNotFoundError, UploadNotFound):
+            os.unlink(self._upload_path(upload_id))
+
+    async def list_uploads(self) -> AsyncIterator[UploadInfo]:
+        for entry in self.uploads_dir.iterdir():
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            yield UploadInfo(entry.name, st.st_size, st.st_mtime)
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _open_locked(self, upload_id: str) -> int:
+        """Open an upload's file with an exclusive lock, or raise UploadNotFound.
+
+        The lock is taken on the open file; if the upload was committed (renamed away) or
+        aborted while we waited, the path no longer names our inode and we give up."""
+        path = self._upload_path(upload_id)
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except FileNotFoundError:
+            raise UploadNotFound(upload_id) from None
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise OSError(errno.EBUSY, "upload is busy") from None
+                    time.sleep(0.01)
+            try:
+                same = os.stat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise UploadNotFound(upload_id)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _commit(self, upload_id: str, digest: Digest, size: int | None) -> BlobInfo:
+        fd = self._open_locked(upload_id)
+        path = self._upload_path(upload_id)
+        try:
+            cached = self._hashes.pop(upload_id, None)
+            actual_size = os.fstat(fd).st_size
+            if size is not None and size != actual_size:
+                os.unlink(path)
+                raise SizeMismatch(size, actual_size)
+            os.fsync(fd)
+            fresh = cached is not None and cached[0] == actual_size
+            actual = Digest(cached[1].hexdigest()) if fresh else _hash_fd(fd)  # type: ignore[index]
+            if actual != digest:
+                os.unlink(path)
+                raise DigestMismatch(digest, actual)
+            target = self.blob_path(digest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)
+            _fsync_dir(target.parent)
+            return BlobInfo(digest, actual_size)
+        finally:
+            os.close(fd)
+
+    def _take_hash(self, upload_id: str, size: int) -> Any:
+        entry = self._hashes.pop(upload_id, None)
+        if entry is not None and entry[0] == size:
+            return entry[1]
+        return None
+
+    def _remember_hash(self, upload_id: str, size: int, hasher: Any) -> None:
+        self._hashes[upload_id] = (size, hasher)
+        self._hashes.move_to_end(upload_id)
+        while len(self._hashes) > self._hash_cache_size:
+            self._hashes.popitem(last=False)
+
+
+class _PipelinedWriter:
+    """Batch incoming chunks and write (and hash) each batch in a thread while the event loop
+    receives the next one."""
+
+    def __init__(self, fd: int, offset: int, hasher: Any) -> None:
+        self.fd = fd
+        self.pos = offset
+        self.hasher = hasher
+        self.received = 0
+        self._buf = bytearray()
+        self._pending: asyncio.Future[None] | None = None
+
+    async def feed(self, chunk: bytes) -> None:
+        self._buf += chunk
+        self.received += len(chunk)
+        if len(self._buf) >= WRITE_BATCH:
+            await self._submit()
+
+    async def flush(self) -> None:
+        if self._buf:
+            await self._submit()
+        await self.settle(raise_errors=True)
+
+    async def settle(self, raise_errors: bool = False) -> None:
+        """Wait for the write in flight, if any."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            await pending
+        except Exception:
+            if raise_errors:
+                raise
+
+    async def _submit(self) -> None:
+        await self.settle(raise_errors=True)
+        data = bytes(self._buf)
+        self._buf.clear()
+        pos = self.pos
+        self.pos += len(data)
+        self._pending = _in_thread(self._write, data, pos)
+
+    def _write(self, data: bytes, pos: int) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self.fd, view, pos)
+            view = view[n:]
+            pos += n
+        if self.hasher is not None:
+            self.hasher.update(data)
+
+
+def _hash_fd(fd: int) -> Digest:
+    h = hashlib.sha256()
+    pos = 0
+    while data := os.pread(fd, 4 * 1024 * 1024, pos):
+        h.update(data)
+        pos += len(data)
+    return Digest(h.hexdigest())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import PostgresCluster, RegistryProcess
+
+BACKENDS = ["sqlite", "postgres"]
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    cluster = PostgresCluster()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def database_factory(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """``make(backend) -> database URL`` (empty for SQLite, which lives in the data dir)."""
+
+    def make(backend: str) -> str:
+        if backend == "sqlite":
+            return ""
+        cluster: PostgresCluster = request.getfixturevalue("postgres")
+        return cluster.create_database()
+
+    return make
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, database_factory
+) -> Iterator[RegistryProcess]:  # type: ignore[no-untyped-def]
+    """One long-running registry per metadata backend, shared by the tests (each uses its own
+    repository names)."""
+    backend = request.param
+    proc = RegistryProcess(tmp_path_factory.mktemp(f"registry-{backend}") / "data", database_factory(backend))
+    proc.backend = backend  # type: ignore[attr-defined]
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(params=BACKENDS)
+def make_registry(request: pytest.FixtureRequest, tmp_path: Path, database_factory) -> Iterator:  # type: ignore[no-untyped-def]
+    """A factory for registries a test may restart or kill (one database per test)."""
+    started: list[RegistryProcess] = []
+    database_url = database_factory(request.param)
+
+    def make(*extra_args: str) -> RegistryProcess:
+        proc = RegistryProcess(tmp_path / f"data{len(started)}", database_url, *extra_args)
+        started.append(proc)
+        return proc.start()
+
+    yield make
+    for proc in started:
+        proc.stop()
+
+
+@pytest.fixture
+def client(registry: RegistryProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=registry.url, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture
+def repo() -> str:
+    """A repository name no other test uses."""
+    return f"t{uuid.uuid4().hex[:8]}/model"

@@ -1,0 +1,141 @@
+"""Real servers for the tests: a throwaway PostgreSQL cluster and registry processes on 127.0.0.1."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check, timeout: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+class PostgresCluster:
+    """``initdb`` + ``pg_ctl`` in a temporary directory, trust auth on a free loopback port."""
+
+    def __init__(self) -> None:
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        initdb = bins[-1] if bins else shutil.which("initdb")
+        if not initdb:
+            raise RuntimeError("PostgreSQL server binaries not found: run scripts/test (it installs postgresql)")
+        self.bindir = Path(initdb).parent
+        self.dir = Path(tempfile.mkdtemp(prefix="hangar-pg-"))
+        self.port = free_port()
+        self._as_postgres = os.geteuid() == 0
+        if self._as_postgres:
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._run(str(self.bindir / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
+            "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            "start",
+        )  # fmt: skip
+        self._databases = 0
+
+    def _run(self, *cmd: str) -> None:
+        full = ["runuser", "-u", "postgres", "--", *cmd] if self._as_postgres else list(cmd)
+        subprocess.run(full, check=True, capture_output=True)
+
+    def create_database(self) -> str:
+        """A fresh database; returns its SQLAlchemy URL."""
+        import psycopg
+
+        self._databases += 1
+        name = f"hangar_{os.getpid()}_{self._databases}"
+        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "immediate", "stop")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class RegistryProcess:
+    """``hangar registry serve`` in a subprocess; restartable, killable."""
+
+    def __init__(self, data_dir: Path, database_url: str = "", *extra_args: str) -> None:
+        self.data_dir = data_dir
+        self.database_url = database_url
+        self.extra_args = list(extra_args)
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> RegistryProcess:
+        cmd = [
+            sys.executable, "-m", "registry", "serve",
+            "--listen", self.host, "--data-dir", str(self.data_dir), "--log-level", "warning",
+        ]  # fmt: skip
+        if self.database_url:
+            cmd += ["--database-url", self.database_url]
+        cmd += self.extra_args
+        log = open(self.log_path, "ab")  # noqa: SIM115 (owned by the child)
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, start_new_session=True)
+        log.close()
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"registry exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                return httpx.get(self.url + "/v2/", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 60, "the registry to start")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group: no cleanup runs."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(15)
+        self.proc = None
+
+    def restart(self) -> RegistryProcess:
+        self.stop()
+        return self.start()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
