@@ -1,10 +1,18 @@
-"""The ``hangar`` command line."""
+"""The ``hangar`` command line. All human output of the client is here; the library modules
+return data and raise ``client.errors``."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+import time
 from collections.abc import Sequence
+
+from client import errors
+from client.config import ClientSettings, load, parse_size
+from client.store import Store
+from registry.oci.names import ModelName
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -13,10 +21,130 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hangar",
         description="Hangar: a self-hosted model registry, its client and a local runtime.",
+        epilog="Environment: HANGAR_MODELS (model store, default ~/.hangar/models), "
+        "HANGAR_REGISTRY (registry for names without a host, default registry.ollama.ai), "
+        "HANGAR_HOME (default ~/.hangar). Per-registry settings: ~/.hangar/config.toml.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pull = commands.add_parser("pull", help="download a model from a registry", description=(
+        "Download a model. Blobs come in parallel ranged parts and are verified before they "
+        "are kept; an interrupted pull resumes where it stopped when run again."))  # fmt: skip
+    pull.add_argument("model", help="model name, e.g. llama3.2, alice/model:v1, host:5000/ns/model:tag")
+    _transfer_args(pull)
+    pull.add_argument("--concurrency", type=int, help="parallel parts per blob (default 4)")
+    pull.set_defaults(handler=_pull)
+
+    push = commands.add_parser("push", help="upload a model to a registry", description=(
+        "Upload a model: blobs the registry already has are skipped, inherited layers are mounted, "
+        "the rest go up in chunks. An interrupted push resumes when run again."))  # fmt: skip
+    push.add_argument("model", help="model name including the registry host, e.g. models.lan:5000/alice/model")
+    _transfer_args(push)
+    push.set_defaults(handler=_push)
+
+    ls = commands.add_parser("list", aliases=["ls"], help="list local models")
+    ls.add_argument("prefix", nargs="?", help="only names starting with this")
+    ls.set_defaults(handler=_list)
+
+    rm = commands.add_parser("rm", help="remove local models and the blobs only they use")
+    rm.add_argument("models", nargs="+")
+    rm.set_defaults(handler=_rm)
+
+    cp = commands.add_parser("cp", help="copy a model under a new name (blobs are shared)")
+    cp.add_argument("source")
+    cp.add_argument("destination")
+    cp.set_defaults(handler=_cp)
+
     registry_cli.add_commands(commands)
     return parser
+
+
+def _transfer_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--insecure", action="store_true", help="use plain http for this registry")
+    parser.add_argument("--max-rate", type=parse_size, help="bandwidth limit in bytes/s, e.g. 20MB")
+    parser.add_argument("--part-size", type=parse_size, help="bytes per part or chunk (default 64MiB)")
+
+
+def _context() -> tuple[ClientSettings, Store]:
+    settings = load()
+    return settings, Store(settings.models)
+
+
+def _name(store: Store, settings: ClientSettings, text: str) -> ModelName:
+    return store.parse_name(text, settings.default_host)
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from client.progress import ProgressView
+    from client.pull import PullOptions, pull
+
+    settings, store = _context()
+    name = _name(store, settings, args.model)
+    options = PullOptions(args.insecure, args.concurrency, args.part_size, args.max_rate)
+    try:
+        with ProgressView() as view:
+            asyncio.run(pull(name, store, settings, options, view))
+    except KeyboardInterrupt:
+        print("\npull interrupted; run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _push(args: argparse.Namespace) -> int:
+    from client.progress import ProgressView
+    from client.push import PushOptions, push
+
+    settings, store = _context()
+    name = _name(store, settings, args.model)
+    options = PushOptions(args.insecure, args.part_size, args.max_rate)
+    try:
+        with ProgressView() as view:
+            asyncio.run(push(name, store, settings, options, view))
+    except KeyboardInterrupt:
+        print("\npush interrupted; run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    from client.progress import human_age, human_size
+
+    _, store = _context()
+    models = sorted(store.models(), key=lambda m: m.modified, reverse=True)
+    rows = [("NAME", "ID", "SIZE", "MODIFIED")]
+    now = time.time()
+    for m in models:
+        shown = m.name.display()
+        if args.prefix and not shown.startswith(args.prefix):
+            continue
+        rows.append((shown, m.id[:12], human_size(m.size), human_age(now - m.modified)))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "    " + r[3])
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    from client.manage import remove_models
+
+    settings, store = _context()
+    names = [_name(store, settings, m) for m in args.models]
+    for name in names:
+        store.get(name)  # every name must exist before anything is deleted
+    removal = remove_models(store, names)
+    for name in removal.models:
+        print(f"deleted '{name.display()}'")
+    return 0
+
+
+def _cp(args: argparse.Namespace) -> int:
+    from client.manage import copy_model
+
+    settings, store = _context()
+    source, destination = _name(store, settings, args.source), _name(store, settings, args.destination)
+    copy_model(store, source, destination)
+    print(f"copied '{args.source}' to '{args.destination}'")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,8 +154,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
+    except errors.HangarError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"Error: {e}", file=sys.stderr)
         return 2
 
 

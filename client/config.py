@@ -1,0 +1,110 @@
+"""Client settings: environment variables and ``~/.hangar/config.toml``.
+
+=====================  =======================================================
+``HANGAR_HOME``        Hangar's own files (keys, config): default ``~/.hangar``
+``HANGAR_MODELS``      the model store: default ``$HANGAR_HOME/models``
+``HANGAR_REGISTRY``    the host of names without one: default ``registry.ollama.ai``
+=====================  =======================================================
+
+``config.toml`` holds per-registry settings, keyed by ``host[:port]``::
+
+    [registries."models.internal:5000"]
+    insecure = true                 # plain http (as --insecure)
+    ca_bundle = "/etc/ssl/corp.pem" # trust a private CA for this registry
+    mirror = "http://cache.lan:5000"  # try this registry first for pulls
+
+    [transfer]
+    concurrency = 4                 # parallel parts per blob
+    part_size = "64MiB"
+    max_rate = "50MB"               # bytes per second, optional
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry.oci.names import DEFAULT_HOST
+
+DEFAULT_CONCURRENCY = 4
+DEFAULT_PART_SIZE = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RegistrySettings:
+    insecure: bool = False
+    ca_bundle: str | None = None
+    mirror: str | None = None
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    home: Path
+    models: Path
+    default_host: str = DEFAULT_HOST
+    registries: Mapping[str, RegistrySettings] = field(default_factory=dict)
+    concurrency: int = DEFAULT_CONCURRENCY
+    part_size: int = DEFAULT_PART_SIZE
+    max_rate: int | None = None
+
+    def registry(self, host: str) -> RegistrySettings:
+        return self.registries.get(host.lower(), RegistrySettings())
+
+
+def load(env: Mapping[str, str] | None = None) -> ClientSettings:
+    env = os.environ if env is None else env
+    home = Path(env.get("HANGAR_HOME") or "~/.hangar").expanduser()
+    models = Path(env.get("HANGAR_MODELS") or home / "models").expanduser()
+    doc = _read_toml(home / "config.toml")
+    registries = {
+        host.lower(): RegistrySettings(
+            insecure=bool(values.get("insecure", False)),
+            ca_bundle=values.get("ca_bundle"),
+            mirror=values.get("mirror"),
+        )
+        for host, values in doc.get("registries", {}).items()
+    }
+    transfer = doc.get("transfer", {})
+    return ClientSettings(
+        home=home,
+        models=models,
+        default_host=(env.get("HANGAR_REGISTRY") or DEFAULT_HOST).strip().strip("/"),
+        registries=registries,
+        concurrency=int(transfer.get("concurrency", DEFAULT_CONCURRENCY)),
+        part_size=parse_size(str(transfer.get("part_size", DEFAULT_PART_SIZE))),
+        max_rate=parse_size(str(transfer["max_rate"])) if transfer.get("max_rate") else None,
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: {e}") from None
+
+
+_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 10**6, "MB": 10**6, "MIB": 2**20,
+          "G": 10**9, "GB": 10**9, "GIB": 2**30}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``1048576``, ``64MiB``, ``50MB``, ``1.5G``."""
+    s = text.strip().upper().replace(" ", "")
+    number = s.rstrip("KMGIB")
+    unit = s[len(number) :]
+    if unit not in _UNITS or not number:
+        raise ValueError(f"invalid size {text!r} (examples: 1048576, 64MiB, 50MB)")
+    try:
+        value = float(number) * _UNITS[unit]
+    except ValueError:
+        raise ValueError(f"invalid size {text!r}") from None
+    if value <= 0:
+        raise ValueError(f"size must be positive: {text!r}")
+    return int(value)

@@ -1,0 +1,88 @@
+"""The client's errors. Catch by category::
+
+    HangarError
+    ├── InvalidName                 a model name that does not parse (also a ValueError)
+    ├── ModelNotFound               not in the local store
+    ├── IntegrityError              bytes that do not match their digest
+    └── RegistryError               anything the registry side caused
+        ├── RegistryUnreachable     connection refused, DNS, timeouts (also an OSError)
+        ├── TLSError                certificate problems
+        ├── Unauthorized            401 after the auth flow: not signed in, unknown key
+        ├── Denied                  403: signed in, but no permission
+        ├── NotFound                404: no such model, tag or blob on the registry
+        ├── RequestFailed           any other error status, with the registry's code and message
+        └── TransferFailed          retries exhausted on a blob transfer
+
+Each message says what happened and what to do about it; the CLI prints it as is.
+"""
+
+from __future__ import annotations
+
+from registry.oci.errors import parse_envelope
+
+
+class HangarError(Exception):
+    pass
+
+
+class InvalidName(HangarError, ValueError):
+    pass
+
+
+class ModelNotFound(HangarError):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"model '{name}' not found")
+        self.name = name
+
+
+class IntegrityError(HangarError):
+    pass
+
+
+class RegistryError(HangarError):
+    pass
+
+
+class RegistryUnreachable(RegistryError, OSError):
+    pass
+
+
+class TLSError(RegistryError):
+    pass
+
+
+class Unauthorized(RegistryError):
+    pass
+
+
+class Denied(RegistryError):
+    pass
+
+
+class NotFound(RegistryError):
+    pass
+
+
+class RequestFailed(RegistryError):
+    def __init__(self, message: str, status: int, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class TransferFailed(RegistryError):
+    pass
+
+
+def from_response(status: int, body: bytes, what: str) -> RegistryError:
+    """The error for a registry's error response; ``what`` names the operation for the message."""
+    errors = parse_envelope(body)
+    code, message = (errors[0][0], errors[0][1]) if errors else (None, body.decode(errors="replace").strip()[:300])
+    detail = f"{code}: {message}" if code else (message or f"HTTP {status}")
+    if status == 401:
+        return Unauthorized(f"{what}: unauthorized ({detail}); sign in with 'hangar signin' first")
+    if status == 403:
+        return Denied(f"{what}: access denied ({detail}); you have no permission for this namespace")
+    if status == 404:
+        return NotFound(f"{what}: not found ({detail})")
+    return RequestFailed(f"{what}: registry answered {status} ({detail})", status, code)

@@ -1,0 +1,78 @@
+"""HTTP plumbing for talking to registries: where a name's registry is, the httpx client, and
+one function that sends a request and turns failures into the errors of ``client.errors``."""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+import httpx
+
+from client import errors
+from client.config import ClientSettings
+from registry.oci.names import ModelName
+
+USER_AGENT = "hangar/0.1.0"
+TIMEOUT = httpx.Timeout(connect=15.0, read=30.0, write=60.0, pool=None)
+
+
+def registry_url(name: ModelName, settings: ClientSettings, insecure: bool = False) -> str:
+    """``scheme://host`` of the registry holding ``name``: https unless told otherwise."""
+    plain = insecure or name.scheme == "http" or settings.registry(name.host).insecure or is_loopback(name.host)
+    return f"{'http' if plain else 'https'}://{name.host}"
+
+
+def is_loopback(host: str) -> bool:
+    """Registries on this machine speak plain http unless configured otherwise (as Docker does)."""
+    bare = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    return bare in ("localhost", "[::1]") or bare.startswith("127.")
+
+
+def make_client(settings: ClientSettings, host: str, *, connections: int = 8) -> httpx.AsyncClient:
+    ca_bundle = settings.registry(host).ca_bundle
+    verify: Any = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+    return httpx.AsyncClient(
+        headers={"User-Agent": USER_AGENT},
+        timeout=TIMEOUT,
+        verify=verify,
+        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
+        follow_redirects=False,
+    )
+
+
+async def send(
+    http: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    what: str,
+    stream: bool = False,
+    **kwargs: Any,
+) -> httpx.Response:
+    """Send a request; raise a ``client.errors`` error for transport failures and error statuses.
+
+    With ``stream=True`` the caller must close the response."""
+    try:
+        request = http.build_request(method, url, **{k: v for k, v in kwargs.items() if k != "auth"})
+        response = await http.send(request, stream=stream, auth=kwargs.get("auth", httpx.USE_CLIENT_DEFAULT))
+    except httpx.ConnectError as e:
+        if isinstance(e.__cause__, ssl.SSLError) or "SSL" in str(e) or "CERTIFICATE" in str(e).upper():
+            raise errors.TLSError(
+                f"{what}: TLS failed for {url}: {e}. For a registry with a private CA set ca_bundle in "
+                "~/.hangar/config.toml; for plain http use --insecure"
+            ) from None
+        raise errors.RegistryUnreachable(f"{what}: cannot reach {_origin(url)}: {e or type(e).__name__}") from None
+    except httpx.TimeoutException as e:
+        raise errors.RegistryUnreachable(f"{what}: {_origin(url)} timed out ({type(e).__name__})") from None
+    except httpx.TransportError as e:
+        raise errors.RegistryUnreachable(f"{what}: connection to {_origin(url)} failed: {e}") from None
+    if response.status_code >= 400:
+        body = await response.aread()
+        await response.aclose()
+        raise errors.from_response(response.status_code, body, what)
+    return response
+
+
+def _origin(url: str) -> str:
+    u = httpx.URL(url)
+    return f"{u.scheme}://{u.netloc.decode()}"

@@ -1,0 +1,236 @@
+"""The local model store, in Ollama's layout so that either tool can use the other's models::
+
+    <HANGAR_MODELS>/
+      manifests/<host>/<namespace>/<model>/<tag>   manifest JSON, bytes as pulled or created
+      blobs/sha256-<hex>                           a verified blob, shared by every model using it
+      blobs/sha256-<hex>-partial                   data of a download in progress (sparse)
+      blobs/sha256-<hex>-partial.json              which parts of it are done (see client.pull)
+      .hangar/tmp/                                 files being written, renamed into place when whole
+      .hangar/locks/                               flock files serialising work on one blob or name
+      .hangar/push/                                upload sessions to resume (see client.push)
+
+A model's ID is the sha256 of its manifest file. Blob file names use ``sha256-``; JSON uses
+``sha256:``. Everything becomes visible by ``os.replace`` after it is complete and verified, so
+a crash at any point leaves the store consistent: at worst a stale partial or temp file, which
+``hangar prune`` removes. The locks make concurrent processes wait for one another; correctness
+never depends on them (the renames are atomic anyway).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from client.errors import InvalidName, ModelNotFound
+from registry.oci.digest import Digest
+from registry.oci.manifest import Manifest, ManifestError
+from registry.oci.names import InvalidName as _InvalidName
+from registry.oci.names import ModelName
+
+COPY_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    name: ModelName
+    manifest: Manifest
+    path: Path
+
+    @property
+    def id(self) -> str:
+        """The sha256 hex of the manifest file bytes (Ollama's model digest)."""
+        return hashlib.sha256(self.manifest.raw).hexdigest()
+
+    @property
+    def size(self) -> int:
+        return sum(d.size for d in self.manifest.blobs())
+
+    @property
+    def modified(self) -> float:
+        return self.path.stat().st_mtime
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.manifests_dir = root / "manifests"
+        self.blobs_dir = root / "blobs"
+        self.state_dir = root / ".hangar"
+        self.tmp_dir = self.state_dir / "tmp"
+        self.locks_dir = self.state_dir / "locks"
+        self.push_dir = self.state_dir / "push"
+
+    def ensure(self) -> Store:
+        for d in (self.manifests_dir, self.blobs_dir, self.tmp_dir, self.locks_dir, self.push_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # -- names -----------------------------------------------------------------------------
+
+    def parse_name(self, text: str, default_host: str) -> ModelName:
+        """Parse a model name and adopt the spelling of any existing model that matches it
+        case-insensitively (as Ollama does)."""
+        try:
+            name = ModelName.parse(text, default_host=default_host)
+        except _InvalidName as e:
+            raise InvalidName(str(e)) from None
+        return self.resolve(name)
+
+    def resolve(self, name: ModelName) -> ModelName:
+        parts = list(name.parts())
+        directory = self.manifests_dir
+        for i, part in enumerate(parts):
+            try:
+                match = next((e.name for e in directory.iterdir() if e.name.lower() == part.lower()), None)
+            except (FileNotFoundError, NotADirectoryError):
+                break
+            if match is None:
+                break
+            parts[i] = match
+            directory = directory / match
+        return ModelName(*parts, scheme=name.scheme)
+
+    def manifest_path(self, name: ModelName) -> Path:
+        return self.manifests_dir.joinpath(*name.parts())
+
+    # -- manifests -------------------------------------------------------------------------
+
+    def get(self, name: ModelName) -> LocalModel:
+        path = self.manifest_path(name)
+        try:
+            raw = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise ModelNotFound(name.display()) from None
+        try:
+            manifest = Manifest.parse(raw)
+        except ManifestError as e:
+            raise ModelNotFound(f"{name.display()} (its manifest is unreadable: {e})") from None
+        return LocalModel(name, manifest, path)
+
+    def put_manifest(self, name: ModelName, raw: bytes) -> None:
+        """Write (or replace) a manifest atomically."""
+        path = self.manifest_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.temp_file() as (tmp, f):
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+
+    def delete_manifest(self, name: ModelName) -> None:
+        path = self.manifest_path(name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise ModelNotFound(name.display()) from None
+        # Remove directories left empty, up to manifests/.
+        for parent in path.parents:
+            if parent == self.manifests_dir:
+                break
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+
+    def models(self) -> list[LocalModel]:
+        """Every model with a readable manifest (exactly four levels under manifests/)."""
+        found = []
+        for path in sorted(self.manifests_dir.glob("*/*/*/*")):
+            if not path.is_file():
+                continue
+            rel = path.relative_to(self.manifests_dir).parts
+            try:
+                found.append(self.get(ModelName(*rel)))
+            except ModelNotFound:
+                continue
+        return found
+
+    def referenced_digests(self) -> set[Digest]:
+        return {d.digest for model in self.models() for d in model.manifest.blobs()}
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.blobs_dir / digest.filename
+
+    def partial_path(self, digest: Digest) -> Path:
+        return self.blobs_dir / f"{digest.filename}-partial"
+
+    def has_blob(self, digest: Digest, size: int | None = None) -> bool:
+        try:
+            st = self.blob_path(digest).stat()
+        except FileNotFoundError:
+            return False
+        return size is None or st.st_size == size
+
+    def add_blob_file(self, source: Path) -> tuple[Digest, int]:
+        """Copy a file into the store under its digest; returns (digest, size)."""
+        h = hashlib.sha256()
+        with self.temp_file() as (tmp, out), open(source, "rb") as src:
+            while chunk := src.read(COPY_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+            digest = Digest(h.hexdigest())
+            self._publish(tmp, digest)
+            return digest, os.path.getsize(self.blob_path(digest))
+
+    def add_blob_bytes(self, data: bytes) -> tuple[Digest, int]:
+        digest = Digest.of_bytes(data)
+        if not self.has_blob(digest, len(data)):
+            with self.temp_file() as (tmp, out):
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+                self._publish(tmp, digest)
+        return digest, len(data)
+
+    def publish_blob(self, path: Path, digest: Digest) -> None:
+        """Move a verified file into place under its digest."""
+        self._publish(path, digest)
+
+    def _publish(self, path: Path, digest: Digest) -> None:
+        os.chmod(path, 0o644)
+        os.replace(path, self.blob_path(digest))
+
+    def delete_blob(self, digest: Digest) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.blob_path(digest).unlink()
+
+    # -- files and locks -------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def temp_file(self) -> Iterator[tuple[Path, object]]:
+        """A temporary file in the store's filesystem; removed unless renamed away."""
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir)
+        path = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield path, f
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """An exclusive lock between processes (blocking)."""
+        self.locks_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.locks_dir / f"{key}.lock", "a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def free_space(self) -> int:
+        return shutil.disk_usage(self.blobs_dir if self.blobs_dir.exists() else self.root).free

@@ -1,0 +1,101 @@
+"""Pieces shared by pull and push: progress events, part planning, retry policy, rate limiting.
+
+Progress events have the shape of Ollama's pull/push stream (``status``, ``digest``, ``total``,
+``completed``) so the runtime can forward them to ``/api/pull`` clients unchanged."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+MAX_ATTEMPTS = 6
+STALL_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def no_progress(_: Progress) -> None:
+    pass
+
+
+@dataclass
+class Part:
+    offset: int
+    size: int
+    completed: int = 0
+
+    @property
+    def done(self) -> bool:
+        return self.completed >= self.size
+
+    @property
+    def next_byte(self) -> int:
+        return self.offset + self.completed
+
+    @property
+    def last_byte(self) -> int:
+        return self.offset + self.size - 1
+
+
+def plan_parts(total: int, part_size: int) -> list[Part]:
+    """Contiguous parts of at most ``part_size`` bytes covering ``total`` bytes."""
+    if total == 0:
+        return []
+    return [Part(off, min(part_size, total - off)) for off in range(0, total, part_size)]
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry ``attempt`` (1-based): 1, 2, 4 … 32, with ±25% jitter."""
+    base: float = min(2 ** (attempt - 1), 32)
+    return base * random.uniform(0.75, 1.25)
+
+
+class RateLimiter:
+    """A token bucket shared by every transfer of one operation (``--max-rate``)."""
+
+    def __init__(self, rate: int | None) -> None:
+        self.rate = rate
+        self._allowance = float(rate or 0)
+        self._last = time.monotonic()
+        self._lock = asyncio.Lock()
+
+    async def consume(self, n: int) -> None:
+        if not self.rate:
+            return
+        async with self._lock:
+            now = time.monotonic()
+            self._allowance = min(float(self.rate), self._allowance + (now - self._last) * self.rate)
+            self._last = now
+            self._allowance -= n
+            if self._allowance < 0:
+                await asyncio.sleep(-self._allowance / self.rate)
+
+
+class Throttle:
+    """Calls ``fn`` at most every ``interval`` seconds (plus once when forced)."""
+
+    def __init__(self, fn: Callable[[], None], interval: float = 0.1) -> None:
+        self.fn = fn
+        self.interval = interval
+        self._last = 0.0
+
+    def __call__(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - self._last >= self.interval:
+            self._last = now
+            self.fn()
