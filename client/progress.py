@@ -78,21 +78,18 @@ class ProgressView:
             print(status, file=self.stream, flush=True)
 
     def _plain_progress(self, event: Progress) -> None:
-        """One line at the start, every 10% or 10 s, and at the end."""
+        """A line every 10%, at least every 10 s while it moves, and one at 100%."""
         assert event.digest is not None and event.total is not None
         done = event.completed or 0
         percent = 100 if event.total == 0 else done * 100 // event.total
-        last_percent, last_time = self._plain_marks.get(event.digest, (-1, 0.0))
         now = time.monotonic()
-        if last_percent < 0 or percent >= last_percent + 10 or (percent == 100 > last_percent) or now - last_time > 10:
-            if percent == last_percent and percent == 100:
-                return
+        last_percent, last_time = self._plain_marks.setdefault(event.digest, (0, now))
+        if percent == last_percent == 100:
+            return
+        if percent >= last_percent + 10 or percent == 100 or (percent > last_percent and now - last_time > 10):
             self._plain_marks[event.digest] = (percent, now)
-            print(
-                f"{event.status}: {percent}% ({human_size(done)}/{human_size(event.total)})",
-                file=self.stream,
-                flush=True,
-            )
+            size = f"{human_size(done)}/{human_size(event.total)}"
+            print(f"{event.status}: {percent}% ({size})", file=self.stream, flush=True)
 
 
 def human_size(n: int) -> str:

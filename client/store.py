@@ -27,6 +27,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from client.errors import InvalidName, ModelNotFound
 from registry.oci.digest import Digest
@@ -95,7 +96,8 @@ class Store:
                 break
             parts[i] = match
             directory = directory / match
-        return ModelName(*parts, scheme=name.scheme)
+        host, namespace, model, tag = parts
+        return ModelName(host, namespace, model, tag, scheme=name.scheme)
 
     def manifest_path(self, name: ModelName) -> Path:
         return self.manifests_dir.joinpath(*name.parts())
@@ -209,7 +211,7 @@ class Store:
     # -- files and locks -------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def temp_file(self) -> Iterator[tuple[Path, object]]:
+    def temp_file(self) -> Iterator[tuple[Path, BinaryIO]]:
         """A temporary file in the store's filesystem; removed unless renamed away."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=self.tmp_dir)

@@ -11,7 +11,7 @@ import secrets
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Engine, Table, delete, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -23,14 +23,14 @@ from registry.oci.digest import Digest
 from registry.oci.manifest import Manifest as ParsedManifest
 from registry.oci.names import repository_key
 
-_repository = Repository.__table__
-_blob = Blob.__table__
-_repository_blob = RepositoryBlob.__table__
-_manifest = Manifest.__table__
-_reference = ManifestReference.__table__
-_tag = Tag.__table__
-_upload = Upload.__table__
-_secret = Secret.__table__
+_repository = cast(Table, Repository.__table__)
+_blob = cast(Table, Blob.__table__)
+_repository_blob = cast(Table, RepositoryBlob.__table__)
+_manifest = cast(Table, Manifest.__table__)
+_reference = cast(Table, ManifestReference.__table__)
+_tag = cast(Table, Tag.__table__)
+_upload = cast(Table, Upload.__table__)
+_secret = cast(Table, Secret.__table__)
 
 
 def _bytewise(conn: Connection, column: Any) -> Any:
@@ -340,10 +340,10 @@ class Metadata:
             repo_id = self._repository_id(conn, name)
             if repo_id is None:
                 return None
-            name = _bytewise(conn, _tag.c.name)
-            query = select(_tag.c.name).where(_tag.c.repository_id == repo_id).order_by(name).limit(n)
+            tag = _bytewise(conn, _tag.c.name)
+            query = select(_tag.c.name).where(_tag.c.repository_id == repo_id).order_by(tag).limit(n)
             if last:
-                query = query.where(name > last)
+                query = query.where(tag > last)
             return list(conn.execute(query).scalars())
 
     def referrers(self, name: str, subject: Digest, artifact_type: str | None) -> list[StoredManifest]:

@@ -4,10 +4,10 @@ file names. Only sha256 is supported, as in Ollama."""
 from __future__ import annotations
 
 import hashlib
+import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 ALGORITHM = "sha256"
 _WIRE_RE = re.compile(r"sha256:([0-9a-f]{64})")
@@ -51,7 +51,7 @@ class Digest:
             return cls.of_stream(f)
 
     @classmethod
-    def of_stream(cls, stream: BinaryIO) -> Digest:
+    def of_stream(cls, stream: io.BufferedIOBase) -> Digest:
         h = hashlib.sha256()
         buf = bytearray(READ_CHUNK)
         view = memoryview(buf)

@@ -7,6 +7,7 @@ The raw bytes of a manifest are its identity (the digest is taken over them), so
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest, InvalidDigest
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# RFC 6838 type/subtype (with +suffix and parameters-free), at most 255 characters.
+_MEDIA_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}")
 
 
 class ManifestError(ValueError):
@@ -35,8 +38,8 @@ class Descriptor:
         if not isinstance(obj, dict):
             raise ManifestError(f"{where}: descriptor must be an object")
         media_type = obj.get("mediaType")
-        if not isinstance(media_type, str) or not media_type:
-            raise ManifestError(f"{where}: mediaType must be a non-empty string")
+        if not isinstance(media_type, str) or not is_media_type(media_type):
+            raise ManifestError(f"{where}: mediaType must be a media type such as application/octet-stream")
         size = obj.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ManifestError(f"{where}: size must be a non-negative integer")
@@ -104,7 +107,7 @@ class Manifest:
             raise ManifestError(f"manifest is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES}")
         try:
             doc = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (ValueError, RecursionError) as e:  # also bad UTF-8, absurd numbers, deep nesting
             raise ManifestError(f"manifest is not valid JSON: {e}") from None
         if not isinstance(doc, dict):
             raise ManifestError("manifest must be a JSON object")
@@ -125,8 +128,8 @@ class Manifest:
             layers = _descriptor_list(doc, "layers")
         subject = Descriptor.parse(doc["subject"], "subject") if doc.get("subject") is not None else None
         artifact_type = doc.get("artifactType")
-        if artifact_type is not None and (not isinstance(artifact_type, str) or not artifact_type):
-            raise ManifestError("artifactType must be a non-empty string")
+        if artifact_type is not None and (not isinstance(artifact_type, str) or not is_media_type(artifact_type)):
+            raise ManifestError("artifactType must be a media type")
         annotations = doc.get("annotations") or {}
         if not isinstance(annotations, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
@@ -149,6 +152,10 @@ class Manifest:
             "layers": [layer.to_json() for layer in layers],
         }
         return cls.parse(json.dumps(doc, separators=(",", ":")).encode(), media_type)
+
+
+def is_media_type(text: str) -> bool:
+    return _MEDIA_TYPE_RE.fullmatch(text) is not None
 
 
 def _media_type(doc: dict[str, Any], content_type: str | None) -> str:

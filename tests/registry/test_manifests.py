@@ -94,6 +94,12 @@ def test_wrong_descriptor_size_is_refused(client: httpx.Client, repo: str) -> No
         (b'{"schemaVersion": 2, "mediaType": "text/plain", "config": {}}', "text/plain"),
         (b'{"schemaVersion": 2, "config": {"mediaType": "x", "digest": "sha256:1", "size": 1}}', mt.OCI_MANIFEST),
         (b"\xff\xfe", mt.DOCKER_MANIFEST),
+        (b"[" * 50_000 + b"]" * 50_000, mt.DOCKER_MANIFEST),
+        (
+            b'{"schemaVersion": 2, "artifactType": "application/' + b"x" * 300 + b'", "config": '
+            b'{"mediaType": "application/x", "digest": "sha256:' + b"0" * 64 + b'", "size": 1}}',
+            mt.OCI_MANIFEST,
+        ),
     ],
 )
 def test_invalid_manifests(client: httpx.Client, repo: str, body: bytes, ctype: str) -> None:

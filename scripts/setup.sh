@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Sets up everything Hangar needs on a Debian/Ubuntu machine, idempotently:
+#   - system packages (python3-venv, PostgreSQL, skopeo, the reference docker-registry, wrk, hey)
+#     when they are missing, with apt-get (as root, or through sudo);
+#   - a virtual environment in .venv with Hangar installed (editable) and its test/dev extras.
+# Usage: scripts/setup.sh            (called by scripts/demo.sh and scripts/test.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v python3 >/dev/null || need+=(python3)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+command -v skopeo >/dev/null || need+=(skopeo)
+command -v docker-registry >/dev/null || need+=(docker-registry)
+ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
+command -v wrk >/dev/null || need+=(wrk)
+command -v hey >/dev/null || need+=(hey)
+command -v curl >/dev/null || need+=(curl)
+command -v gcc >/dev/null || need+=(build-essential)
+command -v cmake >/dev/null || need+=(cmake)
+
+if [ ${#need[@]} -gt 0 ]; then
+  echo "==> installing system packages: ${need[*]}"
+  if [ "$(id -u)" -eq 0 ]; then sudo=""; elif command -v sudo >/dev/null; then sudo="sudo"; else
+    echo "error: missing packages (${need[*]}) and no root or sudo to install them" >&2; exit 1
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [ "$version" != "3.11" ]; then
+  echo "error: Hangar needs Python 3.11; python3 is $version" >&2
+  exit 1
+fi
+
+stamp=.venv/.hangar-installed
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "==> creating .venv and installing Hangar"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+  .venv/bin/python -m pip install -q -e '.[test,dev]' 2>&1 | grep -v "is ignored: it is neither" || true
+  .venv/bin/python -c 'import registry.app, client.cli' 
+  echo "$want" > "$stamp"
+fi

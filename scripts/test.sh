@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Sets everything up (scripts/setup.sh) and runs the whole test suite: lint, then pytest.
+# The tests start the servers they need themselves (PostgreSQL, registries) on 127.0.0.1.
+# Extra arguments go to pytest, e.g. scripts/test.sh -k uploads -x
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+echo "==> ruff"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+echo "==> pytest"
+exec .venv/bin/python -m pytest "$@"
