@@ -39,8 +39,12 @@ want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> creating .venv and installing Hangar"
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-  .venv/bin/python -m pip install -q -e '.[test,dev]' 2>&1 | grep -v "is ignored: it is neither" || true
-  .venv/bin/python -c 'import registry.app, client.cli' 
+  log=.venv/pip-install.log
+  if ! .venv/bin/python -m pip install -e '.[test,dev]' >"$log" 2>&1; then
+    tail -30 "$log" >&2
+    echo "error: pip install failed; full log in $log" >&2
+    exit 1
+  fi
+  .venv/bin/python -c 'import registry.app, client.cli'
   echo "$want" > "$stamp"
 fi
