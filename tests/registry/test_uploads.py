@@ -162,3 +162,14 @@ def test_mount_of_unknown_blob_starts_a_session(client: httpx.Client, repo: str)
 def test_upload_without_trailing_slash(client: httpx.Client, repo: str) -> None:
     r = client.post(f"/v2/{repo}/blobs/uploads")
     assert r.status_code == 202
+
+
+def test_body_longer_than_its_range_is_refused(client: httpx.Client, repo: str) -> None:
+    url = start(client, repo)
+
+    def body():  # type: ignore[no-untyped-def]  (chunked: the length is only known from Content-Range)
+        yield b"0123456789"
+
+    r = client.patch(url, content=body(), headers={"Content-Range": "0-2"})
+    assert r.status_code == 400 and error_codes(r) == ["SIZE_INVALID"]
+    assert client.get(url).headers["Upload-Offset"] == "0"

@@ -1,0 +1,36 @@
+"""``hangar registry gc``: online removal of blobs nothing uses, with a dry run."""
+
+import subprocess
+import sys
+
+import httpx
+
+from tests.helpers import push_blob, push_model, random_bytes
+from tests.servers import REPO_ROOT
+
+
+def gc(registry, *args: str) -> str:  # type: ignore[no-untyped-def]
+    cmd = [sys.executable, "-m", "registry", "gc", "--data-dir", str(registry.data_dir), *args]
+    if registry.database_url:
+        cmd += ["--database-url", registry.database_url]
+    return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+
+
+def test_gc_removes_only_unused_blobs(make_registry, repo: str) -> None:  # type: ignore[no-untyped-def]
+    registry = make_registry()
+    with httpx.Client(base_url=registry.url) as client:
+        _, used = push_model(client, repo)
+        orphan = push_blob(client, repo, random_bytes(1000))
+        assert client.delete(f"/v2/{repo}/blobs/{orphan['digest']}").status_code == 202
+        orphan_file = registry.data_dir / "blobs" / "sha256" / orphan["digest"][7:9] / orphan["digest"][7:]
+        assert orphan_file.exists()
+
+        out = gc(registry, "--grace", "0s", "--dry-run")
+        assert f"would delete blob {orphan['digest']}" in out and orphan_file.exists()
+        out = gc(registry, "--grace", "1h")
+        assert "deleted 0 blob(s)" in out and orphan_file.exists()
+        out = gc(registry, "--grace", "0s")
+        assert f"deleted blob {orphan['digest']}" in out and "deleted 1 blob(s)" in out
+        assert not orphan_file.exists()
+        for desc in used:  # everything a manifest uses is still served
+            assert client.head(f"/v2/{repo}/blobs/{desc['digest']}").status_code == 200
