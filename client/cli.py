@@ -16,6 +16,7 @@ from registry.oci.names import ModelName
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from client import cli_account
     from registry import cli as registry_cli
 
     parser = argparse.ArgumentParser(
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("destination")
     cp.set_defaults(handler=_cp)
 
+    cli_account.add_commands(commands)
     registry_cli.add_commands(commands)
     return parser
 

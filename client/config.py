@@ -4,6 +4,7 @@
 ``HANGAR_HOME``        Hangar's own files (keys, config): default ``~/.hangar``
 ``HANGAR_MODELS``      the model store: default ``$HANGAR_HOME/models``
 ``HANGAR_REGISTRY``    the host of names without one: default ``registry.ollama.ai``
+``HANGAR_KEY``         the ed25519 key to sign in with: default ``$HANGAR_HOME/id_ed25519``
 =====================  =======================================================
 
 ``config.toml`` holds per-registry settings, keyed by ``host[:port]``::
@@ -45,6 +46,7 @@ class RegistrySettings:
 class ClientSettings:
     home: Path
     models: Path
+    key_path: Path
     default_host: str = DEFAULT_HOST
     registries: Mapping[str, RegistrySettings] = field(default_factory=dict)
     concurrency: int = DEFAULT_CONCURRENCY
@@ -69,9 +71,11 @@ def load(env: Mapping[str, str] | None = None) -> ClientSettings:
         for host, values in doc.get("registries", {}).items()
     }
     transfer = doc.get("transfer", {})
+    key = Path(env["HANGAR_KEY"]).expanduser() if env.get("HANGAR_KEY") else home / "id_ed25519"
     return ClientSettings(
         home=home,
         models=models,
+        key_path=key,
         default_host=(env.get("HANGAR_REGISTRY") or DEFAULT_HOST).strip().strip("/"),
         registries=registries,
         concurrency=int(transfer.get("concurrency", DEFAULT_CONCURRENCY)),

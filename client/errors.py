@@ -4,6 +4,7 @@
     ├── InvalidName                 a model name that does not parse (also a ValueError)
     ├── ModelNotFound               not in the local store
     ├── IntegrityError              bytes that do not match their digest
+    ├── KeyFileError                a key file that is missing, unreadable or not ed25519
     └── RegistryError               anything the registry side caused
         ├── RegistryUnreachable     connection refused, DNS, timeouts (also an OSError)
         ├── TLSError                certificate problems
@@ -36,6 +37,10 @@ class ModelNotFound(HangarError):
 
 
 class IntegrityError(HangarError):
+    pass
+
+
+class KeyFileError(HangarError):
     pass
 
 

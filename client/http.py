@@ -4,12 +4,16 @@ one function that sends a request and turns failures into the errors of ``client
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 
-from client import errors
+from client import errors, keys
+from client.auth import RegistryAuth
 from client.config import ClientSettings
+from client.keys import Identity
 from registry.oci.names import ModelName
 
 USER_AGENT = "hangar/0.1.0"
@@ -29,12 +33,12 @@ def is_loopback(host: str) -> bool:
 
 
 def make_client(settings: ClientSettings, host: str, *, connections: int = 8) -> httpx.AsyncClient:
-    ca_bundle = settings.registry(host).ca_bundle
-    verify: Any = ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+    """A client for one registry, signing token requests with this machine's key if it has one."""
     return httpx.AsyncClient(
+        auth=RegistryAuth(_identity_loader(settings.key_path)),
         headers={"User-Agent": USER_AGENT},
         timeout=TIMEOUT,
-        verify=verify,
+        verify=tls_verify(settings, host),
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         follow_redirects=False,
     )
@@ -71,6 +75,24 @@ async def send(
         await response.aclose()
         raise errors.from_response(response.status_code, body, what)
     return response
+
+
+def tls_verify(settings: ClientSettings, host: str) -> Any:
+    """What httpx should verify TLS with: the registry's own CA bundle if configured."""
+    ca_bundle = settings.registry(host).ca_bundle
+    return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
+
+
+def _identity_loader(path: Path) -> Callable[[], Identity | None]:
+    """Load the key when a registry first asks for a token; no key means anonymous tokens."""
+    loaded: list[Identity | None] = []
+
+    def identity() -> Identity | None:
+        if not loaded:
+            loaded.append(keys.load(path) if path.exists() else None)
+        return loaded[0]
+
+    return identity
 
 
 def _origin(url: str) -> str:

@@ -18,8 +18,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry import config
+from registry.accounts import Accounts
 from registry.api import routes
 from registry.api.common import API_VERSION_HEADER, Services
+from registry.auth import Authority
 from registry.db import make_engine
 from registry.gc import purge_uploads_forever
 from registry.meta import Metadata
@@ -77,13 +79,17 @@ async def _unexpected_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: config.Settings) -> Starlette:
     engine = make_engine(settings.resolved_database_url)
     meta = Metadata(engine)
+    accounts = Accounts(engine)
     store = open_store(settings.resolved_data_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         signer = UrlSigner(meta.secret("blob-url"))
-        app.state.services = Services(settings=settings, meta=meta, store=store, signer=signer)
-        purger = asyncio.create_task(purge_uploads_forever(meta, store, settings.upload_max_age))
+        authority = Authority(accounts, meta.secret("token-signing"), settings.token_ttl)
+        app.state.services = Services(settings, meta, accounts, authority, store, signer)
+        if settings.auth == "off":
+            log.warning("authentication is off: anyone who can reach this registry may push to it")
+        purger = asyncio.create_task(purge_uploads_forever(meta, accounts, store, settings.upload_max_age))
         try:
             yield
         finally:

@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import TYPE_CHECKING
 
 from registry import config
+
+if TYPE_CHECKING:
+    from registry.accounts import Accounts
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,6 +40,19 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.add_argument("--upload-max-age", help="purge upload sessions idle this long, e.g. 24h, 90m (default 24h)")
     serve.add_argument("--signed-url-ttl", type=int, help="lifetime in seconds of signed blob URLs (default 86400)")
+    serve.add_argument(
+        "--auth",
+        choices=["required", "off"],
+        help="required (default): tokens for all but anonymous pulls of public repositories; "
+        "off: no authentication, anyone may push (trusted networks only)",
+    )
+    serve.add_argument(
+        "--signup",
+        choices=["open", "invite", "closed"],
+        help="who may create an account with 'hangar signin': anyone, holders of an invite code "
+        "('hangar registry admin invite'; the default), or nobody",
+    )
+    serve.add_argument("--token-ttl", type=int, help="lifetime in seconds of issued bearer tokens (default 300)")
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="default info")
     serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", help="private key for --ssl-certfile (PEM)")
@@ -56,6 +73,58 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     gc.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     gc.set_defaults(handler=_gc)
 
+    _add_admin_commands(commands)
+
+
+def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    admin = commands.add_parser(
+        "admin",
+        help="manage accounts directly in the registry's database",
+        description="Administration that works on the database directly (run it on the registry host).",
+    )
+    sub = admin.add_subparsers(dest="admin_command", required=True, metavar="COMMAND")
+
+    user = sub.add_parser("user", help="create or disable users").add_subparsers(
+        dest="user_command", required=True, metavar="COMMAND"
+    )
+    p = user.add_parser("create", help="create a user (its name is its namespace)")
+    p.add_argument("name")
+    p.add_argument("--admin", action="store_true", help="may do everything everywhere")
+    p.add_argument("--pubkey-file", help="bind this ssh-ed25519 public key (e.g. ~/.hangar/id_ed25519.pub)")
+    _storage_args(p)
+    p.set_defaults(handler=_admin_user_create)
+    p = user.add_parser("disable", help="disable a user (tokens are refused; data stays)")
+    p.add_argument("name")
+    p.add_argument("--enable", action="store_true", help="enable again instead")
+    _storage_args(p)
+    p.set_defaults(handler=_admin_user_disable)
+
+    org = sub.add_parser("org", help="create organisations and manage their members").add_subparsers(
+        dest="org_command", required=True, metavar="COMMAND"
+    )
+    p = org.add_parser("create", help="create an organisation (its name is its namespace)")
+    p.add_argument("name")
+    p.add_argument("--owner", help="a user who becomes its first owner")
+    _storage_args(p)
+    p.set_defaults(handler=_admin_org_create)
+    p = org.add_parser("add-member", help="add a member (or change a member's role)")
+    p.add_argument("org")
+    p.add_argument("user")
+    p.add_argument("--role", choices=["owner", "writer", "reader"], default="reader")
+    _storage_args(p)
+    p.set_defaults(handler=_admin_org_add_member)
+
+    p = sub.add_parser("invite", help="print a one-time sign-up code")
+    p.add_argument("--expires", default="7d", help="lifetime of the code (default 7d)")
+    _storage_args(p)
+    p.set_defaults(handler=_admin_invite)
+
+    p = sub.add_parser("audit", help="show the newest audit log entries")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--action", help="only this action (push, delete, signin, signup, auth, key.add …)")
+    _storage_args(p)
+    p.set_defaults(handler=_admin_audit)
+
 
 def _storage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="blob storage and SQLite directory (default ~/.hangar/registry)")
@@ -63,16 +132,8 @@ def _storage_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> config.Settings:
-    names = (
-        "listen",
-        "data_dir",
-        "database_url",
-        "public_url",
-        "workers",
-        "upload_max_age",
-        "signed_url_ttl",
-        "log_level",
-    )
+    names = ("listen", "data_dir", "database_url", "public_url", "workers", "upload_max_age", "signed_url_ttl",
+             "auth", "signup", "token_ttl", "log_level")  # fmt: skip
     return config.from_env(**{n: getattr(args, n, None) for n in names})
 
 
@@ -120,6 +181,60 @@ def _gc(args: argparse.Namespace) -> int:
     for upload_id in shown.uploads:
         print(f"{verb} upload {upload_id}")
     print(f"{verb} {len(shown.blobs)} blob(s) and {len(shown.uploads)} upload(s)")
+    return 0
+
+
+def _accounts(args: argparse.Namespace) -> Accounts:
+    from registry import db
+    from registry.accounts import Accounts
+
+    settings = _settings(args)
+    db.upgrade(settings.resolved_database_url)
+    return Accounts(db.make_engine(settings.resolved_database_url, pooled=False))
+
+
+def _admin_user_create(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from registry.oci.auth import decode_public_key, encode_public_key
+
+    key = None
+    if args.pubkey_file:
+        key = encode_public_key(decode_public_key(Path(args.pubkey_file).expanduser().read_text()))
+    user = _accounts(args).create_user(args.name, admin=args.admin, key=key, key_name="added by an administrator")
+    print(f"created user {user.name}{' (administrator)' if user.is_admin else ''}{' with its key' if key else ''}")
+    return 0
+
+
+def _admin_user_disable(args: argparse.Namespace) -> int:
+    _accounts(args).set_disabled(args.name, not args.enable)
+    print(f"{'enabled' if args.enable else 'disabled'} {args.name}")
+    return 0
+
+
+def _admin_org_create(args: argparse.Namespace) -> int:
+    org = _accounts(args).create_org(args.name, args.owner)
+    print(f"created organisation {org.name}" + (f" owned by {args.owner}" if args.owner else ""))
+    return 0
+
+
+def _admin_org_add_member(args: argparse.Namespace) -> int:
+    _accounts(args).set_member(args.org, args.user, args.role)
+    print(f"{args.user} is {args.role} of {args.org}")
+    return 0
+
+
+def _admin_invite(args: argparse.Namespace) -> int:
+    code = _accounts(args).create_invite(config.parse_duration(args.expires))
+    print(code)
+    return 0
+
+
+def _admin_audit(args: argparse.Namespace) -> int:
+    for row in reversed(_accounts(args).audit_log(args.limit, args.action)):
+        detail = " ".join(f"{k}={v}" for k, v in row.detail.items())
+        when = f"{row.at:%Y-%m-%d %H:%M:%S}"
+        print(f"{when}  {row.outcome:6}  {row.actor:20}  {row.action:12}  {row.target}  {row.remote}  {detail}")
     return 0
 
 

@@ -25,6 +25,13 @@ class Settings:
     upload_max_age: float = 24 * 3600.0
     # Lifetime of the self-authorising blob URLs handed out in Location headers.
     signed_url_ttl: int = 24 * 3600
+    # "required": tokens for everything but anonymous pulls of public repositories;
+    # "off": no authentication at all (a trusted network, a cache): anyone may push anywhere.
+    auth: str = "required"
+    # Who may create an account with `hangar signin`: "open", "invite" (a code from an admin) or "closed".
+    signup: str = "invite"
+    # Lifetime of the bearer tokens the token endpoint issues, in seconds.
+    token_ttl: int = 300
     log_level: str = "info"
 
     @property
@@ -58,8 +65,12 @@ class Settings:
             raise ValueError("--workers must be at least 1")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ValueError("--public-url must start with http:// or https://")
-        if self.upload_max_age <= 0 or self.signed_url_ttl <= 0:
+        if self.upload_max_age <= 0 or self.signed_url_ttl <= 0 or self.token_ttl <= 0:
             raise ValueError("ages and lifetimes must be positive")
+        if self.auth not in ("required", "off"):
+            raise ValueError(f"--auth must be 'required' or 'off', got {self.auth!r}")
+        if self.signup not in ("open", "invite", "closed"):
+            raise ValueError(f"--signup must be 'open', 'invite' or 'closed', got {self.signup!r}")
         return replace(self, public_url=self.public_url.rstrip("/"))
 
     def to_env(self) -> dict[str, str]:

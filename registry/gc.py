@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import anyio
 from starlette.concurrency import run_in_threadpool
 
+from registry.accounts import Accounts
 from registry.db import utcnow
 from registry.meta import Metadata
 from registry.oci.digest import Digest
@@ -59,14 +60,16 @@ async def execute(meta: Metadata, store: BlobStore, plan: Plan) -> Plan:
     return done
 
 
-async def purge_uploads_forever(meta: Metadata, store: BlobStore, max_age: float) -> None:
-    """The background loop every worker runs (idempotent, so several may run at once)."""
+async def purge_uploads_forever(meta: Metadata, accounts: Accounts, store: BlobStore, max_age: float) -> None:
+    """The background loop every worker runs (idempotent, so several may run at once): abandoned
+    uploads, and nonces whose timestamp window has closed."""
     interval = min(max_age / 4, 600.0)
     while True:
         try:
             done = await execute(meta, store, await plan_uploads(meta, store, max_age))
             if done.uploads:
                 log.info("purged %d abandoned upload(s)", len(done.uploads))
+            await run_in_threadpool(accounts.purge_nonces)
         except Exception:  # keep purging later; never take the worker down
             log.exception("upload purge failed")
         await anyio.sleep(interval)

@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, delete, exists, func, insert, select, update
+from sqlalchemy import Engine, Table, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from registry.db import WRITE, utcnow
-from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Secret, Tag, Upload
+from registry.models import Account, Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Secret, Tag, Upload
 from registry.oci.digest import Digest
 from registry.oci.manifest import Manifest as ParsedManifest
 from registry.oci.names import repository_key
@@ -31,6 +31,7 @@ _reference = cast(Table, ManifestReference.__table__)
 _tag = cast(Table, Tag.__table__)
 _upload = cast(Table, Upload.__table__)
 _secret = cast(Table, Secret.__table__)
+_account = cast(Table, Account.__table__)
 
 
 def _bytewise(conn: Connection, column: Any) -> Any:
@@ -103,9 +104,13 @@ class Metadata:
 
     def _ensure_repository(self, conn: Connection, name: str) -> int:
         key = repository_key(name)
+        # A new repository takes its namespace's default visibility.
+        visibility = conn.execute(
+            select(_account.c.default_visibility).where(_account.c.key == key.split("/")[0])
+        ).scalar()
         conn.execute(
             self._insert(conn, _repository)
-            .values(key=key, name=name, created_at=utcnow())
+            .values(key=key, name=name, visibility=visibility or "public", created_at=utcnow())
             .on_conflict_do_nothing(index_elements=["key"])
         )
         repo_id = self._repository_id(conn, name)
@@ -116,8 +121,11 @@ class Metadata:
         with self._read() as conn:
             return self._repository_id(conn, name) is not None
 
-    def list_repositories(self, n: int, last: str | None) -> list[str]:
-        """Repositories holding at least one manifest, ordered by name, after ``last``."""
+    def list_repositories(self, n: int, last: str | None, namespaces: set[str] | None = None) -> list[str]:
+        """Repositories holding at least one manifest, ordered by name, after ``last``.
+
+        With ``namespaces``, only public repositories and those in these namespaces (what a
+        caller may read); None means all."""
         with self._read() as conn:
             key = _bytewise(conn, _repository.c.key)
             query = (
@@ -128,6 +136,13 @@ class Metadata:
             )
             if last:
                 query = query.where(key > repository_key(last))
+            if namespaces is not None:
+                query = query.where(
+                    or_(
+                        _repository.c.visibility == "public",
+                        *(_repository.c.key.startswith(ns.lower() + "/", autoescape=True) for ns in namespaces),
+                    )
+                )
             return list(conn.execute(query).scalars())
 
     # -- blobs -----------------------------------------------------------------------------

@@ -7,14 +7,25 @@
 - ``manifest_reference``: the blobs and child manifests a manifest needs (for deletes and GC).
 - ``tag``: a name pointing at a manifest.
 - ``upload``: an upload session; its bytes are in the blob store under the same id.
-- ``secret``: keys shared by every worker and replica (URL signing).
+- ``secret``: keys shared by every worker and replica (URL and token signing).
+
+Accounts (see ``registry.accounts``):
+
+- ``account``: a user or an organisation; its name is its namespace (one name space for both).
+- ``membership``: an organisation's members and their roles (owner, writer, reader).
+- ``public_key``: the ed25519 keys a user signs in with; ``pending_key``: a key waiting for
+  approval from one of the user's signed-in devices.
+- ``invite``: one-time sign-up codes (stored hashed).
+- ``robot``: named, scoped, expiring tokens for CI and generic OCI clients (stored hashed).
+- ``nonce``: signed-request nonces already seen, until their timestamp window closes.
+- ``audit``: who did what, when, from where, and whether it was allowed.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import BigInteger, ForeignKey, Index, LargeBinary, String
+from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from registry.db import Base, UTCDateTime, utcnow
@@ -29,6 +40,7 @@ class Repository(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     key: Mapped[str] = mapped_column(NAME, unique=True)
     name: Mapped[str] = mapped_column(NAME)
+    visibility: Mapped[str] = mapped_column(String(16), default="public", server_default="public")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -106,3 +118,99 @@ class Secret(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Account(Base):
+    __tablename__ = "account"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(80), unique=True)  # lower-cased name
+    name: Mapped[str] = mapped_column(String(80))
+    kind: Mapped[str] = mapped_column(String(8))  # "user" | "org"
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    default_visibility: Mapped[str] = mapped_column(String(16), default="public")
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Membership(Base):
+    __tablename__ = "membership"
+
+    org_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"), primary_key=True)
+    role: Mapped[str] = mapped_column(String(8))  # "owner" | "writer" | "reader"
+
+    __table_args__ = (Index("ix_membership_user_id", "user_id"),)
+
+
+class PublicKey(Base):
+    __tablename__ = "public_key"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(128), unique=True)  # base64 of the SSH wire encoding
+    fingerprint: Mapped[str] = mapped_column(String(64))  # "SHA256:..."
+    name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_public_key_account_id", "account_id"),)
+
+
+class PendingKey(Base):
+    __tablename__ = "pending_key"
+
+    code: Mapped[str] = mapped_column(String(16), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    key: Mapped[str] = mapped_column(String(128))
+    name: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+
+class Invite(Base):
+    __tablename__ = "invite"
+
+    code_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    used_by: Mapped[int | None] = mapped_column(ForeignKey("account.id", ondelete="SET NULL"))
+    used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+
+class Robot(Base):
+    __tablename__ = "robot"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(40))
+    token_hash: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(8))  # "pull" | "push"
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("uq_robot_account_name", "account_id", "name", unique=True),)
+
+
+class Nonce(Base):
+    __tablename__ = "nonce"
+
+    value: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_nonce_expires_at", "expires_at"),)
+
+
+class Audit(Base):
+    __tablename__ = "audit"
+
+    # SQLite auto-increments only INTEGER PRIMARY KEY columns.
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer(), "sqlite"), primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))  # user name, "robot:ns+name", or "anonymous"
+    action: Mapped[str] = mapped_column(String(32))  # push, delete, signin, signup, key.add, auth …
+    target: Mapped[str] = mapped_column(String(255))
+    outcome: Mapped[str] = mapped_column(String(16))  # "ok" | "denied"
+    remote: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+    __table_args__ = (Index("ix_audit_at", "at"),)

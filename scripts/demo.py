@@ -1,8 +1,8 @@
 """The main job, end to end, on this machine (run by scripts/demo.sh):
 
 1. start a registry on the embedded default (SQLite + a local folder) under ./.demo;
-2. alice builds a small GGUF model in her store and pushes it;
-3. bob, with an empty store of his own, pulls it;
+2. alice builds a small GGUF model in her store, signs in with a new ed25519 key and pushes it;
+3. bob, with an empty store of his own and no account, pulls it;
 4. the two stores are compared byte for byte.
 """
 
@@ -130,13 +130,13 @@ def main() -> int:
     step(f"starting a registry on http://{host} (data: {DEMO / 'registry'})")
     log = open(DEMO / "registry.log", "wb")  # noqa: SIM115
     server = subprocess.Popen(
-        [*HANGAR, "registry", "serve", "--listen", host, "--data-dir", str(DEMO / "registry")],
+        [*HANGAR, "registry", "serve", "--listen", host, "--data-dir", str(DEMO / "registry"), "--signup", "open"],
         stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
     )  # fmt: skip
     try:
         for _ in range(200):
             try:
-                if httpx.get(f"http://{host}/v2/").status_code == 200:
+                if httpx.get(f"http://{host}/v2/").status_code in (200, 401):
                     break
             except httpx.TransportError:
                 time.sleep(0.1)
@@ -150,10 +150,13 @@ def main() -> int:
         create_model(alice, name, DEMO / "tiny.gguf")
         hangar(alice, "list")
 
-        step("alice pushes it")
+        step("alice signs in (a key pair is made for her, and an account: this registry has open sign-up)")
+        hangar(alice, "signin", host, "--username", "alice")
+
+        step("alice pushes it to her namespace")
         hangar(alice, "push", name)
 
-        step("bob pulls it into his own, empty store")
+        step("bob, not signed in, pulls it into his own, empty store (alice's models are public)")
         hangar(bob, "pull", name)
         hangar(bob, "list")
 

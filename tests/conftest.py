@@ -39,7 +39,9 @@ def registry(
     """One long-running registry per metadata backend, shared by the tests (each uses its own
     repository names)."""
     backend = request.param
-    proc = RegistryProcess(tmp_path_factory.mktemp(f"registry-{backend}") / "data", database_factory(backend))
+    data = tmp_path_factory.mktemp(f"registry-{backend}") / "data"
+    # The OCI API tests run without authentication; tests/auth covers it.
+    proc = RegistryProcess(data, database_factory(backend), "--auth", "off")
     proc.backend = backend  # type: ignore[attr-defined]
     proc.start()
     yield proc
@@ -48,12 +50,14 @@ def registry(
 
 @pytest.fixture(params=BACKENDS)
 def make_registry(request: pytest.FixtureRequest, tmp_path: Path, database_factory) -> Iterator:  # type: ignore[no-untyped-def]
-    """A factory for registries a test may restart or kill (one database per test)."""
+    """A factory for registries a test may restart or kill (one database per test); without
+    authentication unless the test passes ``--auth required``."""
     started: list[RegistryProcess] = []
     database_url = database_factory(request.param)
 
     def make(*extra_args: str) -> RegistryProcess:
-        proc = RegistryProcess(tmp_path / f"data{len(started)}", database_url, *extra_args)
+        args = extra_args if "--auth" in extra_args else ("--auth", "off", *extra_args)
+        proc = RegistryProcess(tmp_path / f"data{len(started)}", database_url, *args)
         started.append(proc)
         return proc.start()
 

@@ -7,12 +7,23 @@ What it copies exactly: the request sequence and headers (Accept, Content-Type, 
 ``%3A``), the S3-style ``etag`` of the finalize PUT, the redirect rule for the blob GET (follow
 same-host redirects only, then require 307 or 200 with a Location), and part downloads sent to
 the direct URL with no Authorization header.
+
+With a key, the §5 token dance: on a 401, the challenge is parsed naively (``Bearer `` prefix,
+first ``key="…"``), the realm must be on the request's host:port, the token URL is the realm plus
+``service``, each ``scope``, ``ts`` and a 16-byte base64url ``nonce``, re-encoded with sorted
+keys; the signing string is ``GET,<that URL>,<base64 of hex sha256 of "">``; the header is
+``Authorization: <ssh public key base64>:<base64 of the raw ed25519 signature>``; the answer's
+``token`` is sent as ``Bearer`` on the retried request (once) and on later registry requests.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import re
+import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qsl, quote_plus, urlsplit, urlunsplit
@@ -44,20 +55,84 @@ def plan_parts(total: int, min_part: int = 100 * MB, max_part: int = 1000 * MB) 
     return [(off, min(size, total - off)) for off in range(0, total, size)] or [(0, 0)]
 
 
+EMPTY_BODY_HASH = "ZTNiMGM0NDI5OGZjMWMxNDlhZmJmNGM4OTk2ZmI5MjQyN2FlNDFlNDY0OWI5MzRjYTQ5NTk5MWI3ODUyYjg1NQ=="
+
+
+def parse_challenge(value: str) -> dict[str, str]:
+    """Ollama's parser: strip ``Bearer ``, take each key's first ``key="`` up to ``"`` + ``,``/end."""
+    value = value.removeprefix("Bearer ")
+    out = {}
+    for key in ("realm", "service", "scope"):
+        at = value.find(key + "=")
+        if at < 0:
+            continue
+        m = re.match(r'"(.*?)"(?:,|$)', value[at + len(key) + 1 :])
+        if m:
+            out[key] = m.group(1)
+    return out
+
+
 class OllamaWireClient:
-    def __init__(self, base_url: str, *, min_part: int = 100 * MB) -> None:
+    def __init__(self, base_url: str, *, min_part: int = 100 * MB, key=None) -> None:  # type: ignore[no-untyped-def]
         self.base_url = base_url.rstrip("/")
         self.host = urlsplit(self.base_url).hostname
         self.min_part = min_part
+        self.key = key  # a cryptography Ed25519PrivateKey, or None for anonymous
+        self.token: str | None = None
         self.http = httpx.Client(headers={"User-Agent": USER_AGENT}, timeout=60, follow_redirects=False)
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, url, headers) sent
 
     def close(self) -> None:
         self.http.close()
 
+    def _public_key_b64(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+
+        raw = self.key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        wire = struct.pack(">I", 11) + b"ssh-ed25519" + struct.pack(">I", 32) + raw
+        return base64.b64encode(wire).decode()
+
+    def _get_token(self, challenge_header: str, original: str) -> None:
+        ch = parse_challenge(challenge_header)
+        realm = urlsplit(ch["realm"])
+        if realm.netloc != urlsplit(original).netloc:
+            raise WireError(f'realm host "{realm.netloc}" does not match original host "{urlsplit(original).netloc}"')
+        params = [("service", ch.get("service", ""))] + [("scope", s) for s in ch.get("scope", "").split(" ") if s]
+        params += [
+            ("ts", str(int(time.time()))),
+            ("nonce", base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")),
+        ]
+        params += parse_qsl(realm.query, keep_blank_values=True)
+        query = "&".join(f"{quote_plus(k)}={quote_plus(v)}" for k, v in sorted(params, key=lambda kv: kv[0]))
+        url = urlunsplit((realm.scheme, realm.netloc, realm.path, query, ""))
+        headers = {}
+        if self.key is not None:
+            signature = self.key.sign(f"GET,{url},{EMPTY_BODY_HASH}".encode())
+            headers["Authorization"] = f"{self._public_key_b64()}:{base64.b64encode(signature).decode()}"
+        r = self.http.get(url, headers=headers)
+        self.requests.append(("GET", url, dict(r.request.headers)))
+        if r.status_code >= 400:
+            raise WireError(f"{r.status_code}: {r.text}")
+        self.token = r.json()["token"]
+
+    def _request(self, method: str, url: str, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
+        """One request with one auth retry (§4.1)."""
+        for attempt in range(2):
+            headers = dict(kwargs.pop("headers", None) or {})
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            r = self.http.request(method, url, headers=headers, **kwargs)
+            kwargs["headers"] = {k: v for k, v in headers.items() if k != "Authorization"}
+            self.requests.append((method, url, dict(r.request.headers)))
+            if r.status_code != 401 or attempt == 1:
+                return r
+            self._get_token(r.headers["WWW-Authenticate"], url)
+        raise AssertionError("unreachable")
+
     def _send(self, method: str, url: str, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]
-        r = self.http.request(method, url, **kwargs)
-        self.requests.append((method, url, dict(r.request.headers)))
+        r = self._request(method, url, **kwargs)
+        if r.status_code == 401:
+            raise WireError("unauthorized: access denied")
         if r.status_code == 404:
             raise WireError("file does not exist")
         if r.status_code >= 400:
@@ -72,7 +147,7 @@ class OllamaWireClient:
         doc = json.loads(manifest)
         for layer in [*doc["layers"], doc["config"]]:
             digest = layer["digest"]
-            head = self.http.head(f"{self.base_url}/v2/{repo}/blobs/{digest}")
+            head = self._request("HEAD", f"{self.base_url}/v2/{repo}/blobs/{digest}")
             if head.status_code < 400:
                 continue
             self._upload(repo, digest, blobs[digest], layer.get("from"))
@@ -134,8 +209,9 @@ class OllamaWireClient:
 
     def _direct_url(self, repo: str, digest: str) -> str:
         url = f"{self.base_url}/v2/{repo}/blobs/{digest}"
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         for _ in range(10):
-            with self.http.stream("GET", url) as r:  # the body is never read
+            with self.http.stream("GET", url, headers=headers) as r:  # the body is never read
                 self.requests.append(("GET", url, dict(r.request.headers)))
                 if r.is_redirect and urlsplit(r.headers["Location"]).hostname == self.host:
                     url = str(r.url.join(r.headers["Location"]))

@@ -110,7 +110,7 @@ class RegistryProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"registry exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
             try:
-                return httpx.get(self.url + "/v2/", timeout=1).status_code == 200
+                return httpx.get(self.url + "/v2/", timeout=1).status_code in (200, 401)
             except httpx.TransportError:
                 return False
 

@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
-from registry.api import blobs, listing, manifests, uploads
+from registry.api import accounts, blobs, listing, manifests, token, uploads
+from registry.api.common import bearer_grant, services, unauthorized
 from registry.oci.errors import RegistryError
 
 
@@ -32,6 +33,10 @@ _REPO_ROUTE_RE = re.compile(r"/v2/(?P<name>.+?)/(?:manifests|blobs|tags|referrer
 
 
 async def api_version(request: Request) -> Response:
+    """200 for a client that may talk to us; with auth on, that takes a token (an anonymous one
+    will do), and the 401 tells clients where to get one."""
+    if services(request).settings.auth != "off" and await bearer_grant(request) is None:
+        raise unauthorized(request)
     return JSONResponse({})
 
 
@@ -57,6 +62,8 @@ async def unmatched(request: Request) -> Response:
 R = "/v2/{name:repo}"
 
 routes = [
+    Route("/token", token.token, methods=["GET"]),
+    *accounts.routes,
     Route("/v2/", api_version, methods=["GET"]),
     Route("/v2/_catalog", listing.catalog, methods=["GET"]),
     Route(R + "/tags/list", listing.list_tags, methods=["GET"]),

@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from registry.api.common import digest_param, external_url, repository, services
+from registry.api.common import audit, authorize, digest_param, external_url, repository, services
 from registry.oci.digest import Digest
 from registry.oci.errors import RegistryError
 
@@ -75,7 +75,8 @@ def _headers(digest: Digest, size: int) -> dict[str, str]:
 
 async def head_blob(request: Request) -> Response:
     name, digest = repository(request), digest_param(request.path_params["digest"])
-    _signed_request(request)
+    if not _signed_request(request):
+        await authorize(request, name, "pull")
     size = await _blob_size(request, name, digest)
     return Response(headers=_headers(digest, size))
 
@@ -83,6 +84,8 @@ async def head_blob(request: Request) -> Response:
 async def get_blob(request: Request) -> Response:
     name, digest = repository(request), digest_param(request.path_params["digest"])
     signed = _signed_request(request)
+    if not signed:
+        await authorize(request, name, "pull")
     svc = services(request)
     size = await _blob_size(request, name, digest)
     headers = _headers(digest, size)
@@ -105,7 +108,9 @@ async def get_blob(request: Request) -> Response:
 async def delete_blob(request: Request) -> Response:
     """Unlink the blob from this repository; its bytes go when nothing else uses them (gc)."""
     name, digest = repository(request), digest_param(request.path_params["digest"])
+    principal = await authorize(request, name, "delete")
     svc = services(request)
     if not await run_in_threadpool(svc.meta.unlink_blob, name, digest):
         await _blob_size(request, name, digest)  # raises the right 404
+    await audit(request, principal.actor, "delete", f"{name}@{digest}", "ok", kind="blob")
     return Response(status_code=202, headers={"Docker-Content-Digest": str(digest), "Content-Length": "0"})

@@ -6,10 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from registry.accounts import Accounts
+from registry.auth import ANONYMOUS, Authority, Grant, InvalidToken, Principal
 from registry.config import Settings
 from registry.meta import Metadata
+from registry.oci.auth import Scope, challenge
 from registry.oci.digest import Digest, InvalidDigest
 from registry.oci.errors import RegistryError
 from registry.oci.names import InvalidName, is_valid_tag, parse_repository
@@ -24,6 +28,8 @@ API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
 class Services:
     settings: Settings
     meta: Metadata
+    accounts: Accounts
+    authority: Authority
     store: BlobStore
     signer: UrlSigner
 
@@ -97,3 +103,83 @@ def has_body(request: Request) -> bool:
     if length is not None:
         return length > 0
     return "chunked" in request.headers.get("transfer-encoding", "").lower()
+
+
+# -- authentication and authorisation ----------------------------------------------------------
+
+
+def base_url(request: Request) -> str:
+    return services(request).settings.public_url or f"{request.url.scheme}://{request.url.netloc}"
+
+
+def remote(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def unauthorized(request: Request, scope: Scope | None = None, message: str | None = None) -> RegistryError:
+    """401 with the challenge that tells a client where to get a token for ``scope``."""
+    base = base_url(request)
+    service = base.split("://", 1)[1]
+    header = challenge(f"{base}/token", service, str(scope) if scope else None)
+    return RegistryError("UNAUTHORIZED", message, headers={"WWW-Authenticate": header})
+
+
+async def audit(request: Request, actor: str, action: str, target: str, outcome: str, **detail: object) -> None:
+    await run_in_threadpool(services(request).accounts.audit, actor, action, target, outcome, remote(request), **detail)
+
+
+async def bearer_grant(request: Request) -> Grant | None:
+    """The grant of the request's bearer token; None without one; 401 for a bad one (audited)."""
+    header = request.headers.get("authorization", "")
+    if not header.lower().startswith("bearer "):
+        return None
+    try:
+        return services(request).authority.verify(header[7:].strip())
+    except InvalidToken as e:
+        await audit(request, "unknown", "auth", request.url.path, "denied", reason=str(e))
+        raise unauthorized(request, message=str(e)) from None
+
+
+async def authorize(request: Request, name: str, action: str) -> Principal:
+    """Let the request take ``action`` on repository ``name`` or raise the right error:
+
+    - 401 with a challenge when a token (or a token with this scope) could help;
+    - 404 NAME_UNKNOWN for reads of what the caller may not see (as if it did not exist);
+    - 403 DENIED for writes the caller may not make (audited)."""
+    svc = services(request)
+    if svc.settings.auth == "off":
+        return ANONYMOUS
+    grant = await bearer_grant(request)
+    if grant is not None and grant.allows(name, action):
+        return grant.principal
+    principal = grant.principal if grant is not None else ANONYMOUS
+    possible = await run_in_threadpool(svc.authority.allowed, principal, name)
+    wanted = Scope(name, frozenset({"pull", action}))
+    if action in possible:
+        if grant is None and action == "pull":
+            return ANONYMOUS  # anonymous pulls of public repositories need no token
+        raise unauthorized(request, wanted)
+    if principal.kind == "anonymous":
+        raise unauthorized(request, wanted)
+    if action != "pull":
+        await audit(request, principal.actor, action, name, "denied", reason="no permission")
+    if action == "pull" and "pull" not in possible:
+        raise RegistryError("NAME_UNKNOWN", detail={"name": name})
+    raise RegistryError("DENIED", f"{principal.actor} may not {action} {name}")
+
+
+async def readable_namespaces(request: Request) -> set[str] | None:
+    """Namespaces whose private repositories the caller may list (None: all of them)."""
+    svc = services(request)
+    if svc.settings.auth == "off":
+        return None
+    grant = await bearer_grant(request)
+    principal = grant.principal if grant is not None else ANONYMOUS
+    if principal.is_admin:
+        return None
+    if principal.kind == "robot" and principal.robot_namespace:
+        return {principal.robot_namespace}
+    if principal.kind == "user" and principal.account_id is not None:
+        orgs = await run_in_threadpool(svc.accounts.memberships, principal.account_id)
+        return {principal.name, *orgs}
+    return set()

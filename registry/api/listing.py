@@ -7,12 +7,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from registry.api.common import next_link, page_params, repository, services
+from registry.api.common import authorize, next_link, page_params, readable_namespaces, repository, services
 from registry.oci.errors import RegistryError
 
 
 async def list_tags(request: Request) -> Response:
     name = repository(request)
+    await authorize(request, name, "pull")
     n, last = page_params(request)
     # One extra row tells whether another page follows.
     tags = await run_in_threadpool(services(request).meta.list_tags, name, n + 1, last)
@@ -27,7 +28,8 @@ async def list_tags(request: Request) -> Response:
 
 async def catalog(request: Request) -> Response:
     n, last = page_params(request)
-    names = await run_in_threadpool(services(request).meta.list_repositories, n + 1, last)
+    namespaces = await readable_namespaces(request)
+    names = await run_in_threadpool(services(request).meta.list_repositories, n + 1, last, namespaces)
     headers = {}
     more, names = len(names) > n, names[:n]
     if more and names:

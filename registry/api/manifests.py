@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from registry.api.common import digest_param, external_url, reference_param, repository, services
+from registry.api.common import audit, authorize, digest_param, external_url, reference_param, repository, services
 from registry.meta import MissingReferences, SizeConflict, StoredManifest
 from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest
@@ -22,6 +22,7 @@ from registry.oci.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
 async def _lookup(request: Request) -> StoredManifest:
     name = repository(request)
     reference = reference_param(request.path_params["reference"])
+    await authorize(request, name, "pull")
     svc = services(request)
     stored = await run_in_threadpool(svc.meta.get_manifest, name, str(reference))
     if stored is None:
@@ -69,6 +70,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
 async def put_manifest(request: Request) -> Response:
     name = repository(request)
     reference = reference_param(request.path_params["reference"])
+    principal = await authorize(request, name, "push")
     raw = await _read_limited(request, MAX_MANIFEST_BYTES)
     try:
         manifest = Manifest.parse(raw, request.headers.get("content-type"))
@@ -93,6 +95,7 @@ async def put_manifest(request: Request) -> Response:
     }
     if manifest.subject is not None:
         headers["OCI-Subject"] = str(manifest.subject.digest)
+    await audit(request, principal.actor, "push", f"{name}:{tag or digest}", "ok", digest=str(digest))
     return Response(status_code=201, headers=headers)
 
 
@@ -100,6 +103,7 @@ async def delete_manifest(request: Request) -> Response:
     """By digest: the manifest and its tags. By tag: only the tag."""
     name = repository(request)
     reference = reference_param(request.path_params["reference"])
+    principal = await authorize(request, name, "delete")
     meta = services(request).meta
     if isinstance(reference, Digest):
         deleted = await run_in_threadpool(meta.delete_manifest, name, reference)
@@ -109,6 +113,8 @@ async def delete_manifest(request: Request) -> Response:
         if not await run_in_threadpool(meta.repository_exists, name):
             raise RegistryError("NAME_UNKNOWN", detail={"name": name})
         raise RegistryError("MANIFEST_UNKNOWN", detail={"reference": str(reference)})
+    target = f"{name}@{reference}" if isinstance(reference, Digest) else f"{name}:{reference}"
+    await audit(request, principal.actor, "delete", target, "ok", kind="manifest")
     return Response(status_code=202, headers={"Content-Length": "0"})
 
 
@@ -116,6 +122,7 @@ async def list_referrers(request: Request) -> Response:
     """An image index of the manifests whose ``subject`` is ``digest`` (never a 404)."""
     name = repository(request)
     subject = digest_param(request.path_params["digest"])
+    await authorize(request, name, "pull")
     artifact_type = request.query_params.get("artifactType") or None
     rows = await run_in_threadpool(services(request).meta.referrers, name, subject, artifact_type)
     descriptors = []

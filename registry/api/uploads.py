@@ -22,7 +22,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from registry.api.common import content_length, digest_param, external_url, has_body, repository, services
+from registry.api.common import (
+    authorize,
+    content_length,
+    digest_param,
+    external_url,
+    has_body,
+    repository,
+    services,
+)
 from registry.oci.digest import Digest
 from registry.oci.errors import RegistryError
 from registry.oci.names import InvalidName, parse_repository
@@ -77,6 +85,7 @@ def _created(request: Request, name: str, digest: Digest) -> Response:
 
 async def _session(request: Request, name: str) -> str:
     upload_id: str = request.path_params["upload_id"]
+    await authorize(request, name, "push")
     svc = services(request)
     if await run_in_threadpool(svc.meta.get_upload, name, upload_id) is None:
         raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id})
@@ -127,6 +136,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 
 async def start_upload(request: Request) -> Response:
     name = repository(request)
+    principal = await authorize(request, name, "push")
     svc = services(request)
     query = request.query_params
 
@@ -135,11 +145,13 @@ async def start_upload(request: Request) -> Response:
         source = query.get("from", "")
         try:
             parse_repository(source)
+            readable = svc.settings.auth == "off" or "pull" in await run_in_threadpool(
+                svc.authority.allowed, principal, source
+            )
         except InvalidName:
-            pass  # not mountable: fall through to a normal upload session, as the spec says
-        else:
-            if await run_in_threadpool(svc.meta.mount_blob, name, source, digest) is not None:
-                return _created(request, name, digest)
+            readable = False  # not mountable: fall through to a normal upload session, as the spec says
+        if readable and await run_in_threadpool(svc.meta.mount_blob, name, source, digest) is not None:
+            return _created(request, name, digest)
 
     if "digest" in query:  # monolithic upload
         digest = digest_param(query["digest"])

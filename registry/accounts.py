@@ -1,0 +1,453 @@
+"""Identity in SQL: accounts (users and organisations), memberships, public keys, invites,
+robots, nonces and the audit log. Like ``registry.meta`` (repositories and manifests), every
+method is synchronous and runs one short transaction; the HTTP side calls them in a thread pool,
+``hangar registry admin`` calls them directly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import re
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, cast
+
+from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
+
+from registry.db import WRITE, utcnow
+from registry.models import Account, Audit, Invite, Membership, Nonce, PendingKey, PublicKey, Repository, Robot
+from registry.oci.auth import fingerprint
+from registry.oci.names import is_valid_namespace, repository_key
+
+_account = cast(Table, Account.__table__)
+_membership = cast(Table, Membership.__table__)
+_key = cast(Table, PublicKey.__table__)
+_pending = cast(Table, PendingKey.__table__)
+_invite = cast(Table, Invite.__table__)
+_robot = cast(Table, Robot.__table__)
+_nonce = cast(Table, Nonce.__table__)
+_audit = cast(Table, Audit.__table__)
+_repository = cast(Table, Repository.__table__)
+
+ROLES = ("owner", "writer", "reader")
+VISIBILITIES = ("public", "private")
+ROBOT_SCOPES = ("pull", "push")
+_ROBOT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
+APPROVAL_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+
+
+class AccountError(Exception):
+    """A request the account rules refuse; the message is for the user."""
+
+
+class NameTaken(AccountError):
+    pass
+
+
+class KeyTaken(AccountError):
+    pass
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    id: int
+    name: str
+    kind: str
+    is_admin: bool
+    disabled: bool
+    default_visibility: str
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    fingerprint: str
+    name: str
+    key: str
+    created_at: dt.datetime
+    last_used_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class RobotRecord:
+    namespace: str
+    name: str
+    scope: str
+    expires_at: dt.datetime
+
+    @property
+    def username(self) -> str:
+        return f"{self.namespace}+{self.name}"
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    at: dt.datetime
+    actor: str
+    action: str
+    target: str
+    outcome: str
+    remote: str
+    detail: dict[str, Any]
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _record(row: Any) -> AccountRecord:
+    return AccountRecord(row.id, row.name, row.kind, bool(row.is_admin), bool(row.disabled), row.default_visibility)
+
+
+class Accounts:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            conn.execution_options(**{WRITE: True})
+            with conn.begin():
+                yield conn
+
+    # -- accounts --------------------------------------------------------------------------
+
+    def _get(self, conn: Connection, name: str) -> AccountRecord | None:
+        row = conn.execute(select(_account).where(_account.c.key == name.lower())).first()
+        return _record(row) if row else None
+
+    def get(self, name: str) -> AccountRecord | None:
+        with self._read() as conn:
+            return self._get(conn, name)
+
+    def _create(self, conn: Connection, name: str, kind: str, admin: bool = False) -> AccountRecord:
+        if not is_valid_namespace(name):
+            raise AccountError(
+                f"invalid name {name!r}: use letters, digits, '_' and '-' (not first), at most 80 characters"
+            )
+        if self._get(conn, name) is not None:
+            raise NameTaken(f"the name {name!r} is taken")
+        try:
+            conn.execute(
+                insert(_account).values(
+                    key=name.lower(), name=name, kind=kind, is_admin=admin, disabled=False,
+                    default_visibility="public", created_at=utcnow(),
+                )
+            )  # fmt: skip
+        except IntegrityError:
+            raise NameTaken(f"the name {name!r} is taken") from None
+        record = self._get(conn, name)
+        assert record is not None
+        return record
+
+    def create_user(
+        self, name: str, *, admin: bool = False, key: str | None = None, key_name: str = ""
+    ) -> AccountRecord:
+        with self._write() as conn:
+            user = self._create(conn, name, "user", admin)
+            if key:
+                self._add_key(conn, user.id, key, key_name or "admin-added")
+            return user
+
+    def create_org(self, name: str, owner: str | None = None) -> AccountRecord:
+        with self._write() as conn:
+            org = self._create(conn, name, "org")
+            if owner:
+                user = self._get(conn, owner)
+                if user is None or user.kind != "user":
+                    raise AccountError(f"no user named {owner!r}")
+                conn.execute(insert(_membership).values(org_id=org.id, user_id=user.id, role="owner"))
+            return org
+
+    def set_disabled(self, name: str, disabled: bool) -> None:
+        with self._write() as conn:
+            result = conn.execute(update(_account).where(_account.c.key == name.lower()).values(disabled=disabled))
+            if result.rowcount == 0:
+                raise AccountError(f"no account named {name!r}")
+
+    def set_default_visibility(self, namespace: str, visibility: str) -> None:
+        if visibility not in VISIBILITIES:
+            raise AccountError(f"visibility must be one of {', '.join(VISIBILITIES)}")
+        with self._write() as conn:
+            conn.execute(
+                update(_account).where(_account.c.key == namespace.lower()).values(default_visibility=visibility)
+            )
+
+    # -- organisations -----------------------------------------------------------------------
+
+    def set_member(self, org: str, user: str, role: str) -> None:
+        if role not in ROLES:
+            raise AccountError(f"role must be one of {', '.join(ROLES)}")
+        with self._write() as conn:
+            o, u = self._get(conn, org), self._get(conn, user)
+            if o is None or o.kind != "org":
+                raise AccountError(f"no organisation named {org!r}")
+            if u is None or u.kind != "user":
+                raise AccountError(f"no user named {user!r}")
+            conn.execute(delete(_membership).where(_membership.c.org_id == o.id, _membership.c.user_id == u.id))
+            conn.execute(insert(_membership).values(org_id=o.id, user_id=u.id, role=role))
+
+    def remove_member(self, org: str, user: str) -> bool:
+        with self._write() as conn:
+            o, u = self._get(conn, org), self._get(conn, user)
+            if o is None or u is None:
+                return False
+            result = conn.execute(
+                delete(_membership).where(_membership.c.org_id == o.id, _membership.c.user_id == u.id)
+            )
+            return result.rowcount > 0
+
+    def role(self, org_id: int, user_id: int) -> str | None:
+        with self._read() as conn:
+            return conn.execute(
+                select(_membership.c.role).where(_membership.c.org_id == org_id, _membership.c.user_id == user_id)
+            ).scalar()
+
+    def memberships(self, user_id: int) -> dict[str, str]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(_account.c.name, _membership.c.role)
+                .select_from(_membership.join(_account, _account.c.id == _membership.c.org_id))
+                .where(_membership.c.user_id == user_id)
+                .order_by(_account.c.key)
+            )
+            return {r[0]: r[1] for r in rows}
+
+    def members(self, org: str) -> dict[str, str]:
+        with self._read() as conn:
+            o = self._get(conn, org)
+            if o is None:
+                return {}
+            rows = conn.execute(
+                select(_account.c.name, _membership.c.role)
+                .select_from(_membership.join(_account, _account.c.id == _membership.c.user_id))
+                .where(_membership.c.org_id == o.id)
+                .order_by(_account.c.key)
+            )
+            return {r[0]: r[1] for r in rows}
+
+    # -- keys --------------------------------------------------------------------------------
+
+    def _add_key(self, conn: Connection, account_id: int, key: str, name: str) -> KeyRecord:
+        if conn.execute(select(_key.c.id).where(_key.c.key == key)).first() is not None:
+            raise KeyTaken("this key already belongs to an account")
+        now = utcnow()
+        fp = fingerprint(key)
+        conn.execute(
+            insert(_key).values(account_id=account_id, key=key, fingerprint=fp, name=name[:128], created_at=now)
+        )
+        return KeyRecord(fp, name[:128], key, now, None)
+
+    def add_key(self, user: str, key: str, name: str) -> KeyRecord:
+        with self._write() as conn:
+            account = self._get(conn, user)
+            if account is None or account.kind != "user":
+                raise AccountError(f"no user named {user!r}")
+            return self._add_key(conn, account.id, key, name)
+
+    def user_for_key(self, key: str, *, touch: bool = True) -> AccountRecord | None:
+        """The user a key belongs to (recording its use)."""
+        with self._write() as conn:
+            row = conn.execute(select(_account).select_from(_key.join(_account)).where(_key.c.key == key)).first()
+            if row is None:
+                return None
+            if touch:
+                conn.execute(update(_key).where(_key.c.key == key).values(last_used_at=utcnow()))
+            return _record(row)
+
+    def keys(self, user_id: int) -> list[KeyRecord]:
+        with self._read() as conn:
+            rows = conn.execute(select(_key).where(_key.c.account_id == user_id).order_by(_key.c.created_at, _key.c.id))
+            return [KeyRecord(r.fingerprint, r.name, r.key, r.created_at, r.last_used_at) for r in rows]
+
+    def remove_key(self, user_id: int, fp: str) -> bool:
+        with self._write() as conn:
+            result = conn.execute(delete(_key).where(_key.c.account_id == user_id, _key.c.fingerprint == fp))
+            return result.rowcount > 0
+
+    def request_approval(self, user_id: int, key: str, name: str, ttl: float = 900) -> str:
+        """A short code that one of the user's signed-in devices approves with ``hangar keys approve``."""
+        with self._write() as conn:
+            existing = conn.execute(
+                select(_pending.c.code).where(
+                    _pending.c.account_id == user_id, _pending.c.key == key, _pending.c.expires_at > utcnow()
+                )
+            ).scalar()
+            if existing:
+                return str(existing)
+            code = "".join(secrets.choice(APPROVAL_CODE_ALPHABET) for _ in range(8))
+            code = f"{code[:4]}-{code[4:]}"
+            expires = utcnow() + dt.timedelta(seconds=ttl)
+            conn.execute(
+                insert(_pending).values(code=code, account_id=user_id, key=key, name=name[:128], expires_at=expires)
+            )
+            return code
+
+    def approve(self, user_id: int, code: str) -> KeyRecord | None:
+        """Bind the key waiting under ``code`` to the user, if the code is theirs and fresh."""
+        code = code.strip().upper()
+        with self._write() as conn:
+            row = conn.execute(
+                select(_pending).where(
+                    _pending.c.code == code, _pending.c.account_id == user_id, _pending.c.expires_at > utcnow()
+                )
+            ).first()
+            if row is None:
+                return None
+            conn.execute(delete(_pending).where(_pending.c.code == code))
+            return self._add_key(conn, user_id, row.key, row.name)
+
+    # -- sign-up and invites -------------------------------------------------------------------
+
+    def create_invite(self, ttl: float = 7 * 86400) -> str:
+        code = secrets.token_urlsafe(12)
+        with self._write() as conn:
+            conn.execute(
+                insert(_invite).values(
+                    code_hash=_hash(code), created_at=utcnow(), expires_at=utcnow() + dt.timedelta(seconds=ttl)
+                )
+            )
+        return code
+
+    def signup(self, name: str, key: str, key_name: str, invite: str | None, require_invite: bool) -> AccountRecord:
+        """Create a user bound to ``key``, consuming an invite when one is required (atomically)."""
+        with self._write() as conn:
+            invite_hash = None
+            if require_invite or invite:
+                if not invite:
+                    raise AccountError("sign-up needs an invite code (--invite)")
+                invite_hash = _hash(invite.strip())
+                row = conn.execute(select(_invite).where(_invite.c.code_hash == invite_hash)).first()
+                if row is None or row.used_at is not None or row.expires_at <= utcnow():
+                    raise AccountError("the invite code is unknown, used or expired")
+            if conn.execute(select(_key.c.id).where(_key.c.key == key)).first() is not None:
+                raise KeyTaken("this key already belongs to an account; use 'hangar signin' instead")
+            user = self._create(conn, name, "user")
+            self._add_key(conn, user.id, key, key_name)
+            if invite_hash:
+                conn.execute(
+                    update(_invite).where(_invite.c.code_hash == invite_hash).values(used_by=user.id, used_at=utcnow())
+                )
+            return user
+
+    # -- robots ------------------------------------------------------------------------------
+
+    def create_robot(self, namespace: str, name: str, scope: str, ttl: float) -> tuple[RobotRecord, str]:
+        if scope not in ROBOT_SCOPES:
+            raise AccountError(f"scope must be one of {', '.join(ROBOT_SCOPES)}")
+        if not _ROBOT_NAME_RE.fullmatch(name):
+            raise AccountError("robot names are lower-case letters, digits, '_' and '-', at most 40 characters")
+        token = "hgr_" + secrets.token_urlsafe(32)
+        expires = utcnow() + dt.timedelta(seconds=ttl)
+        with self._write() as conn:
+            account = self._get(conn, namespace)
+            if account is None:
+                raise AccountError(f"no namespace named {namespace!r}")
+            conn.execute(delete(_robot).where(_robot.c.account_id == account.id, _robot.c.name == name))
+            conn.execute(
+                insert(_robot).values(
+                    account_id=account.id, name=name, token_hash=_hash(token), scope=scope,
+                    created_at=utcnow(), expires_at=expires,
+                )
+            )  # fmt: skip
+        return RobotRecord(account.name, name, scope, expires), token
+
+    def robot(self, username: str, token: str) -> RobotRecord | None:
+        """The robot these Basic credentials name, if the token matches and has not expired."""
+        namespace, sep, name = username.partition("+")
+        if not sep:
+            return None
+        with self._read() as conn:
+            row = conn.execute(
+                select(_robot, _account.c.name.label("namespace"))
+                .select_from(_robot.join(_account))
+                .where(_account.c.key == namespace.lower(), _robot.c.name == name)
+            ).first()
+        if row is None or not secrets.compare_digest(row.token_hash, _hash(token)) or row.expires_at <= utcnow():
+            return None
+        return RobotRecord(row.namespace, row.name, row.scope, row.expires_at)
+
+    def robots(self, namespace: str) -> list[RobotRecord]:
+        with self._read() as conn:
+            rows = conn.execute(
+                select(_robot, _account.c.name.label("namespace"))
+                .select_from(_robot.join(_account))
+                .where(_account.c.key == namespace.lower())
+                .order_by(_robot.c.name)
+            )
+            return [RobotRecord(r.namespace, r.name, r.scope, r.expires_at) for r in rows]
+
+    def delete_robot(self, namespace: str, name: str) -> bool:
+        with self._write() as conn:
+            account = self._get(conn, namespace)
+            if account is None:
+                return False
+            result = conn.execute(delete(_robot).where(_robot.c.account_id == account.id, _robot.c.name == name))
+            return result.rowcount > 0
+
+    # -- repositories ------------------------------------------------------------------------
+
+    def repository_visibility(self, name: str) -> str | None:
+        """``public``/``private`` for an existing repository, None when there is none."""
+        with self._read() as conn:
+            return conn.execute(
+                select(_repository.c.visibility).where(_repository.c.key == repository_key(name))
+            ).scalar()
+
+    def set_repository_visibility(self, name: str, visibility: str) -> bool:
+        if visibility not in VISIBILITIES:
+            raise AccountError(f"visibility must be one of {', '.join(VISIBILITIES)}")
+        with self._write() as conn:
+            result = conn.execute(
+                update(_repository).where(_repository.c.key == repository_key(name)).values(visibility=visibility)
+            )
+            return result.rowcount > 0
+
+    # -- nonces ------------------------------------------------------------------------------
+
+    def use_nonce(self, value: str, expires_at: dt.datetime) -> bool:
+        """Record a nonce; False if it was seen before (a replay)."""
+        try:
+            with self._write() as conn:
+                if conn.execute(select(_nonce.c.value).where(_nonce.c.value == value)).first() is not None:
+                    return False
+                conn.execute(insert(_nonce).values(value=value, expires_at=expires_at))
+        except IntegrityError:
+            return False
+        return True
+
+    def purge_nonces(self) -> int:
+        with self._write() as conn:
+            return conn.execute(delete(_nonce).where(_nonce.c.expires_at < utcnow())).rowcount
+
+    # -- audit -------------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, target: str, outcome: str, remote: str, **detail: Any) -> None:
+        with self._write() as conn:
+            conn.execute(
+                insert(_audit).values(
+                    at=utcnow(), actor=actor[:128], action=action[:32], target=target[:255], outcome=outcome,
+                    remote=remote[:64], detail=json.dumps(detail, default=str) if detail else "",
+                )
+            )  # fmt: skip
+
+    def audit_log(self, limit: int = 100, action: str | None = None) -> list[AuditRecord]:
+        query = select(_audit).order_by(_audit.c.id.desc()).limit(limit)
+        if action:
+            query = query.where(_audit.c.action == action)
+        with self._read() as conn:
+            return [
+                AuditRecord(
+                    r.at, r.actor, r.action, r.target, r.outcome, r.remote, json.loads(r.detail) if r.detail else {}
+                )
+                for r in conn.execute(query)
+            ]

@@ -1,0 +1,149 @@
+"""Who may do what, and the tokens that say so.
+
+Principals are anonymous, users (signed in with an ed25519 key) or robots (a namespace's scoped
+token, presented with HTTP Basic at the token endpoint). What a principal may do to a repository:
+
+==================================  =======================
+public repository                   anyone: pull
+user's own namespace                that user: everything
+organisation namespace              owner, writer: everything; reader: pull
+robot of a namespace                pull (scope ``pull``) or everything (scope ``push``)
+administrator                       everything
+==================================  =======================
+
+Tokens are HS256 JWTs signed with a key kept in the database (shared by every worker and
+replica), short-lived, and carry the granted scopes; every request checks one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+
+from registry.accounts import Accounts
+from registry.oci.auth import ACTIONS, Scope
+from registry.oci.names import repository_key
+
+ALL = frozenset(ACTIONS)
+
+
+class InvalidToken(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "anonymous" | "user" | "robot"
+    name: str
+    account_id: int | None = None
+    is_admin: bool = False
+    robot_namespace: str | None = None
+    robot_scope: str | None = None
+
+    @property
+    def actor(self) -> str:
+        return f"robot:{self.name}" if self.kind == "robot" else self.name
+
+
+ANONYMOUS = Principal("anonymous", "anonymous")
+
+
+@dataclass(frozen=True)
+class Grant:
+    principal: Principal
+    access: dict[str, frozenset[str]]  # repository key -> actions
+
+    def allows(self, repository: str, action: str) -> bool:
+        return action in self.access.get(repository_key(repository), frozenset())
+
+
+class Authority:
+    def __init__(self, accounts: Accounts, signing_key: bytes, token_ttl: int = 300) -> None:
+        self.accounts = accounts
+        self._key = signing_key
+        self.token_ttl = token_ttl
+
+    def allowed(self, principal: Principal, repository: str) -> frozenset[str]:
+        """Every action ``principal`` may take on ``repository`` (reads the database)."""
+        namespace = repository_key(repository).split("/")[0]
+        actions: set[str] = set()
+        if self.accounts.repository_visibility(repository) == "public":
+            actions.add("pull")
+        if principal.is_admin:
+            return ALL
+        if principal.kind == "user" and principal.account_id is not None:
+            owner = self.accounts.get(namespace)
+            if owner is not None and not owner.disabled:
+                if owner.id == principal.account_id:
+                    return ALL
+                if owner.kind == "org":
+                    role = self.accounts.role(owner.id, principal.account_id)
+                    if role in ("owner", "writer"):
+                        return ALL
+                    if role == "reader":
+                        actions.add("pull")
+        if principal.kind == "robot" and (principal.robot_namespace or "").lower() == namespace:
+            actions.add("pull")
+            if principal.robot_scope == "push":
+                actions |= {"push", "delete"}
+        return frozenset(actions)
+
+    def grant(self, principal: Principal, requested: list[Scope]) -> list[Scope]:
+        """The requested scopes cut down to what the principal may do (empty ones dropped)."""
+        out = []
+        for scope in requested:
+            if scope.type != "repository":
+                continue
+            actions = scope.actions & self.allowed(principal, scope.name)
+            if actions:
+                out.append(Scope(scope.name, frozenset(actions)))
+        return out
+
+    def mint(self, principal: Principal, scopes: list[Scope], service: str) -> tuple[str, int, dt.datetime]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "iss": "hangar",
+            "sub": principal.name,
+            "aud": service,
+            "iat": now,
+            "nbf": now - 5,
+            "exp": now + self.token_ttl,
+            "jti": secrets.token_urlsafe(12),
+            "kind": principal.kind,
+            "aid": principal.account_id,
+            "adm": principal.is_admin,
+            "access": [{"type": s.type, "name": s.name, "actions": sorted(s.actions)} for s in scopes],
+        }
+        if principal.kind == "robot":
+            claims["rns"], claims["rsc"] = principal.robot_namespace, principal.robot_scope
+        token = jwt.encode(claims, self._key, algorithm="HS256")
+        return token, self.token_ttl, dt.datetime.fromtimestamp(now, dt.UTC)
+
+    def verify(self, token: str) -> Grant:
+        try:
+            claims = jwt.decode(
+                token, self._key, algorithms=["HS256"], options={"require": ["exp", "iat", "sub"], "verify_aud": False}
+            )
+        except jwt.ExpiredSignatureError:
+            raise InvalidToken("the token has expired") from None
+        except jwt.PyJWTError as e:
+            raise InvalidToken(f"the token is invalid: {e}") from None
+        principal = Principal(
+            kind=str(claims.get("kind", "anonymous")),
+            name=str(claims["sub"]),
+            account_id=claims.get("aid"),
+            is_admin=bool(claims.get("adm")),
+            robot_namespace=claims.get("rns"),
+            robot_scope=claims.get("rsc"),
+        )
+        access: dict[str, frozenset[str]] = {}
+        for item in claims.get("access", []):
+            if isinstance(item, dict) and item.get("type") == "repository":
+                key = repository_key(str(item.get("name", "")))
+                access[key] = access.get(key, frozenset()) | frozenset(map(str, item.get("actions", [])))
+        return Grant(principal, access)

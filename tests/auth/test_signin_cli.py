@@ -1,0 +1,145 @@
+"""Signing up and in with the ``hangar`` command line, approving a second device, invites."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.auth.conftest import accounts_of, audit_rows, unique
+from tests.servers import REPO_ROOT, RegistryProcess
+
+
+def hangar(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HANGAR_HOME": str(home)}
+    env.pop("HANGAR_KEY", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "client.cli", *args], env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"hangar {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def test_signup_signin_whoami_and_second_device(auth_registry: RegistryProcess, tmp_path: Path) -> None:
+    name = unique("carol")
+    laptop, desktop = tmp_path / "laptop", tmp_path / "desktop"
+    out = hangar(laptop, "signin", auth_registry.host, "--username", name, "--key-name", "laptop").stdout
+    assert "Generated a new key" in out and f"Created the account '{name}'" in out
+    key = laptop / "id_ed25519"
+    assert key.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    assert oct(key.stat().st_mode & 0o777) == "0o600"
+    assert (laptop / "id_ed25519.pub").read_text().startswith("ssh-ed25519 AAAA")
+
+    # Signing in again with a bound key just confirms it.
+    assert f"Signed in to {auth_registry.url} as '{name}'" in hangar(laptop, "signin", auth_registry.host).stdout
+    assert hangar(laptop, "whoami", auth_registry.host).stdout.startswith(f"{name} on {auth_registry.url}")
+
+    # A second device asks for approval and waits; the first device approves its code.
+    env = {**os.environ, "HANGAR_HOME": str(desktop)}
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "client.cli", "signin", auth_registry.host, "--username", name, "--key-name", "desktop"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert waiting.stdout is not None
+    code = None
+    seen = []
+    for line in waiting.stdout:
+        seen.append(line)
+        m = re.search(r"hangar keys approve (\w{4}-\w{4})", line)
+        if m:
+            code = m.group(1)
+            break
+    assert code, "".join(seen)
+    # An unapproved key may not act for the account.
+    assert hangar(desktop, "whoami", auth_registry.host, check=False).returncode != 0
+    assert "approved key SHA256:" in hangar(laptop, "keys", "approve", code, auth_registry.host).stdout
+    rest, _ = waiting.communicate(timeout=30)
+    assert waiting.returncode == 0 and f"as '{name}'" in rest
+    assert hangar(desktop, "whoami", auth_registry.host).stdout.startswith(name)
+
+    listing = hangar(laptop, "keys", "list", auth_registry.host).stdout
+    assert "laptop" in listing and "desktop" in listing and listing.count("SHA256:") == 2
+
+    # Sign out on the desktop removes only its key.
+    assert "Signed out" in hangar(desktop, "signout", auth_registry.host).stdout
+    assert hangar(desktop, "whoami", auth_registry.host, check=False).returncode != 0
+    assert hangar(laptop, "keys", "list", auth_registry.host).stdout.count("SHA256:") == 1
+
+    actions = {(r.action, r.outcome) for r in audit_rows(auth_registry, actor=name)}
+    assert {
+        ("signup", "ok"),
+        ("signin", "ok"),
+        ("key.request", "ok"),
+        ("key.add", "ok"),
+        ("key.remove", "ok"),
+    } <= actions
+
+
+def test_key_from_another_tool(auth_registry: RegistryProcess, tmp_path: Path) -> None:
+    """--key / HANGAR_KEY use an existing key, such as Ollama's."""
+    from client.keys import load_or_create
+
+    ollama_key = tmp_path / ".ollama" / "id_ed25519"
+    identity, _ = load_or_create(ollama_key)
+    name = unique("dave")
+    hangar(tmp_path / "home", "signin", auth_registry.host, "--username", name, "--key", str(ollama_key))
+    assert not (tmp_path / "home" / "id_ed25519").exists()
+    out = hangar(tmp_path / "home", "whoami", auth_registry.host, "--key", str(ollama_key)).stdout
+    assert identity.fingerprint in out
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def invite_registry(request: pytest.FixtureRequest, tmp_path: Path, database_factory):  # type: ignore[no-untyped-def]
+    proc = RegistryProcess(
+        tmp_path / "data", database_factory(request.param), "--auth", "required", "--signup", "invite"
+    )
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def test_invite_only_signup(invite_registry: RegistryProcess, tmp_path: Path) -> None:
+    name = unique("erin")
+    refused = hangar(tmp_path / "erin", "signin", invite_registry.host, "--username", name, check=False)
+    assert refused.returncode != 0 and "invite" in refused.stderr
+
+    admin = subprocess.run(
+        [sys.executable, "-m", "registry", "admin", "invite", "--data-dir", str(invite_registry.data_dir),
+         *(["--database-url", invite_registry.database_url] if invite_registry.database_url else [])],
+        capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    code = admin.stdout.strip()
+    out = hangar(tmp_path / "erin", "signin", invite_registry.host, "--username", name, "--invite", code).stdout
+    assert f"Created the account '{name}'" in out
+    reused = hangar(
+        tmp_path / "frank", "signin", invite_registry.host, "--username", unique("frank"), "--invite", code, check=False
+    )
+    assert reused.returncode != 0 and "unknown, used or expired" in reused.stderr
+    assert {r.outcome for r in audit_rows(invite_registry, action="signup")} == {"ok", "denied"}
+
+
+def test_closed_signup_and_admin_created_users(tmp_path: Path, database_factory) -> None:  # type: ignore[no-untyped-def]
+    proc = RegistryProcess(tmp_path / "data", database_factory("sqlite"), "--auth", "required", "--signup", "closed")
+    proc.start()
+    try:
+        refused = hangar(tmp_path / "gina", "signin", proc.host, "--username", "gina", check=False)
+        assert refused.returncode != 0 and "closed" in refused.stderr
+        # An administrator creates the account with the user's public key.
+        from client.keys import load_or_create
+
+        identity, _ = load_or_create(tmp_path / "gina" / "id_ed25519")
+        subprocess.run(
+            [sys.executable, "-m", "registry", "admin", "user", "create", "gina", "--pubkey-file",
+             str(tmp_path / "gina" / "id_ed25519.pub"), "--data-dir", str(proc.data_dir)],
+            check=True, capture_output=True, cwd=REPO_ROOT,
+        )  # fmt: skip
+        assert hangar(tmp_path / "gina", "whoami", proc.host).stdout.startswith("gina on")
+        assert accounts_of(proc).get("gina") is not None
+        assert identity.fingerprint in hangar(tmp_path / "gina", "keys", "list", proc.host).stdout
+    finally:
+        proc.stop()
