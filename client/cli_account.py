@@ -43,6 +43,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     key_cmd = commands.add_parser("keys", help="list, remove and approve the keys of your account")
     sub = key_cmd.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    p = sub.add_parser("show", help="print this machine's public key (creating the key pair if missing)")
+    p.add_argument("--key", help="the key file (default ~/.hangar/id_ed25519 or HANGAR_KEY)")
+    p.set_defaults(handler=_keys_show)
     p = sub.add_parser("list", help="your keys, with fingerprint, name and last use")
     _registry_arg(p)
     p.set_defaults(handler=_keys_list)
@@ -148,6 +151,14 @@ def _whoami(args: argparse.Namespace) -> int:
     print(f"{me['username']}{' (administrator)' if me['admin'] else ''} on {client.base}")
     print(f"organisations: {orgs}")
     print(f"key: {me['key']['fingerprint']} ({me['key']['name']})")
+    return 0
+
+
+def _keys_show(args: argparse.Namespace) -> int:
+    path = Path(args.key).expanduser() if args.key else load().key_path
+    identity, created = keys.load_or_create(path)
+    print(identity.public_line)
+    print(f"# {identity.fingerprint}  {path}{' (new)' if created else ''}")
     return 0
 
 

@@ -143,3 +143,10 @@ def test_closed_signup_and_admin_created_users(tmp_path: Path, database_factory)
         assert identity.fingerprint in hangar(tmp_path / "gina", "keys", "list", proc.host).stdout
     finally:
         proc.stop()
+
+
+def test_keys_show_prints_the_public_key(tmp_path: Path) -> None:
+    out = hangar(tmp_path, "keys", "show").stdout.splitlines()
+    assert out[0] == (tmp_path / "id_ed25519.pub").read_text().strip()
+    assert out[1].startswith("# SHA256:") and "(new)" in out[1]
+    assert "(new)" not in hangar(tmp_path, "keys", "show").stdout
