@@ -22,6 +22,7 @@ from registry.models import Account, Blob, Manifest, ManifestReference, Reposito
 from registry.oci.digest import Digest
 from registry.oci.manifest import Manifest as ParsedManifest
 from registry.oci.names import repository_key
+from registry.storage import CHUNK_SIZE, BlobInfo
 
 _repository = cast(Table, Repository.__table__)
 _blob = cast(Table, Blob.__table__)
@@ -157,9 +158,10 @@ class Metadata:
         with self._read() as conn:
             return conn.execute(query).scalar()
 
-    def link_blob(self, name: str, digest: Digest, size: int) -> None:
+    def link_blob(self, name: str, info: BlobInfo) -> None:
         with self._write() as conn:
-            self._link(conn, self._ensure_repository(conn, name), digest, size)
+            self._link(conn, self._ensure_repository(conn, name), info.digest, info.size)
+            self._set_chunks(conn, info)
 
     def _link(self, conn: Connection, repo_id: int, digest: Digest, size: int) -> None:
         now = utcnow()
@@ -222,11 +224,39 @@ class Metadata:
         with self._write() as conn:
             conn.execute(update(_upload).where(_upload.c.id == upload_id).values(updated_at=utcnow()))
 
-    def finish_upload(self, name: str, upload_id: str, digest: Digest, size: int) -> None:
+    def finish_upload(self, name: str, upload_id: str, info: BlobInfo) -> None:
         """Link the committed blob into the repository and forget the session."""
         with self._write() as conn:
-            self._link(conn, self._ensure_repository(conn, name), digest, size)
+            self._link(conn, self._ensure_repository(conn, name), info.digest, info.size)
+            self._set_chunks(conn, info)
             conn.execute(delete(_upload).where(_upload.c.id == upload_id))
+
+    def _set_chunks(self, conn: Connection, info: BlobInfo) -> None:
+        if info.chunk_sums:
+            conn.execute(
+                update(_blob)
+                .where(_blob.c.digest == str(info.digest), _blob.c.chunk_sums.is_(None))
+                .values(chunk_size=CHUNK_SIZE, chunk_sums="\n".join(info.chunk_sums))
+            )
+
+    def chunks(self, name: str, digest: Digest) -> tuple[int, list[str] | None] | None:
+        """``(size, chunk sums or None)`` of a blob linked into the repository, or None."""
+        query = (
+            select(_blob.c.size, _blob.c.chunk_size, _blob.c.chunk_sums)
+            .select_from(_repository_blob.join(_blob).join(_repository))
+            .where(_repository.c.key == repository_key(name), _repository_blob.c.digest == str(digest))
+        )
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        if row.chunk_sums is None or row.chunk_size != CHUNK_SIZE:
+            return int(row.size), None
+        return int(row.size), row.chunk_sums.split("\n") if row.chunk_sums else []
+
+    def set_chunks(self, info: BlobInfo) -> None:
+        with self._write() as conn:
+            self._set_chunks(conn, info)
 
     def delete_upload(self, upload_id: str) -> None:
         with self._write() as conn:

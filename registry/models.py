@@ -49,6 +49,9 @@ class Blob(Base):
 
     digest: Mapped[str] = mapped_column(DIGEST, primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger)
+    # The chunksums API: sha256 hex of each chunk, newline-separated, and the chunk size.
+    chunk_size: Mapped[int | None] = mapped_column(BigInteger)
+    chunk_sums: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -29,7 +29,7 @@ class RepositoryConvertor(Convertor[str]):
 
 register_url_convertor("repo", RepositoryConvertor())
 
-_REPO_ROUTE_RE = re.compile(r"/v2/(?P<name>.+?)/(?:manifests|blobs|tags|referrers)/")
+_REPO_ROUTE_RE = re.compile(r"/v2/(?P<name>.+?)/(?:manifests|blobs|tags|referrers|chunksums)/")
 
 
 async def api_version(request: Request) -> Response:
@@ -73,6 +73,7 @@ routes = [
     Route(R + "/manifests/{reference}", manifests.put_manifest, methods=["PUT"]),
     Route(R + "/manifests/{reference}", manifests.delete_manifest, methods=["DELETE"]),
     Route(R + "/referrers/{digest}", manifests.list_referrers, methods=["GET"]),
+    Route(R + "/chunksums/{digest}", blobs.chunk_sums, methods=["GET"]),
     Route(R + "/blobs/uploads/", uploads.start_upload, methods=["POST"]),
     Route(R + "/blobs/uploads", uploads.start_upload, methods=["POST"]),
     Route(R + "/blobs/uploads/{upload_id}", uploads.get_upload, methods=["GET"]),

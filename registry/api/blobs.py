@@ -16,6 +16,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from registry.api.common import audit, authorize, digest_param, external_url, repository, services
 from registry.oci.digest import Digest
 from registry.oci.errors import RegistryError
+from registry.storage import CHUNK_SIZE, BlobInfo, ContentHash
 
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -103,6 +104,40 @@ async def get_blob(request: Request) -> Response:
     headers["Content-Length"] = str(last - first + 1)
     headers["Content-Range"] = f"bytes {first}-{last}/{size}"
     return StreamingResponse(svc.store.read(digest, first, last - first + 1), status_code=206, headers=headers)
+
+
+async def chunk_sums(request: Request) -> Response:
+    """``GET /v2/<name>/chunksums/<digest>``: the sha256 of each chunk of a blob, one line each,
+    ``sha256:<hex> <first>-<last>`` (inclusive byte offsets, contiguous, covering the blob), with
+    ``Content-Location`` naming the signed URL to fetch the chunks from. Clients verify each chunk
+    as it arrives, so a bad byte costs one chunk, not the blob."""
+    name, digest = repository(request), digest_param(request.path_params["digest"])
+    await authorize(request, name, "pull")
+    svc = services(request)
+    found = await run_in_threadpool(svc.meta.chunks, name, digest)
+    if found is None:
+        await _blob_size(request, name, digest)  # raises the right 404
+        raise RegistryError("BLOB_UNKNOWN", detail={"digest": str(digest)})
+    size, sums = found
+    if sums is None:  # a blob stored before chunk sums existed: compute them once
+        content = ContentHash()
+        async for data in svc.store.read(digest):
+            await run_in_threadpool(content.update, data)
+        if content.digest() != digest:
+            raise RegistryError("UNKNOWN", f"stored blob {digest} does not match its digest")
+        sums = list(content.chunk_sums())
+        await run_in_threadpool(svc.meta.set_chunks, BlobInfo(digest, size, tuple(sums)))
+    lines = []
+    for i, value in enumerate(sums):
+        first = i * CHUNK_SIZE
+        lines.append(f"sha256:{value} {first}-{min(size, first + CHUNK_SIZE) - 1}\n")
+    path = f"/v2/{name}/blobs/{digest}"
+    headers = {
+        "Content-Type": "text/plain; charset=utf-8",
+        "Content-Location": external_url(request, path, svc.signer.sign(path, svc.settings.signed_url_ttl)),
+        "Docker-Content-Digest": str(digest),
+    }
+    return Response("".join(lines).encode(), headers=headers)
 
 
 async def delete_blob(request: Request) -> Response:

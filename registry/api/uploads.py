@@ -162,7 +162,7 @@ async def start_upload(request: Request) -> Response:
             raise RegistryError("DIGEST_INVALID", str(e), detail={"digest": str(digest)}) from None
         except (IncompleteChunk, OversizedChunk, ClientDisconnect) as e:
             raise RegistryError("BLOB_UPLOAD_INVALID", f"incomplete upload: {e}") from None
-        await run_in_threadpool(svc.meta.link_blob, name, digest, info.size)
+        await run_in_threadpool(svc.meta.link_blob, name, info)
         return _created(request, name, digest)
 
     upload_id = str(uuid.uuid4())
@@ -204,7 +204,7 @@ async def finish_upload(request: Request) -> Response:
         raise RegistryError("DIGEST_INVALID", str(e), detail={"digest": str(digest)}) from None
     except UploadNotFound:
         raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
-    await run_in_threadpool(svc.meta.finish_upload, name, upload_id, digest, info.size)
+    await run_in_threadpool(svc.meta.finish_upload, name, upload_id, info)
     return _created(request, name, digest)
 
 

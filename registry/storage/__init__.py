@@ -11,6 +11,7 @@ methods and may answer :meth:`BlobStore.redirect_url` with a presigned URL.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,54 @@ class SizeMismatch(StorageError):
         self.actual = actual
 
 
+CHUNK_SIZE = 16 * 1024 * 1024  # the granularity of the chunksums API
+
+
 @dataclass(frozen=True, slots=True)
 class BlobInfo:
     digest: Digest
     size: int
+    # sha256 hex of each CHUNK_SIZE chunk, when the store computed them (on commit).
+    chunk_sums: tuple[str, ...] = ()
+
+
+class ContentHash:
+    """The sha256 of a stream and of each ``CHUNK_SIZE`` chunk of it, fed as bytes arrive."""
+
+    def __init__(self, chunk_size: int = CHUNK_SIZE) -> None:
+        self.chunk_size = chunk_size
+        self.size = 0
+        self.chunks: list[str] = []
+        self._whole = hashlib.sha256()
+        self._chunk = hashlib.sha256()
+        self._in_chunk = 0
+
+    def update(self, data: bytes | memoryview) -> None:
+        self._whole.update(data)
+        self.size += len(data)
+        view = memoryview(data)
+        while view:
+            take = min(len(view), self.chunk_size - self._in_chunk)
+            self._chunk.update(view[:take])
+            self._in_chunk += take
+            view = view[take:]
+            if self._in_chunk == self.chunk_size:
+                self.chunks.append(self._chunk.hexdigest())
+                self._chunk = hashlib.sha256()
+                self._in_chunk = 0
+
+    def copy(self) -> ContentHash:
+        other = ContentHash(self.chunk_size)
+        other.size, other.chunks, other._in_chunk = self.size, list(self.chunks), self._in_chunk
+        other._whole, other._chunk = self._whole.copy(), self._chunk.copy()
+        return other
+
+    def digest(self) -> Digest:
+        return Digest(self._whole.hexdigest())
+
+    def chunk_sums(self) -> tuple[str, ...]:
+        tail = [self._chunk.hexdigest()] if self._in_chunk else []
+        return (*self.chunks, *tail)
 
 
 @dataclass(frozen=True, slots=True)

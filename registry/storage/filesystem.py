@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import hashlib
 import os
 import re
 import time
@@ -35,6 +34,7 @@ from registry.oci.digest import Digest
 from registry.storage import (
     BlobInfo,
     BlobNotFound,
+    ContentHash,
     DigestMismatch,
     IncompleteChunk,
     OffsetMismatch,
@@ -65,8 +65,8 @@ class FilesystemStore:
         self.uploads_dir = root / "uploads"
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
-        # upload id -> (bytes hashed, running hash); see the module docstring.
-        self._hashes: OrderedDict[str, tuple[int, Any]] = OrderedDict()
+        # upload id -> running hash of the bytes received so far; see the module docstring.
+        self._hashes: OrderedDict[str, ContentHash] = OrderedDict()
         self._hash_cache_size = hash_cache_size
 
     # -- paths ---------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class FilesystemStore:
     async def start_upload(self, upload_id: str) -> None:
         fd = os.open(self._upload_path(upload_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         os.close(fd)
-        self._remember_hash(upload_id, 0, hashlib.sha256())
+        self._remember_hash(upload_id, ContentHash())
 
     async def upload_size(self, upload_id: str) -> int:
         try:
@@ -162,10 +162,10 @@ class FilesystemStore:
                     # All or nothing: the client may send this same chunk again.
                     os.ftruncate(fd, offset)
                     if before is not None:
-                        self._remember_hash(upload_id, offset, before)
+                        self._remember_hash(upload_id, before)
                 raise
             if hasher is not None:
-                self._remember_hash(upload_id, offset + writer.received, hasher)
+                self._remember_hash(upload_id, hasher)
             return offset + writer.received
         finally:
             os.close(fd)  # also releases the flock
@@ -229,8 +229,8 @@ class FilesystemStore:
                 os.unlink(path)
                 raise SizeMismatch(size, actual_size)
             os.fsync(fd)
-            fresh = cached is not None and cached[0] == actual_size
-            actual = Digest(cached[1].hexdigest()) if fresh else _hash_fd(fd)  # type: ignore[index]
+            content = cached if cached is not None and cached.size == actual_size else _hash_fd(fd)
+            actual = content.digest()
             if actual != digest:
                 os.unlink(path)
                 raise DigestMismatch(digest, actual)
@@ -238,18 +238,16 @@ class FilesystemStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
             _fsync_dir(target.parent)
-            return BlobInfo(digest, actual_size)
+            return BlobInfo(digest, actual_size, content.chunk_sums())
         finally:
             os.close(fd)
 
-    def _take_hash(self, upload_id: str, size: int) -> Any:
+    def _take_hash(self, upload_id: str, size: int) -> ContentHash | None:
         entry = self._hashes.pop(upload_id, None)
-        if entry is not None and entry[0] == size:
-            return entry[1]
-        return None
+        return entry if entry is not None and entry.size == size else None
 
-    def _remember_hash(self, upload_id: str, size: int, hasher: Any) -> None:
-        self._hashes[upload_id] = (size, hasher)
+    def _remember_hash(self, upload_id: str, hasher: ContentHash) -> None:
+        self._hashes[upload_id] = hasher
         self._hashes.move_to_end(upload_id)
         while len(self._hashes) > self._hash_cache_size:
             self._hashes.popitem(last=False)
@@ -259,7 +257,7 @@ class _PipelinedWriter:
     """Batch incoming chunks and write (and hash) each batch in a thread while the event loop
     receives the next one."""
 
-    def __init__(self, fd: int, offset: int, hasher: Any) -> None:
+    def __init__(self, fd: int, offset: int, hasher: ContentHash | None) -> None:
         self.fd = fd
         self.pos = offset
         self.hasher = hasher
@@ -307,13 +305,13 @@ class _PipelinedWriter:
             self.hasher.update(data)
 
 
-def _hash_fd(fd: int) -> Digest:
-    h = hashlib.sha256()
+def _hash_fd(fd: int) -> ContentHash:
+    h = ContentHash()
     pos = 0
     while data := os.pread(fd, 4 * 1024 * 1024, pos):
         h.update(data)
         pos += len(data)
-    return Digest(h.hexdigest())
+    return h
 
 
 def _fsync_dir(path: Path) -> None:

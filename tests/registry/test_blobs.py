@@ -98,3 +98,64 @@ def test_delete_unlinks(client: httpx.Client, repo: str, blob: tuple[str, bytes]
     assert client.head(f"/v2/{repo}/blobs/{digest}").status_code == 404
     r = client.delete(f"/v2/{repo}/blobs/{digest}")
     assert r.status_code == 404 and error_codes(r) == ["BLOB_UNKNOWN"]
+
+
+def _check_chunksums(text: str, data: bytes) -> None:
+    import hashlib
+
+    from registry.storage import CHUNK_SIZE
+
+    expected_next = 0
+    lines = text.splitlines()
+    assert len(lines) == -(-len(data) // CHUNK_SIZE)
+    for line in lines:
+        digest, span = line.split(" ")
+        first, last = map(int, span.split("-"))
+        assert first == expected_next and last - first + 1 <= CHUNK_SIZE
+        assert digest == "sha256:" + hashlib.sha256(data[first : last + 1]).hexdigest()
+        expected_next = last + 1
+    assert expected_next == len(data)
+
+
+def test_chunksums(client: httpx.Client, registry, repo: str) -> None:  # type: ignore[no-untyped-def]
+    data = random_bytes(40 * 1024 * 1024 + 123)
+    url = client.post(f"/v2/{repo}/blobs/uploads/").headers["Location"]
+    for offset in range(0, len(data), 7_000_000):  # chunks that do not line up with chunk sums
+        chunk = data[offset : offset + 7_000_000]
+        assert (
+            client.patch(
+                url, content=chunk, headers={"Content-Range": f"{offset}-{offset + len(chunk) - 1}"}
+            ).status_code
+            == 202
+        )
+    assert client.put(url, params={"digest": digest_of(data)}).status_code == 201
+
+    r = client.get(f"/v2/{repo}/chunksums/{digest_of(data)}")
+    assert r.status_code == 200 and r.headers["Docker-Content-Digest"] == digest_of(data)
+    _check_chunksums(r.text, data)
+    # The Content-Location serves the chunks without credentials.
+    part = httpx.get(r.headers["Content-Location"], headers={"Range": "bytes=16777216-16777315"})
+    assert part.status_code == 206 and part.content == data[16777216:16777316]
+
+    assert client.get(f"/v2/{repo}/chunksums/{digest_of(b'none')}").status_code == 404
+    assert error_codes(client.get(f"/v2/{repo}/chunksums/sha256:bad")) == ["DIGEST_INVALID"]
+
+
+def test_chunksums_are_computed_for_blobs_stored_without_them(client: httpx.Client, registry, repo: str) -> None:  # type: ignore[no-untyped-def]
+    from sqlalchemy import text
+
+    from registry.db import make_engine
+
+    data = random_bytes(20 * 1024 * 1024)
+    push_blob(client, repo, data)
+    url = registry.database_url or f"sqlite:///{registry.data_dir / 'registry.db'}"
+    engine = make_engine(url, pooled=False)
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE blob SET chunk_sums = NULL, chunk_size = NULL WHERE digest = :d"), {"d": digest_of(data)}
+        )
+    engine.dispose()
+    r = client.get(f"/v2/{repo}/chunksums/{digest_of(data)}")
+    assert r.status_code == 200
+    _check_chunksums(r.text, data)
+    assert client.get(f"/v2/{repo}/chunksums/{digest_of(data)}").text == r.text

@@ -177,3 +177,22 @@ def test_abort_and_unknown_uploads(store: BlobStore) -> None:
             await read_all(store, digest(b"nothing"))
 
     run(go())
+
+
+def test_commit_reports_chunk_sums(store: BlobStore) -> None:
+    from registry.storage import CHUNK_SIZE
+
+    data = os.urandom(2 * CHUNK_SIZE + 5)
+
+    async def go() -> None:
+        await store.start_upload("cs")
+        await store.append_upload("cs", 0, chunks(data[:1000]), 1000)
+        fresh = FilesystemStore(store.root) if isinstance(store, FilesystemStore) else store
+        await fresh.append_upload("cs", 1000, chunks(data[1000:], 3_000_000), None)  # no cached hash here
+        info = await fresh.commit_upload("cs", digest(data))
+        expected = tuple(hashlib.sha256(data[i : i + CHUNK_SIZE]).hexdigest() for i in range(0, len(data), CHUNK_SIZE))
+        assert info.chunk_sums == expected
+        info2 = await put_blob(store, "cs2", digest(data), chunks(data, 1_000_000), len(data))
+        assert info2.chunk_sums == expected
+
+    run(go())
