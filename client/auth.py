@@ -66,6 +66,10 @@ class RegistryAuth(httpx.Auth):
             raise errors.Unauthorized("the registry's token endpoint answered without a token") from None
         self._expires = time.monotonic() + float(doc.get("expires_in") or 60)
 
+    @property
+    def token(self) -> str | None:
+        return self._token
+
     def _authorize(self, request: httpx.Request) -> None:
         if self._token:
             request.headers["Authorization"] = f"Bearer {self._token}"
@@ -111,3 +115,9 @@ class RegistryAuth(httpx.Auth):
                 outgoing = flow.send(response)
             except StopIteration:
                 return
+
+
+def bearer_token(http: httpx.AsyncClient) -> str | None:
+    """The token the client's registry auth holds now (for requests made outside httpx)."""
+    auth = http.auth
+    return auth.token if isinstance(auth, RegistryAuth) else None

@@ -31,7 +31,7 @@ def test_push_then_pull_round_trip(registry, repo: str, store: Store, settings: 
     pulled: list[Progress] = []
     from client.pull import PullOptions
 
-    model = asyncio.run(pull(name, bob, bob_settings, PullOptions(part_size=1_000_000), progress=pulled.append))
+    model = asyncio.run(pull(name, bob, bob_settings, PullOptions(part_size=1_000_000), progress=pulled.append)).model
     assert model.manifest.raw == store.get(name).manifest.raw
     for desc in model.manifest.blobs():
         assert bob.blob_path(desc.digest).read_bytes() == store.blob_path(desc.digest).read_bytes()
