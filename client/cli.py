@@ -8,11 +8,15 @@ import asyncio
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from client import errors
 from client.config import ClientSettings, load, parse_size
 from client.store import Store
 from registry.oci.names import ModelName
+
+if TYPE_CHECKING:
+    from client.model_info import ModelInfo
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,6 +59,38 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("source")
     cp.add_argument("destination")
     cp.set_defaults(handler=_cp)
+
+    show = commands.add_parser("show", help="show a model's details, Modelfile, parameters, template …")
+    show.add_argument("model")
+    which = show.add_mutually_exclusive_group()
+    for flag, what in (("modelfile", "the Modelfile that recreates it"), ("parameters", "its parameters"),
+                       ("template", "its prompt template"), ("system", "its system prompt"),
+                       ("license", "its license(s)")):  # fmt: skip
+        which.add_argument(f"--{flag}", action="store_true", help=f"print only {what}")
+    show.add_argument("-v", "--verbose", action="store_true", help="also print the GGUF metadata")
+    show.set_defaults(handler=_show)
+
+    prune = commands.add_parser(
+        "prune",
+        help="delete blobs no model uses and stale partial downloads",
+        description="Delete blobs no local model references, and partial downloads and temporary "
+        "files, older than the grace period (younger ones may belong to a pull still running).",
+    )
+    prune.add_argument("--grace", default="1h", help="keep files younger than this (default 1h; e.g. 0s, 30m, 2d)")
+    prune.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
+    prune.set_defaults(handler=_prune)
+
+    export = commands.add_parser(
+        "export", help="write a model to a tar file (an OCI image layout) for air-gapped transfer"
+    )
+    export.add_argument("model")
+    export.add_argument("file", help="the .tar file to write")
+    export.set_defaults(handler=_export)
+
+    imp = commands.add_parser("import", help="read a model from a tar file made by 'hangar export'")
+    imp.add_argument("file")
+    imp.add_argument("name", nargs="?", help="import under this name (default: the name in the archive)")
+    imp.set_defaults(handler=_import)
 
     cli_account.add_commands(commands)
     registry_cli.add_commands(commands)
@@ -146,6 +182,104 @@ def _cp(args: argparse.Namespace) -> int:
     source, destination = _name(store, settings, args.source), _name(store, settings, args.destination)
     copy_model(store, source, destination)
     print(f"copied '{args.source}' to '{args.destination}'")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from client.model_info import inspect, parameter_lines, render_modelfile
+
+    settings, store = _context()
+    model = store.get(_name(store, settings, args.model))
+    info = inspect(store, model)
+    if args.modelfile:
+        print(render_modelfile(info), end="")
+    elif args.parameters:
+        print("\n".join(parameter_lines(info.parameters)))
+    elif args.template:
+        print(info.template or "")
+    elif args.system:
+        print(info.system or "")
+    elif args.license:
+        print("\n".join(info.licenses))
+    else:
+        _print_summary(info, args.verbose)
+    return 0
+
+
+def _print_summary(info: ModelInfo, verbose: bool) -> None:
+    def section(title: str, rows: list[tuple[str, str]] | list[str]) -> None:
+        if not rows:
+            return
+        print(f"  {title}")
+        for row in rows:
+            print(f"    {row[0]:<20}{row[1]}" if isinstance(row, tuple) else f"    {row}")
+        print()
+
+    model_rows = [
+        ("architecture", info.architecture),
+        ("parameters", info.parameter_size),
+        ("context length", str(info.arch_value("context_length") or "")),
+        ("embedding length", str(info.arch_value("embedding_length") or "")),
+        ("quantization", info.quantization),
+    ]
+    section("Model", [(k, v) for k, v in model_rows if v])
+    section("Capabilities", info.capabilities)
+    section("Parameters", _short_params(info))
+    if info.system:
+        section("System", info.system.strip().splitlines()[:5])
+    for text in info.licenses:
+        section("License", [line for line in text.strip().splitlines()[:2]])
+    if verbose:
+        section("Metadata", [(k, str(v)) for k, v in sorted(info.gguf.items())])
+
+
+def _short_params(info: ModelInfo) -> list[str]:
+    from client.model_info import format_value
+
+    return [f"{name:<14} {format_value(v)}" for name, value in info.parameters.items()
+            for v in (value if isinstance(value, list) else [value])]  # fmt: skip
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from client.manage import plan_prune, prune
+    from client.progress import human_size
+    from registry.config import parse_duration
+
+    _, store = _context()
+    plan = plan_prune(store, parse_duration(args.grace))
+    shown = plan if args.dry_run else prune(store, plan)
+    verb = "would free" if args.dry_run else "freed"
+    for path, size in shown.blobs:
+        print(f"{'would delete' if args.dry_run else 'deleted'} {path.name} ({human_size(size)}, unused)")
+    for path, size in shown.partials:
+        print(f"{'would delete' if args.dry_run else 'deleted'} {path.name} ({human_size(size)}, partial)")
+    print(f"{verb} {human_size(shown.size)}: {len(shown.blobs)} unused blob(s), {len(shown.partials)} partial file(s)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from client.layout import export_model
+    from client.progress import human_size
+
+    settings, store = _context()
+    name = _name(store, settings, args.model)
+    size = export_model(store, name, Path(args.file))
+    print(f"exported '{name.display()}' to {args.file} ({human_size(size)})")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from client.layout import import_model
+    from client.progress import human_size
+
+    settings, store = _context()
+    name = _name(store, settings, args.name) if args.name else None
+    result = import_model(store, Path(args.file), name)
+    print(f"imported '{result.name.display()}' ({result.blobs_added} new blob(s), {human_size(result.bytes_added)})")
     return 0
 
 

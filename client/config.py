@@ -10,7 +10,7 @@
 ``config.toml`` holds per-registry settings, keyed by ``host[:port]``::
 
     [registries."models.internal:5000"]
-    insecure = true                 # plain http (as --insecure)
+    insecure = true                 # plain http (as --insecure); false forces https even on localhost
     ca_bundle = "/etc/ssl/corp.pem" # trust a private CA for this registry
     mirror = "http://cache.lan:5000"  # try this registry first for pulls
 
@@ -37,7 +37,8 @@ DEFAULT_PART_SIZE = 64 * 1024 * 1024
 
 @dataclass(frozen=True)
 class RegistrySettings:
-    insecure: bool = False
+    # None: plain http only for registries on this machine (localhost, 127.x), as Docker does.
+    insecure: bool | None = None
     ca_bundle: str | None = None
     mirror: str | None = None
 
@@ -59,12 +60,12 @@ class ClientSettings:
 
 def load(env: Mapping[str, str] | None = None) -> ClientSettings:
     env = os.environ if env is None else env
-    home = Path(env.get("HANGAR_HOME") or "~/.hangar").expanduser()
-    models = Path(env.get("HANGAR_MODELS") or home / "models").expanduser()
+    home = Path(env.get("HANGAR_HOME") or "~/.hangar").expanduser().absolute()
+    models = Path(env.get("HANGAR_MODELS") or home / "models").expanduser().absolute()
     doc = _read_toml(home / "config.toml")
     registries = {
         host.lower(): RegistrySettings(
-            insecure=bool(values.get("insecure", False)),
+            insecure=bool(values["insecure"]) if "insecure" in values else None,
             ca_bundle=values.get("ca_bundle"),
             mirror=values.get("mirror"),
         )

@@ -23,7 +23,8 @@ TIMEOUT = httpx.Timeout(connect=15.0, read=30.0, write=60.0, pool=None)
 
 def registry_url(name: ModelName, settings: ClientSettings, insecure: bool = False) -> str:
     """``scheme://host`` of the registry holding ``name``: https unless told otherwise."""
-    plain = insecure or name.scheme == "http" or settings.registry(name.host).insecure or is_loopback(name.host)
+    configured = settings.registry(name.host).insecure
+    plain = insecure or name.scheme == "http" or (is_loopback(name.host) if configured is None else configured)
     return f"{'http' if plain else 'https'}://{name.host}"
 
 
@@ -52,9 +53,11 @@ async def send(
     *,
     what: str,
     stream: bool = False,
+    allow: tuple[int, ...] = (),
     **kwargs: Any,
 ) -> httpx.Response:
-    """Send a request; raise a ``client.errors`` error for transport failures and error statuses.
+    """Send a request; raise a ``client.errors`` error for transport failures and error statuses
+    (except those in ``allow``, which are returned).
 
     With ``stream=True`` the caller must close the response."""
     try:
@@ -71,7 +74,7 @@ async def send(
         raise errors.RegistryUnreachable(f"{what}: {_origin(url)} timed out ({type(e).__name__})") from None
     except httpx.TransportError as e:
         raise errors.RegistryUnreachable(f"{what}: connection to {_origin(url)} failed: {e}") from None
-    if response.status_code >= 400:
+    if response.status_code >= 400 and response.status_code not in allow:
         body = await response.aread()
         await response.aclose()
         raise errors.from_response(response.status_code, body, what)

@@ -1,11 +1,14 @@
-"""Store operations that need no registry: copy, remove, and what a removal frees."""
+"""Store operations that need no registry: copy, remove, prune."""
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from client.store import LocalModel, Store
-from registry.oci.digest import Digest
+from registry.oci.digest import Digest, InvalidDigest
 from registry.oci.names import ModelName
 
 
@@ -44,3 +47,59 @@ def remove_models(store: Store, names: list[ModelName]) -> Removal:
             store.delete_blob(digest)
             result.blobs.append(digest)
     return result
+
+
+@dataclass
+class PrunePlan:
+    blobs: list[tuple[Path, int]] = field(default_factory=list)  # unreferenced blobs
+    partials: list[tuple[Path, int]] = field(default_factory=list)  # stale downloads and temp files
+
+    @property
+    def size(self) -> int:
+        return sum(n for _, n in self.blobs) + sum(n for _, n in self.partials)
+
+
+def plan_prune(store: Store, grace: float) -> PrunePlan:
+    """What ``hangar prune`` would delete: blobs no model references and partial downloads,
+    temporary and unknown files, all older than ``grace`` seconds (fresher ones may belong to a
+    pull or create that is still running)."""
+    plan = PrunePlan()
+    cutoff = time.time() - grace
+    referenced = store.referenced_digests()
+    for directory in (store.blobs_dir, store.tmp_dir):
+        if not directory.exists():
+            continue
+        for path in directory.iterdir():
+            try:
+                st = path.stat()
+            except FileNotFoundError:
+                continue
+            if not path.is_file() or st.st_mtime > cutoff:
+                continue
+            try:
+                digest = Digest.parse_lenient(path.name) if directory == store.blobs_dir else None
+            except InvalidDigest:
+                digest = None
+            if digest is None:
+                plan.partials.append((path, st.st_size))
+            elif digest not in referenced:
+                plan.blobs.append((path, st.st_size))
+    return plan
+
+
+def prune(store: Store, plan: PrunePlan) -> PrunePlan:
+    """Delete what the plan names, re-checking references under the manifests lock."""
+    done = PrunePlan()
+    with store.lock("manifests"):
+        referenced = store.referenced_digests()
+        for path, size in plan.blobs:
+            if Digest.parse_lenient(path.name) in referenced:
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                done.blobs.append((path, size))
+        for path, size in plan.partials:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                done.partials.append((path, size))
+    return done

@@ -39,18 +39,25 @@ class PushOptions:
     max_rate: int | None = None
 
 
+@dataclass
+class PushResult:
+    bytes_sent: int  # blob bytes that crossed the network in this run
+    skipped: int  # blobs the registry already had (or mounted)
+
+
 async def push(
     name: ModelName,
     store: Store,
     settings: ClientSettings,
     options: PushOptions | None = None,
     progress: ProgressCallback = no_progress,
-) -> None:
+) -> PushResult:
     options = options or PushOptions()
     progress(Progress("retrieving manifest"))
     model = store.get(name)
     base = registry_url(name, settings, options.insecure)
     limiter = RateLimiter(options.max_rate or settings.max_rate)
+    result = PushResult(0, 0)
     async with make_client(settings, name.host, connections=4) as http:
         seen: set[Digest] = set()
         for desc in [*model.manifest.layers, *([model.manifest.config] if model.manifest.config else [])]:
@@ -60,7 +67,11 @@ async def push(
             if not store.has_blob(desc.digest, desc.size):
                 raise errors.IntegrityError(f"blob {desc.digest} of {name.display()} is missing from the local store")
             upload = BlobUpload(http, store, base, name, desc, limiter, progress)
-            await upload.run(options.part_size or settings.part_size)
+            try:
+                await upload.run(options.part_size or settings.part_size)
+            finally:
+                result.bytes_sent += upload.bytes_sent
+            result.skipped += upload.skipped
         progress(Progress("pushing manifest"))
         await send(
             http, "PUT", f"{base}/v2/{name.repository}/manifests/{name.tag}",
@@ -68,6 +79,7 @@ async def push(
             what=f"push {name.display()}",
         )  # fmt: skip
     progress(Progress("success"))
+    return result
 
 
 class BlobUpload:
@@ -92,22 +104,23 @@ class BlobUpload:
         self.state_path = store.push_dir / name.host.replace(":", "_") / name.repository / f"{desc.digest.hex}.json"
         self.what = f"push {desc.digest.short}"
         self.offset = 0
-        self.bytes_sent = 0  # this run (tests assert on it)
+        self.bytes_sent = 0
+        self.skipped = False
         self._report = Throttle(lambda: progress(Progress(
             f"pushing {self.digest.short}", str(self.digest), self.desc.size, self.offset)))  # fmt: skip
 
     async def run(self, part_size: int) -> None:
         blob_url = f"{self.base}/v2/{self.name.repository}/blobs/{self.digest}"
-        head = await self.http.head(blob_url)
+        head = await send(self.http, "HEAD", blob_url, what=self.what, allow=(404,))
         if head.status_code == 200:
             self.offset = self.desc.size
+            self.skipped = True
             self._report(force=True)
             return
-        if head.status_code != 404:
-            await send(self.http, "HEAD", blob_url, what=self.what)  # raises the matching error
         location = await self._resume() or await self._start()
         if location is None:  # mounted
             self.offset = self.desc.size
+            self.skipped = True
             self._report(force=True)
             return
         failures = 0
@@ -129,7 +142,9 @@ class BlobUpload:
                 await asyncio.sleep(backoff(failures))
                 self.offset = await self._query_offset(location)
             self._report()
-        await send(self.http, "PUT", location, params={"digest": str(self.digest)}, what=self.what)
+        # Keep the session URL's own query (distribution's _state) and add the digest.
+        final = httpx.URL(location).copy_merge_params({"digest": str(self.digest)})
+        await send(self.http, "PUT", str(final), what=self.what)
         self._forget()
         self._report(force=True)
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import PostgresCluster, RegistryProcess
+from tests.people import Person, unique
+from tests.servers import PostgresCluster, ReferenceRegistry, RegistryProcess
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -76,3 +77,32 @@ def client(registry: RegistryProcess) -> Iterator[httpx.Client]:
 def repo() -> str:
     """A repository name no other test uses."""
     return f"t{uuid.uuid4().hex[:8]}/model"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def auth_registry(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, database_factory
+) -> Iterator[RegistryProcess]:  # type: ignore[no-untyped-def]
+    data = tmp_path_factory.mktemp(f"auth-{request.param}") / "data"
+    proc = RegistryProcess(data, database_factory(request.param), "--auth", "required", "--signup", "open")
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def people(auth_registry: RegistryProcess, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``people("alice")`` makes a signed-up person with a unique name starting with alice."""
+
+    def make(prefix: str, *, signup: bool = True) -> Person:
+        person = Person(auth_registry, tmp_path / unique(prefix), unique(prefix))
+        return person.signup() if signup else person
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def reference_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferenceRegistry]:
+    proc = ReferenceRegistry(tmp_path_factory.mktemp("reference")).start()
+    yield proc
+    proc.stop()

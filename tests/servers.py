@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -86,8 +87,13 @@ class RegistryProcess:
         self.log_path = data_dir.parent / f"{data_dir.name}.log"
 
     @property
+    def tls_cert(self) -> str | None:
+        args = self.extra_args
+        return args[args.index("--ssl-certfile") + 1] if "--ssl-certfile" in args else None
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls_cert else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def host(self) -> str:
@@ -109,8 +115,9 @@ class RegistryProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"registry exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            verify = ssl.create_default_context(cafile=self.tls_cert) if self.tls_cert else True
             try:
-                return httpx.get(self.url + "/v2/", timeout=1).status_code in (200, 401)
+                return httpx.get(self.url + "/v2/", timeout=1, verify=verify).status_code in (200, 401)
             except httpx.TransportError:
                 return False
 
@@ -139,3 +146,53 @@ class RegistryProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+class ReferenceRegistry:
+    """The CNCF reference registry (Debian's ``docker-registry``), filesystem storage, no auth."""
+
+    def __init__(self, root: Path) -> None:
+        exe = shutil.which("docker-registry")
+        if not exe:
+            raise RuntimeError("docker-registry is not installed: run scripts/test (it installs it)")
+        self.root = root
+        self.port = free_port()
+        root.mkdir(parents=True, exist_ok=True)
+        self.config = root / "config.yml"
+        self.config.write_text(
+            "version: 0.1\nlog: {level: warn, accesslog: {disabled: true}}\n"
+            f"storage:\n  filesystem: {{rootdirectory: {root / 'data'}}}\n  delete: {{enabled: true}}\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: tests\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.exe = exe
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> ReferenceRegistry:
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
+        with open(self.root / "log", "ab") as log:
+            self.proc = subprocess.Popen(
+                [self.exe, "serve", str(self.config)], stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+
+        def ready() -> bool:
+            try:
+                return httpx.get(self.url + "/v2/", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 30, "docker-registry to start")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+        self.proc = None

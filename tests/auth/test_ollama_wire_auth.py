@@ -4,8 +4,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests.auth.conftest import audit_rows
 from tests.ollama_wire import OllamaWireClient, WireError
+from tests.people import audit_rows
 from tests.registry.test_ollama_wire import model
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from client import errors
 from registry.oci import mediatypes as mt
-from tests.auth.conftest import accounts_of, audit_rows
 from tests.helpers import error_codes, ollama_manifest
+from tests.people import accounts_of, audit_rows
 
 
 def test_push_to_own_namespace_and_anonymous_pull_of_public(people, tmp_path) -> None:  # type: ignore[no-untyped-def]

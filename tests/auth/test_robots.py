@@ -4,8 +4,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from tests.auth.conftest import audit_rows
 from tests.helpers import digest_of, random_bytes, write_oci_layout
+from tests.people import audit_rows
 from tests.registry.test_interop import skopeo
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.auth.conftest import accounts_of, audit_rows, unique
+from tests.people import accounts_of, audit_rows, unique
 from tests.servers import REPO_ROOT, RegistryProcess
 
 

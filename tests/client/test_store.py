@@ -69,3 +69,47 @@ def test_add_blob_file_is_content_addressed(store: Store, tmp_path: Path) -> Non
     digest, size = store.add_blob_file(source)
     assert size == 5_000_000 and store.blob_path(digest).read_bytes() == source.read_bytes()
     assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_prune_keeps_exactly_the_referenced_blobs(store: Store) -> None:
+    import os
+    import time
+
+    from client.manage import plan_prune, prune
+
+    keep = make_model(store, "keep")
+    gone = make_model(store, "gone")
+    remove_models(store, [gone])  # rm already deleted gone's own blobs; add stray ones:
+    stray, _ = store.add_blob_bytes(b"nobody uses me")
+    (store.blobs_dir / f"{stray.filename}-partial").write_bytes(b"half")
+    (store.blobs_dir / f"{stray.filename}-partial.json").write_text("{}")
+    (store.tmp_dir / "tmp123").write_bytes(b"temp")
+
+    assert plan_prune(store, 3600).size == 0  # everything is fresh: the grace period protects it
+    old = time.time() - 7200
+    for path in [*store.blobs_dir.iterdir(), *store.tmp_dir.iterdir()]:
+        os.utime(path, (old, old))
+    plan = plan_prune(store, 3600)
+    assert [p.name for p, _ in plan.blobs] == [stray.filename]
+    assert sorted(p.name for p, _ in plan.partials) == sorted(
+        [f"{stray.filename}-partial", f"{stray.filename}-partial.json", "tmp123"]
+    )
+    done = prune(store, plan)
+    assert done.size == plan.size == len(b"nobody uses me") + 4 + 2 + 4
+    remaining = {p.name for p in store.blobs_dir.iterdir()}
+    assert remaining == {d.digest.filename for d in store.get(keep).manifest.blobs()}
+    assert list(store.tmp_dir.iterdir()) == []
+
+
+def test_prune_rechecks_references(store: Store) -> None:
+    """A blob that a new manifest references between plan and execution is kept."""
+    from client.manage import plan_prune, prune
+
+    name = make_model(store, "m")
+    model = store.get(name)
+    store.delete_manifest(name)
+    plan = plan_prune(store, 0)
+    assert {p.name for p, _ in plan.blobs} == {d.digest.filename for d in model.manifest.blobs()}
+    store.put_manifest(name, model.manifest.raw)  # re-created meanwhile
+    assert prune(store, plan).blobs == []
+    assert all(store.has_blob(d.digest) for d in model.manifest.blobs())

@@ -1,4 +1,4 @@
-"""Registries with authentication on, and people with keys who use them."""
+"""People with keys and model stores, who use a registry with authentication on."""
 
 from __future__ import annotations
 
@@ -7,17 +7,15 @@ import base64
 import os
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 
 from client.account import AccountClient
 from client.config import ClientSettings, load
 from client.keys import Identity, load_or_create
-from client.pull import pull
-from client.push import push
+from client.pull import PullResult, pull
+from client.push import PushResult, push
 from client.store import Store
 from registry import db
 from registry.accounts import Accounts, AuditRecord
@@ -25,17 +23,6 @@ from registry.oci.auth import go_query, token_signing_string
 from registry.oci.names import ModelName
 from tests.client.conftest import make_model
 from tests.servers import RegistryProcess
-
-
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def auth_registry(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, database_factory
-) -> Iterator[RegistryProcess]:  # type: ignore[no-untyped-def]
-    data = tmp_path_factory.mktemp(f"auth-{request.param}") / "data"
-    proc = RegistryProcess(data, database_factory(request.param), "--auth", "required", "--signup", "open")
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def database_url(registry: RegistryProcess) -> str:
@@ -76,11 +63,11 @@ class Person:
     def model(self, repository: str, tag: str = "latest", size: int = 100_000) -> ModelName:
         return make_model(self.store, f"{self.registry.host}/{repository}:{tag}", os.urandom(size))
 
-    def push(self, name: ModelName) -> None:
-        asyncio.run(push(name, self.store, self.settings))
+    def push(self, name: ModelName) -> PushResult:
+        return asyncio.run(push(name, self.store, self.settings))
 
-    def pull(self, name: ModelName) -> None:
-        asyncio.run(pull(name, self.store, self.settings))
+    def pull(self, name: ModelName) -> PullResult:
+        return asyncio.run(pull(name, self.store, self.settings))
 
     def token_response(
         self, *scopes: str, ts: int | None = None, nonce: str | None = None, sign_url: str | None = None
@@ -101,14 +88,3 @@ class Person:
     def http(self, *scopes: str) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.token(*scopes)}"} if scopes else {}
         return httpx.Client(base_url=self.registry.url, headers=headers, timeout=30)
-
-
-@pytest.fixture
-def people(auth_registry: RegistryProcess, tmp_path: Path):  # type: ignore[no-untyped-def]
-    """``people("alice")`` makes a signed-up person with a unique name starting with alice."""
-
-    def make(prefix: str, *, signup: bool = True) -> Person:
-        person = Person(auth_registry, tmp_path / unique(prefix), unique(prefix))
-        return person.signup() if signup else person
-
-    return make
