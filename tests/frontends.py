@@ -1,0 +1,86 @@
+"""Small HTTP servers run in a thread for the tests: an Ollama-style front that redirects blob
+downloads to a "CDN" on another host name, and that CDN."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.routing import Route
+
+from tests.servers import free_port
+
+_BLOB_GET = re.compile(r"^/v2/.+/blobs/(sha256:[0-9a-f]{64})$")
+_HOP = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
+
+
+class ThreadedServer:
+    def __init__(self, app: Starlette) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ThreadedServer:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            if time.monotonic() > deadline:
+                raise TimeoutError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+def cdn_app(blob_dir: Path, seen: list[dict[str, str]]) -> Starlette:
+    """Serves ``/cdn/<digest>`` from a Hangar registry's blob directory, recording request headers."""
+
+    async def blob(request: Request) -> Response:
+        seen.append(dict(request.headers))
+        hexdigest = request.path_params["digest"].removeprefix("sha256:")
+        return FileResponse(blob_dir / hexdigest[:2] / hexdigest)
+
+    return Starlette(routes=[Route("/cdn/{digest}", blob)])
+
+
+def ollama_front_app(registry_url: str, cdn_url: str) -> Starlette:
+    """Forwards everything to a registry (keeping the Host, so realms and Locations name the
+    front), but answers authorised blob GETs with a 307 to the CDN, as ollama.com does, and has
+    no chunksums endpoint."""
+    client = httpx.AsyncClient(timeout=60)
+
+    async def forward(request: Request) -> Response:
+        path, query = request.url.path, request.url.query
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        headers["Host"] = request.headers["host"]
+        if "/chunksums/" in path:
+            return Response(status_code=404)
+        m = _BLOB_GET.match(path)
+        if request.method == "GET" and m:
+            head = await client.head(registry_url + path, headers=headers)
+            if head.status_code != 200:
+                keep = {k: v for k, v in head.headers.items() if k.lower() == "www-authenticate"}
+                return Response(status_code=head.status_code, headers=keep)
+            return RedirectResponse(f"{cdn_url}/cdn/{m.group(1)}?signature=cdn", status_code=307)
+        r = await client.request(
+            request.method,
+            registry_url + path + ("?" + query if query else ""),
+            headers=headers,
+            content=await request.body(),
+        )
+        return Response(
+            r.content, status_code=r.status_code, headers={k: v for k, v in r.headers.items() if k.lower() not in _HOP}
+        )
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
