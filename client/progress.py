@@ -5,22 +5,12 @@ from __future__ import annotations
 import sys
 import time
 from types import TracebackType
-from typing import TextIO
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.progress import (
-    Progress as RichProgress,
-)
+from typing import TYPE_CHECKING, Any, TextIO
 
 from client.transfer import Progress
+
+if TYPE_CHECKING:
+    from rich.progress import Progress as RichProgress
 
 
 class ProgressView:
@@ -30,12 +20,17 @@ class ProgressView:
         self.stream = stream or sys.stdout
         self.plain = (not self.stream.isatty()) if plain is None else plain
         self._rich: RichProgress | None = None
-        self._tasks: dict[str, TaskID] = {}
+        self._tasks: dict[str, Any] = {}
         self._last_status = ""
         self._plain_marks: dict[str, tuple[int, float]] = {}
 
     def __enter__(self) -> ProgressView:
         if not self.plain:
+            # Imported here: rich costs a noticeable part of a second, and plain mode needs none of it.
+            from rich.console import Console
+            from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+            from rich.progress import Progress as RichProgress
+
             self._rich = RichProgress(
                 TextColumn("{task.description}"),
                 BarColumn(bar_width=None),
