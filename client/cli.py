@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from client import cli_account
+    from client import cli_account, cli_runtime
     from registry import cli as registry_cli
 
     parser = argparse.ArgumentParser(
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("name", nargs="?", help="import under this name (default: the name in the archive)")
     imp.set_defaults(handler=_import)
 
+    cli_runtime.add_commands(commands)
     cli_account.add_commands(commands)
     registry_cli.add_commands(commands)
     return parser

@@ -28,6 +28,7 @@ class ModelInfo:
     parent: str = ""
     gguf: dict[str, Any] = field(default_factory=dict)  # metadata key/values (arrays summarised)
     tensors: list[dict[str, Any]] = field(default_factory=list)
+    special_tokens: dict[str, str] = field(default_factory=dict)  # "bos", "eos": their text
 
     @property
     def architecture(self) -> str:
@@ -106,22 +107,31 @@ def inspect(store: Store, model: LocalModel, *, read_gguf: bool = True) -> Model
         elif layer.media_type == mt.OLLAMA_PROJECTOR:
             info.projectors.append(path)
     if read_gguf and info.model_path is not None and info.model_path.exists():
-        info.gguf, info.tensors = read_gguf_metadata(info.model_path)
+        info.gguf, info.tensors, info.special_tokens = read_gguf_metadata(info.model_path)
     return info
 
 
-def read_gguf_metadata(path: Path, max_array: int = 5) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def read_gguf_metadata(path: Path, max_array: int = 5) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
     """GGUF key/values (arrays longer than ``max_array`` replaced by ``[]``, as Ollama's show
-    does without --verbose) and the tensor list. Empty if the file is not a GGUF."""
+    does without --verbose), the tensor list, and the BOS/EOS token texts. Empty if the file is
+    not a GGUF."""
     try:
         from gguf import GGUFReader, GGUFValueType
     except ImportError:  # pragma: no cover - gguf is a dependency
-        return {}, []
+        return {}, [], {}
     try:
         reader = GGUFReader(path, "r")
     except (ValueError, OSError):
-        return {}, []
+        return {}, [], {}
     meta: dict[str, Any] = {}
+    special: dict[str, str] = {}
+    tokens = reader.fields.get("tokenizer.ggml.tokens")
+    for role in ("bos", "eos"):
+        id_field = reader.fields.get(f"tokenizer.ggml.{role}_token_id")
+        if tokens is not None and id_field is not None:
+            index = int(id_field.parts[id_field.data[0]][0])
+            if 0 <= index < len(tokens.data):
+                special[role] = bytes(tokens.parts[tokens.data[index]]).decode("utf-8", errors="replace")
     for key, f in reader.fields.items():
         if key.startswith("GGUF."):
             continue
@@ -138,7 +148,7 @@ def read_gguf_metadata(path: Path, max_array: int = 5) -> tuple[dict[str, Any], 
         {"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape], "elements": int(t.n_elements)}
         for t in reader.tensors
     ]
-    return meta, tensors
+    return meta, tensors, special
 
 
 def _scalar(part: Any, kind: Any) -> Any:

@@ -7,8 +7,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from client.store import Store
 from tests.people import Person, unique
-from tests.servers import PostgresCluster, ReferenceRegistry, RegistryProcess
+from tests.servers import PostgresCluster, ReferenceRegistry, RegistryProcess, RuntimeProcess
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -104,5 +105,61 @@ def people(auth_registry: RegistryProcess, tmp_path: Path):  # type: ignore[no-u
 @pytest.fixture(scope="session")
 def reference_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReferenceRegistry]:
     proc = ReferenceRegistry(tmp_path_factory.mktemp("reference")).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The GGUF files the runtime tests use, made once."""
+    from tests.tinymodels import CHAT_TEMPLATE, write_tiny_llama
+
+    d = tmp_path_factory.mktemp("gguf")
+    return {
+        "chat": write_tiny_llama(d / "chat.gguf", chat_template=CHAT_TEMPLATE, seed=0),
+        "plain": write_tiny_llama(d / "plain.gguf", seed=1),
+        "embed": write_tiny_llama(d / "embed.gguf", embedding=True, seed=2, name="tiny-embed"),
+        "long": write_tiny_llama(d / "long.gguf", context=16384, seed=3),
+    }
+
+
+def populate(home: Path, ggufs: dict[str, Path]) -> Store:
+    """A store with the runtime tests' models (see tests/tinymodels.py for their shapes)."""
+    from client.config import load
+    from client.store import Store
+    from tests.tinymodels import CHATML_TOOLS_TEMPLATE, add_model
+
+    store = Store(load({"HANGAR_HOME": str(home)}).models)
+    add_model(store, "tiny", ggufs["chat"], params={"num_ctx": 512})
+    add_model(
+        store,
+        "tiny-go",
+        ggufs["plain"],
+        template="{{- if .System }}<|system|>{{ .System }}<|end|>{{ end }}"
+        '{{- range .Messages }}{{ if ne .Role "system" }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}{{ end }}'
+        "<|assistant|>",
+        system="You are a test model.",
+        params={"temperature": 0.1, "stop": ["<|end|>"], "num_ctx": 512},
+        messages=[{"role": "user", "content": "seed question"}, {"role": "assistant", "content": "seed answer"}],
+        license="Test License 1.0",
+    )
+    add_model(store, "tiny-tools", ggufs["plain"], template=CHATML_TOOLS_TEMPLATE, params={"num_ctx": 512})
+    add_model(
+        store,
+        "tiny-legacy",
+        ggufs["plain"],
+        template="{{ if .System }}S:{{ .System }} {{ end }}U:{{ .Prompt }} A:{{ .Response }}<end>",
+    )
+    add_model(store, "tiny-embed", ggufs["embed"])
+    add_model(store, "tiny-long", ggufs["long"], params={"num_ctx": 16384})
+    return store
+
+
+@pytest.fixture(scope="session")
+def runtime(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, Path]) -> Iterator[RuntimeProcess]:
+    """One ``hangar serve`` for the API tests, with the tiny models in its store."""
+    home = tmp_path_factory.mktemp("runtime-home")
+    populate(home, tiny_models)
+    proc = RuntimeProcess(home).start()
     yield proc
     proc.stop()

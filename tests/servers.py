@@ -50,10 +50,16 @@ class PostgresCluster:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run(str(self.bindir / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
         self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.dir / "log"), "-w",
-            "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.dir / "data"),
+            "-l",
+            str(self.dir / "log"),
+            "-w",
+            "-o",
+            f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
             "start",
-        )  # fmt: skip
+        )
         self._databases = 0
 
     def _run(self, *cmd: str) -> None:
@@ -101,9 +107,17 @@ class RegistryProcess:
 
     def start(self) -> RegistryProcess:
         cmd = [
-            sys.executable, "-m", "registry", "serve",
-            "--listen", self.host, "--data-dir", str(self.data_dir), "--log-level", "warning",
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "registry",
+            "serve",
+            "--listen",
+            self.host,
+            "--data-dir",
+            str(self.data_dir),
+            "--log-level",
+            "warning",
+        ]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
         cmd += self.extra_args
@@ -195,4 +209,53 @@ class ReferenceRegistry:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(15)
+        self.proc = None
+
+
+class RuntimeProcess:
+    """``hangar serve`` in a subprocess, over a given HANGAR_HOME (its store)."""
+
+    def __init__(self, home: Path, **env: str) -> None:
+        self.home = home
+        self.port = free_port()
+        self.env = {**os.environ, "HANGAR_HOME": str(home), "HANGAR_HOST": f"127.0.0.1:{self.port}", **env}
+        self.env.pop("HANGAR_MODELS", None)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = home / "serve.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> RuntimeProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "client.cli", "serve", "--log-level", "warning"],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT,
+                start_new_session=True,
+            )
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hangar serve exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
+            try:
+                return httpx.get(self.url + "/", timeout=1).status_code in (200, 401)
+            except httpx.TransportError:
+                return False
+
+        wait_until(ready, 60, "hangar serve to start")
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc = None

@@ -1,0 +1,413 @@
+"""``hangar serve``, ``run``, ``ps`` and ``stop``: the local runtime and the commands that talk to
+it over its Ollama API (``HANGAR_HOST``, default 127.0.0.1:11434)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from client import errors
+from client.config import load
+from client.progress import human_size
+
+REPL_HELP = """Available commands:
+  /set parameter NAME VALUE   set a parameter (temperature, num_ctx, top_k, …)
+  /set system TEXT            set the system message
+  /show info|parameters|system|template|modelfile|license
+  /clear                      clear the conversation
+  /bye                        exit
+  /?, /help                   this help
+
+Use \"\"\" to begin and end a multi-line message."""
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="start the local runtime (Ollama and OpenAI compatible API)",
+        description="Serve the models in the local store on the Ollama API (/api/*) and the OpenAI-compatible "
+        "API (/v1/*). Environment: HANGAR_HOST (default 127.0.0.1:11434), HANGAR_MODELS, HANGAR_KEEP_ALIVE (5m), "
+        "HANGAR_CONTEXT_LENGTH (4096), HANGAR_MAX_LOADED_MODELS (3), HANGAR_MAX_MEMORY, HANGAR_MAX_QUEUE (512), "
+        "HANGAR_NUM_PARALLEL (1), HANGAR_ORIGINS, HANGAR_API_KEY.",
+    )
+    serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info")
+    serve.set_defaults(handler=_serve)
+
+    run = commands.add_parser(
+        "run",
+        help="chat with a model (pulled and served as needed)",
+        description="Answer PROMPT once, or chat interactively. Pulls the model if it is missing and starts "
+        "'hangar serve' in the background if no runtime answers at HANGAR_HOST. Piped input is prepended to "
+        "the prompt. An embedding model prints the prompt's vector as a JSON array.",
+    )
+    run.add_argument("model")
+    run.add_argument("prompt", nargs="*", help="answer this and exit")
+    run.add_argument("--format", choices=["json"], help="answer in JSON")
+    run.add_argument("--verbose", action="store_true", help="print timings after each answer")
+    run.add_argument("--keepalive", help="how long the model stays loaded after this, e.g. 10m, 0, -1")
+    run.add_argument("--insecure", action="store_true", help="plain http if the model must be pulled")
+    run.add_argument("--nowordwrap", action="store_true", help="accepted for compatibility; output is not wrapped")
+    run.set_defaults(handler=_run)
+
+    ps = commands.add_parser("ps", help="list the models the runtime has loaded")
+    ps.set_defaults(handler=_ps)
+
+    stop = commands.add_parser("stop", help="unload a model from the runtime")
+    stop.add_argument("model")
+    stop.set_defaults(handler=_stop)
+
+
+def daemon_url() -> str:
+    from runtime.config import parse_host
+
+    host, port = parse_host(os.environ.get("HANGAR_HOST") or "127.0.0.1:11434")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{port}"
+
+
+def _headers() -> dict[str, str]:
+    key = os.environ.get("HANGAR_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from runtime.config import load as load_runtime
+
+    settings = load_runtime()
+    print(f"Hangar runtime listening on {settings.base_url} (models: {load().models})", file=sys.stderr, flush=True)
+    uvicorn.run(
+        "runtime.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        log_level=args.log_level,
+        http="httptools",
+        loop="uvloop",
+        timeout_keep_alive=30,
+        server_header=False,
+    )
+    return 0
+
+
+def ensure_daemon(base: str, timeout: float = 60.0) -> None:
+    """Start ``hangar serve`` in the background unless a runtime already answers."""
+    if _alive(base):
+        return
+    home = load().home
+    logs = home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "serve.log", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "client.cli", "serve"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _alive(base):
+            return
+        time.sleep(0.1)
+    raise errors.RequestFailed(f"the runtime did not start; see {logs / 'serve.log'}", 503)
+
+
+def _alive(base: str) -> bool:
+    try:
+        return httpx.head(base + "/", timeout=2, headers=_headers()).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _post_stream(base: str, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    with httpx.stream("POST", base + path, json=body, timeout=None, headers=_headers()) as r:
+        if r.status_code >= 400:
+            r.read()
+            raise errors.RequestFailed(_error_text(r), r.status_code)
+        for line in r.iter_lines():
+            if line.strip():
+                item = json.loads(line)
+                if "error" in item:
+                    raise errors.RequestFailed(str(item["error"]), 500)
+                yield item
+
+
+def _error_text(r: httpx.Response) -> str:
+    try:
+        return str(r.json().get("error", r.text))
+    except ValueError:
+        return r.text
+
+
+def _show(base: str, model: str) -> dict[str, Any] | None:
+    r = httpx.post(base + "/api/show", json={"model": model}, timeout=60, headers=_headers())
+    if r.status_code == 404:
+        return None
+    if r.status_code >= 400:
+        raise errors.RequestFailed(_error_text(r), r.status_code)
+    return dict(r.json())
+
+
+def _pull_through(base: str, model: str, insecure: bool) -> None:
+    from client.progress import ProgressView
+    from client.transfer import Progress
+
+    with ProgressView() as view:
+        for item in _post_stream(base, "/api/pull", {"model": model, "insecure": insecure}):
+            view(Progress(item.get("status", ""), item.get("digest"), item.get("total"), item.get("completed")))
+
+
+def _run(args: argparse.Namespace) -> int:
+    base = daemon_url()
+    ensure_daemon(base)
+    info = _show(base, args.model)
+    if info is None:
+        _pull_through(base, args.model, args.insecure)
+        info = _show(base, args.model)
+        if info is None:
+            raise errors.ModelNotFound(args.model)
+    keep_alive: Any = args.keepalive
+    if keep_alive is not None and keep_alive.lstrip("-").replace(".", "", 1).isdigit():
+        keep_alive = float(keep_alive)
+    prompt = " ".join(args.prompt)
+    if not sys.stdin.isatty():
+        piped = sys.stdin.read()
+        prompt = f"{piped}\n\n{prompt}" if prompt and piped else (piped or prompt)
+    capabilities = info.get("capabilities", [])
+    if "embedding" in capabilities and "completion" not in capabilities:
+        if not prompt:
+            raise ValueError("an embedding model needs a prompt to embed")
+        r = httpx.post(
+            base + "/api/embed",
+            json={"model": args.model, "input": prompt, "keep_alive": keep_alive},
+            timeout=None,
+            headers=_headers(),
+        )
+        if r.status_code >= 400:
+            raise errors.RequestFailed(_error_text(r), r.status_code)
+        print(json.dumps(r.json()["embeddings"][0]))
+        return 0
+    if prompt:
+        body: dict[str, Any] = {"model": args.model, "prompt": prompt}
+        if args.format:
+            body["format"] = args.format
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        final = _stream_answer(base, "/api/generate", body, lambda item: item.get("response", ""))
+        if args.verbose:
+            _timings(final)
+        return 0
+    return _repl(base, args, info, keep_alive)
+
+
+def _stream_answer(base: str, path: str, body: dict[str, Any], text: Any) -> dict[str, Any]:
+    final: dict[str, Any] = {}
+    for item in _post_stream(base, path, body):
+        sys.stdout.write(text(item))
+        sys.stdout.flush()
+        if item.get("done"):
+            final = item
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    return final
+
+
+def _timings(final: dict[str, Any]) -> None:
+    def seconds(ns: int) -> str:
+        return f"{ns / 1e9:.6f}s" if ns < 60e9 else f"{ns / 60e9:.1f}m"
+
+    def rate(count: int, ns: int) -> str:
+        return f"{count / (ns / 1e9):.2f} tokens/s" if ns else "n/a"
+
+    rows = [
+        ("total duration", seconds(final.get("total_duration", 0))),
+        ("load duration", seconds(final.get("load_duration", 0))),
+        ("prompt eval count", f"{final.get('prompt_eval_count', 0)} token(s)"),
+        ("prompt eval duration", seconds(final.get("prompt_eval_duration", 0))),
+        ("prompt eval rate", rate(final.get("prompt_eval_count", 0), final.get("prompt_eval_duration", 0))),
+        ("eval count", f"{final.get('eval_count', 0)} token(s)"),
+        ("eval duration", seconds(final.get("eval_duration", 0))),
+        ("eval rate", rate(final.get("eval_count", 0), final.get("eval_duration", 0))),
+    ]
+    for label, value in rows:
+        print(f"{label + ':':<21} {value}", file=sys.stderr)
+
+
+def _read_message() -> str | None:
+    """One message from the terminal; ``\"\"\"`` opens and closes a multi-line one. None at EOF."""
+    try:
+        line = input(">>> ")
+    except EOFError:
+        return None
+    if not line.lstrip().startswith('"""'):
+        return line
+    text = line.lstrip()[3:]
+    if text.rstrip().endswith('"""') and text.strip() != "":
+        return text.rstrip()[:-3]
+    lines = [text] if text else []
+    while True:
+        try:
+            more = input("... ")
+        except EOFError:
+            break
+        if more.rstrip().endswith('"""'):
+            lines.append(more.rstrip()[:-3])
+            break
+        lines.append(more)
+    return "\n".join(lines)
+
+
+def _repl(base: str, args: argparse.Namespace, info: dict[str, Any], keep_alive: Any) -> int:
+    from registry.oci.options import OPTION_TYPES, OptionError, parse_parameter
+
+    messages: list[dict[str, Any]] = []
+    options: dict[str, Any] = {}
+    system: str | None = None
+    print(">>> Send a message (/? for help)", file=sys.stderr)
+    while True:
+        text = _read_message()
+        if text is None or text.strip() in ("/bye", "/exit"):
+            return 0
+        if not text.strip():
+            continue
+        command = text.strip()
+        if command in ("/?", "/help"):
+            print(REPL_HELP)
+            continue
+        if command == "/clear":
+            messages.clear()
+            print("Cleared session context")
+            continue
+        if command.startswith("/set "):
+            parts = shlex.split(command[5:])
+            if len(parts) >= 3 and parts[0] == "parameter":
+                name = parts[1]
+                if name not in OPTION_TYPES:
+                    print(f"Unknown parameter '{name}'")
+                    continue
+                try:
+                    value = parse_parameter(name, " ".join(parts[2:]))
+                except OptionError as e:
+                    print(f"Couldn't set parameter: {e}")
+                    continue
+                options[name] = [*options.get(name, []), value] if name == "stop" else value
+                print(f"Set parameter '{name}' to '{' '.join(parts[2:])}'")
+            elif len(parts) >= 2 and parts[0] == "system":
+                system = command[5:].strip()[len("system") :].strip().strip('"')
+                print("Set system message.")
+            else:
+                print("Usage: /set parameter NAME VALUE | /set system TEXT")
+            continue
+        if command.startswith("/show"):
+            what = command[5:].strip() or "info"
+            field = {
+                "parameters": "parameters",
+                "system": "system",
+                "template": "template",
+                "modelfile": "modelfile",
+                "license": "license",
+            }.get(what)
+            if field:
+                print(info.get(field) or f"No {what} was specified for this model.")
+            else:
+                details = info.get("details", {})
+                for key in ("family", "parameter_size", "quantization_level"):
+                    print(f"  {key:<20}{details.get(key, '')}")
+                print(f"  {'capabilities':<20}{', '.join(info.get('capabilities', []))}")
+            continue
+        if command.startswith("/"):
+            print(f"Unknown command '{command.split()[0]}'. Type /? for help")
+            continue
+        messages.append({"role": "user", "content": text})
+        convo = ([{"role": "system", "content": system}] if system else []) + messages
+        body: dict[str, Any] = {"model": args.model, "messages": convo, "options": options}
+        if args.format:
+            body["format"] = args.format
+        if keep_alive is not None:
+            body["keep_alive"] = keep_alive
+        answer: list[str] = []
+        final = _stream_answer(base, "/api/chat", body, lambda item, out=answer: _collect_piece(item, out))
+        messages.append({"role": "assistant", "content": "".join(answer)})
+        if args.verbose:
+            _timings(final)
+        print()
+
+
+def _collect_piece(item: dict[str, Any], out: list[str]) -> str:
+    piece = str(item.get("message", {}).get("content", ""))
+    out.append(piece)
+    return piece
+
+
+def _ps(args: argparse.Namespace) -> int:
+    base = daemon_url()
+    try:
+        r = httpx.get(base + "/api/ps", timeout=10, headers=_headers())
+    except httpx.TransportError:
+        raise errors.RegistryUnreachable(f"no runtime answers at {base}: start it with 'hangar serve'") from None
+    rows = [("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL")]
+    for m in r.json().get("models", []):
+        size, vram = m.get("size", 0), m.get("size_vram", 0)
+        rows.append(
+            (
+                m["name"],
+                m["digest"][:12],
+                human_size(size),
+                processor(vram / size if size else 0),
+                str(m.get("context_length", "")),
+                _until(m.get("expires_at", "")),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("    ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def processor(fraction: float) -> str:
+    """``100% GPU``, ``100% CPU`` or a split such as ``48%/52% CPU/GPU``."""
+    if fraction >= 0.995:
+        return "100% GPU"
+    if fraction <= 0.005:
+        return "100% CPU"
+    gpu = round(fraction * 100)
+    return f"{100 - gpu}%/{gpu}% CPU/GPU"
+
+
+def _until(expires: str) -> str:
+    import datetime as dt
+
+    if not expires or expires.startswith("2318"):
+        return "Forever"
+    try:
+        when = dt.datetime.fromisoformat(expires.replace("Z", "+00:00"))
+    except ValueError:
+        return expires
+    seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
+    if seconds < 60:
+        return f"{max(0, int(seconds))} seconds from now"
+    return f"{int(seconds // 60)} minutes from now"
+
+
+def _stop(args: argparse.Namespace) -> int:
+    base = daemon_url()
+    try:
+        r = httpx.post(
+            base + "/api/generate", json={"model": args.model, "keep_alive": 0}, timeout=60, headers=_headers()
+        )
+    except httpx.TransportError:
+        raise errors.RegistryUnreachable(f"no runtime answers at {base}") from None
+    if r.status_code >= 400:
+        raise errors.RequestFailed(_error_text(r), r.status_code)
+    return 0

@@ -1,0 +1,181 @@
+"""Model options (Ollama's ``options`` / Modelfile ``PARAMETER`` / the params layer), their types
+and defaults, and ``keep_alive`` durations. Shared by the runtime and by ``hangar create``."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# name -> type: int, float, bool or "list" (a list of strings)
+OPTION_TYPES: dict[str, Any] = {
+    "num_ctx": int,
+    "num_batch": int,
+    "num_gpu": int,
+    "main_gpu": int,
+    "use_mmap": bool,
+    "num_thread": int,
+    "num_keep": int,
+    "seed": int,
+    "num_predict": int,
+    "top_k": int,
+    "top_p": float,
+    "min_p": float,
+    "typical_p": float,
+    "repeat_last_n": int,
+    "temperature": float,
+    "repeat_penalty": float,
+    "presence_penalty": float,
+    "frequency_penalty": float,
+    "stop": "list",
+    "draft_num_predict": int,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "num_batch": 512,
+    "num_gpu": -1,
+    "num_thread": 0,
+    "num_keep": 4,
+    "seed": -1,
+    "num_predict": -1,
+    "top_k": 40,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repeat_last_n": 64,
+    "temperature": 0.8,
+    "repeat_penalty": 1.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "stop": [],
+}
+
+# Options that shape the loaded model rather than one generation: changing them reloads it.
+RUNNER_OPTIONS = frozenset({"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"})
+
+# Accepted in Modelfiles for compatibility, then dropped with a warning.
+DEPRECATED = frozenset({
+    "penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
+    "mirostat", "mirostat_tau", "mirostat_eta",
+})  # fmt: skip
+
+
+class OptionError(ValueError):
+    pass
+
+
+def coerce(name: str, value: Any) -> Any:
+    """A JSON value checked against the option's type (ints as floats are fine; not the reverse)."""
+    kind = OPTION_TYPES[name]
+    if kind == "list":
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise OptionError(f"option {name!r} must be a string or a list of strings")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise OptionError(f"option {name!r} must be true or false")
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+            raise OptionError(f"option {name!r} must be an integer")
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise OptionError(f"option {name!r} must be a number")
+    return float(value)
+
+
+def parse_options(raw: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """Typed options from a request; unknown keys are dropped and named in the returned warnings."""
+    if raw is None:
+        return {}, []
+    if not isinstance(raw, Mapping):
+        raise OptionError("options must be an object")
+    options, warnings = {}, []
+    for name, value in raw.items():
+        if name not in OPTION_TYPES:
+            warnings.append(f"invalid option provided: {name}")
+            continue
+        if value is None:
+            continue
+        options[name] = coerce(name, value)
+    return options, warnings
+
+
+def parse_parameter(name: str, text: str) -> Any:
+    """A Modelfile ``PARAMETER name value`` typed (``stop`` gives one string to be accumulated)."""
+    if name in DEPRECATED:
+        return None
+    kind = OPTION_TYPES.get(name)
+    if kind is None:
+        raise OptionError(f"unknown parameter '{name}'")
+    if kind == "list":
+        return text
+    try:
+        if kind is bool:
+            lowered = text.strip().lower()
+            if lowered in ("true", "1", "t"):
+                return True
+            if lowered in ("false", "0", "f"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(text.strip())
+        return float(text.strip())
+    except ValueError:
+        raise OptionError(f"invalid {kind.__name__} value [{text}] for parameter '{name}'") from None
+
+
+_DURATION_RE = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds from a Go duration string: ``5m``, ``1h30m``, ``-1m``, ``0``."""
+    s = text.strip()
+    sign = -1.0 if s.startswith("-") else 1.0
+    s = s.lstrip("+-")
+    if s == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(s):
+        m = _DURATION_RE.match(s, pos)
+        if m is None:
+            raise OptionError(f"time: invalid duration {text!r}")
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if pos == 0:
+        raise OptionError(f"time: invalid duration {text!r}")
+    return sign * total
+
+
+def parse_keep_alive(value: Any) -> float | None:
+    """Seconds to keep a model loaded: a number (seconds) or a duration string; negative means
+    forever (``inf``), 0 means unload now; None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise OptionError("keep_alive must be a number of seconds or a duration such as 5m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        seconds = parse_go_duration(value)
+    else:
+        raise OptionError("keep_alive must be a number of seconds or a duration such as 5m")
+    return math.inf if seconds < 0 else seconds
+
+
+def format_duration(seconds: float) -> str:
+    """Go's time.Duration.String for whole seconds and above (``5m0s``, ``1h0m0s``)."""
+    if math.isinf(seconds):
+        return "-1"
+    total = int(seconds)
+    h, rest = divmod(total, 3600)
+    m, s = divmod(rest, 60)
+    if h:
+        return f"{h}h{m}m{s}s"
+    if m:
+        return f"{m}m{s}s"
+    return f"{s}s"

@@ -1,0 +1,667 @@
+"""Ollama's API: ``/api/*`` and ``/`` (§8 of shared/spec/ollama-protocol.md).
+
+Each handler validates the JSON, calls ``runtime.service``, and writes Ollama's shapes: NDJSON
+streams by default, one object with ``"stream": false``, durations in nanoseconds, errors as
+``{"error": "…"}``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import random
+import string
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from client import errors as client_errors
+from client.manage import copy_model, remove_models
+from client.model_info import parameter_lines, render_modelfile
+from client.transfer import Progress
+from registry.oci.names import InvalidName, ModelName
+from runtime.api.common import (
+    JSON_TYPE,
+    cancelled_on_disconnect,
+    error,
+    field,
+    handle_errors,
+    iso,
+    keep_alive_of,
+    ndjson,
+    options_of,
+    read_json,
+    service,
+    timestamp,
+)
+from runtime.prompts import Message
+from runtime.service import ApiError, Piece, Resolved, Result, grammar_for, normalize
+
+VERSION = "0.33.0"  # the Ollama API level this runtime speaks (clients check it)
+ROLES = ("system", "user", "assistant", "tool")
+THINK_LEVELS = ("low", "medium", "high", "max")
+
+
+async def root(request: Request) -> Response:
+    return PlainTextResponse("Ollama is running")
+
+
+async def version(request: Request) -> Response:
+    return JSONResponse({"version": VERSION})
+
+
+def _durations(result: Result) -> dict[str, Any]:
+    done = result.done
+    values = {
+        "total_duration": result.total_ns,
+        "load_duration": result.load_ns,
+        "prompt_eval_count": done.prompt_tokens if done else 0,
+        "prompt_eval_duration": done.prompt_ns if done else 0,
+        "eval_count": done.eval_tokens if done else 0,
+        "eval_duration": done.eval_ns if done else 0,
+    }
+    return {k: v for k, v in values.items() if v}
+
+
+def _done_reason(result: Result) -> str:
+    reason = result.done.reason if result.done else "stop"
+    return "stop" if reason == "cancel" else reason
+
+
+def _check_think(resolved: Resolved, body: dict[str, Any]) -> None:
+    think = body.get("think")
+    if think is None or think is False:
+        return
+    if isinstance(think, str) and think not in THINK_LEVELS:
+        raise ApiError(400, f"invalid think value: {think!r} (use true, false, or one of {', '.join(THINK_LEVELS)})")
+    if not isinstance(think, (bool, str)):
+        raise ApiError(400, "think must be a boolean or a level")
+    if "thinking" not in resolved.info.capabilities:
+        raise ApiError(400, f'"{resolved.requested}" does not support thinking')
+
+
+def _logprob_fields(body: dict[str, Any]) -> tuple[bool, int]:
+    logprobs = bool(field(body, "logprobs", bool, False))
+    top = int(field(body, "top_logprobs", int, 0))
+    if not 0 <= top <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
+    return logprobs or top > 0, top
+
+
+def _images(body: dict[str, Any], resolved: Resolved, where: str = "images") -> list[str]:
+    images: list[str] = field(body, where, list, [])
+    for image in images:
+        if not isinstance(image, str):
+            raise ApiError(400, "images must be base64 strings")
+        try:
+            base64.b64decode(image, validate=True)
+        except ValueError:
+            raise ApiError(400, "invalid image data: not base64") from None
+    if images and "vision" not in resolved.info.capabilities:
+        raise ApiError(400, f'"{resolved.requested}" does not support images')
+    return images
+
+
+# -- generate ---------------------------------------------------------------------------------------
+
+
+@handle_errors
+async def generate(request: Request) -> Response:
+    svc = service(request)
+    body = await read_json(request)
+    resolved = svc.resolve(body.get("model") or body.get("name"))
+    prompt = field(body, "prompt", str, "")
+    suffix = field(body, "suffix", str, "")
+    system = field(body, "system", str)
+    template = field(body, "template", str)
+    context = field(body, "context", list)
+    raw = field(body, "raw", bool, False)
+    stream = field(body, "stream", bool, True)
+    if raw and (template is not None or system is not None or context):
+        raise ApiError(400, "raw mode does not support template, system, or context")
+    if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
+        raise ApiError(400, "context must be an array of integers")
+    if "completion" not in resolved.info.capabilities:
+        raise ApiError(400, f'"{resolved.requested}" does not support generate')
+    if suffix and "insert" not in resolved.info.capabilities:
+        raise ApiError(400, f'"{resolved.requested}" does not support insert')
+    _check_think(resolved, body)
+    _images(body, resolved)
+    logprobs, top_logprobs = _logprob_fields(body)
+    grammar = grammar_for(body.get("format"))
+    options = svc.options(resolved, options_of(body))
+    keep_alive = keep_alive_of(body)
+    model = body.get("model") or body.get("name")
+
+    if not prompt and not suffix:
+        reason = await svc.load_only(resolved, options, keep_alive)
+        return JSONResponse(
+            {"model": model, "created_at": timestamp(), "response": "", "done": True, "done_reason": reason}
+        )
+
+    text = prompt if raw else svc.generate_prompt(resolved, prompt, system, template, suffix)
+    if body.get("_debug_render_only"):
+        return JSONResponse(
+            {
+                "model": model,
+                "created_at": timestamp(),
+                "response": "",
+                "done": True,
+                "_debug_info": {"rendered_template": text},
+            }
+        )
+
+    def final(result: Result, response: str) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "model": model,
+            "created_at": timestamp(),
+            "response": response,
+            "done": True,
+            "done_reason": _done_reason(result),
+        }
+        if not raw and result.done:
+            out["context"] = result.done.context
+        out.update(_durations(result))
+        if logprobs and response:
+            out["logprobs"] = result.logprobs
+        return out
+
+    if not stream:
+        async with cancelled_on_disconnect(request) as cancel:
+            result = await _collect(
+                svc.complete(
+                    resolved,
+                    text,
+                    options,
+                    keep_alive=keep_alive,
+                    grammar=grammar,
+                    context=context,
+                    logprobs=logprobs,
+                    top_logprobs=top_logprobs,
+                    cancel=cancel,
+                )
+            )
+        return JSONResponse(final(result, result.text))
+
+    pieces = svc.complete(
+        resolved,
+        text,
+        options,
+        keep_alive=keep_alive,
+        grammar=grammar,
+        context=context,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+    )
+    first = await _first(pieces)
+
+    async def lines() -> AsyncIterator[dict[str, Any]]:
+        async for item in _chain(first, pieces, request):
+            if isinstance(item, Piece):
+                line: dict[str, Any] = {"model": model, "created_at": timestamp(), "response": item.text, "done": False}
+                if logprobs and item.logprobs:
+                    line["logprobs"] = item.logprobs
+                yield line
+            else:
+                yield final(item, "")
+
+    return ndjson(lines())
+
+
+# -- chat ---------------------------------------------------------------------------------------------
+
+
+def parse_messages(raw: Any) -> list[Message]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ApiError(400, "messages must be an array")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise ApiError(400, f"messages[{i}] must be an object")
+        role = m.get("role")
+        if not isinstance(role, str) or role.lower() not in ROLES:
+            raise ApiError(400, f"messages[{i}]: role must be one of {', '.join(ROLES)}")
+        content = m.get("content", "")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise ApiError(400, f"messages[{i}]: content must be a string")
+        calls = m.get("tool_calls")
+        if calls is not None:
+            if not isinstance(calls, list):
+                raise ApiError(400, f"messages[{i}]: tool_calls must be an array")
+            calls = [_tool_call(c, i) for c in calls]
+        images = m.get("images")
+        if images is not None and (not isinstance(images, list) or not all(isinstance(x, str) for x in images)):
+            raise ApiError(400, f"messages[{i}]: images must be base64 strings")
+        out.append(
+            Message(
+                role.lower(),
+                content,
+                images or None,
+                calls,
+                m.get("tool_name"),
+                m.get("tool_call_id"),
+                m.get("thinking"),
+            )
+        )
+    return out
+
+
+def _tool_call(call: Any, i: int) -> dict[str, Any]:
+    fn = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise ApiError(400, f"messages[{i}]: each tool call needs function.name")
+    args = fn.get("arguments", {})
+    if not isinstance(args, dict):
+        raise ApiError(400, f"messages[{i}]: tool call arguments must be an object")
+    out: dict[str, Any] = {"function": {"name": fn["name"], "arguments": args}}
+    if isinstance(fn.get("index"), int):
+        out["function"]["index"] = fn["index"]
+    if isinstance(call.get("id"), str):
+        out["id"] = call["id"]
+    return out
+
+
+def parse_tools(raw: Any) -> list[dict[str, Any]]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ApiError(400, "tools must be an array")
+    for i, tool in enumerate(raw):
+        fn = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ApiError(400, f"tools[{i}]: each tool needs function.name")
+    return list(raw)
+
+
+def with_call_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for index, call in enumerate(calls):
+        ident = "call_" + "".join(random.choices(string.ascii_lowercase + string.digits, k=8))
+        out.append({"id": ident, "function": {"index": index, **call["function"]}})
+    return out
+
+
+@handle_errors
+async def chat(request: Request) -> Response:
+    svc = service(request)
+    body = await read_json(request)
+    resolved = svc.resolve(body.get("model") or body.get("name"))
+    model = body.get("model") or body.get("name")
+    messages = parse_messages(body.get("messages"))
+    tools = parse_tools(body.get("tools"))
+    stream = field(body, "stream", bool, True)
+    if tools and "tools" not in resolved.info.capabilities:
+        raise ApiError(400, f'"{resolved.requested}" does not support tools')
+    if "completion" not in resolved.info.capabilities:
+        raise ApiError(400, f'"{resolved.requested}" does not support chat')
+    if any(m.images for m in messages) and "vision" not in resolved.info.capabilities:
+        raise ApiError(400, f'"{resolved.requested}" does not support images')
+    _check_think(resolved, body)
+    logprobs, top_logprobs = _logprob_fields(body)
+    grammar = grammar_for(body.get("format"))
+    options = svc.options(resolved, options_of(body))
+    keep_alive = keep_alive_of(body)
+
+    if not messages:
+        reason = await svc.load_only(resolved, options, keep_alive)
+        return JSONResponse(
+            {
+                "model": model,
+                "created_at": timestamp(),
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "done_reason": reason,
+            }
+        )
+
+    text = svc.chat_prompt(resolved, messages, tools or None)
+    if body.get("_debug_render_only"):
+        return JSONResponse(
+            {
+                "model": model,
+                "created_at": timestamp(),
+                "message": {"role": "assistant", "content": ""},
+                "done": True,
+                "_debug_info": {"rendered_template": text},
+            }
+        )
+
+    def final(result: Result, content: str) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if result.tool_calls:
+            message["tool_calls"] = with_call_ids(result.tool_calls)
+        out: dict[str, Any] = {
+            "model": model,
+            "created_at": timestamp(),
+            "message": message,
+            "done": True,
+            "done_reason": _done_reason(result),
+        }
+        out.update(_durations(result))
+        if logprobs and content:
+            out["logprobs"] = result.logprobs
+        return out
+
+    run: dict[str, Any] = {
+        "keep_alive": keep_alive,
+        "grammar": grammar,
+        "tools": tools or None,
+        "logprobs": logprobs,
+        "top_logprobs": top_logprobs,
+    }
+    if not stream:
+        async with cancelled_on_disconnect(request) as cancel:
+            result = await _collect(svc.complete(resolved, text, options, cancel=cancel, **run))
+        return JSONResponse(final(result, result.text))
+
+    pieces = svc.complete(resolved, text, options, **run)
+    first = await _first(pieces)
+
+    async def lines() -> AsyncIterator[dict[str, Any]]:
+        async for item in _chain(first, pieces, request):
+            if isinstance(item, Piece):
+                line: dict[str, Any] = {
+                    "model": model,
+                    "created_at": timestamp(),
+                    "message": {"role": "assistant", "content": item.text},
+                    "done": False,
+                }
+                if logprobs and item.logprobs:
+                    line["logprobs"] = item.logprobs
+                yield line
+            else:
+                yield final(item, "" if not item.tool_calls else item.text)
+
+    return ndjson(lines())
+
+
+async def _collect(items: AsyncIterator[Piece | Result]) -> Result:
+    result = Result()
+    async for item in items:
+        if isinstance(item, Result):
+            result = item
+    return result
+
+
+async def _first(items: AsyncGenerator[Piece | Result, None]) -> Piece | Result:
+    """The first item, awaited before the response starts, so loading errors are HTTP errors."""
+    try:
+        return await anext(items)
+    except StopAsyncIteration:  # pragma: no cover - complete() always ends with a Result
+        raise ApiError(500, "no output") from None
+
+
+async def _chain(
+    first: Piece | Result, rest: AsyncGenerator[Piece | Result, None], request: Request
+) -> AsyncIterator[Piece | Result]:
+    """Stream ``first`` then ``rest``, stopping generation if the client goes away."""
+    yield first
+    if isinstance(first, Result):
+        return
+    disconnected = asyncio.create_task(_wait_disconnect(request))
+    try:
+        async for item in rest:
+            if disconnected.done():
+                break
+            yield item
+    finally:
+        disconnected.cancel()
+        await rest.aclose()  # stops the engine at its next token
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.2)
+
+
+# -- embeddings ---------------------------------------------------------------------------------------
+
+
+@handle_errors
+async def embed(request: Request) -> Response:
+    svc = service(request)
+    body = await read_json(request)
+    resolved = svc.resolve(body.get("model") or body.get("name"))
+    raw = body.get("input", [])
+    if raw is None:
+        raw = []
+    inputs = [raw] if isinstance(raw, str) else raw
+    if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
+        raise ApiError(400, "invalid input type")
+    if inputs == [""]:
+        inputs = []
+    truncate = field(body, "truncate", bool, True)
+    dimensions = field(body, "dimensions", int, 0)
+    if dimensions < 0:
+        raise ApiError(400, "dimensions must be positive")
+    options = svc.options(resolved, options_of(body))
+    start = time.perf_counter_ns()
+    vectors, count, load_ns = await svc.embed(
+        resolved, inputs, options, truncate=truncate, keep_alive=keep_alive_of(body)
+    )
+    out = []
+    for v in vectors:
+        v = normalize(v)
+        if dimensions and dimensions < len(v):
+            v = normalize(v[:dimensions])
+        out.append(v)
+    response: dict[str, Any] = {"model": body.get("model") or body.get("name"), "embeddings": out}
+    response.update(
+        {
+            k: v
+            for k, v in (
+                ("total_duration", time.perf_counter_ns() - start),
+                ("load_duration", load_ns),
+                ("prompt_eval_count", count),
+            )
+            if v
+        }
+    )
+    return JSONResponse(response)
+
+
+@handle_errors
+async def embeddings(request: Request) -> Response:
+    """The legacy endpoint: one prompt, an unnormalised vector."""
+    svc = service(request)
+    body = await read_json(request)
+    resolved = svc.resolve(body.get("model") or body.get("name"))
+    prompt = field(body, "prompt", str, "")
+    options = svc.options(resolved, options_of(body))
+    if not prompt:
+        await svc.load_only(resolved, options, keep_alive_of(body), embedding=True)
+        return JSONResponse({"embedding": []})
+    vectors, _, _ = await svc.embed(resolved, [prompt], options, truncate=True, keep_alive=keep_alive_of(body))
+    return JSONResponse({"embedding": vectors[0]})
+
+
+# -- models ---------------------------------------------------------------------------------------------
+
+
+def _model_entry(svc: Any, model: Any) -> dict[str, Any]:
+    info = svc.info(model)
+    return {
+        "name": model.name.display(),
+        "model": model.name.display(),
+        "modified_at": iso(model.modified),
+        "size": model.size,
+        "digest": model.id,
+        "details": info.details(),
+    }
+
+
+@handle_errors
+async def tags(request: Request) -> Response:
+    svc = service(request)
+    models = sorted(svc.store.models(), key=lambda m: m.modified, reverse=True)
+    return JSONResponse({"models": [_model_entry(svc, m) for m in models]})
+
+
+@handle_errors
+async def show(request: Request) -> Response:
+    svc = service(request)
+    body = await read_json(request)
+    name = body.get("model") or body.get("name")
+    resolved = svc.resolve(name, missing="model '{name}' not found")
+    info = resolved.info
+    verbose = field(body, "verbose", bool, False)
+    model_info = dict(info.gguf)
+    model_info.pop("general.name", None)
+    model_info.pop("tokenizer.chat_template", None)
+    if verbose:
+        from client.model_info import read_gguf_metadata
+
+        if info.model_path is not None:
+            full, _, _ = read_gguf_metadata(info.model_path, max_array=1 << 30)
+            model_info = {k: v for k, v in full.items() if k not in ("general.name", "tokenizer.chat_template")}
+    out: dict[str, Any] = {
+        "license": "\n".join(info.licenses),
+        "modelfile": render_modelfile(info),
+        "parameters": "\n".join(parameter_lines(info.parameters)),
+        "template": info.template if info.template is not None else str(info.gguf.get("tokenizer.chat_template") or ""),
+        "system": info.system or "",
+        "details": info.details(),
+        "model_info": model_info,
+        "tensors": [{k: t[k] for k in ("name", "type", "shape")} for t in info.tensors],
+        "capabilities": info.capabilities,
+        "modified_at": iso(resolved.model.modified),
+    }
+    if info.messages:
+        out["messages"] = info.messages
+    return JSONResponse(out)
+
+
+@handle_errors
+async def ps(request: Request) -> Response:
+    svc = service(request)
+    models = []
+    for runner in svc.scheduler.loaded():
+        try:
+            model = svc.store.get(ModelName.parse(runner.model))
+        except (client_errors.ModelNotFound, InvalidName):
+            continue
+        entry = _model_entry(svc, model)
+        del entry["modified_at"]
+        engine = runner.engine
+        fraction = engine.gpu_layers / engine.n_layers if engine.n_layers else 0.0
+        entry.update(
+            {
+                "size": runner.size,
+                "size_vram": int(runner.size * fraction),
+                "expires_at": iso(runner.expires_at) if runner.expires_at else "2318-01-01T00:00:00Z",
+                "context_length": engine.n_ctx,
+            }
+        )
+        models.append(entry)
+    return JSONResponse({"models": models})
+
+
+def _two_names(svc: Any, body: dict[str, Any]) -> tuple[ModelName, ModelName]:
+    source, destination = body.get("source"), body.get("destination")
+    if not isinstance(source, str) or not isinstance(destination, str) or not source or not destination:
+        raise ApiError(400, "source and destination are required")
+    try:
+        return (
+            svc.store.parse_name(source, svc.client_settings.default_host),
+            svc.store.parse_name(destination, svc.client_settings.default_host),
+        )
+    except client_errors.InvalidName:
+        raise ApiError(400, "invalid model name") from None
+
+
+@handle_errors
+async def copy(request: Request) -> Response:
+    svc = service(request)
+    body = await read_json(request)
+    source, destination = _two_names(svc, body)
+    try:
+        copy_model(svc.store, source, destination)
+    except client_errors.ModelNotFound:
+        raise ApiError(404, f'model "{body["source"]}" not found') from None
+    return Response(status_code=200)
+
+
+@handle_errors
+async def delete(request: Request) -> Response:
+    svc = service(request)
+    body = await read_json(request)
+    resolved = svc.resolve(body.get("model") or body.get("name"), missing="model '{name}' not found")
+    await svc.scheduler.unload(resolved.key)
+    remove_models(svc.store, [resolved.name])
+    return Response(status_code=200)
+
+
+# -- pull and push ----------------------------------------------------------------------------------------
+
+
+async def _transfer(request: Request, push: bool) -> Response:
+    svc = service(request)
+    body = await read_json(request)
+    text = body.get("model") or body.get("name")
+    if not isinstance(text, str) or not text:
+        return error(400, "model is required")
+    try:
+        name = svc.store.parse_name(text, svc.client_settings.default_host)
+    except client_errors.InvalidName:
+        return error(400, "invalid model name")
+    insecure = bool(field(body, "insecure", bool, False))
+    stream = field(body, "stream", bool, True)
+    queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+
+    def progress(event: Progress) -> None:
+        queue.put_nowait(event.to_json())
+
+    async def run() -> None:
+        try:
+            if push:
+                from client.push import PushOptions
+                from client.push import push as do_push
+
+                await do_push(name, svc.store, svc.client_settings, PushOptions(insecure=insecure), progress)
+            else:
+                from client.pull import PullOptions
+                from client.pull import pull as do_pull
+
+                await do_pull(name, svc.store, svc.client_settings, PullOptions(insecure=insecure), progress)
+        except client_errors.HangarError as e:
+            what = "push" if push else "pull"
+            message = str(e) if str(e).startswith(("pull model manifest", what)) else f"{what} model: {e}"
+            queue.put_nowait({"error": message})
+        finally:
+            queue.put_nowait(None)
+
+    task = asyncio.create_task(run())
+
+    async def lines() -> AsyncIterator[dict[str, Any]]:
+        try:
+            while (item := await queue.get()) is not None:
+                yield item
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    if stream:
+        return ndjson(lines())
+    last: dict[str, Any] = {}
+    async for item in lines():
+        last = item
+    return JSONResponse(last, status_code=500 if "error" in last else 200, media_type=JSON_TYPE)
+
+
+@handle_errors
+async def pull(request: Request) -> Response:
+    return await _transfer(request, push=False)
+
+
+@handle_errors
+async def push(request: Request) -> Response:
+    return await _transfer(request, push=True)

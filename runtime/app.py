@@ -1,0 +1,142 @@
+"""``create_app(settings)``: the local runtime (``hangar serve``) as an ASGI application.
+
+Middleware, outermost first: CORS (Ollama's default origins plus ``HANGAR_ORIGINS``), the
+DNS-rebinding guard (a loopback listener answers only loopback/private/local Host names), and the
+optional API key (``HANGAR_API_KEY``)."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import re
+import socket
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from client.config import ClientSettings
+from client.config import load as load_client
+from runtime.api import routes
+from runtime.config import RuntimeSettings
+from runtime.config import load as load_runtime
+from runtime.scheduler import Scheduler
+from runtime.service import Service
+
+DEFAULT_ORIGINS = [
+    r"https?://(localhost|127\.0\.0\.1|0\.0\.0\.0|\[::1\])(:\d+)?",
+    r"app://.*",
+    r"file://.*",
+    r"tauri://.*",
+    r"vscode-webview://.*",
+    r"vscode-file://.*",
+]
+
+
+def origin_regex(extra: tuple[str, ...]) -> str:
+    patterns = list(DEFAULT_ORIGINS)
+    for origin in extra:
+        patterns.append(".*" if origin == "*" else re.escape(origin).replace(r"\*", ".*"))
+    return "^(" + "|".join(patterns) + ")$"
+
+
+def allowed_host(host_header: str) -> bool:
+    """Whether a Host header may reach a loopback listener (the DNS-rebinding guard)."""
+    host = host_header.rsplit(":", 1)[0] if not host_header.startswith("[") else host_header[1:].split("]")[0]
+    host = host.strip().lower()
+    if host in ("", "localhost", socket.gethostname().lower()) or host.endswith((".localhost", ".local", ".internal")):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_unspecified
+
+
+class Guard:
+    """403 for foreign Host headers on a loopback listener; 401 without the API key when one is set."""
+
+    def __init__(self, app: ASGIApp, settings: RuntimeSettings) -> None:
+        self.app = app
+        self.settings = settings
+        try:
+            self.loopback = ipaddress.ip_address(settings.host).is_loopback
+        except ValueError:
+            self.loopback = settings.host == "localhost"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
+        if self.loopback and not allowed_host(headers.get("host", "")):
+            await _reply(scope, receive, send, 403, "forbidden: this host name may not reach the server")
+            return
+        key = self.settings.api_key
+        open_path = (scope["path"] == "/" and scope["method"] in ("GET", "HEAD")) or scope["method"] == "OPTIONS"
+        if key and not open_path and headers.get("authorization", "") != f"Bearer {key}":
+            await _reply(scope, receive, send, 401, "unauthorized: set Authorization: Bearer <HANGAR_API_KEY>")
+            return
+        await self.app(scope, receive, send)
+
+
+async def _reply(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
+    await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return JSONResponse({"error": exc.detail or "error"}, status_code=exc.status_code)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    import logging
+
+    logging.getLogger("hangar.runtime").error(
+        "unhandled error on %s %s", request.method, request.url.path, exc_info=exc
+    )
+    return Response(json.dumps({"error": f"internal error: {exc}"}), status_code=500, media_type="application/json")
+
+
+def create_app(
+    settings: RuntimeSettings | None = None,
+    client_settings: ClientSettings | None = None,
+    scheduler: Scheduler | None = None,
+) -> Starlette:
+    settings = settings or load_runtime()
+    client_settings = client_settings or load_client()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        sched = scheduler or Scheduler(settings)
+        app.state.service = Service(settings, client_settings, sched)
+        try:
+            yield
+        finally:
+            await sched.close()
+
+    return Starlette(
+        routes=routes,
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origin_regex=origin_regex(settings.origins),
+                allow_methods=["*"],
+                allow_headers=["*"],
+                allow_credentials=False,
+            ),
+            Middleware(Guard, settings=settings),
+        ],
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        lifespan=lifespan,
+    )
+
+
+def app_from_env() -> Starlette:
+    return create_app()

@@ -1,0 +1,99 @@
+"""Runtime settings, from ``HANGAR_*`` environment variables (as Ollama's ``OLLAMA_*``):
+
+==============================  =========================================================
+``HANGAR_HOST``                 listen address, default ``127.0.0.1:11434`` (``host``,
+                                ``host:port`` or ``http://host:port``)
+``HANGAR_MODELS``               the model store (see client.config)
+``HANGAR_KEEP_ALIVE``           how long a model stays loaded after use: ``5m`` (seconds or
+                                a duration; negative = forever, 0 = unload at once)
+``HANGAR_CONTEXT_LENGTH``       default ``num_ctx``, 4096
+``HANGAR_MAX_LOADED_MODELS``    models loaded at once, 3
+``HANGAR_MAX_MEMORY``           bytes all loaded models may use (estimated); default 75% of RAM
+``HANGAR_MAX_QUEUE``            requests waiting for a model, 512; more get 503
+``HANGAR_NUM_PARALLEL``         requests a loaded model serves at once, 1
+``HANGAR_ORIGINS``              extra CORS origins, comma-separated
+``HANGAR_API_KEY``              if set, every request needs ``Authorization: Bearer <key>``
+==============================  =========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from client.config import parse_size
+from registry.oci.options import parse_keep_alive
+
+DEFAULT_PORT = 11434
+
+
+@dataclass(frozen=True)
+class RuntimeSettings:
+    host: str = "127.0.0.1"
+    port: int = DEFAULT_PORT
+    keep_alive: float = 300.0
+    context_length: int = 4096
+    max_loaded_models: int = 3
+    max_memory: int = 0  # 0: 75% of physical memory
+    max_queue: int = 512
+    num_parallel: int = 1
+    origins: tuple[str, ...] = field(default_factory=tuple)
+    api_key: str = ""
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def memory_budget(self) -> int:
+        if self.max_memory:
+            return self.max_memory
+        try:
+            return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.75)
+        except (ValueError, OSError):
+            return 8 * 1024**3
+
+
+def parse_host(text: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``scheme://host[:port]`` → (host, port)."""
+    s = text.strip().strip("'\"")
+    if "://" in s:
+        scheme, s = s.split("://", 1)
+        s = s.split("/", 1)[0]
+        default = {"http": 80, "https": 443}.get(scheme, DEFAULT_PORT)
+    else:
+        default = DEFAULT_PORT
+    if s.startswith("["):  # [::1]:port
+        host, _, rest = s[1:].partition("]")
+        return host, int(rest[1:]) if rest.startswith(":") else default
+    if s.count(":") == 1:
+        host, port = s.split(":")
+        return host or "127.0.0.1", int(port)
+    return s or "127.0.0.1", default
+
+
+def load(env: Mapping[str, str] | None = None) -> RuntimeSettings:
+    env = os.environ if env is None else env
+
+    def get(name: str) -> str:
+        return env.get(name, "").strip().strip("'\"")
+
+    try:
+        host, port = parse_host(get("HANGAR_HOST") or "127.0.0.1:11434")
+        keep_alive = parse_keep_alive(get("HANGAR_KEEP_ALIVE") or "5m")
+        return RuntimeSettings(
+            host=host,
+            port=port,
+            keep_alive=300.0 if keep_alive is None else keep_alive,
+            context_length=int(get("HANGAR_CONTEXT_LENGTH") or 4096),
+            max_loaded_models=int(get("HANGAR_MAX_LOADED_MODELS") or 3),
+            max_memory=parse_size(get("HANGAR_MAX_MEMORY")) if get("HANGAR_MAX_MEMORY") else 0,
+            max_queue=int(get("HANGAR_MAX_QUEUE") or 512),
+            num_parallel=max(1, int(get("HANGAR_NUM_PARALLEL") or 1)),
+            origins=tuple(o.strip() for o in get("HANGAR_ORIGINS").split(",") if o.strip()),
+            api_key=get("HANGAR_API_KEY"),
+        )
+    except ValueError as e:
+        raise ValueError(f"runtime settings: {e}") from None

@@ -1,0 +1,350 @@
+"""One loaded model: a ``llama_cpp.Llama`` owned by one long-lived thread.
+
+Every llama.cpp call for a model happens on its own thread: the CPU build's OpenMP pool runs much
+slower when decode calls hop between threads (performance-notes.md). The async side submits jobs
+and reads events from an asyncio queue; generation streams one event per token and stops at the
+next token once its cancel flag is set (a client that went away)."""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import math
+import os
+import queue
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What makes two loaded instances interchangeable (a change means a reload)."""
+
+    model_path: str
+    adapters: tuple[str, ...] = ()
+    num_ctx: int = 4096
+    num_batch: int = 512
+    num_gpu: int = -1  # layers on the GPU; -1 all (when the build has a GPU backend)
+    num_thread: int = 0  # 0: llama.cpp's choice
+    use_mmap: bool = True
+    embedding: bool = False
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int = -1
+    num_predict: int = -1
+    num_keep: int = 4
+    stop: list[str] = field(default_factory=list)
+    grammar: str | None = None  # GBNF
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+@dataclass
+class TokenEvent:
+    text: str
+    logprob: dict[str, Any] | None = None
+
+
+@dataclass
+class DoneEvent:
+    reason: str  # "stop" | "length" | "cancel"
+    prompt_tokens: int
+    eval_tokens: int
+    prompt_ns: int
+    eval_ns: int
+    context: list[int]
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+def gpu_available() -> bool:
+    import llama_cpp
+
+    return bool(llama_cpp.llama_supports_gpu_offload())
+
+
+class Engine:
+    def __init__(self, spec: LoadSpec) -> None:
+        self.spec = spec
+        self.llm: Any = None
+        self.load_ns = 0
+        self.gpu_layers = 0
+        self.n_layers = 0
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._thread = threading.Thread(
+            target=self._loop, name=f"engine:{os.path.basename(spec.model_path)[:19]}", daemon=True
+        )
+        self._thread.start()
+
+    # -- the engine thread -------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            job()
+        if self.llm is not None:
+            with contextlib.suppress(Exception):
+                self.llm.close()
+            self.llm = None
+
+    def run(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        """Run ``fn`` on the engine thread; await the result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def job() -> None:
+            try:
+                result = fn()
+            except BaseException as e:
+                loop.call_soon_threadsafe(_settle, future, None, e)
+            else:
+                loop.call_soon_threadsafe(_settle, future, result, None)
+
+        self._jobs.put(job)
+        return future
+
+    def close(self) -> None:
+        """Stop the thread after the jobs already queued; frees the model."""
+        self._jobs.put(None)
+
+    # -- operations --------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        await self.run(self._load)
+
+    def _load(self) -> None:
+        import llama_cpp
+        from llama_cpp import Llama
+
+        start = time.perf_counter_ns()
+        spec = self.spec
+        gpu = gpu_available()
+        n_gpu_layers = 0 if not gpu else (-1 if spec.num_gpu < 0 else spec.num_gpu)
+        kwargs: dict[str, Any] = {
+            "n_ctx": spec.num_ctx,
+            "n_batch": spec.num_batch,
+            "n_ubatch": spec.num_batch,
+            "n_gpu_layers": n_gpu_layers,
+            "use_mmap": spec.use_mmap,
+            "embedding": spec.embedding,
+            "verbose": False,
+        }
+        if spec.num_thread > 0:
+            kwargs["n_threads"] = kwargs["n_threads_batch"] = spec.num_thread
+        if spec.adapters:
+            kwargs["lora_path"] = spec.adapters[0]
+        if spec.embedding:
+            # Each input must fit one batch: pooling sees the whole sequence at once.
+            kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
+            kwargs["n_batch"] = kwargs["n_ubatch"] = spec.num_ctx
+        try:
+            llm = Llama(model_path=spec.model_path, **kwargs)
+        except (ValueError, RuntimeError) as e:
+            raise EngineError(f"failed to load the model: {e}") from None
+        if spec.embedding and llama_cpp.llama_pooling_type(llm.ctx) == llama_cpp.LLAMA_POOLING_TYPE_NONE:
+            # A generative model asked for embeddings: pool by mean, as one vector per input.
+            llm.close()
+            kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
+            llm = Llama(model_path=spec.model_path, **kwargs)
+        self.llm = llm
+        self.vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+        self.n_layers = int(llama_cpp.llama_model_n_layer(llm._model.model))
+        self.gpu_layers = 0 if not gpu else (self.n_layers if n_gpu_layers < 0 else min(n_gpu_layers, self.n_layers))
+        self.load_ns = time.perf_counter_ns() - start
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.llm.n_ctx()) if self.llm is not None else self.spec.num_ctx
+
+    async def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
+        return await self.run(lambda: list(self.llm.tokenize(text.encode(), add_bos=add_bos, special=True)))
+
+    async def embed(self, texts: list[str], truncate: bool) -> tuple[list[list[float]], int]:
+        """One raw (not normalised) vector per text, and the tokens evaluated."""
+
+        def job() -> tuple[list[list[float]], int]:
+            llm = self.llm
+            if not truncate:
+                for text in texts:
+                    if len(llm.tokenize(text.encode(), add_bos=True, special=True)) > self.n_ctx:
+                        raise EngineError("the input length exceeds the context length")
+            try:
+                vectors, count = llm.embed(texts, normalize=False, truncate=True, return_count=True)
+            finally:
+                llm.reset()  # embedding cleared the KV cache; the next generation must not reuse it
+            return [[float(x) for x in v] for v in vectors], int(count)
+
+        return await self.run(job)
+
+    async def generate(
+        self, prompt: list[int], sampling: Sampling, cancel: threading.Event
+    ) -> AsyncIterator[TokenEvent | DoneEvent]:
+        """Stream the tokens generated after ``prompt``; the last event is a DoneEvent."""
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[TokenEvent | DoneEvent | BaseException] = asyncio.Queue()
+
+        def emit(event: TokenEvent | DoneEvent | BaseException) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        def job() -> None:
+            try:
+                self._generate(prompt, sampling, cancel, emit)
+            except BaseException as e:
+                emit(e)
+
+        self._jobs.put(job)
+        try:
+            while True:
+                event = await events.get()
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+                if isinstance(event, DoneEvent):
+                    return
+        finally:
+            cancel.set()  # the reader left early: stop at the next token
+
+    def _generate(self, prompt: list[int], s: Sampling, cancel: threading.Event, emit: Callable[[Any], None]) -> None:
+        import llama_cpp
+        from llama_cpp.llama_grammar import LlamaGrammar
+
+        llm = self.llm
+        n_ctx = self.n_ctx
+        prompt = _fit(prompt, n_ctx, s.num_keep)
+        llm.set_seed(s.seed if s.seed >= 0 else random.randrange(2**31))
+        llm.last_n_tokens_size = n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
+        grammar = LlamaGrammar.from_string(s.grammar, verbose=False) if s.grammar else None
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        generated: list[int] = []
+        reason = "stop"
+        start = time.perf_counter_ns()
+        first = 0
+        limit = s.num_predict if s.num_predict >= 0 else math.inf
+        tokens_iter = llm.generate(
+            prompt,
+            top_k=s.top_k,
+            top_p=s.top_p,
+            min_p=s.min_p,
+            typical_p=s.typical_p,
+            temp=s.temperature,
+            repeat_penalty=s.repeat_penalty,
+            frequency_penalty=s.frequency_penalty,
+            presence_penalty=s.presence_penalty,
+            grammar=grammar,
+            reset=True,
+        )
+        if limit == 0 or cancel.is_set():
+            reason = "length" if limit == 0 else "cancel"
+            tokens_iter = iter(())
+        for token in tokens_iter:
+            if not first:
+                first = time.perf_counter_ns()
+            if cancel.is_set():
+                reason = "cancel"
+                break
+            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+                break
+            logprob = self._logprob(token, s.top_logprobs) if s.logprobs else None
+            previous = prompt + generated
+            generated.append(token)
+            piece = decoder.decode(llm.detokenize([token], prev_tokens=previous[-8:]))
+            pending += piece
+            if s.stop:
+                cut = _find_stop(pending, s.stop)
+                if cut is not None:
+                    pending = pending[:cut]
+                    reason = "stop"
+                    break
+                keep = _stop_prefix_len(pending, s.stop)
+                ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
+            else:
+                ready, pending = pending, ""
+            if ready or logprob is not None:
+                emit(TokenEvent(ready, logprob))
+            if len(generated) >= limit or llm.n_tokens >= n_ctx - 1:
+                reason = "length"
+                break
+        tail = pending + decoder.decode(b"", final=True)
+        if tail:
+            emit(TokenEvent(tail))
+        end = time.perf_counter_ns()
+        first = first or end
+        emit(DoneEvent(reason, len(prompt), len(generated), first - start, end - first, prompt + generated))
+
+    def _logprob(self, token: int, top: int) -> dict[str, Any]:
+        import llama_cpp
+        import numpy as np
+
+        llm = self.llm
+        n_vocab = llm.n_vocab()
+        pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,)).astype(np.float64)
+        shifted = logits - logits.max()
+        logsum = math.log(float(np.exp(shifted).sum()))
+        logprobs = shifted - logsum
+
+        def entry(t: int) -> dict[str, Any]:
+            text = llm.detokenize([t], special=True)
+            return {"token": text.decode(errors="replace"), "logprob": float(logprobs[t]), "bytes": list(text)}
+
+        out = entry(token)
+        if top > 0:
+            best = np.argpartition(-logprobs, min(top, n_vocab - 1))[:top]
+            out["top_logprobs"] = [entry(int(t)) for t in sorted(best, key=lambda t: -logprobs[t])]
+        return out
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+def _fit(prompt: list[int], n_ctx: int, num_keep: int) -> list[int]:
+    """Drop the oldest tokens after the first ``num_keep`` when a prompt would fill the context."""
+    room = n_ctx - 64  # leave room to generate
+    if len(prompt) <= room or room <= num_keep:
+        return prompt
+    return prompt[:num_keep] + prompt[len(prompt) - (room - num_keep) :]
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+def _stop_prefix_len(text: str, stops: list[str]) -> int:
+    """How much of the end of ``text`` could be the start of a stop sequence (held back)."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best

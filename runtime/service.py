@@ -1,0 +1,318 @@
+"""What both APIs do, once: find a model, build its prompt, run it on a scheduled engine, and
+report what happened. ``runtime.api.ollama`` and ``runtime.api.openai`` only translate JSON."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import threading
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from client.config import ClientSettings
+from client.errors import InvalidName, ModelNotFound
+from client.model_info import ModelInfo, inspect
+from client.store import LocalModel, Store
+from registry.oci.names import ModelName
+from registry.oci.options import DEFAULTS
+from runtime.config import RuntimeSettings
+from runtime.engine import DoneEvent, EngineError, LoadSpec, Sampling, TokenEvent
+from runtime.gotemplate import TemplateError
+from runtime.prompts import Message, PromptTemplate, looks_like_tool_call, parse_tool_calls
+from runtime.scheduler import Runner, Scheduler
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Resolved:
+    requested: str
+    name: ModelName
+    model: LocalModel
+    info: ModelInfo
+
+    @property
+    def key(self) -> str:
+        return str(self.name)
+
+
+@dataclass
+class Result:
+    """What a generation produced, filled in as it streams."""
+
+    text: str = ""
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    done: DoneEvent | None = None
+    load_ns: int = 0
+    total_ns: int = 0
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Piece:
+    """A streamed fragment of output."""
+
+    text: str
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Service:
+    def __init__(self, settings: RuntimeSettings, client_settings: ClientSettings, scheduler: Scheduler) -> None:
+        self.settings = settings
+        self.client_settings = client_settings
+        self.store = Store(client_settings.models)
+        self.scheduler = scheduler
+        self._info: dict[tuple[str, str], ModelInfo] = {}
+
+    # -- models ------------------------------------------------------------------------------------
+
+    def resolve(self, text: Any, *, missing: str = 'model "{name}" not found, try pulling it first') -> Resolved:
+        if not isinstance(text, str) or not text:
+            raise ApiError(400, "model is required")
+        try:
+            name = self.store.parse_name(text, self.client_settings.default_host)
+        except InvalidName:
+            raise ApiError(400, "invalid model name") from None
+        try:
+            model = self.store.get(name)
+        except ModelNotFound:
+            raise ApiError(404, missing.format(name=text)) from None
+        return Resolved(text, name, model, self.info(model))
+
+    def info(self, model: LocalModel) -> ModelInfo:
+        key = (str(model.name), model.id)
+        cached = self._info.get(key)
+        if cached is None:
+            cached = self._info[key] = inspect(self.store, model)
+        return cached
+
+    def template_for(self, resolved: Resolved, override: str | None = None) -> PromptTemplate:
+        info = resolved.info
+        try:
+            if override is not None:
+                return PromptTemplate(override, None)
+            jinja = info.gguf.get("tokenizer.chat_template") if info.template is None else None
+            bos, eos = _special_tokens(info)
+            return PromptTemplate(info.template, jinja if isinstance(jinja, str) else None, bos, eos)
+        except TemplateError as e:
+            raise ApiError(400, f"template error: {e}") from None
+
+    def options(self, resolved: Resolved, request_options: dict[str, Any]) -> dict[str, Any]:
+        """Built-in defaults < the model's parameters < the request's. The default context is
+        capped at what the model was trained for."""
+        trained = resolved.info.arch_value("context_length")
+        default_ctx = self.settings.context_length
+        if isinstance(trained, int) and 0 < trained < default_ctx:
+            default_ctx = trained
+        merged = {**DEFAULTS, "num_ctx": default_ctx}
+        merged.update({k: v for k, v in resolved.info.parameters.items() if v is not None})
+        merged.update(request_options)
+        return merged
+
+    def spec(self, resolved: Resolved, options: dict[str, Any], *, embedding: bool) -> LoadSpec:
+        if resolved.info.model_path is None:
+            raise ApiError(400, f'"{resolved.requested}" has no model weights to load')
+        return LoadSpec(
+            model_path=str(resolved.info.model_path),
+            adapters=tuple(str(p) for p in resolved.info.adapters),
+            num_ctx=max(4, int(options.get("num_ctx") or self.settings.context_length)),
+            num_batch=int(options.get("num_batch", 512)),
+            num_gpu=int(options.get("num_gpu", -1)),
+            num_thread=int(options.get("num_thread", 0)),
+            use_mmap=bool(options.get("use_mmap", True)),
+            embedding=embedding,
+        )
+
+    # -- running -----------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def runner(
+        self, resolved: Resolved, spec: LoadSpec, keep_alive: float | None
+    ) -> AsyncIterator[tuple[Runner, int]]:
+        """A loaded runner, and the nanoseconds spent loading it for this request (0 if it was loaded)."""
+        before = self.scheduler.runners.get(resolved.key)
+        try:
+            async with self.scheduler.use(resolved.key, spec, keep_alive) as runner:
+                loaded_now = runner is not before
+                yield runner, (runner.engine.load_ns if loaded_now else 0)
+        except EngineError as e:
+            raise ApiError(500, str(e)) from None
+
+    async def load_only(
+        self, resolved: Resolved, options: dict[str, Any], keep_alive: float | None, embedding: bool = False
+    ) -> str:
+        """Load (or, with keep_alive 0, unload) without generating: the ``done_reason``."""
+        if keep_alive == 0:
+            await self.scheduler.unload(resolved.key)
+            return "unload"
+        async with self.runner(resolved, self.spec(resolved, options, embedding=embedding), keep_alive):
+            pass
+        return "load"
+
+    async def complete(
+        self,
+        resolved: Resolved,
+        prompt: str,
+        options: dict[str, Any],
+        *,
+        keep_alive: float | None,
+        grammar: str | None = None,
+        context: list[int] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        cancel: threading.Event | None = None,
+    ) -> AsyncGenerator[Piece | Result, None]:
+        """Stream the model's answer to ``prompt`` as Pieces; the last item is the Result.
+
+        With ``tools``, output that looks like a tool call is held back and parsed at the end."""
+        start = time.perf_counter_ns()
+        cancel = cancel or threading.Event()
+        sampling = sampling_from(options, grammar, logprobs, top_logprobs)
+        result = Result()
+        tool_names = {t.get("function", {}).get("name") for t in tools or [] if isinstance(t, dict)}
+        held = ""
+        async with self.runner(resolved, self.spec(resolved, options, embedding=False), keep_alive) as (
+            runner,
+            load_ns,
+        ):
+            result.load_ns = load_ns
+            engine = runner.engine
+            tokens = list(context or []) + await engine.tokenize(prompt, add_bos=not context)
+            tokens = _drop_double_bos(tokens, engine)
+            async for event in engine.generate(tokens, sampling, cancel):
+                if isinstance(event, TokenEvent):
+                    result.text += event.text
+                    if event.logprob:
+                        result.logprobs.append(event.logprob)
+                    if tools and (held or looks_like_tool_call(result.text)):
+                        held += event.text
+                        continue
+                    yield Piece(event.text, [event.logprob] if event.logprob else [])
+                elif isinstance(event, DoneEvent):
+                    result.done = event
+        if tools:
+            result.tool_calls, leftover = parse_tool_calls(result.text, {n for n in tool_names if n})
+            if not result.tool_calls and held:
+                yield Piece(held)
+            elif result.tool_calls:
+                result.text = leftover
+        result.total_ns = time.perf_counter_ns() - start
+        yield result
+
+    async def embed(
+        self,
+        resolved: Resolved,
+        inputs: list[str],
+        options: dict[str, Any],
+        *,
+        truncate: bool,
+        keep_alive: float | None,
+    ) -> tuple[list[list[float]], int, int]:
+        """Raw vectors, tokens evaluated, load nanoseconds."""
+        if not inputs:
+            await self.load_only(resolved, options, keep_alive, embedding=True)
+            return [], 0, 0
+        async with self.runner(resolved, self.spec(resolved, options, embedding=True), keep_alive) as (runner, load_ns):
+            try:
+                vectors, count = await runner.engine.embed(inputs, truncate)
+            except EngineError as e:
+                raise ApiError(400, str(e)) from None
+        return vectors, count, load_ns
+
+    # -- prompts -----------------------------------------------------------------------------------
+
+    def chat_prompt(self, resolved: Resolved, messages: list[Message], tools: list[dict[str, Any]] | None) -> str:
+        info = resolved.info
+        seeded = [Message(m.get("role", "user"), str(m.get("content", ""))) for m in info.messages]
+        convo = seeded + messages
+        if info.system and not any(m.role == "system" for m in convo[:1]):
+            convo = [Message("system", info.system), *convo]
+        return self._render(resolved, convo, tools)
+
+    def generate_prompt(
+        self, resolved: Resolved, prompt: str, system: str | None, template: str | None, suffix: str
+    ) -> str:
+        info = resolved.info
+        messages = []
+        sys_text = system if system is not None else info.system
+        if sys_text:
+            messages.append(Message("system", sys_text))
+        messages.append(Message("user", prompt))
+        return self._render(resolved, messages, None, template, suffix)
+
+    def _render(
+        self,
+        resolved: Resolved,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None,
+        template: str | None = None,
+        suffix: str = "",
+    ) -> str:
+        try:
+            return self.template_for(resolved, template).render(messages, tools, suffix)
+        except TemplateError as e:
+            raise ApiError(400, f"template error: {e}") from None
+
+
+def sampling_from(options: dict[str, Any], grammar: str | None, logprobs: bool, top_logprobs: int) -> Sampling:
+    return Sampling(
+        temperature=float(options.get("temperature", 0.8)),
+        top_k=int(options.get("top_k", 40)),
+        top_p=float(options.get("top_p", 0.9)),
+        min_p=float(options.get("min_p", 0.0)),
+        typical_p=float(options.get("typical_p", 1.0)),
+        repeat_penalty=float(options.get("repeat_penalty", 1.0)),
+        repeat_last_n=int(options.get("repeat_last_n", 64)),
+        presence_penalty=float(options.get("presence_penalty", 0.0)),
+        frequency_penalty=float(options.get("frequency_penalty", 0.0)),
+        seed=int(options.get("seed", -1)),
+        num_predict=int(options.get("num_predict", -1)),
+        num_keep=int(options.get("num_keep", 4)),
+        stop=list(options.get("stop") or []),
+        grammar=grammar,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+    )
+
+
+def grammar_for(fmt: Any) -> str | None:
+    """GBNF for ``format``: ``"json"`` or a JSON schema; None for no constraint."""
+    if fmt is None or fmt == "" or fmt == "null":
+        return None
+    from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+
+    if fmt == "json":
+        return str(JSON_GBNF)
+    if isinstance(fmt, dict):
+        try:
+            return str(json_schema_to_gbnf(json.dumps(fmt)))
+        except Exception as e:
+            raise ApiError(400, f"invalid format: {e}") from None
+    raise ApiError(400, f'invalid format: {json.dumps(fmt)}; expected "json" or a JSON schema')
+
+
+def normalize(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(x * x for x in vector))
+    return [x / norm for x in vector] if norm > 0 else vector
+
+
+def _special_tokens(info: ModelInfo) -> tuple[str, str]:
+    return str(info.special_tokens.get("bos", "")), str(info.special_tokens.get("eos", ""))
+
+
+def _drop_double_bos(tokens: list[int], engine: Any) -> list[int]:
+    """A template that writes the BOS text itself plus the tokenizer adding one gives two."""
+    llm = engine.llm
+    bos = llm.token_bos() if llm is not None else -1
+    if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
+        return tokens[1:]
+    return tokens
