@@ -79,7 +79,8 @@ def coerce(name: str, value: Any) -> Any:
             return value
         raise OptionError(f"option {name!r} must be true or false")
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not value.is_integer()):
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+        if isinstance(value, bool) or not whole:
             raise OptionError(f"option {name!r} must be an integer")
         return int(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
