@@ -294,9 +294,11 @@ def grammar_for(fmt: Any) -> str | None:
         return str(JSON_GBNF)
     if isinstance(fmt, dict):
         try:
-            return str(json_schema_to_gbnf(json.dumps(fmt)))
-        except Exception as e:
+            grammar = str(json_schema_to_gbnf(json.dumps(fmt)))
+        except Exception as e:  # the converter raises many kinds
             raise ApiError(400, f"invalid format: {e}") from None
+        # The converter lets raw control characters into strings, which JSON forbids.
+        return grammar.replace(r'char ::= [^"\\]', r'char ::= [^"\\\x7F\x00-\x1F]')
     raise ApiError(400, f'invalid format: {json.dumps(fmt)}; expected "json" or a JSON schema')
 
 

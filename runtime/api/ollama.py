@@ -556,7 +556,7 @@ async def ps(request: Request) -> Response:
                 "size": runner.size,
                 "size_vram": int(runner.size * fraction),
                 "expires_at": iso(runner.expires_at) if runner.expires_at else "2318-01-01T00:00:00Z",
-                "context_length": engine.n_ctx,
+                "context_length": runner.spec.num_ctx,
             }
         )
         models.append(entry)
