@@ -286,7 +286,13 @@ def _import(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `hangar run MODEL --verbose some words`: words after an option still belong to the prompt.
+    spill = getattr(args, "trailing_words", None)
+    if extra and spill and not any(word.startswith("-") for word in extra):
+        setattr(args, spill, [*getattr(args, spill), *extra])
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.handler(args))
     except KeyboardInterrupt:

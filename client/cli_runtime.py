@@ -47,7 +47,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="chat with a model (pulled and served as needed)",
         description="Answer PROMPT once, or chat interactively. Pulls the model if it is missing and starts "
         "'hangar serve' in the background if no runtime answers at HANGAR_HOST. Piped input is prepended to "
-        "the prompt. An embedding model prints the prompt's vector as a JSON array.",
+        "the prompt. An embedding model prints the prompt's vector as a JSON array. A runtime started this way "
+        "logs to $HANGAR_HOME/logs/serve.log and writes its pid to serve.pid beside it.",
     )
     run.add_argument("model")
     run.add_argument("prompt", nargs="*", help="answer this and exit")
@@ -56,7 +57,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     run.add_argument("--keepalive", help="how long the model stays loaded after this, e.g. 10m, 0, -1")
     run.add_argument("--insecure", action="store_true", help="plain http if the model must be pulled")
     run.add_argument("--nowordwrap", action="store_true", help="accepted for compatibility; output is not wrapped")
-    run.set_defaults(handler=_run)
+    run.set_defaults(handler=_run, trailing_words="prompt")
 
     ps = commands.add_parser("ps", help="list the models the runtime has loaded")
     ps.set_defaults(handler=_ps)
@@ -108,17 +109,20 @@ def ensure_daemon(base: str, timeout: float = 60.0) -> None:
     logs = home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "serve.log", "ab") as log:
-        subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "client.cli", "serve"],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
+    (logs / "serve.pid").write_text(f"{proc.pid}\n")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if _alive(base):
             return
+        if proc.poll() is not None:
+            break
         time.sleep(0.1)
     raise errors.RequestFailed(f"the runtime did not start; see {logs / 'serve.log'}", 503)
 
@@ -163,7 +167,8 @@ def _pull_through(base: str, model: str, insecure: bool) -> None:
     from client.progress import ProgressView
     from client.transfer import Progress
 
-    with ProgressView() as view:
+    # On stderr: stdout carries only the answer, so `hangar run m "…" > answer.txt` holds just that.
+    with ProgressView(sys.stderr) as view:
         for item in _post_stream(base, "/api/pull", {"model": model, "insecure": insecure}):
             view(Progress(item.get("status", ""), item.get("digest"), item.get("total"), item.get("completed")))
 
@@ -182,8 +187,8 @@ def _run(args: argparse.Namespace) -> int:
         keep_alive = float(keep_alive)
     prompt = " ".join(args.prompt)
     if not sys.stdin.isatty():
-        piped = sys.stdin.read()
-        prompt = f"{piped}\n\n{prompt}" if prompt and piped else (piped or prompt)
+        # As Ollama: piped input first, then the arguments, joined by a space.
+        prompt = " ".join(part for part in (sys.stdin.read(), prompt) if part)
     capabilities = info.get("capabilities", [])
     if "embedding" in capabilities and "completion" not in capabilities:
         if not prompt:

@@ -10,7 +10,7 @@
         ├── TLSError                certificate problems
         ├── Unauthorized            401 after the auth flow: not signed in, unknown key
         ├── Denied                  403: signed in, but no permission
-        ├── NotFound                404: no such model, tag or blob on the registry
+        ├── NotFound                404: no such model, tag or blob on the registry ("file does not exist")
         ├── RequestFailed           any other error status, with the registry's code and message
         └── TransferFailed          retries exhausted on a blob transfer
 
@@ -89,5 +89,5 @@ def from_response(status: int, body: bytes, what: str) -> RegistryError:
     if status == 403:
         return Denied(f"{what}: access denied ({detail}); you have no permission for this namespace")
     if status == 404:
-        return NotFound(f"{what}: not found ({detail})")
+        return NotFound(f"{what}: file does not exist ({detail})")  # Ollama's words, then ours
     return RequestFailed(f"{what}: registry answered {status} ({detail})", status, code)

@@ -29,7 +29,6 @@ class TemplateError(ValueError):
 
 # -- lexing -----------------------------------------------------------------------------------------
 
-_ACTION_RE = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.S)
 _TOKEN_RE = re.compile(
     r"""
     (?P<ws>\s+)
@@ -150,23 +149,67 @@ class _Item:
     line: int
 
 
+def _action_end(source: str, start: int) -> int:
+    """Index of the `}}` closing the action whose body starts at `start`, skipping quoted text
+    (a raw string may hold `}}`) and comments; -1 when unclosed."""
+    i = start
+    while i < len(source):
+        ch = source[i]
+        if source.startswith("/*", i):
+            close = source.find("*/", i + 2)
+            if close < 0:
+                return -1
+            i = close + 2
+        elif ch in "\"'`":
+            i += 1
+            while i < len(source) and source[i] != ch:
+                if ch != "`" and source[i] == "\\":
+                    i += 1
+                elif source[i] == "\n" and ch != "`":
+                    return -1
+                i += 1
+            i += 1
+        elif source.startswith("}}", i):
+            return i
+        else:
+            i += 1
+    return -1
+
+
 def _items(source: str) -> list[_Item]:
     items: list[_Item] = []
     pos = 0
-    for m in _ACTION_RE.finditer(source):
-        text = source[pos : m.start()]
-        if m.group(1):
+    while True:
+        start = source.find("{{", pos)
+        if start < 0:
+            break
+        body_start = start + 2
+        trim_left = (
+            source.startswith("- ", body_start)
+            or source.startswith("-\t", body_start)
+            or source.startswith("-\n", body_start)
+        )
+        if trim_left:
+            body_start += 2
+        end = _action_end(source, body_start)
+        line = source.count("\n", 0, start) + 1
+        if end < 0:
+            raise TemplateError(f"line {line}: unclosed action")
+        body = source[body_start:end]
+        trim_right = len(body) >= 2 and body[-1] == "-" and body[-2] in " \t\r\n"
+        if trim_right:
+            body = body[:-2]
+        text = source[pos:start]
+        if trim_left:
             text = text.rstrip(" \t\r\n")
         if text:
             items.append(_Item("text", text, source.count("\n", 0, pos) + 1))
-        items.append(_Item("action", m.group(2), source.count("\n", 0, m.start()) + 1))
-        pos = m.end()
-        if m.group(3):
+        items.append(_Item("action", body, line))
+        pos = end + 2
+        if trim_right:
             while pos < len(source) and source[pos] in " \t\r\n":
                 pos += 1
     if pos < len(source):
-        if "{{" in source[pos:]:
-            raise TemplateError(f"line {source.count(chr(10), 0, pos) + 1}: unclosed action")
         items.append(_Item("text", source[pos:], source.count("\n", 0, pos) + 1))
     return items
 
@@ -270,11 +313,15 @@ class _PipeParser:
                 self.pos += offset + 1
         commands: list[list[Any]] = []
         operands: list[Any] = []
+        after_pipe = False
         while True:
             token = self._peek()
             if token is None or (until_paren and token.value == ")"):
+                if after_pipe:
+                    raise TemplateError(f"line {self.line}: missing command after |")
                 break
             self.pos += 1
+            after_pipe = token.value == "|"
             if token.value == "|":
                 if not operands:
                     raise TemplateError(f"line {self.line}: missing command before |")

@@ -151,6 +151,7 @@ def populate(home: Path, ggufs: dict[str, Path]) -> Store:
         template="{{ if .System }}S:{{ .System }} {{ end }}U:{{ .Prompt }} A:{{ .Response }}<end>",
     )
     add_model(store, "tiny-embed", ggufs["embed"])
+    add_model(store, "tiny-greedy", ggufs["chat"], params={"num_ctx": 512, "temperature": 0, "num_predict": 12})
     add_model(store, "tiny-long", ggufs["long"], params={"num_ctx": 16384})
     return store
 

@@ -9,6 +9,7 @@ import re
 import httpx
 import pytest
 
+from tests.runtime.checks import is_json_prefix
 from tests.servers import RuntimeProcess
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
@@ -40,8 +41,7 @@ def test_generate_streams_ndjson(api: httpx.Client) -> None:
     assert final["done"] is True and final["response"] == "" and final["done_reason"] in ("stop", "length")
     assert final["prompt_eval_count"] > 0 and final["total_duration"] > 0 and final["prompt_eval_duration"] > 0
     assert isinstance(final["context"], list) and all(isinstance(t, int) for t in final["context"])
-    if final["done_reason"] == "length":
-        assert final["eval_count"] == 12
+    assert final["eval_count"] == 12 if final["done_reason"] == "length" else final["eval_count"] < 12
 
 
 def test_generate_not_streaming_and_seed_determinism(api: httpx.Client) -> None:
@@ -103,8 +103,9 @@ def test_format_json_and_schema(api: httpx.Client) -> None:
             "options": {"num_predict": 200, "seed": 1},
         },
     ).json()
-    if r["done_reason"] == "stop":
-        json.loads(r["response"])
+    # The grammar keeps every output on the way to a JSON object; one that stopped is complete.
+    assert r["response"].startswith("{") and is_json_prefix(r["response"])
+    assert r["done_reason"] == "length" or isinstance(json.loads(r["response"]), dict)
     schema = {
         "type": "object",
         "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}, "n": {"type": "integer"}},
