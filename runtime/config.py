@@ -82,7 +82,9 @@ def load(env: Mapping[str, str] | None = None) -> RuntimeSettings:
 
     try:
         host, port = parse_host(get("HANGAR_HOST") or "127.0.0.1:11434")
-        keep_alive = parse_keep_alive(get("HANGAR_KEEP_ALIVE") or "5m")
+        keep_text = get("HANGAR_KEEP_ALIVE") or "5m"
+        # As OLLAMA_KEEP_ALIVE: a duration, or a whole number of seconds ("-1" keeps models loaded).
+        keep_alive = parse_keep_alive(int(keep_text) if keep_text.lstrip("+-").isdigit() else keep_text)
         return RuntimeSettings(
             host=host,
             port=port,

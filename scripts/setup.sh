@@ -3,6 +3,9 @@
 #   - system packages (python3-venv, PostgreSQL, skopeo, the reference docker-registry, wrk, hey)
 #     when they are missing, with apt-get (as root, or through sudo);
 #   - a virtual environment in .venv with Hangar installed (editable) and its test/dev extras.
+#     llama-cpp-python compiles from source the first time (about 5 minutes on 2 cores). The build is
+#     portable CPU code (GGML_NATIVE=OFF) unless CMAKE_ARGS says otherwise, e.g. for an NVIDIA GPU:
+#       CMAKE_ARGS="-DGGML_CUDA=on" scripts/setup.sh
 # Usage: scripts/setup.sh            (called by scripts/demo.sh and scripts/test.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,14 +40,16 @@ fi
 stamp=.venv/.hangar-installed
 want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "==> creating .venv and installing Hangar"
+  echo "==> creating .venv and installing Hangar (compiling llama-cpp-python takes a few minutes the first time)"
   [ -x .venv/bin/python ] || python3 -m venv .venv
   log=.venv/pip-install.log
+  # A native (-march=native) build cached by pip could crash on another CPU: build portable code.
+  export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}"
   if ! .venv/bin/python -m pip install -e '.[test,dev]' >"$log" 2>&1; then
     tail -30 "$log" >&2
     echo "error: pip install failed; full log in $log" >&2
     exit 1
   fi
-  .venv/bin/python -c 'import registry.app, client.cli'
+  .venv/bin/python -c 'import registry.app, client.cli, runtime.app, llama_cpp'
   echo "$want" > "$stamp"
 fi

@@ -116,6 +116,7 @@ def add_model(
     params: dict[str, Any] | None = None,
     messages: list[dict[str, str]] | None = None,
     license: str | None = None,
+    projector: bytes | None = None,
 ) -> Any:
     """Put a GGUF into a store as a model with the given layers (as ``hangar create`` would)."""
     import json
@@ -127,6 +128,9 @@ def add_model(
     store.ensure()
     digest, size = store.add_blob_file(gguf_path)
     layers = [Descriptor(mt.OLLAMA_MODEL, digest, size)]
+    if projector is not None:
+        d, n = store.add_blob_bytes(projector)
+        layers.append(Descriptor(mt.OLLAMA_PROJECTOR, d, n))
     for media_type, value in (
         (mt.OLLAMA_TEMPLATE, template),
         (mt.OLLAMA_SYSTEM, system),

@@ -38,7 +38,7 @@ from runtime.api.common import (
     timestamp,
 )
 from runtime.prompts import Message
-from runtime.service import ApiError, Piece, Resolved, Result, grammar_for, normalize
+from runtime.service import ApiError, Piece, Resolved, Result, check_images, grammar_for, normalize
 
 VERSION = "0.33.0"  # the Ollama API level this runtime speaks (clients check it)
 ROLES = ("system", "user", "assistant", "tool")
@@ -100,8 +100,7 @@ def _images(body: dict[str, Any], resolved: Resolved, where: str = "images") -> 
             base64.b64decode(image, validate=True)
         except ValueError:
             raise ApiError(400, "invalid image data: not base64") from None
-    if images and "vision" not in resolved.info.capabilities:
-        raise ApiError(400, f'"{resolved.requested}" does not support images')
+    check_images(resolved, bool(images))
     return images
 
 
@@ -301,8 +300,7 @@ async def chat(request: Request) -> Response:
         raise ApiError(400, f'"{resolved.requested}" does not support tools')
     if "completion" not in resolved.info.capabilities:
         raise ApiError(400, f'"{resolved.requested}" does not support chat')
-    if any(m.images for m in messages) and "vision" not in resolved.info.capabilities:
-        raise ApiError(400, f'"{resolved.requested}" does not support images')
+    check_images(resolved, any(m.images for m in messages))
     _check_think(resolved, body)
     logprobs, top_logprobs = _logprob_fields(body)
     grammar = grammar_for(body.get("format"))

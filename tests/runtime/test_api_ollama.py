@@ -375,6 +375,18 @@ def test_errors(api: httpx.Client) -> None:
     assert think.status_code == 400 and think.json()["error"] == '"tiny" does not support thinking'
     images = api.post("/api/generate", json={"model": "tiny", "prompt": "x", "images": ["aGVsbG8="]})
     assert images.status_code == 400 and "does not support images" in images.json()["error"]
+    # A model with a projector says so, but this runtime cannot use images yet: a clear refusal,
+    # never an answer that silently ignored the picture.
+    show = api.post("/api/show", json={"model": "tiny-vision"}).json()
+    assert "vision" in show["capabilities"]
+    for path, body in [
+        ("/api/generate", {"prompt": "x", "images": ["aGVsbG8="]}),
+        ("/api/chat", {"messages": [{"role": "user", "content": "x", "images": ["aGVsbG8="]}]}),
+    ]:
+        refused = api.post(path, json={"model": "tiny-vision", "stream": False, **body})
+        assert refused.status_code == 501 and "cannot use images yet" in refused.json()["error"]
+    text_only = {"model": "tiny-vision", "prompt": "x", "stream": False, "options": {"num_predict": 2}}
+    assert api.post("/api/generate", json=text_only).status_code == 200
     assert api.get("/api/nope").status_code == 404
     assert api.get("/api/generate").status_code == 405
 

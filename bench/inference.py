@@ -1,0 +1,203 @@
+"""Decode speed and time to first token: ``hangar serve`` (``POST /api/generate``, streaming)
+side by side in one run with llama-cpp-python in-process (``Llama.create_completion(stream=True)``),
+on the real small model (Gemma 3 270M Q4_K_M); writes docs/benchmarks.md.
+
+Both sides load the same GGUF with the same context, batch and thread count and decode greedily
+(temperature 0) the same number of tokens from the same prompt. Each run uses a new prompt (its
+first words differ), so neither side reuses a cached prefix; runs alternate which side goes first
+and pause between measurements so one side's idle OpenMP threads stop spinning before the other
+starts. Both figures are taken by the client: time to first token from just before the request
+(or call) to the first streamed token, decode rate over the tokens after the first.
+
+Usage: python bench/inference.py [--runs N] [--tokens N] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import OUT, Server, free_port, gemma_gguf, machine, write_section
+
+PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
+NUM_CTX = 2048
+NUM_BATCH = 512
+
+
+@dataclass
+class Sample:
+    ttft: float  # seconds
+    tokens: int
+    decode: float  # seconds from the first token to the last
+
+    @property
+    def rate(self) -> float:
+        return (self.tokens - 1) / self.decode if self.tokens > 1 and self.decode > 0 else 0.0
+
+
+def create_model(home: Path, name: str, gguf: Path) -> None:
+    from client.config import load
+    from client.store import Store
+    from registry.oci import mediatypes as mt
+    from registry.oci.manifest import Descriptor, Manifest
+    from registry.oci.names import ModelName
+
+    store = Store(load({"HANGAR_HOME": str(home)}).models).ensure()
+    digest, size = store.add_blob_file(gguf)
+    config, config_size = store.add_blob_bytes(b'{"model_format":"gguf","model_family":"gemma3"}\n')
+    template, template_size = store.add_blob_bytes(b"{{ .Prompt }}")
+    manifest = Manifest.build(
+        Descriptor(mt.DOCKER_CONFIG, config, config_size),
+        [Descriptor(mt.OLLAMA_MODEL, digest, size), Descriptor(mt.OLLAMA_TEMPLATE, template, template_size)],
+    )
+    store.put_manifest(ModelName.parse(name), manifest.raw)
+
+
+def raw_sample(llm: object, prompt: str, tokens: int) -> Sample:
+    start = time.perf_counter()
+    first = last = 0.0
+    count = 0
+    stream = llm.create_completion(  # type: ignore[attr-defined]
+        prompt, max_tokens=tokens, temperature=0.0, top_k=40, top_p=0.9, min_p=0.0, repeat_penalty=1.0, stream=True
+    )
+    for _chunk in stream:
+        last = time.perf_counter()
+        first = first or last
+        count += 1
+    return Sample(first - start, count, last - first)
+
+
+def hangar_sample(client: httpx.Client, prompt: str, tokens: int, threads: int) -> Sample:
+    body = {
+        "model": "bench/gemma3",
+        "prompt": prompt,
+        "raw": True,
+        "stream": True,
+        "options": {
+            "num_predict": tokens,
+            "temperature": 0,
+            "top_k": 40,
+            "top_p": 0.9,
+            "min_p": 0,
+            "repeat_penalty": 1.0,
+            "num_ctx": NUM_CTX,
+            "num_batch": NUM_BATCH,
+            "num_thread": threads,
+        },
+    }
+    start = time.perf_counter()
+    first = last = 0.0
+    count = 0
+    with client.stream("POST", "/api/generate", json=body) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            item = json.loads(line)
+            if item.get("done"):
+                count = int(item["eval_count"])
+                break
+            now = time.perf_counter()
+            last = now
+            first = first or now
+    return Sample(first - start, count, last - first)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads on both sides (0: physical cores)")
+    parser.add_argument("--pause", type=float, default=1.0, help="seconds between measurements")
+    args = parser.parse_args()
+
+    from llama_cpp import Llama
+
+    from runtime.engine import default_threads
+
+    threads = args.threads or default_threads()
+    gguf = gemma_gguf()
+    OUT.mkdir(parents=True, exist_ok=True)
+    raw: list[Sample] = []
+    ours: list[Sample] = []
+    with tempfile.TemporaryDirectory(dir=OUT) as tmp:
+        home = Path(tmp) / "home"
+        create_model(home, "bench/gemma3", gguf)
+        port = free_port()
+        env = {**os.environ, "HANGAR_HOME": str(home), "HANGAR_HOST": f"127.0.0.1:{port}", "HANGAR_KEEP_ALIVE": "-1"}
+        env.pop("HANGAR_MODELS", None)
+        server = Server(
+            [sys.executable, "-m", "client.cli", "serve", "--log-level", "warning"],
+            f"http://127.0.0.1:{port}/",
+            Path(tmp) / "serve.log",
+            env,
+        )
+        llm = Llama(
+            str(gguf), n_ctx=NUM_CTX, n_batch=NUM_BATCH, n_ubatch=NUM_BATCH,
+            n_threads=threads, n_threads_batch=threads, n_gpu_layers=0, verbose=False,
+        )  # fmt: skip
+        with server, httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+            # Warm both: the model loaded, pages in memory, code paths taken once.
+            hangar_sample(client, "Warm up: " + PROMPT, 16, threads)
+            raw_sample(llm, "Warm up: " + PROMPT, 16)
+            for run in range(args.runs):
+                prompt = f"Story {run + 1}. {PROMPT}"
+                order = ("raw", "hangar") if run % 2 == 0 else ("hangar", "raw")
+                for side in order:
+                    time.sleep(args.pause)
+                    if side == "raw":
+                        raw.append(raw_sample(llm, prompt, args.tokens))
+                    else:
+                        ours.append(hangar_sample(client, prompt, args.tokens, threads))
+                print(
+                    f"run {run + 1}/{args.runs}: raw {raw[-1].rate:.1f} tok/s, ttft {raw[-1].ttft * 1000:.1f} ms; "
+                    f"hangar {ours[-1].rate:.1f} tok/s, ttft {ours[-1].ttft * 1000:.1f} ms",
+                    flush=True,
+                )
+        llm.close()
+
+    def med(samples: list[Sample], what: str) -> float:
+        return statistics.median(getattr(s, what) for s in samples)
+
+    raw_rate, our_rate = med(raw, "rate"), med(ours, "rate")
+    raw_ttft, our_ttft = med(raw, "ttft") * 1000, med(ours, "ttft") * 1000
+    added = statistics.median((o.ttft - r.ttft) * 1000 for o, r in zip(ours, raw, strict=True))
+    ratios = [o.rate / r.rate for o, r in zip(ours, raw, strict=True)]
+    lines = [
+        "## Runtime: decode speed and time to first token",
+        "",
+        f"`python bench/inference.py --runs {args.runs} --tokens {args.tokens}`, {time.strftime('%Y-%m-%d')}, "
+        f"{machine()}, CPU build of llama-cpp-python 0.3.36 (`GGML_NATIVE=OFF`), {threads} threads on both sides. "
+        f"Gemma 3 270M Q4_K_M, num_ctx {NUM_CTX}, greedy, {args.tokens} tokens from a {len(PROMPT.split()) + 2}-word "
+        "prompt that is new each run. Raw: `Llama.create_completion(stream=True)` in the benchmark's process. "
+        "Hangar: `hangar serve` (model already loaded), `POST /api/generate` with `raw: true`, streaming, "
+        f"timed by an httpx client on the same machine. Medians of {args.runs} alternating runs.",
+        "",
+        "| figure | llama-cpp-python in-process | hangar serve over HTTP | ratio | target |",
+        "|---|---:|---:|---:|---|",
+        f"| decode, tokens/s | {raw_rate:.1f} | {our_rate:.1f} | {statistics.median(ratios):.3f}× (median of "
+        "per-run ratios) | ≥ 0.97× |",
+        f"| time to first token, ms | {raw_ttft:.1f} | {our_ttft:.1f} | {added:+.1f} ms (median of per-run "
+        "differences) | ≤ +20 ms |",
+        "",
+        "All runs: raw tok/s " + str([round(s.rate, 1) for s in raw]) + ", hangar tok/s "
+        + str([round(s.rate, 1) for s in ours]) + "; raw ttft ms " + str([round(s.ttft * 1000, 1) for s in raw])
+        + ", hangar ttft ms " + str([round(s.ttft * 1000, 1) for s in ours]) + ".",
+    ]  # fmt: skip
+    body = "\n".join(lines)
+    print(body)
+    write_section("inference", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
