@@ -31,18 +31,21 @@ def error(status: int, message: str) -> Response:
     return JSONResponse({"error": message}, status_code=status, media_type=JSON_TYPE)
 
 
-def handle_errors(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    """Turn ApiError, option errors and a full queue into Ollama's ``{"error": …}`` answers."""
+def handle_errors(
+    fn: Callable[[Request], Awaitable[Response]], render: Callable[[int, str], Response] = error
+) -> Callable[[Request], Awaitable[Response]]:
+    """Turn ApiError, option errors and a full queue into error answers: Ollama's ``{"error": …}``
+    unless ``render`` writes another dialect's."""
 
     async def endpoint(request: Request) -> Response:
         try:
             return await fn(request)
         except ApiError as e:
-            return error(e.status, e.message)
+            return render(e.status, e.message)
         except OptionError as e:
-            return error(400, str(e))
+            return render(400, str(e))
         except Busy as e:
-            return error(503, str(e))
+            return render(503, str(e))
 
     endpoint.__name__ = fn.__name__
     endpoint.__doc__ = fn.__doc__

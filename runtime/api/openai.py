@@ -15,11 +15,9 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from registry.oci.options import OptionError
-from runtime.api.common import cancelled_on_disconnect, service
+from runtime.api.common import cancelled_on_disconnect, handle_errors, read_json, service
 from runtime.api.ollama import _chain, _collect, _first, with_call_ids
 from runtime.prompts import Message
-from runtime.scheduler import Busy
 from runtime.service import ApiError, Piece, Resolved, Result, grammar_for, normalize
 
 
@@ -29,31 +27,7 @@ def openai_error(status: int, message: str) -> Response:
 
 
 def openai_errors(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
-    async def endpoint(request: Request) -> Response:
-        try:
-            return await fn(request)
-        except ApiError as e:
-            return openai_error(e.status, e.message)
-        except OptionError as e:
-            return openai_error(400, str(e))
-        except Busy as e:
-            return openai_error(503, str(e))
-
-    endpoint.__name__ = fn.__name__
-    return endpoint
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
-        raise ApiError(400, "missing request body")
-    try:
-        body = json.loads(raw)
-    except ValueError as e:
-        raise ApiError(400, f"invalid JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "the request body must be a JSON object")
-    return body
+    return handle_errors(fn, openai_error)
 
 
 def _sampling_options(body: dict[str, Any]) -> dict[str, Any]:
@@ -213,7 +187,7 @@ def _logprob_request(body: dict[str, Any]) -> tuple[bool, int]:
 @openai_errors
 async def chat_completions(request: Request) -> Response:
     svc = service(request)
-    body = await _body(request)
+    body = await read_json(request)
     model = body.get("model")
     resolved: Resolved = svc.resolve(model, missing='model "{name}" not found, try pulling it first')
     messages = _messages(body.get("messages"))
@@ -306,7 +280,7 @@ async def chat_completions(request: Request) -> Response:
 @openai_errors
 async def completions(request: Request) -> Response:
     svc = service(request)
-    body = await _body(request)
+    body = await read_json(request)
     model = body.get("model")
     resolved = svc.resolve(model, missing='model "{name}" not found, try pulling it first')
     prompt = body.get("prompt", "")
@@ -357,7 +331,7 @@ async def completions(request: Request) -> Response:
 @openai_errors
 async def embeddings(request: Request) -> Response:
     svc = service(request)
-    body = await _body(request)
+    body = await read_json(request)
     model = body.get("model")
     resolved = svc.resolve(model, missing='model "{name}" not found, try pulling it first')
     raw = body.get("input")
