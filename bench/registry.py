@@ -83,6 +83,13 @@ def pull_single(url: str, dest: Path) -> float:
     return time.perf_counter() - start
 
 
+def pull_discard(url: str) -> float:
+    """The server's side of a pull alone: the bytes go to /dev/null."""
+    start = time.perf_counter()
+    curl("-o", "/dev/null", url)
+    return time.perf_counter() - start
+
+
 def pull_ranges(url: str, dest: Path, size: int, n: int = 4) -> float:
     part = -(-size // n)
     paths = [dest.with_name(f"{dest.name}.{i}") for i in range(n)]
@@ -172,19 +179,22 @@ def main() -> int:
         "layers": [{"mediaType": "application/vnd.ollama.image.model", "digest": digest, "size": size}],
     })  # fmt: skip
 
-    hangar_server, hangar_url = hangar_registry(work / "hangar", args.workers)
+    # Without authentication, like the reference registry as configured here: this compares serving.
+    hangar_server, hangar_url = hangar_registry(work / "hangar", args.workers, auth="off")
     ref_server, ref_url = reference_registry(work / "reference")
     results: dict[str, dict[str, list[float]]] = {"hangar": {}, "reference": {}}
     with hangar_server, ref_server:
         targets = {"hangar": hangar_url, "reference": ref_url}
         for run in range(args.runs):
-            for who, base in targets.items():
+            order = list(targets.items()) if run % 2 == 0 else list(reversed(targets.items()))
+            for who, base in order:
                 repo = f"bench/model{run}"
                 r = results[who]
                 print(f"run {run + 1}/{args.runs}: {who}", flush=True)
                 r.setdefault("push", []).append(size / push_chunked(base, repo, chunks, digest) / MiB)
                 blob_url = f"{base}/v2/{repo}/blobs/{digest}"
                 r.setdefault("pull", []).append(size / pull_single(blob_url, work / f"{who}.out") / MiB)
+                r.setdefault("pull_null", []).append(size / pull_discard(blob_url) / MiB)
                 r.setdefault("pull4", []).append(size / pull_ranges(blob_url, work / f"{who}.out", size) / MiB)
                 upload_small(base, repo, config, config_digest)
                 curl("-X", "PUT", "-o", "/dev/null", "-H", f"Content-Type: {MANIFEST_TYPE}",
@@ -199,6 +209,7 @@ def main() -> int:
 
     rows = [
         ("pull, 1 GiB, one GET → file", "pull", "MiB/s"),
+        ("pull, 1 GiB, one GET → /dev/null (the server's side alone)", "pull_null", "MiB/s"),
         ("pull, 1 GiB, 4 parallel Range GETs → 4 files", "pull4", "MiB/s"),
         ("push, 1 GiB, 16 × 64 MiB PATCH", "push", "MiB/s"),
         ("manifest GET by tag (wrk -t2 -c32)", "manifest", "req/s"),
@@ -208,9 +219,10 @@ def main() -> int:
         "## Registry: Hangar vs the reference registry",
         "",
         f"`python bench/registry.py --runs {args.runs} --size-mib {args.size_mib} --workers {args.workers}`, "
-        f"{time.strftime('%Y-%m-%d')}, {machine()}. Hangar: `hangar registry serve --workers {args.workers}` "
-        "(SQLite + filesystem); reference: Debian's docker-registry 2.8 (CNCF distribution), filesystem "
-        "storage on the same disk. Same clients for both (curl, wrk, hey); runs alternate; medians of "
+        f"{time.strftime('%Y-%m-%d')}, {machine()}. Hangar: `hangar registry serve --workers {args.workers} "
+        "--auth off` (SQLite + filesystem; no authentication, as the reference is configured); reference: "
+        "Debian's docker-registry 2.8 (CNCF distribution), filesystem storage on the same disk. Same clients "
+        "for both (curl, wrk, hey); runs alternate which registry goes first; medians of "
         f"{args.runs}. Blobs warm in the page cache for pulls; pulls write to files on the same disk.",
         "",
         "| figure | Hangar | reference | ratio | target |",
