@@ -35,6 +35,7 @@ class LoadSpec:
     num_thread: int = 0  # 0: llama.cpp's choice
     use_mmap: bool = True
     embedding: bool = False
+    projector: str | None = None  # an mmproj GGUF: the model reads images
 
 
 @dataclass
@@ -73,8 +74,20 @@ class DoneEvent:
     context: list[int]
 
 
+@dataclass
+class MediaPrompt:
+    """Prompt text with one image marker (``Engine.image_marker``) per image, in order."""
+
+    text: str
+    images: list[bytes]
+
+
 class EngineError(RuntimeError):
     pass
+
+
+class BadInput(EngineError):
+    """The request, not the engine, is at fault (an unreadable image, a token out of range)."""
 
 
 def default_threads() -> int:
@@ -115,6 +128,7 @@ class Engine:
         self.load_ns = 0
         self.gpu_layers = 0
         self.n_layers = 0
+        self.vision: Any = None
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(
             target=self._loop, name=f"engine:{os.path.basename(spec.model_path)[:19]}", daemon=True
@@ -129,6 +143,10 @@ class Engine:
             if job is None:
                 break
             job()
+        if self.vision is not None:
+            with contextlib.suppress(Exception):
+                self.vision.close()
+            self.vision = None
         if self.llm is not None:
             with contextlib.suppress(Exception):
                 self.llm.close()
@@ -193,6 +211,13 @@ class Engine:
             kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
             llm = Llama(model_path=spec.model_path, **kwargs)
         self.llm = llm
+        if spec.projector and not spec.embedding:
+            from runtime.vision import Vision
+
+            try:
+                self.vision = Vision(llm, spec.projector, kwargs["n_threads"], gpu)
+            except ValueError as e:
+                raise EngineError(f"failed to load the model's projector: {e}") from None
         self.vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
         self.n_layers = int(llama_cpp.llama_model_n_layer(llm._model.model))
         self.gpu_layers = 0 if not gpu else (self.n_layers if n_gpu_layers < 0 else min(n_gpu_layers, self.n_layers))
@@ -222,8 +247,12 @@ class Engine:
 
         return await self.run(job)
 
+    @property
+    def image_marker(self) -> str:
+        return str(self.vision.marker) if self.vision is not None else ""
+
     async def generate(
-        self, prompt: list[int], sampling: Sampling, cancel: threading.Event
+        self, prompt: list[int] | MediaPrompt, sampling: Sampling, cancel: threading.Event
     ) -> AsyncIterator[TokenEvent | DoneEvent]:
         """Stream the tokens generated after ``prompt``; the last event is a DoneEvent."""
         loop = asyncio.get_running_loop()
@@ -250,13 +279,22 @@ class Engine:
         finally:
             cancel.set()  # the reader left early: stop at the next token
 
-    def _generate(self, prompt: list[int], s: Sampling, cancel: threading.Event, emit: Callable[[Any], None]) -> None:
+    def _generate(
+        self, request: list[int] | MediaPrompt, s: Sampling, cancel: threading.Event, emit: Callable[[Any], None]
+    ) -> None:
         import llama_cpp
         from llama_cpp.llama_grammar import LlamaGrammar
 
         llm = self.llm
         n_ctx = self.n_ctx
-        prompt = _fit(prompt, n_ctx, s.num_keep)
+        start = time.perf_counter_ns()
+        if isinstance(request, MediaPrompt):
+            prompt = self._evaluate_media(request)
+        else:
+            n_vocab = llm.n_vocab()
+            if any(t < 0 or t >= n_vocab for t in request):
+                raise BadInput("the context holds tokens this model does not have")
+            prompt = _fit(request, n_ctx, s.num_keep)
         llm.set_seed(s.seed if s.seed >= 0 else random.randrange(2**31))
         llm.last_n_tokens_size = n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
         grammar = LlamaGrammar.from_string(s.grammar, verbose=False) if s.grammar else None
@@ -264,7 +302,6 @@ class Engine:
         pending = ""
         generated: list[int] = []
         reason = "stop"
-        start = time.perf_counter_ns()
         first = 0
         limit = s.num_predict if s.num_predict >= 0 else math.inf
         tokens_iter = llm.generate(
@@ -293,7 +330,7 @@ class Engine:
                 break
             logprob = self._logprob(token, s.top_logprobs) if s.logprobs else None
             # The tokens before this one (a few suffice) let SentencePiece pieces decode their spaces.
-            previous = generated[-8:] if len(generated) >= 8 else prompt[-8:] + generated
+            previous = generated[-8:] if len(generated) >= 8 else [t for t in prompt[-8:] if t >= 0] + generated
             generated.append(token)
             piece = decoder.decode(llm.detokenize([token], prev_tokens=previous[-8:]))
             pending += piece
@@ -317,7 +354,18 @@ class Engine:
             emit(TokenEvent(tail))
         end = time.perf_counter_ns()
         first = first or end
-        emit(DoneEvent(reason, len(prompt), len(generated), first - start, end - first, prompt + generated))
+        context = [t for t in prompt if t >= 0] + generated  # image positions cannot be sent back
+        emit(DoneEvent(reason, len(prompt), len(generated), first - start, end - first, context))
+
+    def _evaluate_media(self, request: MediaPrompt) -> list[int]:
+        from runtime.vision import BadImage
+
+        if self.vision is None:
+            raise BadInput("this model has no projector to read images with")
+        try:
+            return list(self.vision.evaluate(self.llm, request.text, request.images))
+        except BadImage as e:
+            raise BadInput(str(e)) from None
 
     def _logprob(self, token: int, top: int) -> dict[str, Any]:
         import llama_cpp

@@ -3,7 +3,9 @@ report what happened. ``runtime.api.ollama`` and ``runtime.api.openai`` only tra
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
 import json
 import math
 import threading
@@ -19,7 +21,7 @@ from client.store import LocalModel, Store
 from registry.oci.names import ModelName
 from registry.oci.options import DEFAULTS
 from runtime.config import RuntimeSettings
-from runtime.engine import DoneEvent, EngineError, LoadSpec, Sampling, TokenEvent
+from runtime.engine import BadInput, DoneEvent, EngineError, LoadSpec, MediaPrompt, Sampling, TokenEvent
 from runtime.gotemplate import TemplateError
 from runtime.prompts import Message, PromptTemplate, looks_like_tool_call, parse_tool_calls
 from runtime.scheduler import Runner, Scheduler
@@ -129,6 +131,7 @@ class Service:
             num_thread=int(options.get("num_thread", 0)),
             use_mmap=bool(options.get("use_mmap", True)),
             embedding=embedding,
+            projector=str(resolved.info.projectors[0]) if resolved.info.projectors else None,
         )
 
     # -- running -----------------------------------------------------------------------------------
@@ -143,6 +146,8 @@ class Service:
             async with self.scheduler.use(resolved.key, spec, keep_alive) as runner:
                 loaded_now = runner is not before
                 yield runner, (runner.engine.load_ns if loaded_now else 0)
+        except BadInput as e:
+            raise ApiError(400, str(e)) from None
         except EngineError as e:
             raise ApiError(500, str(e)) from None
 
@@ -169,11 +174,15 @@ class Service:
         tools: list[dict[str, Any]] | None = None,
         logprobs: bool = False,
         top_logprobs: int = 0,
+        images: list[bytes] | None = None,
         cancel: threading.Event | None = None,
     ) -> AsyncGenerator[Piece | Result, None]:
         """Stream the model's answer to ``prompt`` as Pieces; the last item is the Result.
 
-        With ``tools``, output that looks like a tool call is held back and parsed at the end."""
+        ``images`` belong at the image markers in ``prompt`` (see ``with_image_markers``). With
+        ``tools``, output that looks like a tool call is held back and parsed at the end."""
+        if images and context:
+            raise ApiError(400, "context cannot be combined with images")
         start = time.perf_counter_ns()
         cancel = cancel or threading.Event()
         sampling = sampling_from(options, grammar, logprobs, top_logprobs)
@@ -186,9 +195,15 @@ class Service:
         ):
             result.load_ns = load_ns
             engine = runner.engine
-            tokens = list(context or []) + await engine.tokenize(prompt, add_bos=not context)
-            tokens = _drop_double_bos(tokens, engine)
-            async for event in engine.generate(tokens, sampling, cancel):
+            request: list[int] | MediaPrompt
+            if images:
+                bos = _special_tokens(resolved.info)[0]
+                # mtmd adds the BOS token itself; a template that writes it would make two.
+                request = MediaPrompt(prompt[len(bos) :] if bos and prompt.startswith(bos) else prompt, images)
+            else:
+                request = list(context or []) + await engine.tokenize(prompt, add_bos=not context)
+                request = _drop_double_bos(request, engine)
+            async for event in engine.generate(request, sampling, cancel):
                 if isinstance(event, TokenEvent):
                     result.text += event.text
                     if event.logprob:
@@ -231,7 +246,13 @@ class Service:
     # -- prompts -----------------------------------------------------------------------------------
 
     def chat_prompt(self, resolved: Resolved, messages: list[Message], tools: list[dict[str, Any]] | None) -> str:
+        """The conversation as prompt text; each message's images are marked in its content (pass
+        ``images_of(messages)`` along to ``complete``)."""
         check_images(resolved, any(m.images for m in messages))
+        messages = [
+            dataclasses.replace(m, content=with_image_markers(m.content, len(m.images))) if m.images else m
+            for m in messages
+        ]
         info = resolved.info
         seeded = [Message(m.get("role", "user"), str(m.get("content", ""))) for m in info.messages]
         convo = seeded + messages
@@ -286,12 +307,28 @@ def sampling_from(options: dict[str, Any], grammar: str | None, logprobs: bool, 
 
 
 def check_images(resolved: Resolved, has_images: bool) -> None:
-    """Images need a model with a projector, and a runtime that loads it (not yet this one)."""
-    if not has_images:
-        return
-    if "vision" not in resolved.info.capabilities:
+    """Images need a model with a projector layer."""
+    if has_images and "vision" not in resolved.info.capabilities:
         raise ApiError(400, f'"{resolved.requested}" does not support images')
-    raise ApiError(501, f'"{resolved.requested}" has a vision projector, but hangar serve cannot use images yet')
+
+
+def with_image_markers(content: str, count: int) -> str:
+    """Where a message's images go in its text: at its ``[img]`` placeholders when it has one for
+    each image (as Ollama allows), otherwise all before the text."""
+    from runtime.vision import image_marker
+
+    marker = image_marker()
+    if count and content.count("[img]") == count:
+        return content.replace("[img]", marker)
+    return marker * count + content
+
+
+def images_of(messages: list[Message]) -> list[bytes]:
+    """The images of a conversation, in the order their markers appear."""
+    try:
+        return [base64.b64decode(image, validate=True) for m in messages for image in m.images or []]
+    except ValueError:
+        raise ApiError(400, "invalid image data: not base64") from None
 
 
 def grammar_for(fmt: Any) -> str | None:

@@ -112,7 +112,7 @@ def reference_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ref
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The GGUF files the runtime tests use, made once."""
-    from tests.tinymodels import CHAT_TEMPLATE, write_tiny_llama
+    from tests.tinymodels import CHAT_TEMPLATE, write_tiny_llama, write_tiny_projector
 
     d = tmp_path_factory.mktemp("gguf")
     return {
@@ -120,6 +120,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "plain": write_tiny_llama(d / "plain.gguf", seed=1),
         "embed": write_tiny_llama(d / "embed.gguf", embedding=True, seed=2, name="tiny-embed"),
         "long": write_tiny_llama(d / "long.gguf", context=16384, seed=3),
+        "projector": write_tiny_projector(d / "mmproj.gguf", text_dim=64),
     }
 
 
@@ -152,7 +153,7 @@ def populate(home: Path, ggufs: dict[str, Path]) -> Store:
     )
     add_model(store, "tiny-embed", ggufs["embed"])
     add_model(store, "tiny-greedy", ggufs["chat"], params={"num_ctx": 512, "temperature": 0, "num_predict": 12})
-    add_model(store, "tiny-vision", ggufs["chat"], params={"num_ctx": 512}, projector=b"not loaded by the runtime yet")
+    add_model(store, "tiny-vision", ggufs["chat"], params={"num_ctx": 512}, projector=ggufs["projector"])
     add_model(store, "tiny-long", ggufs["long"], params={"num_ctx": 16384})
     return store
 

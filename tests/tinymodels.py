@@ -116,7 +116,7 @@ def add_model(
     params: dict[str, Any] | None = None,
     messages: list[dict[str, str]] | None = None,
     license: str | None = None,
-    projector: bytes | None = None,
+    projector: Path | None = None,
 ) -> Any:
     """Put a GGUF into a store as a model with the given layers (as ``hangar create`` would)."""
     import json
@@ -129,7 +129,7 @@ def add_model(
     digest, size = store.add_blob_file(gguf_path)
     layers = [Descriptor(mt.OLLAMA_MODEL, digest, size)]
     if projector is not None:
-        d, n = store.add_blob_bytes(projector)
+        d, n = store.add_blob_file(projector)
         layers.append(Descriptor(mt.OLLAMA_PROJECTOR, d, n))
     for media_type, value in (
         (mt.OLLAMA_TEMPLATE, template),
@@ -153,3 +153,70 @@ def add_model(
     model_name = ModelName.parse(name)
     store.put_manifest(model_name, Manifest.build(Descriptor(mt.DOCKER_CONFIG, cd, cn), layers).raw)
     return model_name
+
+
+def write_tiny_projector(path: Path, *, text_dim: int = 64, seed: int = 0) -> Path:
+    """A LLaVA-style vision projector (mmproj GGUF: a one-block CLIP encoder and a two-layer MLP
+    into the text model's ``text_dim``) with random weights. A 32×32 image becomes 16 embeddings."""
+    import gguf
+
+    image, patch, dim, ff, hidden = 32, 8, 32, 64, 64
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "clip")
+    w.add_string("general.name", "tiny-projector")
+    w.add_bool("clip.has_vision_encoder", True)
+    w.add_bool("clip.has_llava_projector", True)
+    w.add_string("clip.projector_type", "mlp")
+    w.add_uint32("clip.vision.image_size", image)
+    w.add_uint32("clip.vision.patch_size", patch)
+    w.add_uint32("clip.vision.embedding_length", dim)
+    w.add_uint32("clip.vision.feed_forward_length", ff)
+    w.add_uint32("clip.vision.projection_dim", text_dim)
+    w.add_uint32("clip.vision.block_count", 1)
+    w.add_uint32("clip.vision.attention.head_count", 2)
+    w.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-6)
+    w.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    w.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+    w.add_bool("clip.use_gelu", True)
+
+    def tensor(name: str, *shape: int) -> None:
+        w.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(np.float32))
+
+    def norm(name: str, n: int) -> None:
+        w.add_tensor(f"{name}.weight", np.ones(n, dtype=np.float32))
+        w.add_tensor(f"{name}.bias", np.zeros(n, dtype=np.float32))
+
+    def linear(name: str, n_out: int, n_in: int) -> None:
+        tensor(f"{name}.weight", n_out, n_in)
+        w.add_tensor(f"{name}.bias", np.zeros(n_out, dtype=np.float32))
+
+    tensor("v.patch_embd.weight", dim, 3, patch, patch)
+    tensor("v.class_embd", dim)
+    tensor("v.position_embd.weight", (image // patch) ** 2 + 1, dim)
+    norm("v.pre_ln", dim)
+    for part in ("attn_q", "attn_k", "attn_v", "attn_out"):
+        linear(f"v.blk.0.{part}", dim, dim)
+    norm("v.blk.0.ln1", dim)
+    norm("v.blk.0.ln2", dim)
+    linear("v.blk.0.ffn_up", ff, dim)
+    linear("v.blk.0.ffn_down", dim, ff)
+    linear("mm.0", hidden, dim)
+    linear("mm.2", text_dim, hidden)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A solid-colour PNG, written by hand (no imaging library needed)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")

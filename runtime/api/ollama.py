@@ -38,7 +38,17 @@ from runtime.api.common import (
     timestamp,
 )
 from runtime.prompts import Message
-from runtime.service import ApiError, Piece, Resolved, Result, check_images, grammar_for, normalize
+from runtime.service import (
+    ApiError,
+    Piece,
+    Resolved,
+    Result,
+    check_images,
+    grammar_for,
+    images_of,
+    normalize,
+    with_image_markers,
+)
 
 VERSION = "0.33.0"  # the Ollama API level this runtime speaks (clients check it)
 ROLES = ("system", "user", "assistant", "tool")
@@ -128,7 +138,7 @@ async def generate(request: Request) -> Response:
     if suffix and "insert" not in resolved.info.capabilities:
         raise ApiError(400, f'"{resolved.requested}" does not support insert')
     _check_think(resolved, body)
-    _images(body, resolved)
+    images = [base64.b64decode(image) for image in _images(body, resolved)]
     logprobs, top_logprobs = _logprob_fields(body)
     grammar = grammar_for(body.get("format"))
     options = svc.options(resolved, options_of(body))
@@ -141,7 +151,8 @@ async def generate(request: Request) -> Response:
             {"model": model, "created_at": timestamp(), "response": "", "done": True, "done_reason": reason}
         )
 
-    text = prompt if raw else svc.generate_prompt(resolved, prompt, system, template, suffix)
+    marked = with_image_markers(prompt, len(images)) if images else prompt
+    text = marked if raw else svc.generate_prompt(resolved, marked, system, template, suffix)
     if body.get("_debug_render_only"):
         return JSONResponse(
             {
@@ -180,6 +191,7 @@ async def generate(request: Request) -> Response:
                     context=context,
                     logprobs=logprobs,
                     top_logprobs=top_logprobs,
+                    images=images,
                     cancel=cancel,
                 )
             )
@@ -194,6 +206,7 @@ async def generate(request: Request) -> Response:
         context=context,
         logprobs=logprobs,
         top_logprobs=top_logprobs,
+        images=images,
     )
     first = await _first(pieces)
 
@@ -353,6 +366,7 @@ async def chat(request: Request) -> Response:
         "tools": tools or None,
         "logprobs": logprobs,
         "top_logprobs": top_logprobs,
+        "images": images_of(messages),
     }
     if not stream:
         async with cancelled_on_disconnect(request) as cancel:

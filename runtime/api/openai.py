@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from runtime.api.common import cancelled_on_disconnect, handle_errors, read_json, service
 from runtime.api.ollama import _chain, _collect, _first, with_call_ids
 from runtime.prompts import Message
-from runtime.service import ApiError, Piece, Resolved, Result, grammar_for, normalize
+from runtime.service import ApiError, Piece, Resolved, Result, grammar_for, images_of, normalize
 
 
 def openai_error(status: int, message: str) -> Response:
@@ -207,6 +207,7 @@ async def chat_completions(request: Request) -> Response:
         "tools": tools or None,
         "logprobs": logprobs,
         "top_logprobs": top,
+        "images": images_of(messages),
     }
 
     def choice_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any] | None:

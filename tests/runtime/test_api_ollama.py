@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import re
@@ -11,6 +12,7 @@ import pytest
 
 from tests.runtime.checks import is_json_prefix
 from tests.servers import RuntimeProcess
+from tests.tinymodels import png
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
 
@@ -375,18 +377,6 @@ def test_errors(api: httpx.Client) -> None:
     assert think.status_code == 400 and think.json()["error"] == '"tiny" does not support thinking'
     images = api.post("/api/generate", json={"model": "tiny", "prompt": "x", "images": ["aGVsbG8="]})
     assert images.status_code == 400 and "does not support images" in images.json()["error"]
-    # A model with a projector says so, but this runtime cannot use images yet: a clear refusal,
-    # never an answer that silently ignored the picture.
-    show = api.post("/api/show", json={"model": "tiny-vision"}).json()
-    assert "vision" in show["capabilities"]
-    for path, body in [
-        ("/api/generate", {"prompt": "x", "images": ["aGVsbG8="]}),
-        ("/api/chat", {"messages": [{"role": "user", "content": "x", "images": ["aGVsbG8="]}]}),
-    ]:
-        refused = api.post(path, json={"model": "tiny-vision", "stream": False, **body})
-        assert refused.status_code == 501 and "cannot use images yet" in refused.json()["error"]
-    text_only = {"model": "tiny-vision", "prompt": "x", "stream": False, "options": {"num_predict": 2}}
-    assert api.post("/api/generate", json=text_only).status_code == 200
     assert api.get("/api/nope").status_code == 404
     assert api.get("/api/generate").status_code == 405
 
@@ -401,3 +391,71 @@ def test_load_unload_and_ps(api: httpx.Client) -> None:
     r = api.post("/api/chat", json={"model": "tiny-go", "messages": [], "keep_alive": 0}).json()
     assert r["done_reason"] == "unload" and r["message"] == {"role": "assistant", "content": ""}
     assert "tiny-go:latest" not in {m["name"] for m in api.get("/api/ps").json()["models"]}
+
+
+RED = base64.b64encode(png(40, 30, (220, 20, 20))).decode()
+BLUE = base64.b64encode(png(40, 30, (20, 20, 220))).decode()
+
+
+def test_images_through_the_projector(api: httpx.Client) -> None:
+    """A model with a projector layer reads images: each picture (scaled to 32×32) adds 16
+    embeddings to the prompt, and a different picture changes what the model predicts."""
+    assert "vision" in api.post("/api/show", json={"model": "tiny-vision"}).json()["capabilities"]
+    greedy = {"temperature": 0, "num_predict": 3}
+
+    def generate(**extra: object) -> dict:  # type: ignore[type-arg]
+        body = {"model": "tiny-vision", "prompt": "what is this?", "stream": False, "options": greedy}
+        r = api.post("/api/generate", json={**body, **extra})
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    text_only = generate()
+    red = generate(images=[RED], logprobs=True)
+    # 16 embeddings per image (the text around an image may split into a token more or two).
+    assert 16 <= red["prompt_eval_count"] - text_only["prompt_eval_count"] <= 18
+    two = generate(images=[RED, BLUE])
+    assert 32 <= two["prompt_eval_count"] - text_only["prompt_eval_count"] <= 36
+    blue = generate(images=[BLUE], logprobs=True)
+    assert red["logprobs"][0]["logprob"] != blue["logprobs"][0]["logprob"]
+    again = generate(images=[RED], logprobs=True)
+    assert (again["response"], again["logprobs"]) == (red["response"], red["logprobs"])
+    # The image's positions are never reused as a text prefix, and the context sent back holds
+    # only real tokens.
+    assert generate()["response"] == text_only["response"]
+    assert all(t >= 0 for t in red["context"])
+
+    chat = api.post(
+        "/api/chat",
+        json={
+            "model": "tiny-vision",
+            "messages": [{"role": "user", "content": "what is this?", "images": [RED]}],
+            "stream": False,
+            "options": greedy,
+        },
+    )
+    assert chat.status_code == 200 and chat.json()["prompt_eval_count"] > 16
+
+
+def test_image_errors(api: httpx.Client) -> None:
+    def status(model: str, images: list[str], path: str = "/api/generate") -> tuple[int, str]:
+        body: dict = {"model": model, "stream": False, "options": {"num_predict": 1}}  # type: ignore[type-arg]
+        if path == "/api/generate":
+            body.update(prompt="x", images=images)
+        else:
+            body["messages"] = [{"role": "user", "content": "x", "images": images}]
+        r = api.post(path, json=body)
+        return r.status_code, r.json().get("error", "")
+
+    assert status("tiny", [RED]) == (400, '"tiny" does not support images')
+    code, error = status("tiny-vision", [base64.b64encode(b"not a picture").decode()])
+    assert code == 400 and "image 1 is not a picture" in error
+    assert status("tiny-vision", ["***"]) == (400, "invalid image data: not base64")
+    assert status("tiny-vision", ["***"], "/api/chat") == (400, "invalid image data: not base64")
+    context = api.post(
+        "/api/generate",
+        json={"model": "tiny-vision", "prompt": "x", "images": [RED], "context": [1, 2], "stream": False},
+    )
+    assert context.status_code == 400 and "context cannot be combined with images" in context.json()["error"]
+    # A bad context token is refused, not passed to llama.cpp.
+    bad = api.post("/api/generate", json={"model": "tiny", "prompt": "x", "context": [10**6], "stream": False})
+    assert bad.status_code == 400 and "tokens this model does not have" in bad.json()["error"]

@@ -20,7 +20,7 @@ from client.config import load
 from client.push import push
 from client.store import Store
 from tests.servers import RegistryProcess, RuntimeProcess
-from tests.tinymodels import add_model
+from tests.tinymodels import add_model, png
 
 
 @pytest.fixture
@@ -291,3 +291,37 @@ def test_openai_raw_shapes_and_errors(runtime: RuntimeProcess) -> None:
         },
     )
     assert http_image.status_code == 400
+
+
+def test_images_from_both_packages(oc: ollama.Client, oa: openai.OpenAI, tmp_path: Path) -> None:
+    """Pictures reach a model with a projector from the ollama package (bytes or a file path) and
+    from the openai package (a base64 data URL); all three read the same picture identically."""
+    picture = png(24, 24, (10, 200, 10))
+    (tmp_path / "green.png").write_bytes(picture)
+    greedy = {"temperature": 0, "num_predict": 4}
+    as_bytes = oc.chat(
+        model="tiny-vision", messages=[{"role": "user", "content": "what?", "images": [picture]}], options=greedy
+    )
+    as_path = oc.chat(
+        model="tiny-vision",
+        messages=[{"role": "user", "content": "what?", "images": [str(tmp_path / "green.png")]}],
+        options=greedy,
+    )
+    text_only = oc.chat(model="tiny-vision", messages=[{"role": "user", "content": "what?"}], options=greedy)
+    assert as_bytes.message.content == as_path.message.content
+    assert as_bytes.prompt_eval_count is not None and text_only.prompt_eval_count is not None
+    assert as_bytes.prompt_eval_count >= text_only.prompt_eval_count + 16
+
+    url = "data:image/png;base64," + base64.b64encode(picture).decode()
+    r = oa.chat.completions.create(
+        model="tiny-vision",
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}}]}],
+        temperature=0,
+        max_tokens=4,
+    )
+    assert r.usage is not None and r.usage.prompt_tokens >= 16
+    with pytest.raises(openai.BadRequestError, match="only base64 data URLs"):
+        oa.chat.completions.create(
+            model="tiny-vision",
+            messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png"}}]}],
+        )
