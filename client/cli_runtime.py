@@ -4,13 +4,16 @@ it over its Ollama API (``HANGAR_HOST``, default 127.0.0.1:11434)."""
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +30,8 @@ REPL_HELP = """Available commands:
   /bye                        exit
   /?, /help                   this help
 
-Use \"\"\" to begin and end a multi-line message."""
+Use \"\"\" to begin and end a multi-line message.
+With a vision model, name image files in a message (/path/to/picture.png) to attach them."""
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -48,7 +52,8 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Answer PROMPT once, or chat interactively. Pulls the model if it is missing and starts "
         "'hangar serve' in the background if no runtime answers at HANGAR_HOST. Piped input is prepended to "
         "the prompt. An embedding model prints the prompt's vector as a JSON array. A runtime started this way "
-        "logs to $HANGAR_HOME/logs/serve.log and writes its pid to serve.pid beside it.",
+        "logs to $HANGAR_HOME/logs/serve.log and writes its pid to serve.pid beside it. With a vision model, "
+        "image files named in the prompt (.png, .jpg, .jpeg, .webp, .gif, .bmp) are attached.",
     )
     run.add_argument("model")
     run.add_argument("prompt", nargs="*", help="answer this and exit")
@@ -173,6 +178,24 @@ def _pull_through(base: str, model: str, insecure: bool) -> None:
             view(Progress(item.get("status", ""), item.get("digest"), item.get("total"), item.get("completed")))
 
 
+IMAGE_PATH = re.compile(r"""(?:^|\s)((?:~|\.{1,2}|/)?(?:[^\s'"]|\\ )+\.(?:png|jpe?g|webp|gif|bmp))(?=\s|$)""", re.I)
+
+
+def attach_images(text: str) -> tuple[str, list[str]]:
+    """Image files named in a prompt (as Ollama's CLI finds them): the prompt without them, and
+    their contents, base64-encoded. Names of missing files stay in the text."""
+    images: list[str] = []
+    kept = text
+    for match in IMAGE_PATH.finditer(text):
+        name = match.group(1)
+        path = Path(os.path.expanduser(name.replace("\\ ", " ")))
+        if path.is_file():
+            images.append(base64.b64encode(path.read_bytes()).decode())
+            kept = kept.replace(name, "", 1)
+            print(f"Added image '{path}'", file=sys.stderr)
+    return " ".join(kept.split()) if images else text, images
+
+
 def _run(args: argparse.Namespace) -> int:
     base = daemon_url()
     ensure_daemon(base)
@@ -203,8 +226,11 @@ def _run(args: argparse.Namespace) -> int:
             raise errors.RequestFailed(_error_text(r), r.status_code)
         print(json.dumps(r.json()["embeddings"][0]))
         return 0
+    vision = "vision" in capabilities
     if prompt:
         body: dict[str, Any] = {"model": args.model, "prompt": prompt}
+        if vision:
+            body["prompt"], body["images"] = attach_images(prompt)
         if args.format:
             body["format"] = args.format
         if keep_alive is not None:
@@ -334,7 +360,10 @@ def _repl(base: str, args: argparse.Namespace, info: dict[str, Any], keep_alive:
         if command.startswith("/"):
             print(f"Unknown command '{command.split()[0]}'. Type /? for help")
             continue
-        messages.append({"role": "user", "content": text})
+        message: dict[str, Any] = {"role": "user", "content": text}
+        if "vision" in info.get("capabilities", []):
+            message["content"], message["images"] = attach_images(text)
+        messages.append(message)
         convo = ([{"role": "system", "content": system}] if system else []) + messages
         body: dict[str, Any] = {"model": args.model, "messages": convo, "options": options}
         if args.format:

@@ -153,7 +153,13 @@ def populate(home: Path, ggufs: dict[str, Path]) -> Store:
     )
     add_model(store, "tiny-embed", ggufs["embed"])
     add_model(store, "tiny-greedy", ggufs["chat"], params={"num_ctx": 512, "temperature": 0, "num_predict": 12})
-    add_model(store, "tiny-vision", ggufs["chat"], params={"num_ctx": 512}, projector=ggufs["projector"])
+    add_model(
+        store,
+        "tiny-vision",
+        ggufs["chat"],
+        params={"num_ctx": 512, "temperature": 0, "num_predict": 6},
+        projector=ggufs["projector"],
+    )
     add_model(store, "tiny-long", ggufs["long"], params={"num_ctx": 16384})
     return store
 

@@ -3,6 +3,7 @@ embeddings, the interactive prompt (on a pseudo-terminal), and starting the daem
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import select
@@ -300,3 +301,27 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_run_attaches_image_files_for_vision_models(
+    runtime: RuntimeProcess, env: dict[str, str], tmp_path: Path
+) -> None:
+    from tests.tinymodels import png
+
+    picture = png(16, 16, (250, 200, 0))
+    (tmp_path / "sun flower.png").write_bytes(picture)
+    r = httpx.post(
+        runtime.url + "/api/generate",
+        json={
+            "model": "tiny-vision",
+            "prompt": "describe",
+            "images": [base64.b64encode(picture).decode()],
+            "stream": False,
+        },
+        timeout=60,
+    )
+    expected = r.json()["response"]
+    path = str(tmp_path / "sun flower.png").replace(" ", "\\ ")
+    out = hangar(env, "run", "tiny-vision", f"describe {path}")
+    assert out.stdout == expected + "\n"
+    assert "Added image" in out.stderr
