@@ -11,6 +11,7 @@ from typing import Any
 
 from client.store import LocalModel, Store
 from registry.oci import mediatypes as mt
+from registry.oci.modelfile import quote
 
 
 @dataclass
@@ -215,13 +216,6 @@ def parameter_lines(params: dict[str, Any]) -> list[str]:
     return lines
 
 
-def quote_modelfile(value: str) -> str:
-    """Ollama's quoting for ``show --modelfile``."""
-    if "\n" in value or value.startswith(" ") or value.endswith(" "):
-        return f'"""{value}"""' if '"' in value else f'"{value}"'
-    return value
-
-
 def render_modelfile(info: ModelInfo) -> str:
     display = info.model.name.display()
     lines = [
@@ -235,14 +229,14 @@ def render_modelfile(info: ModelInfo) -> str:
     lines += [f"ADAPTER {p}" for p in info.adapters]
     lines += [f"FROM {p}" for p in info.projectors]
     if info.template is not None:
-        lines.append(f"TEMPLATE {quote_modelfile(info.template)}")
+        lines.append(f"TEMPLATE {quote(info.template)}")
     if info.system is not None:
-        lines.append(f"SYSTEM {quote_modelfile(info.system)}")
+        lines.append(f"SYSTEM {quote(info.system)}")
     for name, value in info.parameters.items():
         for item in value if isinstance(value, list) else [value]:
-            rendered = quote_modelfile(item) if isinstance(item, str) else format_value(item)
+            rendered = quote(item) if isinstance(item, str) else format_value(item)
             lines.append(f"PARAMETER {name} {rendered}")
-    lines += [f"LICENSE {quote_modelfile(text)}" for text in info.licenses]
+    lines += [f"LICENSE {quote(text)}" for text in info.licenses]
     for message in info.messages:
-        lines.append(f"MESSAGE {message.get('role', 'user')} {quote_modelfile(str(message.get('content', '')))}")
+        lines.append(f"MESSAGE {message.get('role', 'user')} {quote(str(message.get('content', '')))}")
     return "\n".join(lines) + "\n"
