@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from client import cli_account, cli_runtime
+    from client import cli_account, cli_create, cli_runtime
     from registry import cli as registry_cli
 
     parser = argparse.ArgumentParser(
@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(handler=_import)
 
     cli_runtime.add_commands(commands)
+    cli_create.add_commands(commands)
     cli_account.add_commands(commands)
     registry_cli.add_commands(commands)
     return parser

@@ -232,6 +232,9 @@ def render_modelfile(info: ModelInfo) -> str:
         lines.append(f"TEMPLATE {quote(info.template)}")
     if info.system is not None:
         lines.append(f"SYSTEM {quote(info.system)}")
+    for key in ("renderer", "parser", "requires"):
+        if info.config.get(key):
+            lines.append(f"{key.upper()} {quote(str(info.config[key]))}")
     for name, value in info.parameters.items():
         for item in value if isinstance(value, list) else [value]:
             rendered = quote(item) if isinstance(item, str) else format_value(item)

@@ -186,6 +186,18 @@ class Store:
             self._publish(tmp, digest)
             return digest, os.path.getsize(self.blob_path(digest))
 
+    def adopt_file(self, path: Path) -> tuple[Digest, int]:
+        """Hash a file written in the store's temporary folder, flush it, and move it into place."""
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(COPY_CHUNK):
+                h.update(chunk)
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+        digest = Digest(h.hexdigest())
+        self._publish(path, digest)
+        return digest, os.path.getsize(self.blob_path(digest))
+
     def add_blob_bytes(self, data: bytes) -> tuple[Digest, int]:
         digest = Digest.of_bytes(data)
         if not self.has_blob(digest, len(data)):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.routing import Route
 
-from runtime.api import ollama, openai
+from runtime.api import create, ollama, openai
 
 routes = [
     Route("/", ollama.root, methods=["GET", "HEAD"]),
@@ -20,6 +20,9 @@ routes = [
     Route("/api/delete", ollama.delete, methods=["DELETE"]),
     Route("/api/pull", ollama.pull, methods=["POST"]),
     Route("/api/push", ollama.push, methods=["POST"]),
+    Route("/api/create", create.create_model, methods=["POST"]),
+    Route("/api/blobs/{digest}", create.blob_head, methods=["HEAD"]),
+    Route("/api/blobs/{digest}", create.blob_upload, methods=["POST"]),
     Route("/v1/chat/completions", openai.chat_completions, methods=["POST"]),
     Route("/v1/completions", openai.completions, methods=["POST"]),
     Route("/v1/embeddings", openai.embeddings, methods=["POST"]),
