@@ -1,0 +1,130 @@
+"""``/api/blobs`` and ``/api/create`` on a real ``hangar serve``: raw requests, the official ollama
+package, and ``hangar create`` uploading to a running daemon."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import ollama
+import pytest
+
+from tests.servers import REPO_ROOT, RuntimeProcess
+from tests.tinymodels import write_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_llama(tmp_path_factory.mktemp("create") / "small.gguf", dim=256, seed=9)
+
+
+def digest_of(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_blob_upload_checks_the_digest(runtime: RuntimeProcess, gguf: Path) -> None:
+    with httpx.Client(base_url=runtime.url, timeout=60) as api:
+        digest = digest_of(gguf)
+        assert api.head(f"/api/blobs/{digest}").status_code in (200, 404)
+        wrong = "sha256:" + "0" * 64
+        r = api.post(f"/api/blobs/{wrong}", content=gguf.read_bytes())
+        assert r.status_code == 400 and r.json()["error"].startswith(f"digest mismatch, expected {wrong}, got sha256:")
+        assert api.head(f"/api/blobs/{wrong}").status_code == 404  # nothing was kept
+        assert api.post("/api/blobs/sha256-abc", content=b"x").status_code == 400
+        assert api.post(f"/api/blobs/{digest}", content=gguf.read_bytes()).status_code == 201
+        assert api.head(f"/api/blobs/{digest}").status_code == 200
+
+
+def test_create_streams_ollama_statuses_and_the_model_answers(runtime: RuntimeProcess, gguf: Path) -> None:
+    with httpx.Client(base_url=runtime.url, timeout=120) as api:
+        digest = digest_of(gguf)
+        api.post(f"/api/blobs/{digest}", content=gguf.read_bytes())
+        body = {
+            "model": "made/here:v1",
+            "files": {"small.gguf": digest},
+            "template": "<|user|>{{ .Prompt }}<|assistant|>",
+            "system": "Made over the API.",
+            "parameters": {"temperature": 0, "num_predict": 3, "stop": ["</s>"]},
+            "license": "MIT",
+            "quantize": "q4_k_m",
+        }
+        with api.stream("POST", "/api/create", json=body) as r:
+            statuses = [json.loads(line)["status"] for line in r.iter_lines() if line.strip()]
+        assert statuses[0] == "parsing GGUF" and "quantizing F32 model to Q4_K_M" in statuses
+        assert statuses[-2:] == ["writing manifest", "success"]
+        show = api.post("/api/show", json={"model": "made/here:v1"}).json()
+        assert show["details"]["quantization_level"] == "Q4_K_M" and show["system"] == "Made over the API."
+        answer = api.post("/api/generate", json={"model": "made/here:v1", "prompt": "hi", "stream": False}).json()
+        assert answer["eval_count"] <= 3 and answer["done"]
+
+        from_parent = api.post(
+            "/api/create",
+            json={"model": "made/child", "from": "made/here:v1", "system": "Child.", "stream": False},
+        )
+        assert from_parent.json() == {"status": "success"}
+        assert api.post("/api/show", json={"model": "made/child"}).json()["system"] == "Child."
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"model": "x"}, "neither 'from' or 'files' was specified"),
+        ({"files": {"a.gguf": "sha256:" + "1" * 64}}, "model is required"),
+        ({"model": "x", "files": {"../a.gguf": "sha256:" + "1" * 64}}, "must be a relative path"),
+        ({"model": "x", "files": {"a.gguf": "nope"}}, "needs a digest"),
+        ({"model": "x", "from": "tiny", "quantize": "q9"}, "unsupported quantization type q9"),
+        ({"model": "x", "from": "tiny", "messages": [{"role": "robot", "content": "x"}]}, "needs a role"),
+    ],
+)
+def test_create_refuses_bad_requests(runtime: RuntimeProcess, body: dict, message: str) -> None:  # type: ignore[type-arg]
+    r = httpx.post(runtime.url + "/api/create", json=body, timeout=60)
+    assert r.status_code == 400 and message in r.json()["error"]
+
+
+def test_create_errors_after_the_stream_began_arrive_as_an_error_line(runtime: RuntimeProcess) -> None:
+    r = httpx.post(
+        runtime.url + "/api/create",
+        json={"model": "x", "files": {"a.gguf": "sha256:" + "2" * 64}},
+        timeout=60,
+    )
+    last = json.loads(r.text.strip().splitlines()[-1])
+    assert "no blob sha256:2222" in last["error"]
+    r = httpx.post(
+        runtime.url + "/api/create",
+        json={"model": "x", "from": "tiny", "template": "{{ .Prompt", "stream": False},
+        timeout=60,
+    )
+    assert r.status_code == 400 and r.json()["error"].startswith("template error")
+
+
+def test_the_ollama_package_creates_models(runtime: RuntimeProcess, gguf: Path) -> None:
+    oc = ollama.Client(host=runtime.url)
+    digest = oc.create_blob(gguf)
+    assert digest == digest_of(gguf)
+    done = oc.create(
+        model="pkg/made", files={"small.gguf": digest}, system="From the package.", parameters={"top_k": 3}
+    )
+    assert done.status == "success"
+    shown = oc.show("pkg/made")
+    assert "SYSTEM From the package." in (shown.modelfile or "") and "top_k" in (shown.parameters or "")
+    steps = [p.status for p in oc.create(model="pkg/derived", from_="pkg/made", template="{{ .Prompt }}", stream=True)]
+    assert steps[-1] == "success" and any(s and s.startswith("using existing layer") for s in steps)
+
+
+def test_hangar_create_uploads_to_a_running_daemon(runtime: RuntimeProcess, gguf: Path, tmp_path: Path) -> None:
+    (tmp_path / "Modelfile").write_text(f"FROM {gguf}\nSYSTEM Through the daemon.\n")
+    env = {**os.environ, "HANGAR_HOME": str(tmp_path / "cli-home"), "HANGAR_HOST": f"127.0.0.1:{runtime.port}"}
+    r = subprocess.run(
+        [sys.executable, "-m", "client.cli", "create", "cli/made", "-f", str(tmp_path / "Modelfile")],
+        env=env, capture_output=True, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-1] == "success"
+    # The model is in the daemon's store, not in the CLI's own.
+    assert httpx.post(runtime.url + "/api/show", json={"model": "cli/made"}).json()["system"] == "Through the daemon."
+    assert not (tmp_path / "cli-home" / "models" / "manifests").exists()
