@@ -220,3 +220,24 @@ def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
     rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def write_tiny_lora(path: Path, *, dim: int = 64, layers: int = 2, rank: int = 4, seed: int = 0) -> Path:
+    """A LoRA adapter GGUF for ``write_tiny_llama``'s models (same ``dim`` and ``layers``) on the
+    attention's q and v projections, with random weights large enough to change the output."""
+    import gguf
+
+    rng = np.random.default_rng(seed)
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_string("general.type", "adapter")
+    w.add_string("adapter.type", "lora")
+    w.add_float32("adapter.lora.alpha", float(rank))
+    for i in range(layers):
+        for part in ("attn_q", "attn_v"):
+            w.add_tensor(f"blk.{i}.{part}.weight.lora_a", (rng.standard_normal((rank, dim)) * 0.5).astype(np.float32))
+            w.add_tensor(f"blk.{i}.{part}.weight.lora_b", (rng.standard_normal((dim, rank)) * 0.5).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

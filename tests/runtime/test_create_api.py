@@ -128,3 +128,35 @@ def test_hangar_create_uploads_to_a_running_daemon(runtime: RuntimeProcess, gguf
     # The model is in the daemon's store, not in the CLI's own.
     assert httpx.post(runtime.url + "/api/show", json={"model": "cli/made"}).json()["system"] == "Through the daemon."
     assert not (tmp_path / "cli-home" / "models" / "manifests").exists()
+
+
+def test_an_adapter_changes_what_the_model_says(runtime: RuntimeProcess, gguf: Path, tmp_path: Path) -> None:
+    """ADAPTER: a LoRA GGUF becomes an adapter layer, and the runtime applies it."""
+    from tests.tinymodels import write_tiny_lora
+
+    lora = write_tiny_lora(tmp_path / "lora.gguf", dim=256, layers=2)
+    oc = ollama.Client(host=runtime.url)
+    base, adapter = oc.create_blob(gguf), oc.create_blob(lora)
+    oc.create(model="lora/plain", files={"small.gguf": base})
+    oc.create(model="lora/tuned", files={"small.gguf": base}, adapters={"lora.gguf": adapter})
+    shown = oc.show("lora/tuned")
+    assert "ADAPTER " in (shown.modelfile or "")
+
+    def first_logprob(model: str) -> float:
+        r = httpx.post(
+            runtime.url + "/api/generate",
+            json={"model": model, "prompt": "hello", "raw": True, "stream": False, "logprobs": True,
+                  "options": {"temperature": 0, "num_predict": 1}},
+            timeout=60,
+        )  # fmt: skip
+        assert r.status_code == 200, r.text
+        return float(r.json()["logprobs"][0]["logprob"])
+
+    assert first_logprob("lora/plain") == first_logprob("lora/plain")
+    assert first_logprob("lora/tuned") != first_logprob("lora/plain")
+    refused = httpx.post(
+        runtime.url + "/api/create",
+        json={"model": "lora/bad", "files": {"small.gguf": base}, "adapters": {"x.gguf": base}, "stream": False},
+        timeout=60,
+    )
+    assert refused.status_code == 400 and "not a LoRA adapter GGUF" in refused.json()["error"]
