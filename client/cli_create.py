@@ -25,8 +25,7 @@ from client.transfer import Progress, ProgressCallback
 from registry.oci.digest import Digest
 from registry.oci.modelfile import Modelfile, parse
 
-MODEL_FILE_PATTERNS = ("*.gguf",)
-UNSUPPORTED_PATTERNS = ("model*.safetensors", "consolidated*.safetensors", "pytorch_model*.bin", "consolidated*.pth")
+UNSUPPORTED_PATTERNS = ("pytorch_model*.bin", "consolidated*.pth")
 
 
 def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -106,16 +105,22 @@ def _local(source: str, directory: Path) -> Path | None:
 
 
 def _model_files(path: Path) -> list[Path]:
+    """The files a FROM/ADAPTER path stands for: itself, a folder's safetensors checkpoint (weights,
+    config and tokenizer files) or PEFT adapter, or a folder's GGUF files."""
+    from client.create import CHECKPOINT_FILES
+
     if path.is_file():
         return [path]
+    if any(path.glob("*.safetensors")):
+        found = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.safetensors.index.json"))
+        found += [path / name for name in (*CHECKPOINT_FILES, "adapter_config.json") if (path / name).is_file()]
+        return found
     for pattern in UNSUPPORTED_PATTERNS:
-        if any(path.glob(pattern)) or any(path.glob(f"*/{pattern}")):
-            raise CreateError(
-                f"{path}: safetensors and PyTorch checkpoints cannot be imported yet; convert to GGUF first"
-            )
-    found = sorted(p for pattern in MODEL_FILE_PATTERNS for p in path.glob(pattern))
+        if any(path.glob(pattern)):
+            raise CreateError(f"{path}: PyTorch pickles are not imported (they can run code); use safetensors")
+    found = sorted(path.glob("*.gguf"))
     if not found:
-        raise CreateError(f"{path}: no GGUF files in this folder")
+        raise CreateError(f"{path}: no GGUF or safetensors files in this folder")
     return found
 
 

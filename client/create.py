@@ -18,11 +18,15 @@ last, atomically: an interrupted create leaves at most unreferenced blobs (``han
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from client import errors
@@ -121,11 +125,27 @@ def create(
     parent_params: dict[str, Any] = {}
     if request.base:
         layers, parent_config, parent_params = _parent_layers(store, settings, request, progress)
-    for file_name, digest in request.files.items():
-        layers.append(_file_layer(store, file_name, digest, progress))
+    files = dict(request.files)
+    for file_name, digest in files.items():
+        if not store.has_blob(digest):
+            raise CreateError(f"{file_name}: no blob {digest} in the store (upload it first)")
+    checkpoint = {k: v for k, v in files.items() if not k.endswith(".gguf") and _is_checkpoint_part(k)}
+    if checkpoint:
+        layers.append(_convert_checkpoint(store, checkpoint, progress))
+    for file_name, digest in files.items():
+        if file_name not in checkpoint:
+            layers.append(_file_layer(store, file_name, digest, progress))
     if len([d for d in layers if d.media_type == mt.OLLAMA_MODEL]) > 1:
         raise CreateError("more than one model file: give one GGUF model (projectors and adapters are recognised)")
-    for file_name, digest in request.adapters.items():
+    adapters = dict(request.adapters)
+    if any(file_name.endswith("adapter_config.json") for file_name in adapters):
+        model = next((d for d in layers if d.media_type == mt.OLLAMA_MODEL), None)
+        if model is None:
+            raise CreateError("an adapter needs a model to adapt")
+        layers = [d for d in layers if d.media_type != mt.OLLAMA_ADAPTER]
+        layers.append(_convert_adapter(store, adapters, model, checkpoint, progress))
+        adapters = {}
+    for file_name, digest in adapters.items():
         kind = _gguf_kind(store, file_name, digest)
         if kind != mt.OLLAMA_ADAPTER:
             raise CreateError(f"{file_name}: not a LoRA adapter GGUF (general.type is not 'adapter')")
@@ -214,13 +234,107 @@ def _parent_layers(
 
 
 def _file_layer(store: Store, file_name: str, digest: Digest, progress: ProgressCallback) -> Descriptor:
-    if not store.has_blob(digest):
-        raise CreateError(f"{file_name}: no blob {digest} in the store (upload it first)")
-    if file_name.endswith((".safetensors", ".bin", ".pth")) or file_name.endswith("config.json"):
-        raise CreateError(f"{file_name}: safetensors import is not supported yet; convert to GGUF first")
+    if file_name.endswith((".bin", ".pth", ".pt")):
+        raise CreateError(f"{file_name}: PyTorch pickles are not imported (they can run code); use safetensors")
     progress(Progress("parsing GGUF"))
     kind = _gguf_kind(store, file_name, digest)
     return Descriptor(kind, digest, store.blob_path(digest).stat().st_size)
+
+
+# Files of a Hugging Face checkpoint folder that the conversion reads.
+CHECKPOINT_FILES = (
+    "config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "generation_config.json", "added_tokens.json", "chat_template.jinja",
+)  # fmt: skip
+
+
+def _is_checkpoint_part(name: str) -> bool:
+    base = name.rsplit("/", 1)[-1]
+    return base.endswith(".safetensors") or base.endswith(".safetensors.index.json") or base in CHECKPOINT_FILES
+
+
+@contextlib.contextmanager
+def _linked(store: Store, files: Mapping[str, Digest]) -> Iterator[Path]:
+    """A folder holding ``files`` under their names (links to the blobs), for the converter."""
+    store.tmp_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=store.tmp_dir) as folder:
+        root = Path(folder)
+        for name, digest in files.items():
+            target = root / name.rsplit("/", 1)[-1]
+            os.symlink(store.blob_path(digest), target)
+        yield root
+
+
+def _convert_checkpoint(store: Store, files: Mapping[str, Digest], progress: ProgressCallback) -> Descriptor:
+    from client.convert import CheckpointError, convert_model
+
+    if not any(name.endswith(".safetensors") for name in files):
+        raise CreateError("no *.safetensors weights among the files (config.json alone is not a model)")
+    progress(Progress("converting model"))
+    with _linked(store, files) as folder, store.temp_file() as (tmp, f):
+        f.close()
+        try:
+            convert_model(folder, tmp, lambda done, total: progress(Progress("converting model", None, total, done)))
+        except (CheckpointError, KeyError, ValueError) as e:
+            raise CreateError(f"converting the checkpoint failed: {e}") from None
+        _verify_loads(tmp)
+        digest, size = store.adopt_file(tmp)
+    return Descriptor(mt.OLLAMA_MODEL, digest, size)
+
+
+def _convert_adapter(
+    store: Store,
+    files: Mapping[str, Digest],
+    model: Descriptor,
+    checkpoint: Mapping[str, Digest],
+    progress: ProgressCallback,
+) -> Descriptor:
+    from client.convert import CheckpointError, convert_adapter
+
+    progress(Progress("converting adapter"))
+    base_config = _hf_config(store, model, checkpoint)
+    with _linked(store, files) as folder, store.temp_file() as (tmp, f):
+        f.close()
+        try:
+            convert_adapter(folder, tmp, base_config)
+        except (CheckpointError, KeyError, ValueError) as e:
+            raise CreateError(f"converting the adapter failed: {e}") from None
+        digest, size = store.adopt_file(tmp)
+    return Descriptor(mt.OLLAMA_ADAPTER, digest, size)
+
+
+# The Hugging Face architecture of each GGUF architecture the converter knows.
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
+                    "phi3": "Phi3ForCausalLM"}  # fmt: skip
+
+
+def _hf_config(store: Store, model: Descriptor, checkpoint: Mapping[str, Digest]) -> dict[str, Any]:
+    """The base model's shape, for an adapter: its config.json, or read back from its GGUF."""
+    for name, digest in checkpoint.items():
+        if name.rsplit("/", 1)[-1] == "config.json":
+            return dict(json.loads(store.blob_path(digest).read_bytes()))
+    meta = read_gguf_metadata(store.blob_path(model.digest), max_array=0)[0]
+    arch = str(meta.get("general.architecture"))
+    if arch not in HF_ARCHITECTURES:
+        raise CreateError(f"adapters in safetensors are converted for {', '.join(HF_ARCHITECTURES)} models, not {arch}")
+    heads = int(meta[f"{arch}.attention.head_count"])
+    return {
+        "architectures": [HF_ARCHITECTURES[arch]],
+        "num_attention_heads": heads,
+        "num_key_value_heads": int(meta.get(f"{arch}.attention.head_count_kv") or heads),
+        "hidden_size": int(meta[f"{arch}.embedding_length"]),
+    }
+
+
+def _verify_loads(path: Path) -> None:
+    """llama.cpp must be able to read what was written (its vocabulary checks are strict)."""
+    from llama_cpp import Llama
+
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+    try:
+        Llama(str(path), vocab_only=True, verbose=False).close()
+    except (ValueError, RuntimeError) as e:
+        raise CreateError(f"llama.cpp cannot load the converted model: {e}") from None
 
 
 def _gguf_kind(store: Store, file_name: str, digest: Digest) -> str:

@@ -212,12 +212,15 @@ def test_a_second_from_is_a_projector(workdir: Path) -> None:
         ("FROM ./tiny.gguf\nADAPTER ./missing.gguf\n", "ADAPTER ./missing.gguf: no such file", 1),
         ("FROM ./tiny.gguf\nADAPTER ./tiny.gguf\n", "not a LoRA adapter GGUF", 1),
         ("FROM ./Modelfile\n", "not a GGUF file", 1),
-        ("FROM ./safetensors\n", "safetensors and PyTorch checkpoints cannot be imported yet", 1),
+        ("FROM ./safetensors\n", "converting the checkpoint failed: no config.json", 1),
+        ("FROM ./pickles\n", "PyTorch pickles are not imported (they can run code)", 1),
     ],
 )
 def test_create_errors(workdir: Path, modelfile: str, message: str, code: int) -> None:
     (workdir / "safetensors").mkdir()
     (workdir / "safetensors" / "model.safetensors").write_bytes(b"{}")
+    (workdir / "pickles").mkdir()
+    (workdir / "pickles" / "pytorch_model.bin").write_bytes(b"not loaded")
     (workdir / "Modelfile").write_text(modelfile)
     r = hangar(workdir / "home", "create", "broken", cwd=workdir, check=False)
     assert r.returncode == code and message in r.stderr, r.stderr

@@ -1,0 +1,235 @@
+"""Safetensors checkpoints → GGUF, checked for real: tiny random Llama (2, 3.1 with its rope
+scaling, 3.2 with tied embeddings), Mistral, Gemma, Gemma 2 and Phi-3 checkpoints made with
+transformers are converted, and the logits llama.cpp computes from the GGUF are compared with the
+logits transformers computes from the checkpoint, for the same token ids.
+
+Tolerance: every logit within 0.5% of the largest logit's magnitude (F32 weights; llama.cpp keeps
+its KV cache in F16, which is most of the difference), 2% for F16/BF16 checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.convert import CheckpointError, convert_adapter, convert_model
+from client.model_info import read_gguf_metadata
+from tests.checkpoints import CHAT_TEMPLATE, build, hf_logits, llama_cpp_logits
+from tests.servers import REPO_ROOT
+
+IDS = [1, 5, 9, 42, 100, 7, 3, 200, 17, 64, 250, 11]
+
+
+def close(ours: np.ndarray, theirs: np.ndarray, relative: float) -> tuple[bool, float]:
+    worst = float(np.abs(ours - theirs).max())
+    return worst <= relative * float(np.abs(theirs).max()), worst
+
+
+@pytest.mark.parametrize(
+    ("kind", "arch"),
+    [
+        ("llama2", "llama"),
+        ("llama3", "llama"),
+        ("llama3.2", "llama"),
+        ("mistral", "llama"),
+        ("gemma", "gemma"),
+        ("gemma2", "gemma2"),
+        ("phi3", "phi3"),
+    ],
+)
+def test_logits_match_transformers(kind: str, arch: str, tmp_path: Path) -> None:
+    model = build(kind, tmp_path / kind)
+    out = tmp_path / f"{kind}.gguf"
+    assert convert_model(tmp_path / kind, out) == arch
+    ok, worst = close(llama_cpp_logits(out, IDS), hf_logits(model, IDS), 0.005)
+    assert ok, f"{kind}: largest logit difference {worst}"
+    meta = read_gguf_metadata(out, max_array=0)[0]
+    assert meta["general.architecture"] == arch
+    assert meta["tokenizer.chat_template"] == CHAT_TEMPLATE
+    assert meta["general.file_type"] == 0  # F32, as the checkpoint
+
+
+@pytest.mark.parametrize(("dtype", "file_type"), [("float16", 1), ("bfloat16", 32)])
+def test_half_precision_checkpoints_stay_half_precision(dtype: str, file_type: int, tmp_path: Path) -> None:
+    model = build("llama2", tmp_path / "ckpt", dtype=dtype)
+    out = tmp_path / "half.gguf"
+    convert_model(tmp_path / "ckpt", out)
+    meta, tensors, _ = read_gguf_metadata(out, max_array=0)
+    assert meta["general.file_type"] == file_type
+    kinds = {t["name"]: t["type"] for t in tensors}
+    assert kinds["blk.0.attn_q.weight"] == ("F16" if dtype == "float16" else "BF16")
+    assert kinds["blk.0.attn_norm.weight"] == "F32"
+    ok, worst = close(llama_cpp_logits(out, IDS), hf_logits(model, IDS), 0.02)
+    assert ok, f"largest logit difference {worst}"
+
+
+def test_byte_level_bpe_tokenizes_as_the_checkpoint_does(tmp_path: Path) -> None:
+    from llama_cpp import Llama
+    from tokenizers import Tokenizer
+
+    build("llama3", tmp_path / "ckpt")
+    out = tmp_path / "bpe.gguf"
+    convert_model(tmp_path / "ckpt", out)
+    meta = read_gguf_metadata(out, max_array=0)[0]
+    assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.pre"]) == ("gpt2", "llama-bpe")
+    theirs = Tokenizer.from_file(str(tmp_path / "ckpt" / "tokenizer.json"))
+    llm = Llama(str(out), vocab_only=True, verbose=False)
+    try:
+        for text in ["Hello world, this is a test.", "The quick brown fox 1234567!", "  spaced\n\nlines  "]:
+            assert llm.tokenize(text.encode(), add_bos=True) == theirs.encode(text).ids, text
+    finally:
+        llm.close()
+
+
+def test_sentencepiece_vocabulary_is_carried_over(tmp_path: Path) -> None:
+    build("llama2", tmp_path / "ckpt")
+    out = tmp_path / "spm.gguf"
+    convert_model(tmp_path / "ckpt", out)
+    meta = read_gguf_metadata(out, max_array=0)[0]
+    assert meta["tokenizer.ggml.model"] == "llama"
+    assert (meta["tokenizer.ggml.bos_token_id"], meta["tokenizer.ggml.eos_token_id"]) == (1, 2)
+    from llama_cpp import Llama
+
+    llm = Llama(str(out), vocab_only=True, verbose=False)
+    try:
+        # "▁hello" and "▁world" are pieces of the tiny vocabulary; anything else falls back to bytes.
+        tokens = llm.tokenize(b"hello world", add_bos=False)
+        assert [llm.detokenize([t]).decode() for t in tokens] == [" hello", " world"]
+        assert llm.detokenize(llm.tokenize("zürich".encode(), add_bos=False)).decode().strip() == "zürich"
+    finally:
+        llm.close()
+
+
+def test_lora_adapter_matches_merged_weights(tmp_path: Path) -> None:
+    """A PEFT-style LoRA adapter on q, k and v: llama.cpp applying the converted adapter computes
+    what transformers computes with the adapter merged into the weights."""
+    import torch
+    from safetensors.torch import save_file
+
+    model = build("llama2", tmp_path / "base")
+    base_gguf = tmp_path / "base.gguf"
+    convert_model(tmp_path / "base", base_gguf)
+    rank, alpha = 4, 8.0
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    weights = {}
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            for proj in ("q_proj", "k_proj", "v_proj"):
+                linear = getattr(layer.self_attn, proj)
+                a = torch.randn(rank, linear.in_features) * 0.1
+                b = torch.randn(linear.out_features, rank) * 0.1
+                prefix = f"base_model.model.model.layers.{i}.self_attn.{proj}"
+                weights[f"{prefix}.lora_A.weight"], weights[f"{prefix}.lora_B.weight"] = a, b
+                linear.weight += (alpha / rank) * (b @ a)  # the merged model
+    save_file(weights, str(adapter / "adapter_model.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": alpha, "peft_type": "LORA"}))
+    lora = tmp_path / "lora.gguf"
+    convert_adapter(adapter, lora, json.loads((tmp_path / "base" / "config.json").read_text()))
+    ok, worst = close(llama_cpp_logits(base_gguf, IDS, lora=lora), hf_logits(model, IDS), 0.005)
+    assert ok, f"largest logit difference {worst}"
+    unadapted = llama_cpp_logits(base_gguf, IDS)
+    assert not close(unadapted, hf_logits(model, IDS), 0.005)[0]  # the adapter did change the model
+
+
+def test_conversion_errors(tmp_path: Path) -> None:
+    build("llama2", tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps({**config, "architectures": ["FalconForCausalLM"]}))
+    with pytest.raises(CheckpointError, match=r"unsupported architecture \['FalconForCausalLM'\]"):
+        convert_model(tmp_path / "ckpt", tmp_path / "x.gguf")
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    (tmp_path / "ckpt" / "tokenizer.model").unlink()
+    with pytest.raises(CheckpointError, match="no tokenizer"):
+        convert_model(tmp_path / "ckpt", tmp_path / "x.gguf")
+    build("llama2", tmp_path / "cut")
+    weights = tmp_path / "cut" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])
+    with pytest.raises(CheckpointError, match="runs past the end of the file"):
+        convert_model(tmp_path / "cut", tmp_path / "x.gguf")
+
+
+def test_hangar_create_from_a_checkpoint_folder(tmp_path: Path) -> None:
+    """`FROM ./folder` of safetensors: converted, quantized, and the model answers."""
+    build("llama3", tmp_path / "ckpt")
+    (tmp_path / "Modelfile").write_text("FROM ./ckpt\nPARAMETER temperature 0\nPARAMETER num_predict 4\n")
+    env = {**os.environ, "HANGAR_HOME": str(tmp_path / "home"), "HANGAR_HOST": "127.0.0.1:9"}
+    env.pop("HANGAR_MODELS", None)
+
+    def hangar(*args: str) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run([sys.executable, "-m", "client.cli", *args], env=env, capture_output=True, text=True,
+                           cwd=REPO_ROOT)  # fmt: skip
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r
+
+    out = hangar("create", "converted", "-f", str(tmp_path / "Modelfile"), "-q", "q8_0").stdout
+    assert "converting model" in out and "quantizing F32 model to Q8_0" in out and out.rstrip().endswith("success")
+    shown = hangar("show", "converted").stdout
+    assert "architecture        llama" in shown and "quantization        Q8_0" in shown
+    from llama_cpp import Llama
+
+    from client.config import load
+    from client.model_info import inspect
+    from client.store import Store
+    from registry.oci.names import ModelName
+
+    store = Store(load({"HANGAR_HOME": str(tmp_path / "home")}).models)
+    info = inspect(store, store.get(ModelName.parse("converted")))
+    assert info.gguf["tokenizer.chat_template"] == CHAT_TEMPLATE  # the checkpoint's template came along
+    llm = Llama(str(info.model_path), n_ctx=64, verbose=False)
+    try:
+        done = llm.create_completion("Hello", max_tokens=4, temperature=0)
+        assert done["usage"]["completion_tokens"] >= 1 and done["usage"]["prompt_tokens"] >= 2
+        assert llm.n_vocab() == json.loads((tmp_path / "ckpt" / "config.json").read_text())["vocab_size"]
+    finally:
+        llm.close()
+
+
+def test_hangar_create_converts_a_safetensors_adapter(tmp_path: Path) -> None:
+    """ADAPTER ./folder (PEFT safetensors) over a GGUF base: the adapter is converted using the base
+    GGUF's shape, and becomes the model's adapter layer."""
+    import torch
+    from safetensors.torch import save_file
+
+    model = build("mistral", tmp_path / "ckpt")
+    convert_model(tmp_path / "ckpt", tmp_path / "base.gguf")
+    (tmp_path / "ad").mkdir()
+    weights = {}
+    for i, layer in enumerate(model.model.layers):
+        for proj in ("q_proj", "k_proj"):
+            linear = getattr(layer.self_attn, proj)
+            prefix = f"base_model.model.model.layers.{i}.self_attn.{proj}"
+            weights[f"{prefix}.lora_A.weight"] = torch.randn(2, linear.in_features)
+            weights[f"{prefix}.lora_B.weight"] = torch.randn(linear.out_features, 2)
+    save_file(weights, str(tmp_path / "ad" / "adapter_model.safetensors"))
+    (tmp_path / "ad" / "adapter_config.json").write_text(json.dumps({"r": 2, "lora_alpha": 2}))
+    (tmp_path / "Modelfile").write_text("FROM ./base.gguf\nADAPTER ./ad\n")
+    env = {**os.environ, "HANGAR_HOME": str(tmp_path / "home"), "HANGAR_HOST": "127.0.0.1:9"}
+    env.pop("HANGAR_MODELS", None)
+    r = subprocess.run(
+        [sys.executable, "-m", "client.cli", "create", "adapted", "-f", str(tmp_path / "Modelfile")],
+        env=env, capture_output=True, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "converting adapter" in r.stdout
+    from client.config import load
+    from client.store import Store
+    from registry.oci import mediatypes as mt
+    from registry.oci.names import ModelName
+
+    store = Store(load({"HANGAR_HOME": str(tmp_path / "home")}).models)
+    layers = store.get(ModelName.parse("adapted")).manifest.layers
+    assert [d.media_type for d in layers] == [mt.OLLAMA_MODEL, mt.OLLAMA_ADAPTER]
+    meta = read_gguf_metadata(store.blob_path(layers[1].digest), max_array=0)[0]
+    assert (meta["general.type"], meta["adapter.type"], meta["adapter.lora.alpha"]) == ("adapter", "lora", 2.0)
+    # llama.cpp accepts it on the base model, and it changes the logits.
+    adapted = llama_cpp_logits(store.blob_path(layers[0].digest), IDS[:4], lora=store.blob_path(layers[1].digest))
+    plain = llama_cpp_logits(store.blob_path(layers[0].digest), IDS[:4])
+    assert adapted.shape == plain.shape == (4, model.config.vocab_size)
+    assert not np.allclose(adapted, plain, atol=1e-3)
