@@ -309,7 +309,8 @@ class Accounts:
     # -- sign-up and invites -------------------------------------------------------------------
 
     def create_invite(self, ttl: float = 7 * 86400) -> str:
-        code = secrets.token_urlsafe(12)
+        # Hex, not urlsafe base64: a code starting with "-" reads as an option on any command line.
+        code = secrets.token_hex(12)
         with self._write() as conn:
             conn.execute(
                 insert(_invite).values(

@@ -123,6 +123,19 @@ def test_invite_only_signup(invite_registry: RegistryProcess, tmp_path: Path) ->
     assert {r.outcome for r in audit_rows(invite_registry, action="signup")} == {"ok", "denied"}
 
 
+def test_invite_codes_are_safe_as_command_line_arguments(tmp_path: Path, database_factory) -> None:  # type: ignore[no-untyped-def]
+    # A code beginning with "-" was once read by argparse as an option (about 1 in 64 codes).
+    proc = RegistryProcess(tmp_path / "data", database_factory("sqlite"), "--auth", "required", "--signup", "invite")
+    proc.start()
+    try:
+        accounts = accounts_of(proc)
+        codes = [accounts.create_invite() for _ in range(300)]
+    finally:
+        proc.stop()
+    assert all(re.fullmatch(r"[0-9a-f]{24}", code) for code in codes), codes
+    assert len(set(codes)) == len(codes)
+
+
 def test_closed_signup_and_admin_created_users(tmp_path: Path, database_factory) -> None:  # type: ignore[no-untyped-def]
     proc = RegistryProcess(tmp_path / "data", database_factory("sqlite"), "--auth", "required", "--signup", "closed")
     proc.start()
