@@ -106,8 +106,12 @@ def _transfer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _context() -> tuple[ClientSettings, Store]:
+    from client.manage import settle_store
+
     settings = load()
-    return settings, Store(settings.models)
+    store = Store(settings.models)
+    settle_store(store, lambda line: print(line, file=sys.stderr))
+    return settings, store
 
 
 def _name(store: Store, settings: ClientSettings, text: str) -> ModelName:

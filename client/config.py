@@ -18,7 +18,12 @@
     concurrency = 4                 # parallel parts per blob
     part_size = "64MiB"
     max_rate = "50MB"               # bytes per second, optional
-    fsync = true                    # flush a pulled blob to disk before it becomes visible
+    fsync = "deferred"              # when a pulled blob is flushed to disk, see below
+
+``fsync``: ``"deferred"`` (the default) publishes a verified blob at once and lets the kernel write
+it back, re-verifying it should the machine restart first (see client.store); ``true`` flushes
+every blob before it becomes visible (slower on slow disks); ``false`` never flushes (a power cut
+can leave a damaged blob under its digest).
 """
 
 from __future__ import annotations
@@ -28,12 +33,19 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from registry.oci.names import DEFAULT_HOST
 
 DEFAULT_CONCURRENCY = 4
 DEFAULT_PART_SIZE = 64 * 1024 * 1024
+
+FsyncMode = Literal["before", "deferred", "off"]
+_FSYNC_VALUES: dict[object, FsyncMode] = {
+    True: "before", "true": "before", "before": "before",
+    "deferred": "deferred",
+    False: "off", "false": "off", "off": "off",
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -54,8 +66,8 @@ class ClientSettings:
     concurrency: int = DEFAULT_CONCURRENCY
     part_size: int = DEFAULT_PART_SIZE
     max_rate: int | None = None
-    # Durability of pulled blobs across a power cut; off trades it for speed on fast links.
-    fsync: bool = True
+    # When pulled blobs are flushed to disk (see the module's docstring).
+    fsync: FsyncMode = "deferred"
 
     def registry(self, host: str) -> RegistrySettings:
         return self.registries.get(host.lower(), RegistrySettings())
@@ -85,8 +97,15 @@ def load(env: Mapping[str, str] | None = None) -> ClientSettings:
         concurrency=int(transfer.get("concurrency", DEFAULT_CONCURRENCY)),
         part_size=parse_size(str(transfer.get("part_size", DEFAULT_PART_SIZE))),
         max_rate=parse_size(str(transfer["max_rate"])) if transfer.get("max_rate") else None,
-        fsync=bool(transfer.get("fsync", True)),
+        fsync=_fsync_mode(transfer.get("fsync", "deferred"), home / "config.toml"),
     )
+
+
+def _fsync_mode(value: object, path: Path) -> FsyncMode:
+    mode = _FSYNC_VALUES.get(value.lower() if isinstance(value, str) else value)
+    if mode is None:
+        raise ValueError(f'{path}: [transfer] fsync must be "deferred", true or false, not {value!r}')
+    return mode
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

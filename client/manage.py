@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.store import LocalModel, Store
+from client.progress import human_size
+from client.store import LocalModel, SettleReport, Store
 from registry.oci.digest import Digest, InvalidDigest
 from registry.oci.names import ModelName
 
@@ -103,3 +105,18 @@ def prune(store: Store, plan: PrunePlan) -> PrunePlan:
                 path.unlink()
                 done.partials.append((path, size))
     return done
+
+
+def settle_store(store: Store, say: Callable[[str], None]) -> SettleReport:
+    """Run :meth:`Store.settle`, telling the user about the slow part (re-checking blobs pulled
+    just before the machine restarted) and about any blob it had to remove."""
+
+    def checking(digest: Digest, size: int) -> None:
+        say(f"checking {digest.short} ({human_size(size)}): pulled just before this machine restarted")
+
+    report = store.settle(on_verify=checking)
+    for digest in report.removed:
+        users = [m.name.display() for m in store.models() if any(d.digest == digest for d in m.manifest.blobs())]
+        again = f"`hangar pull {' '.join(users)}` fetches it again" if users else "no model uses it"
+        say(f"removed {digest.short}: the restart came before it reached the disk and it is damaged; {again}")
+    return report

@@ -2,9 +2,11 @@
 
 A blob is fetched as parallel ``Range`` parts written at their offsets into
 ``blobs/sha256-<hex>-partial``. Which bytes of each part are on disk is saved in
-``sha256-<hex>-partial.json`` (after the data is flushed), so a pull stopped by Ctrl-C, kill -9,
-a reboot, a registry restart or a network cut resumes where it stopped. Writeback to disk starts as
-each part completes, and the file is fsynced before it is renamed into place.
+``sha256-<hex>-partial.json`` (the page cache outlives a killed process), so a pull stopped by Ctrl-C, kill -9,
+a reboot, a registry restart or a network cut resumes where it stopped. By default the verified
+file is renamed into place without waiting for the disk, behind a durable marker that has it
+re-verified after a crash of the machine (``fsync = "deferred"``, see client.store); with
+``fsync = true`` writeback starts as each part completes and the file is fsynced before the rename.
 
 Verification, twice over:
 
@@ -42,7 +44,7 @@ import httpx
 
 from client import errors
 from client.auth import bearer_token
-from client.config import ClientSettings
+from client.config import ClientSettings, FsyncMode
 from client.http import make_client, make_data_session, registry_url, send
 from client.store import LocalModel, Store
 from client.transfer import (
@@ -68,6 +70,9 @@ STATE_VERSION = 2
 SAVE_EVERY = 1.0  # seconds between part-state saves
 IO_CHUNK = 4 * 1024 * 1024  # bytes per disk write and per hashing read
 CHUNK_ATTEMPTS = 3  # a chunk that fails its digest this often is bad on the registry
+# Smaller blobs are flushed before they are published even when flushing is deferred: their
+# fsync costs no more than writing the marker would.
+DEFER_FLUSH_MIN = 1024 * 1024
 
 
 @dataclass
@@ -147,7 +152,7 @@ async def _pull_from(
                     progress(Progress(f"pulling {desc.digest.short}", str(desc.digest), desc.size, desc.size))
                     continue
                 download = BlobDownload(http, data, store, base, name.repository, desc, limiter, progress)
-                download.durable = settings.fsync
+                download.fsync = settings.fsync
                 await download.run(concurrency, options.part_size or settings.part_size)
                 fetched += download.bytes_fetched
             progress(Progress("verifying sha256 digest"))
@@ -209,7 +214,7 @@ class BlobDownload:
         self.state_path = self.partial.with_name(self.partial.name + ".json")
         self.parts: list[ChunkPart] = []
         self.bytes_fetched = 0
-        self.durable = True  # fsync before publishing
+        self.fsync: FsyncMode = "deferred"  # when the data is flushed (see client.config)
         self._fd = -1
         self._source: tuple[str, bool] = (self.blob_url, True)
         self._source_generation = 0
@@ -247,12 +252,13 @@ class BlobDownload:
                     finally:
                         hasher.cancel()
                     await self._repair(fd, view, whole, concurrency, direct)
-                if self.durable:
+                deferred = self.fsync == "deferred" and self.desc.size >= DEFER_FLUSH_MIN
+                if self.fsync == "before" or (self.fsync == "deferred" and not deferred):
                     os.fsync(fd)  # the data is durable before its name is
             finally:
                 os.close(fd)
             self._report(force=True)
-            self.store.publish_blob(Path(self.partial), self.digest)
+            self.store.publish_blob(Path(self.partial), self.digest, deferred=deferred)
             with contextlib.suppress(FileNotFoundError):
                 self.state_path.unlink()
 
@@ -444,7 +450,7 @@ class BlobDownload:
                         "Run the pull again to resume from here."
                     ) from None
                 await asyncio.sleep(backoff(failures))
-        if self.durable:
+        if self.fsync == "before":
             start_writeback(self._fd, part.offset, part.size)
         self._progressed.set()
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import re
 import socket
 from collections.abc import AsyncIterator
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -23,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from client.config import ClientSettings
 from client.config import load as load_client
+from client.manage import settle_store
 from runtime.api import routes
 from runtime.config import RuntimeSettings
 from runtime.config import load as load_runtime
@@ -115,7 +118,9 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sched = scheduler or Scheduler(settings)
-        app.state.service = Service(settings, client_settings, sched)
+        service = app.state.service = Service(settings, client_settings, sched)
+        # Blobs pulled just before a crash of the machine are checked before any is loaded.
+        await anyio.to_thread.run_sync(settle_store, service.store, logging.getLogger("hangar.runtime").warning)
         try:
             yield
         finally:

@@ -122,6 +122,12 @@ class Service:
     def spec(self, resolved: Resolved, options: dict[str, Any], *, embedding: bool) -> LoadSpec:
         if resolved.info.model_path is None:
             raise ApiError(400, f'"{resolved.requested}" has no model weights to load')
+        files = [resolved.info.model_path, *resolved.info.adapters, *resolved.info.projectors]
+        missing = [p.name for p in files if not p.exists()]
+        if missing:  # removed by hand, or found damaged after a crash (see client.store)
+            raise ApiError(
+                404, f'model "{resolved.requested}" is incomplete ({", ".join(missing)} missing), try pulling it again'
+            )
         return LoadSpec(
             model_path=str(resolved.info.model_path),
             adapters=tuple(str(p) for p in resolved.info.adapters),
