@@ -11,8 +11,8 @@ curl and skopeo against the reference registry (CNCF distribution); writes docs/
   the reference registry.
 
 Every command is a fresh process, as a user runs it, started after ``sync`` so that none pays for
-the writeback of the one before; each run measures every pull figure in turn,
-starting with a different one; medians reported.
+the writeback of the one before; all pushes first, then all pulls, the pull figures in a
+different order each run; medians reported.
 Usage: python bench/pull_push.py [--runs N] [--size-mib N]
 """
 
@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -85,11 +86,11 @@ def skopeo_pull(url: str, repo: str, dest: Path) -> float:
 
 
 def pull_figures(work: Path, name: str, blob_url: str, ref_url: str, digest: str) -> list[Callable[[], float]]:
-    """One timed pull of each kind, each cleaning up after itself; named as reported."""
+    """One timed pull of each kind, each removing what it wrote; named as reported."""
     work.mkdir(parents=True)
 
     def hangar_pull(fsync: str | None) -> float:
-        home = work / f"hangar-{fsync}"
+        home = work / f"hangar-{fsync or 'default'}"
         home.mkdir()
         if fsync:
             (home / "config.toml").write_text(f"[transfer]\nfsync = {fsync}\n")
@@ -106,7 +107,7 @@ def pull_figures(work: Path, name: str, blob_url: str, ref_url: str, digest: str
 
     def skopeo() -> float:
         seconds = skopeo_pull(ref_url, "bench/skopeo", work / "skopeo")
-        shutil.rmtree(work / "skopeo", ignore_errors=True)
+        shutil.rmtree(work / "skopeo")
         return seconds
 
     def named(label: str, fn: Callable[[], float]) -> Callable[[], float]:
@@ -170,8 +171,10 @@ def main() -> int:
              f"{ref_url}/v2/bench/skopeo/manifests/v1")  # fmt: skip
 
         create_model(alice, f"127.0.0.1:{port}/alice/model", blob)
+        # Pushes first, then pulls: a pull right after a 1 GiB push on the same disk was a third
+        # slower (the push's writes and freed blocks were still being dealt with).
         for run in range(args.runs):
-            print(f"run {run + 1}/{args.runs}", flush=True)
+            print(f"push {run + 1}/{args.runs}", flush=True)
             name = f"127.0.0.1:{port}/alice/model{run}"
             hangar(alice, "cp", f"127.0.0.1:{port}/alice/model", name)  # a new repository: a full upload
             results.setdefault("hangar push", []).append(size / hangar(alice, "push", name) / MiB)
@@ -179,11 +182,17 @@ def main() -> int:
             results.setdefault("curl PATCH", []).append(
                 size / push_chunked(ref_url, f"bench/curl{run}", chunks, digest) / MiB
             )
+        os.sync()
+        time.sleep(10)
+        for run in range(args.runs):
+            print(f"pull {run + 1}/{args.runs}", flush=True)
+            name = f"127.0.0.1:{port}/alice/model{run}"
             blob_url = f"{ref_url}/v2/bench/curl{run}/blobs/{digest}"
             pulls = pull_figures(work / str(run), name, blob_url, ref_url, digest)
-            # The first pull after the pushes finds memory the machine has not touched lately and
-            # pays for it (a VM's first touch): rotate which figure goes first.
-            for figure in pulls[run % len(pulls) :] + pulls[: run % len(pulls)]:
+            # What one figure leaves behind (memory to reclaim, blocks to trim) slows the next on
+            # this machine: a different order each run, so no figure always follows the same one.
+            random.Random(run).shuffle(pulls)
+            for figure in pulls:
                 results.setdefault(figure.__name__, []).append(size / figure() / MiB)
 
     med = {k: statistics.median(v) for k, v in results.items()}
@@ -194,8 +203,8 @@ def main() -> int:
         f"`python bench/pull_push.py --runs {args.runs} --size-mib {args.size_mib}`, {time.strftime('%Y-%m-%d')}, "
         f"{machine()}. `hangar` against `hangar registry serve --workers 2` (SQLite, token auth, a signed-in "
         "user); curl and skopeo against Debian's docker-registry 2.8 (filesystem). Every command a fresh "
-        "process started after `sync`; each run measures every pull figure in turn, starting with a different "
-        f"one; medians of {args.runs}. Pulls write to files on the "
+        "process started after `sync`; all pushes, then all pulls, the pull figures in a different order each run; "
+        f"medians of {args.runs}. Pulls write to files on the "
         "same disk; `hangar pull` verifies the sha256 before the blob becomes visible (and by default lets the "
         "kernel write it back, see docs/client.md); curl does not verify, skopeo does.",
         "",
