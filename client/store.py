@@ -252,13 +252,11 @@ class Store:
 
     def _mark_unflushed(self, digest: Digest) -> None:
         self.unflushed_dir.mkdir(parents=True, exist_ok=True)
-        marker = self.unflushed_dir / digest.filename
-        tmp = marker.with_name(f".{marker.name}.{os.getpid()}")
-        with open(tmp, "w") as f:
-            f.write(f"{self.boot_id}\n")
+        with self.temp_file() as (tmp, f):  # a crash leaves a temp file, which prune removes
+            f.write(f"{self.boot_id}\n".encode())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, marker)
+            os.replace(tmp, self.unflushed_dir / digest.filename)
         _fsync_path(self.unflushed_dir)  # the marker is on disk before the blob has its name
 
     def unflushed(self) -> list[Digest]:

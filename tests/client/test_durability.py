@@ -12,10 +12,10 @@ import httpx
 import pytest
 
 from client.config import load
-from client.manage import settle_store
+from client.manage import remove_models, settle_store
 from client.pull import DEFER_FLUSH_MIN, pull
 from client.push import push
-from client.store import Store, current_boot_id
+from client.store import SettleReport, Store, current_boot_id
 from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest
 from registry.oci.manifest import Descriptor, Manifest
@@ -92,6 +92,17 @@ def test_deferred_pull_marks_large_blobs_and_settle_flushes_them_later(reference
     assert young.flushed == [] and store.unflushed() == weights
     settled = store.settle(min_age=0)
     assert settled.flushed == weights and settled.removed == [] and store.unflushed() == []
+
+
+def test_settle_forgets_markers_of_removed_blobs(reference_registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    name = published(reference_registry, tmp_path, "durable/removed", (2 * DEFER_FLUSH_MIN,))
+    store, _ = pull_into(home_with(tmp_path, "bob"), name)
+    weights = weights_of(store, name)
+    assert store.unflushed() == weights
+    as_if_restarted(store)
+    assert remove_models(store, [name]).blobs  # hangar rm, before anything settled
+    report = store.settle()
+    assert report == SettleReport() and store.unflushed() == []  # nothing left to check
 
 
 @pytest.mark.parametrize("setting", ["true", "false"])
