@@ -6,6 +6,7 @@ optional API key (``HANGAR_API_KEY``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import json
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from client.config import ClientSettings
 from client.config import load as load_client
 from client.manage import settle_store
+from client.store import SETTLE_AFTER
 from runtime.api import routes
 from runtime.config import RuntimeSettings
 from runtime.config import load as load_runtime
@@ -107,6 +109,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return Response(json.dumps({"error": f"internal error: {exc}"}), status_code=500, media_type="application/json")
 
 
+SETTLE_EVERY = SETTLE_AFTER  # seconds between settling the store's deferred flushes
+
+
 def create_app(
     settings: RuntimeSettings | None = None,
     client_settings: ClientSettings | None = None,
@@ -119,11 +124,22 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sched = scheduler or Scheduler(settings)
         service = app.state.service = Service(settings, client_settings, sched)
+        say = logging.getLogger("hangar.runtime").warning
         # Blobs pulled just before a crash of the machine are checked before any is loaded.
-        await anyio.to_thread.run_sync(settle_store, service.store, logging.getLogger("hangar.runtime").warning)
+        await anyio.to_thread.run_sync(settle_store, service.store, say)
+
+        async def settle_periodically() -> None:
+            # Flushes what pulls deferred once the kernel has written it back, so that a reboot
+            # finds few markers to re-verify.
+            while True:
+                await asyncio.sleep(SETTLE_EVERY)
+                await anyio.to_thread.run_sync(settle_store, service.store, say)
+
+        settler = asyncio.create_task(settle_periodically())
         try:
             yield
         finally:
+            settler.cancel()
             await sched.close()
 
     return Starlette(

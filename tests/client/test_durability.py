@@ -6,24 +6,28 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from starlette.testclient import TestClient
 
 from client.config import load
 from client.manage import remove_models, settle_store
 from client.pull import DEFER_FLUSH_MIN, pull
 from client.push import push
-from client.store import SettleReport, Store, current_boot_id
+from client.store import SETTLE_AFTER, SettleReport, Store, current_boot_id
 from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest
 from registry.oci.manifest import Descriptor, Manifest
 from registry.oci.names import ModelName
+from runtime import app as runtime_app
+from runtime.config import load as load_runtime
 from tests.client.conftest import make_model
 from tests.client.test_cli import hangar
 from tests.client.test_integrity import flip
-from tests.servers import RuntimeProcess
+from tests.servers import RuntimeProcess, wait_until
 
 pytestmark = pytest.mark.skipif(current_boot_id() is None, reason="needs Linux's boot id")
 
@@ -176,3 +180,22 @@ def test_the_runtime_checks_the_store_before_serving(reference_registry, tmp_pat
         )
     finally:
         runtime.stop()
+
+
+def test_the_runtime_flushes_deferred_blobs_while_it_runs(
+    reference_registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    name = published(reference_registry, tmp_path, "durable/daemon", (2 * DEFER_FLUSH_MIN,))
+    bob = home_with(tmp_path, "bob")
+    store, _ = pull_into(bob, name)
+    [weights] = weights_of(store, name)
+    marker = store.unflushed_dir / weights.filename
+    monkeypatch.setattr(runtime_app, "SETTLE_EVERY", 0.2)
+    app = runtime_app.create_app(load_runtime({}), load({"HANGAR_HOME": str(bob)}))
+    with TestClient(app):
+        time.sleep(0.5)
+        assert marker.exists()  # too young at start and since: the kernel may not have written it yet
+        long_ago = time.time() - 2 * SETTLE_AFTER
+        os.utime(marker, (long_ago, long_ago))
+        wait_until(lambda: not marker.exists(), 10, "the runtime to flush the deferred blob")
+    assert store.has_blob(weights)
