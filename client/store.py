@@ -281,15 +281,13 @@ class Store:
         report = SettleReport()
         for digest in self.unflushed():
             marker = self.unflushed_dir / digest.filename
-            try:
-                boot = marker.read_text().strip()
-                age = time.time() - marker.stat().st_mtime
-            except FileNotFoundError:
-                continue  # another process settled it
             blob = self.blob_path(digest)
             with self.lock(f"blob-{digest.hex}"):
-                if not marker.exists():
-                    continue
+                try:
+                    boot = marker.read_text().strip()
+                    age = time.time() - marker.stat().st_mtime
+                except FileNotFoundError:
+                    continue  # another process settled it
                 if not blob.exists():
                     pass  # deleted since (rm, prune): nothing to check
                 elif boot == self.boot_id:
