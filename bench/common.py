@@ -59,6 +59,11 @@ class Server:
             raise RuntimeError(f"{e}; its log:\n{self.log.read_text()[-2000:]}") from None
         return self
 
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
     def __exit__(self, *exc: object) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -88,6 +93,23 @@ def reference_registry(data: Path) -> tuple[Server, str]:
     env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
     server = Server(["docker-registry", "serve", str(config)], f"http://127.0.0.1:{port}/v2/", data / "log", env)
     return server, f"http://127.0.0.1:{port}"
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a process and its live descendants (Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        p = pending.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        pending.extend(int(c) for c in children)
+    return total
 
 
 def timed(fn: Callable[[], object]) -> float:

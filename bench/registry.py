@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import OUT, MiB, hangar_registry, machine, reference_registry, write_section
+from bench.common import OUT, GiB, MiB, hangar_registry, machine, process_tree_cpu, reference_registry, write_section
 
 CHUNK = 64 * MiB
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
@@ -51,6 +51,7 @@ def absolute(base: str, location: str) -> str:
 
 
 def push_chunked(base: str, repo: str, chunks: list[Path], digest: str) -> float:
+    os.sync()  # no figure pays for the writeback of the one before
     start = time.perf_counter()
     r = curl("-X", "POST", "-D", "-", "-o", "/dev/null", f"{base}/v2/{repo}/blobs/uploads/")
     location = absolute(base, header(r.stdout, "Location"))
@@ -78,16 +79,20 @@ def upload_small(base: str, repo: str, data: bytes, digest: str) -> None:
 
 def pull_single(url: str, dest: Path) -> float:
     dest.unlink(missing_ok=True)
+    os.sync()
     start = time.perf_counter()
     curl("-o", str(dest), url)
     return time.perf_counter() - start
 
 
-def pull_discard(url: str) -> float:
-    """The server's side of a pull alone: the bytes go to /dev/null."""
+def pull_discard(url: str, server_pid: int) -> tuple[float, float]:
+    """The server's side of a pull alone: the bytes go to /dev/null. Returns the seconds taken and
+    the CPU seconds the server spent (steadier than throughput on a shared machine)."""
+    os.sync()
+    cpu = process_tree_cpu(server_pid)
     start = time.perf_counter()
     curl("-o", "/dev/null", url)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, process_tree_cpu(server_pid) - cpu
 
 
 def pull_ranges(url: str, dest: Path, size: int, n: int = 4) -> float:
@@ -95,6 +100,7 @@ def pull_ranges(url: str, dest: Path, size: int, n: int = 4) -> float:
     paths = [dest.with_name(f"{dest.name}.{i}") for i in range(n)]
     for p in paths:
         p.unlink(missing_ok=True)
+    os.sync()
 
     def one(i: int) -> None:
         last = min(size, (i + 1) * part) - 1
@@ -151,6 +157,10 @@ def split(path: Path, size: int) -> list[Path]:
     return chunks
 
 
+def digits(key: str) -> int | None:
+    return 2 if key == "server_cpu" else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3)
@@ -185,6 +195,7 @@ def main() -> int:
     results: dict[str, dict[str, list[float]]] = {"hangar": {}, "reference": {}}
     with hangar_server, ref_server:
         targets = {"hangar": hangar_url, "reference": ref_url}
+        servers = {"hangar": hangar_server.pid, "reference": ref_server.pid}
         for run in range(args.runs):
             order = list(targets.items()) if run % 2 == 0 else list(reversed(targets.items()))
             for who, base in order:
@@ -194,7 +205,9 @@ def main() -> int:
                 r.setdefault("push", []).append(size / push_chunked(base, repo, chunks, digest) / MiB)
                 blob_url = f"{base}/v2/{repo}/blobs/{digest}"
                 r.setdefault("pull", []).append(size / pull_single(blob_url, work / f"{who}.out") / MiB)
-                r.setdefault("pull_null", []).append(size / pull_discard(blob_url) / MiB)
+                seconds, cpu = pull_discard(blob_url, servers[who])
+                r.setdefault("pull_null", []).append(size / seconds / MiB)
+                r.setdefault("server_cpu", []).append(cpu / (size / GiB))
                 r.setdefault("pull4", []).append(size / pull_ranges(blob_url, work / f"{who}.out", size) / MiB)
                 upload_small(base, repo, config, config_digest)
                 curl("-X", "PUT", "-o", "/dev/null", "-H", f"Content-Type: {MANIFEST_TYPE}",
@@ -223,7 +236,8 @@ def main() -> int:
         "--auth off` (SQLite + filesystem; no authentication, as the reference is configured); reference: "
         "Debian's docker-registry 2.8 (CNCF distribution), filesystem storage on the same disk. Same clients "
         "for both (curl, wrk, hey); runs alternate which registry goes first; medians of "
-        f"{args.runs}. Blobs warm in the page cache for pulls; pulls write to files on the same disk.",
+        f"{args.runs}; `sync` before each transfer. Blobs warm in the page cache for pulls; pulls write to files on "
+        "the same disk.",
         "",
         "| figure | Hangar | reference | ratio | target |",
         "|---|---:|---:|---:|---|",
@@ -232,10 +246,17 @@ def main() -> int:
         ours = statistics.median(results["hangar"][key])
         ref = statistics.median(results["reference"][key])
         lines.append(f"| {label} | {ours:,.0f} {unit} | {ref:,.0f} {unit} | {ours / ref:.2f}× | ≥ 1.0× |")
+    ours_cpu = statistics.median(results["hangar"]["server_cpu"])
+    ref_cpu = statistics.median(results["reference"]["server_cpu"])
+    lines.append(
+        f"| server CPU per GiB sent (one GET → /dev/null; less is better) | {ours_cpu:.2f} s | {ref_cpu:.2f} s "
+        f"| reference / Hangar = {ref_cpu / ours_cpu:.2f}× | |"
+    )
     lines.append("")
     lines.append("All runs (Hangar / reference): " + "; ".join(
-        f"{key}: {[round(v) for v in results['hangar'][key]]} / {[round(v) for v in results['reference'][key]]}"
-        for _, key, _ in rows))  # fmt: skip
+        f"{key}: {[round(v, digits(key)) for v in results['hangar'][key]]} / "
+        f"{[round(v, digits(key)) for v in results['reference'][key]]}"
+        for key in [k for _, k, _ in rows] + ["server_cpu"]))  # fmt: skip
     body = "\n".join(lines)
     print(body)
     write_section("registry", body)
