@@ -65,6 +65,7 @@ class SettleReport:
     flushed: list[Digest] = field(default_factory=list)  # marked in this boot, now on disk
     verified: list[Digest] = field(default_factory=list)  # marked in an earlier boot, intact
     removed: list[Digest] = field(default_factory=list)  # marked in an earlier boot, damaged: deleted
+    skipped: list[Digest] = field(default_factory=list)  # not ours to touch (permissions)
 
 
 @dataclass(frozen=True)
@@ -280,33 +281,41 @@ class Store:
         ``min_age`` seconds. Safe to run from several processes at once."""
         report = SettleReport()
         for digest in self.unflushed():
-            marker = self.unflushed_dir / digest.filename
-            blob = self.blob_path(digest)
-            with self.lock(f"blob-{digest.hex}"):
-                try:
-                    boot = marker.read_text().strip()
-                    age = time.time() - marker.stat().st_mtime
-                except FileNotFoundError:
-                    continue  # another process settled it
-                if not blob.exists():
-                    pass  # deleted since (rm, prune): nothing to check
-                elif boot == self.boot_id:
-                    if age < min_age:
-                        continue
-                    _fsync_path(blob)
-                    report.flushed.append(digest)
-                else:
-                    if on_verify is not None:
-                        on_verify(digest, blob.stat().st_size)
-                    if Digest.of_file(blob) == digest:
-                        _fsync_path(blob)
-                        report.verified.append(digest)
-                    else:
-                        self.delete_blob(digest)
-                        report.removed.append(digest)
-                with contextlib.suppress(FileNotFoundError):
-                    marker.unlink()
+            try:
+                self._settle_one(digest, min_age, on_verify, report)
+            except PermissionError:
+                report.skipped.append(digest)  # another user's store: theirs to settle
         return report
+
+    def _settle_one(
+        self, digest: Digest, min_age: float, on_verify: Callable[[Digest, int], None] | None, report: SettleReport
+    ) -> None:
+        marker = self.unflushed_dir / digest.filename
+        blob = self.blob_path(digest)
+        with self.lock(f"blob-{digest.hex}"):
+            try:
+                boot = marker.read_text().strip()
+                age = time.time() - marker.stat().st_mtime
+            except FileNotFoundError:
+                return  # another process settled it
+            if not blob.exists():
+                pass  # deleted since (rm, prune): nothing to check
+            elif boot == self.boot_id:
+                if age < min_age:
+                    return
+                _fsync_path(blob)
+                report.flushed.append(digest)
+            else:
+                if on_verify is not None:
+                    on_verify(digest, blob.stat().st_size)
+                if Digest.of_file(blob) == digest:
+                    _fsync_path(blob)
+                    report.verified.append(digest)
+                else:
+                    self.delete_blob(digest)
+                    report.removed.append(digest)
+            with contextlib.suppress(FileNotFoundError):
+                marker.unlink()
 
     def _publish(self, path: Path, digest: Digest) -> None:
         os.chmod(path, 0o644)

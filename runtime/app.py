@@ -133,7 +133,10 @@ def create_app(
             # finds few markers to re-verify.
             while True:
                 await asyncio.sleep(SETTLE_EVERY)
-                await anyio.to_thread.run_sync(settle_store, service.store, say)
+                try:
+                    await anyio.to_thread.run_sync(settle_store, service.store, say)
+                except OSError as e:  # a full or failing disk: say so, try again later
+                    say(f"could not settle the model store: {e}")
 
         settler = asyncio.create_task(settle_periodically())
         try:

@@ -5,6 +5,7 @@ deferred blob names another boot, and the blob may be damaged."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -107,6 +108,24 @@ def test_settle_forgets_markers_of_removed_blobs(reference_registry, tmp_path: P
     assert remove_models(store, [name]).blobs  # hangar rm, before anything settled
     report = store.settle()
     assert report == SettleReport() and store.unflushed() == []  # nothing left to check
+
+
+def test_settle_skips_markers_it_may_not_touch(
+    reference_registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    # A store shared with another user whose lock files we cannot open (tests run as root, so
+    # the refusal is injected where the operating system would raise it).
+    name = published(reference_registry, tmp_path, "durable/shared", (2 * DEFER_FLUSH_MIN,))
+    store, _ = pull_into(home_with(tmp_path, "bob"), name)
+    weights = weights_of(store, name)
+    as_if_restarted(store)
+
+    def refused(key: str) -> contextlib.AbstractContextManager[None]:
+        raise PermissionError(13, "Permission denied", str(store.locks_dir / f"{key}.lock"))
+
+    monkeypatch.setattr(store, "lock", refused)
+    assert store.settle() == SettleReport(skipped=weights)
+    assert store.unflushed() == weights and store.has_blob(weights[0])  # left for its owner
 
 
 @pytest.mark.parametrize("setting", ["true", "false"])
