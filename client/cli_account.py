@@ -7,11 +7,17 @@ import argparse
 import socket
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from client import errors, keys
-from client.account import AccountClient, registry_base
+from client import errors
 from client.config import load
 from registry.config import parse_duration
+
+if TYPE_CHECKING:
+    from client.account import AccountClient
+
+# client.keys and client.account (cryptography, httpx, aiohttp) are imported where they are
+# used: every hangar command builds this parser, and most of them never sign anything.
 
 APPROVAL_POLL = 2.0
 APPROVAL_WAIT = 15 * 60.0
@@ -99,6 +105,9 @@ def _registry_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def _client(args: argparse.Namespace, *, create_key: bool = False) -> AccountClient:
+    from client import keys
+    from client.account import AccountClient, registry_base
+
     settings = load()
     path = Path(args.key).expanduser() if args.key else settings.key_path
     if create_key:
@@ -155,6 +164,8 @@ def _whoami(args: argparse.Namespace) -> int:
 
 
 def _keys_show(args: argparse.Namespace) -> int:
+    from client import keys
+
     path = Path(args.key).expanduser() if args.key else load().key_path
     identity, created = keys.load_or_create(path)
     print(identity.public_line)

@@ -12,9 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from client import errors
 from client.config import load
@@ -23,6 +21,9 @@ from client.progress import ProgressView
 from client.store import Store
 from client.transfer import Progress, ProgressCallback
 from registry.oci.digest import Digest
+
+if TYPE_CHECKING:
+    import httpx
 from registry.oci.modelfile import Modelfile, parse
 
 UNSUPPORTED_PATTERNS = ("pytorch_model*.bin", "consolidated*.pth")
@@ -182,6 +183,8 @@ def _create_local(args: argparse.Namespace, gathered: Gathered, progress: Progre
 def _create_remote(
     base: str, headers: dict[str, str], args: argparse.Namespace, gathered: Gathered, progress: ProgressCallback
 ) -> None:
+    import httpx  # here: every hangar command builds this module's parser
+
     with httpx.Client(base_url=base, headers=headers, timeout=None) as client:
 
         def upload(paths: dict[str, Path]) -> dict[str, Digest]:

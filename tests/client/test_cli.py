@@ -91,3 +91,16 @@ def test_ctrl_c_stops_a_pull_and_says_it_will_resume(registry, tmp_path: Path) -
     assert "run the same command again to resume" in err and "Traceback" not in err
     resumed = hangar(tmp_path / "b", "pull", str(name))
     assert resumed.stdout.strip().endswith("success")
+
+
+def test_store_commands_do_not_load_the_network_stack(tmp_path: Path) -> None:
+    # `hangar list` and friends start in a fraction of the time when aiohttp and cryptography
+    # (needed to pull, push and sign) are left unimported.
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "client.cli", "list"],
+        env={**os.environ, "HANGAR_HOME": str(tmp_path)}, capture_output=True, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0 and r.stdout.startswith("NAME")
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "client.store" in imported
+    assert not {"aiohttp", "cryptography", "client.account", "client.keys"} & imported
