@@ -85,8 +85,10 @@ def skopeo_pull(url: str, repo: str, dest: Path) -> float:
     return time.perf_counter() - start
 
 
-def pull_figures(work: Path, name: str, blob_url: str, ref_url: str, digest: str) -> list[Callable[[], float]]:
-    """One timed pull of each kind, each removing what it wrote; named as reported."""
+def pull_figures(
+    work: Path, name: str, blob_url: str, ref_url: str, digest: str
+) -> list[tuple[str, Callable[[], float]]]:
+    """One timed pull of each kind, each removing what it wrote, under the name it is reported by."""
     work.mkdir(parents=True)
 
     def hangar_pull(fsync: str | None) -> float:
@@ -110,16 +112,12 @@ def pull_figures(work: Path, name: str, blob_url: str, ref_url: str, digest: str
         shutil.rmtree(work / "skopeo")
         return seconds
 
-    def named(label: str, fn: Callable[[], float]) -> Callable[[], float]:
-        fn.__name__ = label
-        return fn
-
     return [
-        named("hangar pull", lambda: hangar_pull(None)),
-        named("hangar pull, fsync = true", lambda: hangar_pull("true")),
-        named("curl pull", lambda: curl_to_file(False)),
-        named("curl pull + sha256sum", lambda: curl_to_file(True)),
-        named("skopeo pull", skopeo),
+        ("hangar pull", lambda: hangar_pull(None)),
+        ("hangar pull, fsync = true", lambda: hangar_pull("true")),
+        ("curl pull", lambda: curl_to_file(False)),
+        ("curl pull + sha256sum", lambda: curl_to_file(True)),
+        ("skopeo pull", skopeo),
     ]
 
 
@@ -192,8 +190,8 @@ def main() -> int:
             # What one figure leaves behind (memory to reclaim, blocks to trim) slows the next on
             # this machine: a different order each run, so no figure always follows the same one.
             random.Random(run).shuffle(pulls)
-            for figure in pulls:
-                results.setdefault(figure.__name__, []).append(size / figure() / MiB)
+            for label, figure in pulls:
+                results.setdefault(label, []).append(size / figure() / MiB)
 
     med = {k: statistics.median(v) for k, v in results.items()}
     hp = med["hangar pull"]

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from client import errors
 from client.config import load
@@ -21,9 +21,6 @@ from client.progress import ProgressView
 from client.store import Store
 from client.transfer import Progress, ProgressCallback
 from registry.oci.digest import Digest
-
-if TYPE_CHECKING:
-    import httpx
 from registry.oci.modelfile import Modelfile, parse
 
 UNSUPPORTED_PATTERNS = ("pytorch_model*.bin", "consolidated*.pth")
@@ -185,6 +182,8 @@ def _create_remote(
 ) -> None:
     import httpx  # here: every hangar command builds this module's parser
 
+    from client.cli_runtime import _error_text
+
     with httpx.Client(base_url=base, headers=headers, timeout=None) as client:
 
         def upload(paths: dict[str, Path]) -> dict[str, Digest]:
@@ -195,7 +194,7 @@ def _create_remote(
                 if client.head(f"/api/blobs/{digest}").status_code != 200:
                     r = client.post(f"/api/blobs/{digest}", content=_chunks(path, progress, str(digest), size))
                     if r.status_code >= 400:
-                        raise errors.RequestFailed(f"uploading {path}: {_error(r)}", r.status_code)
+                        raise errors.RequestFailed(f"uploading {path}: {_error_text(r)}", r.status_code)
                 progress(Progress(f"copying file {digest}", str(digest), size, size))
                 out[name] = digest
             return out
@@ -219,7 +218,7 @@ def _create_remote(
         with client.stream("POST", "/api/create", json=body) as r:
             if r.status_code >= 400:
                 r.read()
-                raise CreateError(_error(r))
+                raise CreateError(_error_text(r))
             for line in r.iter_lines():
                 if not line.strip():
                     continue
@@ -244,10 +243,3 @@ def _chunks(path: Path, progress: ProgressCallback, digest: str, size: int) -> I
             done += len(chunk)
             progress(Progress(f"copying file {digest}", digest, size, done))
             yield chunk
-
-
-def _error(r: httpx.Response) -> str:
-    try:
-        return str(r.json().get("error", r.text))
-    except ValueError:
-        return r.text

@@ -115,8 +115,9 @@ def settle_store(store: Store, say: Callable[[str], None]) -> SettleReport:
         say(f"checking {digest.short} ({human_size(size)}): pulled just before this machine restarted")
 
     report = store.settle(on_verify=checking)
+    models = store.models() if report.removed else []
     for digest in report.removed:
-        users = [m.name.display() for m in store.models() if any(d.digest == digest for d in m.manifest.blobs())]
+        users = [m.name.display() for m in models if any(d.digest == digest for d in m.manifest.blobs())]
         again = f"`hangar pull {' '.join(users)}` fetches it again" if users else "no model uses it"
         say(f"removed {digest.short}: the restart came before it reached the disk and it is damaged; {again}")
     return report

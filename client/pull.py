@@ -253,7 +253,7 @@ class BlobDownload:
                         hasher.cancel()
                     await self._repair(fd, view, whole, concurrency, direct)
                 deferred = self.fsync == "deferred" and self.desc.size >= DEFER_FLUSH_MIN
-                if self.fsync == "before" or (self.fsync == "deferred" and not deferred):
+                if self.fsync != "off" and not deferred:
                     os.fsync(fd)  # the data is durable before its name is
             finally:
                 os.close(fd)

@@ -119,6 +119,17 @@ def ndjson(lines: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
     return StreamingResponse(body(), media_type=NDJSON_TYPE)
 
 
+async def progress_response(lines: AsyncIterator[dict[str, Any]], stream: bool, error_status: int) -> Response:
+    """Progress objects as NDJSON, or (``stream`` false) only the last one, answered with
+    ``error_status`` when it is an error (pull, push, create)."""
+    if stream:
+        return ndjson(lines)
+    last: dict[str, Any] = {}
+    async for item in lines:
+        last = item
+    return JSONResponse(last, status_code=error_status if "error" in last else 200, media_type=JSON_TYPE)
+
+
 async def watch_disconnect(request: Request, cancel: threading.Event) -> None:
     """Set ``cancel`` when the client goes away (for requests that are not streaming)."""
     while not cancel.is_set():

@@ -13,14 +13,14 @@ from typing import Any
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from client import errors as client_errors
 from client.create import CreateError, CreateRequest, create, quantize_type
 from client.transfer import Progress
 from registry.oci.digest import Digest, InvalidDigest
 from registry.oci.modelfile import ROLES
-from runtime.api.common import JSON_TYPE, error, field, handle_errors, ndjson, read_json, service
+from runtime.api.common import error, field, handle_errors, progress_response, read_json, service
 from runtime.service import ApiError
 
 WRITE_BATCH = 4 * 1024 * 1024
@@ -104,12 +104,7 @@ async def create_model(request: Request) -> Response:
             yield item
         await worker
 
-    if stream:
-        return ndjson(lines())
-    last: dict[str, Any] = {}
-    async for item in lines():
-        last = item
-    return JSONResponse(last, status_code=400 if "error" in last else 200, media_type=JSON_TYPE)
+    return await progress_response(lines(), stream, error_status=400)
 
 
 def _parse(body: dict[str, Any]) -> CreateRequest:

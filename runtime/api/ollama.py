@@ -24,7 +24,6 @@ from client.model_info import parameter_lines, render_modelfile
 from client.transfer import Progress
 from registry.oci.names import InvalidName, ModelName
 from runtime.api.common import (
-    JSON_TYPE,
     cancelled_on_disconnect,
     error,
     field,
@@ -33,6 +32,7 @@ from runtime.api.common import (
     keep_alive_of,
     ndjson,
     options_of,
+    progress_response,
     read_json,
     service,
     timestamp,
@@ -661,12 +661,7 @@ async def _transfer(request: Request, push: bool) -> Response:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    if stream:
-        return ndjson(lines())
-    last: dict[str, Any] = {}
-    async for item in lines():
-        last = item
-    return JSONResponse(last, status_code=500 if "error" in last else 200, media_type=JSON_TYPE)
+    return await progress_response(lines(), stream, error_status=500)
 
 
 @handle_errors
