@@ -34,7 +34,8 @@ import hashlib
 import json
 import mmap
 import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,7 @@ from registry.oci.names import ModelName
 ACCEPT = ", ".join([mt.DOCKER_MANIFEST, mt.OCI_MANIFEST])
 STATE_VERSION = 2
 SAVE_EVERY = 1.0  # seconds between part-state saves
-IO_CHUNK = 4 * 1024 * 1024  # bytes per disk write and per hashing read
+MAP_WINDOW = 16 * 1024 * 1024  # bytes of the file mapped at once to hash them
 CHUNK_ATTEMPTS = 3  # a chunk that fails its digest this often is bad on the registry
 # Smaller blobs are flushed before they are published even when flushing is deferred: their
 # fsync costs no more than writing the marker would.
@@ -184,8 +185,9 @@ class ChunkPart(Part):
 
 
 class BlobDownload:
-    """One blob: plan, fetch parts in parallel straight into a memory map of the partial file,
-    verify chunks as they complete and the whole as its prefix grows, then publish.
+    """One blob: plan, fetch parts in parallel, each written at its offset into the partial file,
+    verify the whole as its completed prefix grows (and chunks where it does not match), then
+    publish.
 
     The bytes travel through aiohttp (its C parser is several times faster than httpx's on
     large bodies); control requests (chunk sums, source resolution, tokens) go through httpx."""
@@ -219,8 +221,7 @@ class BlobDownload:
         self._source: tuple[str, bool] = (self.blob_url, True)
         self._source_generation = 0
         self._source_lock = asyncio.Lock()
-        self._hashed = _PrefixHash()
-        self._progressed = asyncio.Event()
+        self._hashed: _PrefixHash | None = None
         self._report = Throttle(lambda: progress(Progress(
             f"pulling {self.digest.short}", str(self.digest), self.desc.size, self.completed)))  # fmt: skip
 
@@ -240,18 +241,17 @@ class BlobDownload:
             try:
                 if os.fstat(fd).st_size != self.desc.size:
                     os.ftruncate(fd, self.desc.size)
-                with _mapped(fd, self.desc.size) as view:
-                    self._report(force=True)
-                    hasher = asyncio.create_task(self._hash_prefix(view))
+                self._report(force=True)
+                with _PrefixHash(fd) as self._hashed:
                     try:
+                        self._hash_done_prefix()  # parts a previous run completed
                         if any(not p.done for p in self.parts):
                             self._source = (direct, False) if direct else await self._resolve_source()
-                            await self._fetch_parts(fd, view, concurrency)
-                        self._progressed.set()
-                        whole = await hasher
+                            await self._fetch_parts(fd, concurrency)
+                        whole = await self._hashed.digest(self.desc.size)
                     finally:
-                        hasher.cancel()
-                    await self._repair(fd, view, whole, concurrency, direct)
+                        self._hashed = None  # a repair re-fetches without it
+                await self._repair(fd, whole, concurrency, direct)
                 deferred = self.fsync == "deferred" and self.desc.size >= DEFER_FLUSH_MIN
                 if self.fsync != "off" and not deferred:
                     os.fsync(fd)  # the data is durable before its name is
@@ -262,13 +262,13 @@ class BlobDownload:
             with contextlib.suppress(FileNotFoundError):
                 self.state_path.unlink()
 
-    async def _repair(self, fd: int, view: memoryview, whole: Digest, concurrency: int, direct: str | None) -> None:
+    async def _repair(self, fd: int, whole: Digest, concurrency: int, direct: str | None) -> None:
         """Make the file match the digest, re-fetching only damaged chunks where chunk digests
         say which ones; raise when that cannot be done."""
         attempts = 0
         while whole != self.digest:
             chunked = all(p.digest is not None for p in self.parts)
-            bad = await anyio.to_thread.run_sync(self._damaged, view) if chunked else []
+            bad = await anyio.to_thread.run_sync(self._damaged, fd) if chunked else []
             if not bad:
                 await anyio.to_thread.run_sync(self._discard)
                 raise errors.IntegrityError(
@@ -287,11 +287,11 @@ class BlobDownload:
                 )
             if not direct and self._source == (self.blob_url, True):
                 self._source = await self._resolve_source()
-            await self._fetch_parts(fd, view, concurrency)
-            whole = Digest(await anyio.to_thread.run_sync(_sha256, view))
+            await self._fetch_parts(fd, concurrency)
+            whole = Digest(await anyio.to_thread.run_sync(_sha256, fd, 0, self.desc.size))
 
-    def _damaged(self, view: memoryview) -> list[ChunkPart]:
-        return [p for p in self.parts if _sha256(view[p.offset : p.offset + p.size]) != p.digest]
+    def _damaged(self, fd: int) -> list[ChunkPart]:
+        return [p for p in self.parts if _sha256(fd, p.offset, p.offset + p.size) != p.digest]
 
     # -- planning and state ----------------------------------------------------------------------
 
@@ -396,7 +396,7 @@ class BlobDownload:
 
     # -- transfer --------------------------------------------------------------------------------
 
-    async def _fetch_parts(self, fd: int, view: memoryview, concurrency: int) -> None:
+    async def _fetch_parts(self, fd: int, concurrency: int) -> None:
         queue: asyncio.Queue[ChunkPart] = asyncio.Queue()
         for part in self.parts:
             if not part.done:
@@ -408,7 +408,7 @@ class BlobDownload:
                     part = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                await self._fetch_part(view, part)
+                await self._fetch_part(part)
 
         saver = asyncio.create_task(self._save_periodically(fd))
         try:
@@ -428,13 +428,13 @@ class BlobDownload:
             await asyncio.sleep(SAVE_EVERY)
             await anyio.to_thread.run_sync(self._save_state, fd)
 
-    async def _fetch_part(self, view: memoryview, part: ChunkPart) -> None:
+    async def _fetch_part(self, part: ChunkPart) -> None:
         failures = 0
         while not part.done:
             before = part.completed
             generation = self._source_generation
             try:
-                await self._fetch_range(view, part)
+                await self._fetch_range(part)
             except _SourceRefused:
                 failures += 1
                 if failures >= MAX_ATTEMPTS:
@@ -452,10 +452,9 @@ class BlobDownload:
                 await asyncio.sleep(backoff(failures))
         if self.fsync == "before":
             start_writeback(self._fd, part.offset, part.size)
-        self._progressed.set()
+        self._hash_done_prefix()
 
-    async def _fetch_range(self, view: memoryview, part: ChunkPart) -> None:
-        await anyio.to_thread.run_sync(_prefault, view, part.next_byte, part.size - part.completed)
+    async def _fetch_range(self, part: ChunkPart) -> None:
         url, with_auth = self._source
         headers = {"Range": f"bytes={part.next_byte}-{part.last_byte}"}
         token = bearer_token(self.http)
@@ -477,7 +476,10 @@ class BlobDownload:
                 n = min(len(chunk), end - pos)
                 if self.limiter.rate:
                     await self.limiter.consume(n)
-                view[pos : pos + n] = chunk[:n] if n < len(chunk) else chunk
+                # A plain write into the page cache: no zero-filled pages to fault in first, which
+                # is what writing through a memory map of the sparse file cost (most of the
+                # client's CPU time). Writes this small do not block the loop for long.
+                _write_at(self._fd, memoryview(chunk)[:n], pos)
                 part.completed += n
                 self.bytes_fetched += n
                 self._report()
@@ -486,63 +488,70 @@ class BlobDownload:
             if not part.done:
                 raise _Retryable("the response ended early")
 
-    async def _hash_prefix(self, view: memoryview) -> Digest:
-        """Hash the file's completed prefix as it grows; returns the digest of the whole file."""
-        while True:
-            self._progressed.clear()  # before looking, so no completion in between is missed
-            end = 0
-            for part in self.parts:
-                if not part.done:
-                    break
-                end = part.offset + part.size
-            if end > self._hashed.upto:
-                await anyio.to_thread.run_sync(self._hashed.advance, view, end)
-            if self._hashed.upto >= self.desc.size:
-                return self._hashed.digest()
-            await self._progressed.wait()
+    def _hash_done_prefix(self) -> None:
+        """Let the hash read back the completed prefix of the file that it was not streamed."""
+        end = 0
+        for part in self.parts:
+            if not part.done:
+                break
+            end = part.offset + part.size
+        if self._hashed:
+            self._hashed.prefix_done(end)
 
 
-@contextlib.contextmanager
-def _mapped(fd: int, size: int) -> Iterator[memoryview]:
-    """The partial file as writable memory (writes land in the page cache; kill -9 keeps them)."""
-    if size == 0:
-        yield memoryview(bytearray())
-        return
-    mm = mmap.mmap(fd, size)
-    view = memoryview(mm)
-    try:
-        yield view
-    finally:
-        view.release()
-        mm.close()
+def _write_at(fd: int, data: memoryview, pos: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, pos)
+        data, pos = data[n:], pos + n
 
 
-MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault in a whole range at once
-
-
-def _prefault(view: memoryview, offset: int, length: int) -> None:
-    """Fault in the pages a part is about to fill in one call instead of one fault per page
-    (page faults were most of the client's CPU time). Best effort."""
-    obj = view.obj
-    if not isinstance(obj, mmap.mmap) or length <= 0:
-        return
-    start = offset - offset % mmap.PAGESIZE
-    with contextlib.suppress(OSError, ValueError):
-        obj.madvise(MADV_POPULATE_WRITE, start, min(length + offset - start, len(obj) - start))
+def _hash_range(h: hashlib._Hash, fd: int, start: int, end: int) -> None:
+    """Feed bytes ``[start, end)`` of the file to ``h``, through read-only maps of the page cache
+    (cheaper than copying them out with read)."""
+    if os.fstat(fd).st_size < end:  # mapping past the end would kill us with SIGBUS
+        raise errors.IntegrityError(f"the partial file is shorter than {end} bytes; pull again")
+    while start < end:
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        length = min(end, base + MAP_WINDOW) - base
+        with mmap.mmap(fd, length, prot=mmap.PROT_READ, offset=base) as window:
+            view = memoryview(window)
+            try:
+                h.update(view[start - base :])
+            finally:
+                view.release()
+        start = base + length
 
 
 class _PrefixHash:
-    def __init__(self) -> None:
+    """The sha256 of a partial file, computed in one background thread over its completed prefix
+    as the parts arrive, so little is left to hash when the last one does. (Hashing received
+    chunks straight from memory was slower: the thread then fights the event loop for the GIL on
+    every chunk, and reading back through a map of the page cache costs almost nothing.)"""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
         self._h = hashlib.sha256()
-        self.upto = 0
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="hangar-hash")
+        self._pending: list[Future[None]] = []
+        self._queued = 0  # bytes [0, queued) are hashed or on their way to the thread
 
-    def advance(self, view: memoryview, end: int) -> None:
-        while self.upto < end:
-            step = min(IO_CHUNK, end - self.upto)
-            self._h.update(view[self.upto : self.upto + step])
-            self.upto += step
+    def __enter__(self) -> _PrefixHash:
+        return self
 
-    def digest(self) -> Digest:
+    def __exit__(self, *exc: object) -> None:
+        # Before the file is closed: nothing may read its descriptor afterwards.
+        self._thread.shutdown(wait=True, cancel_futures=True)
+
+    def prefix_done(self, end: int) -> None:
+        """Bytes ``[0, end)`` of the file are complete."""
+        if end > self._queued:
+            self._pending.append(self._thread.submit(_hash_range, self._h, self._fd, self._queued, end))
+            self._queued = end
+
+    async def digest(self, size: int) -> Digest:
+        self.prefix_done(size)
+        for done in self._pending:
+            await asyncio.wrap_future(done)
         return Digest(self._h.hexdigest())
 
 
@@ -558,8 +567,7 @@ class _SourceRefused(Exception):
     pass
 
 
-def _sha256(view: memoryview) -> str:
+def _sha256(fd: int, start: int, end: int) -> str:
     h = hashlib.sha256()
-    for pos in range(0, len(view), IO_CHUNK):
-        h.update(view[pos : pos + IO_CHUNK])
+    _hash_range(h, fd, start, end)
     return h.hexdigest()

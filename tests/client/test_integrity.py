@@ -78,3 +78,42 @@ def test_without_chunk_digests_the_blob_is_discarded(reference_registry, tmp_pat
     assert not list(b.blobs_dir.glob(f"sha256-{weights.digest.hex}*"))
     with pytest.raises(errors.ModelNotFound):
         b.get(name)
+
+
+def test_prefix_hash_reads_back_the_file_in_windows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pull's running hash: completed prefixes of any length, windows that do not line up with
+    them, and the same digest as hashing the bytes at once."""
+    import hashlib
+    import mmap
+
+    from client import pull as pull_module
+
+    monkeypatch.setattr(pull_module, "MAP_WINDOW", 3 * mmap.ALLOCATIONGRANULARITY)
+    data = os.urandom(10 * mmap.ALLOCATIONGRANULARITY + 123)
+    path = tmp_path / "partial"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pull_module._PrefixHash(fd) as hashed:
+            for end in (1, 4097, 4097, 20_000, 3):  # repeated and shorter prefixes change nothing
+                hashed.prefix_done(end)
+            digest = asyncio.run(hashed.digest(len(data)))
+        assert digest.hex == hashlib.sha256(data).hexdigest()
+        assert pull_module._sha256(fd, 5000, 30_000) == hashlib.sha256(data[5000:30_000]).hexdigest()
+    finally:
+        os.close(fd)
+
+
+def test_prefix_hash_of_a_truncated_file_is_an_error_not_a_crash(tmp_path: Path) -> None:
+    """Mapping past the end of a file kills the process (SIGBUS): a partial file someone truncated
+    must fail the pull with a clear error instead."""
+    from client import pull as pull_module
+
+    path = tmp_path / "partial"
+    path.write_bytes(b"x" * 1000)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(errors.IntegrityError, match="shorter than 5000 bytes"):
+            pull_module._sha256(fd, 0, 5000)
+    finally:
+        os.close(fd)
