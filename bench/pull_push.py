@@ -91,12 +91,12 @@ def pull_figures(
     """One timed pull of each kind, each removing what it wrote, under the name it is reported by."""
     work.mkdir(parents=True)
 
-    def hangar_pull(fsync: str | None) -> float:
-        home = work / f"hangar-{fsync or 'default'}"
+    def hangar_pull(fsync: str | None, *options: str) -> float:
+        home = work / "hangar"
         home.mkdir()
         if fsync:
             (home / "config.toml").write_text(f"[transfer]\nfsync = {fsync}\n")
-        seconds = hangar(home, "pull", name)
+        seconds = hangar(home, "pull", *options, name)
         shutil.rmtree(home)
         return seconds
 
@@ -115,6 +115,7 @@ def pull_figures(
     return [
         ("hangar pull", lambda: hangar_pull(None)),
         ("hangar pull, fsync = true", lambda: hangar_pull("true")),
+        ("hangar pull, one part at a time", lambda: hangar_pull(None, "--concurrency", "1")),
         ("curl pull", lambda: curl_to_file(False)),
         ("curl pull + sha256sum", lambda: curl_to_file(True)),
         ("skopeo pull", skopeo),
@@ -218,6 +219,8 @@ def main() -> int:
         f"| hangar pull with `fsync = true` (flushed before visible) | {med['hangar pull, fsync = true']:,.0f} | "
         f"/ curl = {med['hangar pull, fsync = true'] / med['curl pull']:.2f}×, / skopeo = "
         f"{med['hangar pull, fsync = true'] / med['skopeo pull']:.2f}× | |",
+        f"| hangar pull `--concurrency 1` (one part at a time) | {med['hangar pull, one part at a time']:,.0f} | "
+        f"/ curl = {med['hangar pull, one part at a time'] / med['curl pull']:.2f}× | |",
         f"| hangar push (16 × 64 MiB PATCH, token auth) | {med['hangar push']:,.0f} | | |",
         f"| curl PATCH 16 × 64 MiB, reference registry | {med['curl PATCH']:,.0f} | hangar / curl = "
         f"{med['hangar push'] / med['curl PATCH']:.2f}× | ≥ 1.0× |",
