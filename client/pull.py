@@ -544,9 +544,10 @@ class _PrefixHash:
 
     def prefix_done(self, end: int) -> None:
         """Bytes ``[0, end)`` of the file are complete."""
-        if end > self._queued:
-            self._pending.append(self._thread.submit(_hash_range, self._h, self._fd, self._queued, end))
-            self._queued = end
+        while end > self._queued:  # a window at a time, so that stopping drops the rest at once
+            step = min(end, self._queued + MAP_WINDOW)
+            self._pending.append(self._thread.submit(_hash_range, self._h, self._fd, self._queued, step))
+            self._queued = step
 
     async def digest(self, size: int) -> Digest:
         self.prefix_done(size)
