@@ -1,9 +1,10 @@
 """Pulling a model: manifest, then every missing blob, then the manifest into the store.
 
 A blob is fetched as parallel ``Range`` parts written at their offsets into
-``blobs/sha256-<hex>-partial``. Which bytes of each part are on disk is saved in
-``sha256-<hex>-partial.json`` (the page cache outlives a killed process), so a pull stopped by Ctrl-C, kill -9,
-a reboot, a registry restart or a network cut resumes where it stopped. By default the verified
+``blobs/sha256-<hex>-partial``; when none is left to start, an idle worker takes over the second
+half of the slowest part's remainder. Which bytes of each part are on disk is saved in
+``sha256-<hex>-partial.json`` (the page cache outlives a killed process), so a pull stopped by
+Ctrl-C, kill -9, a reboot, a registry restart or a network cut resumes where it stopped. By default the verified
 file is renamed into place without waiting for the disk, behind a durable marker that has it
 re-verified after a crash of the machine (``fsync = "deferred"``, see client.store); with
 ``fsync = true`` writeback starts as each part completes and the file is fsynced before the rename.
@@ -13,11 +14,11 @@ Verification, twice over:
 - the whole blob is hashed against its digest before it is renamed into place. That hash runs
   while the download goes on, over the completed prefix of the file, so little is left at the end;
 - where the registry offers chunk digests (``GET /v2/<name>/chunksums/<digest>``, Hangar does),
-  each part is one chunk, and when the whole does not match, the chunks are checked to find the
-  damaged ones: only those are fetched again. A chunk that stays damaged (a registry whose copy is
-  bad) fails the pull but keeps every good chunk for the next try. Without chunk digests, a
-  mismatch discards the blob. (Checking chunks only on a mismatch keeps the common case to one
-  hash pass.)
+  parts start as one chunk each (and are only ever split), and when the whole does not match, the
+  chunks are checked to find the damaged ones: only those are fetched again. A chunk that stays
+  damaged (a registry whose copy is bad) fails the pull but keeps every good chunk for the next
+  try. Without chunk digests, a mismatch discards the blob. (Checking chunks only on a mismatch
+  keeps the common case to one hash pass.)
 
 The manifest is written last, under the lock that ``hangar rm`` takes.
 
@@ -67,9 +68,10 @@ from registry.oci.manifest import Descriptor, Manifest, ManifestError
 from registry.oci.names import ModelName
 
 ACCEPT = ", ".join([mt.DOCKER_MANIFEST, mt.OCI_MANIFEST])
-STATE_VERSION = 2
+STATE_VERSION = 3  # 2 (one part per chunk) is still read
 SAVE_EVERY = 1.0  # seconds between part-state saves
 MAP_WINDOW = 16 * 1024 * 1024  # bytes of the file mapped at once to hash them
+MIN_SPLIT = 4 * 1024 * 1024  # a part in flight is halved for an idle worker while both halves are this big
 CHUNK_ATTEMPTS = 3  # a chunk that fails its digest this often is bad on the registry
 # Smaller blobs are flushed before they are published even when flushing is deferred: their
 # fsync costs no more than writing the marker would.
@@ -179,9 +181,13 @@ async def _locked(store: Store, key: str) -> AsyncIterator[None]:
         cm.__exit__(None, None, None)
 
 
-@dataclass
-class ChunkPart(Part):
-    digest: str | None = None  # the chunk's sha256 hex, when the registry gave chunk sums
+@dataclass(frozen=True)
+class Chunk:
+    """A span of a blob whose sha256 the registry gave (``chunksums``)."""
+
+    digest: str  # sha256 hex
+    offset: int
+    size: int
 
 
 class BlobDownload:
@@ -214,7 +220,9 @@ class BlobDownload:
         self.digest = desc.digest
         self.partial = store.partial_path(desc.digest)
         self.state_path = self.partial.with_name(self.partial.name + ".json")
-        self.parts: list[ChunkPart] = []
+        self.parts: list[Part] = []  # in offset order, covering the blob
+        self.chunks: list[Chunk] | None = None
+        self._in_flight: list[Part] = []
         self.bytes_fetched = 0
         self.fsync: FsyncMode = "deferred"  # when the data is flushed (see client.config)
         self._fd = -1
@@ -232,11 +240,11 @@ class BlobDownload:
     async def run(self, concurrency: int, part_size: int) -> None:
         async with _locked(self.store, f"blob-{self.digest.hex}"):
             if self.store.has_blob(self.digest, self.desc.size):  # another process got it first
-                self.parts = [ChunkPart(0, self.desc.size, self.desc.size)]
+                self.parts = [Part(0, self.desc.size, self.desc.size)]
                 self._report(force=True)
                 return
             chunks, direct = await self._chunk_sums()
-            self.parts = self._load_state(chunks) or self._plan(chunks, part_size)
+            self.parts, self.chunks = self._load_state(chunks) or self._plan(chunks, part_size)
             fd = self._fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 if os.fstat(fd).st_size != self.desc.size:
@@ -247,7 +255,7 @@ class BlobDownload:
                         self._hash_done_prefix()  # parts a previous run completed
                         if any(not p.done for p in self.parts):
                             self._source = (direct, False) if direct else await self._resolve_source()
-                            await self._fetch_parts(fd, concurrency)
+                            await self._fetch_parts(concurrency)
                         whole = await self._hashed.digest(self.desc.size)
                     finally:
                         self._hashed = None  # a repair re-fetches without it
@@ -267,19 +275,19 @@ class BlobDownload:
         say which ones; raise when that cannot be done."""
         attempts = 0
         while whole != self.digest:
-            chunked = all(p.digest is not None for p in self.parts)
-            bad = await anyio.to_thread.run_sync(self._damaged, fd) if chunked else []
+            bad = await anyio.to_thread.run_sync(self._damaged, fd) if self.chunks else []
             if not bad:
                 await anyio.to_thread.run_sync(self._discard)
                 raise errors.IntegrityError(
                     f"digest mismatch, file must be downloaded again: want {self.digest}, got {whole}"
                 )
             attempts += 1
-            for part in bad:
-                part.completed = 0
-            self._save_state(fd)
+            for part in self.parts:
+                if any(c.offset <= part.offset < c.offset + c.size for c in bad):
+                    part.completed = 0
+            self._save_state()
             if attempts >= CHUNK_ATTEMPTS:
-                spans = ", ".join(f"{p.offset}-{p.last_byte}" for p in bad)
+                spans = ", ".join(f"{c.offset}-{c.offset + c.size - 1}" for c in bad)
                 raise errors.TransferFailed(
                     f"pull {self.digest.short}: bytes {spans} keep arriving damaged; the registry's copy may be "
                     "corrupt. Every good chunk is kept: run the pull again once the registry is repaired, and "
@@ -287,49 +295,70 @@ class BlobDownload:
                 )
             if not direct and self._source == (self.blob_url, True):
                 self._source = await self._resolve_source()
-            await self._fetch_parts(fd, concurrency)
+            await self._fetch_parts(concurrency)
             whole = Digest(await anyio.to_thread.run_sync(_sha256, fd, 0, self.desc.size))
 
-    def _damaged(self, fd: int) -> list[ChunkPart]:
-        return [p for p in self.parts if _sha256(fd, p.offset, p.offset + p.size) != p.digest]
+    def _damaged(self, fd: int) -> list[Chunk]:
+        return [c for c in self.chunks or [] if _sha256(fd, c.offset, c.offset + c.size) != c.digest]
 
     # -- planning and state ----------------------------------------------------------------------
 
-    def _plan(self, chunks: list[tuple[str, int, int]] | None, part_size: int) -> list[ChunkPart]:
+    def _plan(self, chunks: list[Chunk] | None, part_size: int) -> tuple[list[Part], list[Chunk] | None]:
         if chunks:
-            return [ChunkPart(first, last - first + 1, digest=d) for d, first, last in chunks]
-        return [ChunkPart(p.offset, p.size) for p in plan_parts(self.desc.size, part_size)]
+            return [Part(c.offset, c.size) for c in chunks], chunks
+        return plan_parts(self.desc.size, part_size), None
 
-    def _load_state(self, chunks: list[tuple[str, int, int]] | None) -> list[ChunkPart] | None:
+    def _load_state(self, chunks: list[Chunk] | None) -> tuple[list[Part], list[Chunk] | None] | None:
         try:
             doc = json.loads(self.state_path.read_text())
             if (
-                doc.get("version") != STATE_VERSION
+                doc.get("version") not in (2, STATE_VERSION)
                 or doc.get("digest") != str(self.digest)
                 or doc.get("size") != self.desc.size
                 or self.partial.stat().st_size != self.desc.size
             ):
                 return None
-            parts = [
-                ChunkPart(int(p["offset"]), int(p["size"]), int(p["completed"]), p.get("chunk")) for p in doc["parts"]
-            ]
+            parts = [Part(int(p["offset"]), int(p["size"]), int(p["completed"])) for p in doc["parts"]]
+            if doc["version"] == 2:  # one part per chunk, each with its chunk's digest
+                sums = [p.get("chunk") for p in doc["parts"]]
+                saved = [Chunk(d, q.offset, q.size) for d, q in zip(sums, parts, strict=True)] if all(sums) else None
+            else:
+                saved = [Chunk(str(d), int(o), int(n)) for d, o, n in doc["chunks"]] if doc["chunks"] else None
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
-        if sum(p.size for p in parts) != self.desc.size:
+        expected = 0
+        for part in parts:
+            if part.offset != expected or part.size <= 0 or not 0 <= part.completed <= part.size:
+                return None
+            expected += part.size
+        if expected != self.desc.size:
             return None
-        if chunks and [p.digest for p in parts] != [d for d, _, _ in chunks]:
+        if chunks and saved != chunks:
             return None  # the registry now chunks differently: start over rather than guess
-        return parts
+        return parts, saved
 
-    def _save_state(self, fd: int) -> None:
-        # Bytes written to the map are in the page cache, which outlives a killed process; after
-        # a power cut the state may claim bytes the disk lost, and the digest checks catch that
-        # (costing the damaged chunks, or the blob without chunk digests). Syncing here instead
-        # stalled the download on the disk every second.
-        parts = [{"offset": p.offset, "size": p.size, "completed": p.completed, "chunk": p.digest} for p in self.parts]
-        doc = {"version": STATE_VERSION, "digest": str(self.digest), "size": self.desc.size, "parts": parts}
+    def _save_state(self) -> None:
+        self._write_state(self._state_text())
+
+    def _state_text(self) -> str:
+        """The part state, read on the event loop: parts split there, so a thread could see one
+        shrunk before its other half is in the list."""
+        doc = {
+            "version": STATE_VERSION,
+            "digest": str(self.digest),
+            "size": self.desc.size,
+            "parts": [{"offset": p.offset, "size": p.size, "completed": p.completed} for p in self.parts],
+            "chunks": [[c.digest, c.offset, c.size] for c in self.chunks] if self.chunks else None,
+        }
+        return json.dumps(doc)
+
+    def _write_state(self, text: str) -> None:
+        # Bytes written are in the page cache, which outlives a killed process; after a power cut
+        # the state may claim bytes the disk lost, and the digest checks catch that (costing the
+        # damaged chunks, or the blob without chunk digests). Syncing here instead stalled the
+        # download on the disk every second.
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps(doc))
+        tmp.write_text(text)
         os.replace(tmp, self.state_path)
 
     def _discard(self) -> None:
@@ -339,8 +368,8 @@ class BlobDownload:
 
     # -- where the bytes are ---------------------------------------------------------------------
 
-    async def _chunk_sums(self) -> tuple[list[tuple[str, int, int]] | None, str | None]:
-        """``([(sha256 hex, first, last)], direct URL)`` from a Hangar registry, else ``(None, None)``."""
+    async def _chunk_sums(self) -> tuple[list[Chunk] | None, str | None]:
+        """``(chunks, direct URL)`` from a Hangar registry, else ``(None, None)``."""
         url = f"{self.base}/v2/{self.repository}/chunksums/{self.digest}"
         try:
             response = await self.http.get(url)
@@ -356,7 +385,7 @@ class BlobDownload:
                 first, last = (int(x) for x in span.split("-"))
                 if first != expected or last < first:
                     return None, None
-                chunks.append((Digest.parse(digest).hex, first, last))
+                chunks.append(Chunk(Digest.parse(digest).hex, first, last - first + 1))
                 expected = last + 1
         except ValueError:
             return None, None
@@ -396,24 +425,22 @@ class BlobDownload:
 
     # -- transfer --------------------------------------------------------------------------------
 
-    async def _fetch_parts(self, fd: int, concurrency: int) -> None:
-        queue: asyncio.Queue[ChunkPart] = asyncio.Queue()
-        for part in self.parts:
-            if not part.done:
-                queue.put_nowait(part)
+    async def _fetch_parts(self, concurrency: int) -> None:
+        waiting = [part for part in self.parts if not part.done]
+        waiting.reverse()  # popped from the end: in offset order
 
         async def worker() -> None:
-            while True:
+            while part := waiting.pop() if waiting else self._take_over():
+                self._in_flight.append(part)
                 try:
-                    part = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                await self._fetch_part(part)
+                    await self._fetch_part(part)
+                finally:
+                    self._in_flight = [p for p in self._in_flight if p is not part]
 
-        saver = asyncio.create_task(self._save_periodically(fd))
+        saver = asyncio.create_task(self._save_periodically())
         try:
             async with asyncio.TaskGroup() as tg:
-                for _ in range(min(concurrency, queue.qsize())):
+                for _ in range(concurrency if waiting else 0):
                     tg.create_task(worker())
         except BaseExceptionGroup as group:
             raise group.exceptions[0] from None
@@ -421,14 +448,29 @@ class BlobDownload:
             saver.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await saver
-            self._save_state(fd)
+            self._save_state()
 
-    async def _save_periodically(self, fd: int) -> None:
+    async def _save_periodically(self) -> None:
         while True:
             await asyncio.sleep(SAVE_EVERY)
-            await anyio.to_thread.run_sync(self._save_state, fd)
+            await anyio.to_thread.run_sync(self._write_state, self._state_text())
 
-    async def _fetch_part(self, part: ChunkPart) -> None:
+    def _take_over(self) -> Part | None:
+        """Work for a worker with no part left to start: the second half of what the part in
+        flight with the most bytes to go still lacks. So the end of a pull does not wait on its
+        slowest connection (the "stuck at 99%" of Ollama's issues); parts never grow, so the
+        pieces stay inside their chunk."""
+        part = max(self._in_flight, key=lambda p: p.size - p.completed, default=None)
+        if part is None or part.size - part.completed < 2 * MIN_SPLIT:
+            return None
+        keep = (part.size - part.completed) // 2
+        tail = Part(part.next_byte + keep, part.size - part.completed - keep)
+        part.size -= tail.size  # its request stops at the new end
+        index = next(i for i, p in enumerate(self.parts) if p is part)
+        self.parts.insert(index + 1, tail)
+        return tail
+
+    async def _fetch_part(self, part: Part) -> None:
         failures = 0
         while not part.done:
             before = part.completed
@@ -454,7 +496,7 @@ class BlobDownload:
             start_writeback(self._fd, part.offset, part.size)
         self._hash_done_prefix()
 
-    async def _fetch_range(self, part: ChunkPart) -> None:
+    async def _fetch_range(self, part: Part) -> None:
         url, with_auth = self._source
         headers = {"Range": f"bytes={part.next_byte}-{part.last_byte}"}
         token = bearer_token(self.http)
@@ -470,12 +512,12 @@ class BlobDownload:
                 whole = response.status == 200 and part.next_byte == 0 and part.size == self.desc.size
                 if not whole:
                     raise _BadRange(f"the server answered a Range request with status {response.status}")
-            end = part.offset + part.size
             async for chunk in response.content.iter_any():
                 pos = part.next_byte
-                n = min(len(chunk), end - pos)
+                n = min(len(chunk), part.offset + part.size - pos)  # the part may shrink meanwhile
                 if self.limiter.rate:
                     await self.limiter.consume(n)
+                    n = min(n, part.offset + part.size - pos)  # split while we waited
                 # A plain write into the page cache: no zero-filled pages to fault in first, which
                 # is what writing through a memory map of the sparse file cost (most of the
                 # client's CPU time). Writes this small do not block the loop for long.

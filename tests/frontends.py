@@ -3,9 +3,11 @@ downloads to a "CDN" on another host name, and that CDN."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
 
@@ -13,7 +15,7 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, RedirectResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.servers import free_port
@@ -49,6 +51,38 @@ def cdn_app(blob_dir: Path, seen: list[dict[str, str]]) -> Starlette:
         seen.append(dict(request.headers))
         hexdigest = request.path_params["digest"].removeprefix("sha256:")
         return FileResponse(blob_dir / hexdigest[:2] / hexdigest)
+
+    return Starlette(routes=[Route("/cdn/{digest}", blob)])
+
+
+def slow_start_cdn_app(blob_dir: Path, served: list[tuple[int, int]], rate: int) -> Starlette:
+    """Like ``cdn_app``, but a request for a range that starts at byte 0 trickles at ``rate``
+    bytes/s (one slow connection among fast ones). Records ``(first byte, bytes sent)`` for each
+    request once it ends, complete or cut off by the client."""
+    piece = 16 * 1024
+
+    async def blob(request: Request) -> Response:
+        hexdigest = request.path_params["digest"].removeprefix("sha256:")
+        data = (blob_dir / hexdigest[:2] / hexdigest).read_bytes()
+        m = re.fullmatch(r"bytes=(\d+)-(\d+)", request.headers.get("range", ""))
+        if m is None:
+            return Response(status_code=416)
+        first, last = int(m.group(1)), min(int(m.group(2)), len(data) - 1)
+
+        async def body() -> AsyncIterator[bytes]:
+            sent = 0
+            try:
+                for pos in range(first, last + 1, piece):
+                    if first == 0:
+                        await asyncio.sleep(piece / rate)
+                    chunk = data[pos : min(pos + piece, last + 1)]
+                    yield chunk
+                    sent += len(chunk)
+            finally:
+                served.append((first, sent))
+
+        headers = {"Content-Range": f"bytes {first}-{last}/{len(data)}", "Content-Length": str(last - first + 1)}
+        return StreamingResponse(body(), status_code=206, headers=headers)
 
     return Starlette(routes=[Route("/cdn/{digest}", blob)])
 

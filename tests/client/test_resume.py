@@ -130,3 +130,40 @@ def test_pull_survives_a_registry_restart(make_registry, tmp_path: Path) -> None
     assert total <= outcome[0].bytes_fetched <= total + CHUNK_SIZE
     assert b.blob_path(weights.digest).read_bytes() == a.blob_path(weights.digest).read_bytes()
     assert httpx.get(f"{registry.url}/v2/").status_code == 200
+
+
+def test_pull_resumes_from_the_previous_releases_state(registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A partial download left by the release before (state version 2: one part per chunk, the
+    chunk's digest on the part) resumes: only the chunks it lacks are fetched."""
+    import hashlib
+
+    from client.push import push
+
+    alice = load({"HANGAR_HOME": str(tmp_path / "alice")})
+    a = Store(alice.models).ensure()
+    name = make_model(a, f"{registry.host}/ns/upgraded", os.urandom(3 * CHUNK_SIZE))
+    asyncio.run(push(name, a, alice))
+    weights = a.get(name).manifest.layers[0]
+    data = a.blob_path(weights.digest).read_bytes()
+
+    bob = load({"HANGAR_HOME": str(tmp_path / "bob")})
+    b = Store(bob.models).ensure()
+    partial = b.partial_path(weights.digest)
+    partial.write_bytes(data[:CHUNK_SIZE] + bytes(2 * CHUNK_SIZE))
+    spans = [(i * CHUNK_SIZE, (i + 1) * CHUNK_SIZE) for i in range(3)]
+    parts = [
+        {
+            "offset": lo,
+            "size": hi - lo,
+            "completed": hi - lo if lo == 0 else 0,
+            "chunk": hashlib.sha256(data[lo:hi]).hexdigest(),
+        }
+        for lo, hi in spans
+    ]
+    doc = {"version": 2, "digest": str(weights.digest), "size": len(data), "parts": parts}
+    partial.with_name(partial.name + ".json").write_text(json.dumps(doc))
+
+    result = asyncio.run(pull(name, b, bob))
+    small = sum(d.size for d in a.get(name).manifest.blobs()) - weights.size
+    assert result.bytes_fetched == 2 * CHUNK_SIZE + small
+    assert b.blob_path(weights.digest).read_bytes() == data

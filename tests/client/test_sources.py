@@ -7,13 +7,16 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
+from client import pull as pull_module
 from client.config import load
 from client.pull import PullOptions, pull
 from client.push import push
 from client.store import Store
 from registry.oci.names import ModelName
 from tests.client.conftest import make_model
-from tests.frontends import ThreadedServer, cdn_app, ollama_front_app
+from tests.frontends import ThreadedServer, cdn_app, ollama_front_app, slow_start_cdn_app
 from tests.servers import free_port
 
 
@@ -72,3 +75,29 @@ def test_bandwidth_limit(registry, tmp_path: Path) -> None:  # type: ignore[no-u
     asyncio.run(pull(name, Store(bob.models), bob, PullOptions(max_rate=2_000_000)))
     # A burst of one second's worth, then 2 MB/s: at least two seconds for 6 MB.
     assert time.monotonic() - start >= 1.8
+
+
+def test_idle_workers_take_over_the_tail_of_a_slow_part(
+    registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """One connection trickles (the first part, at 200 KB/s) while the others are fast: once the
+    other parts are done, an idle worker takes the second half of what the slow one still lacks,
+    so the pull does not wait for the slowest connection to finish its whole part."""
+    monkeypatch.setattr(pull_module, "MIN_SPLIT", 128 * 1024)
+    alice = load({"HANGAR_HOME": str(tmp_path / "alice")})
+    a = Store(alice.models).ensure()
+    served: list[tuple[int, int]] = []
+    cdn = ThreadedServer(slow_start_cdn_app(registry.data_dir / "blobs" / "sha256", served, 200_000))
+    with cdn, ThreadedServer(ollama_front_app(registry.url, f"http://localhost:{cdn.port}")) as front:
+        name = make_model(a, f"127.0.0.1:{front.port}/team/model", os.urandom(4_000_000))
+        asyncio.run(push(name, a, alice))
+        bob = load({"HANGAR_HOME": str(tmp_path / "bob")})
+        b = Store(bob.models)
+        result = asyncio.run(pull(name, b, bob, PullOptions(concurrency=2, part_size=1_000_000)))
+    weights = a.get(name).manifest.layers[0]
+    assert b.blob_path(weights.digest).read_bytes() == a.blob_path(weights.digest).read_bytes()
+    assert result.bytes_fetched == sum(d.size for d in result.model.manifest.blobs())
+    slow = [sent for first, sent in served if first == 0 and sent > 100]  # the weights' first part
+    taken_over = [first for first, _ in served if 0 < first < 1_000_000]
+    assert len(slow) == 1 and slow[0] < 1_000_000, served  # the slow connection stopped early...
+    assert taken_over, served  # ...because another one fetched the rest of its part
