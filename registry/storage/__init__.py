@@ -86,8 +86,16 @@ class ContentHash:
         self._in_chunk = 0
 
     def update(self, data: bytes | memoryview) -> None:
+        self.update_whole(data)
+        self.update_chunks(data)
+
+    # The two halves of ``update``, which may run in two threads at once (one call of each per
+    # piece of data, in order): two passes of sha256 cost twice one.
+    def update_whole(self, data: bytes | memoryview) -> None:
         self._whole.update(data)
         self.size += len(data)
+
+    def update_chunks(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             take = min(len(view), self.chunk_size - self._in_chunk)

@@ -254,55 +254,56 @@ class FilesystemStore:
 
 
 class _PipelinedWriter:
-    """Batch incoming chunks and write (and hash) each batch in a thread while the event loop
-    receives the next one."""
+    """Batch incoming chunks; write each batch, hash it whole and hash it by chunk in three threads at
+    once, while the event loop receives the next one."""
 
     def __init__(self, fd: int, offset: int, hasher: ContentHash | None) -> None:
         self.fd = fd
         self.pos = offset
         self.hasher = hasher
         self.received = 0
-        self._buf = bytearray()
-        self._pending: asyncio.Future[None] | None = None
+        self._chunks: list[bytes] = []
+        self._batched = 0
+        self._pending: list[asyncio.Future[None]] = []
 
     async def feed(self, chunk: bytes) -> None:
-        self._buf += chunk
+        self._chunks.append(chunk)
+        self._batched += len(chunk)
         self.received += len(chunk)
-        if len(self._buf) >= WRITE_BATCH:
+        if self._batched >= WRITE_BATCH:
             await self._submit()
 
     async def flush(self) -> None:
-        if self._buf:
+        if self._chunks:
             await self._submit()
         await self.settle(raise_errors=True)
 
     async def settle(self, raise_errors: bool = False) -> None:
-        """Wait for the write in flight, if any."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        try:
-            await pending
-        except Exception:
-            if raise_errors:
-                raise
+        """Wait until nothing is in flight (a failed upload truncates the file after this)."""
+        pending, self._pending = self._pending, []
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors and raise_errors:
+            raise errors[0]
 
     async def _submit(self) -> None:
         await self.settle(raise_errors=True)
-        data = bytes(self._buf)
-        self._buf.clear()
+        data = b"".join(self._chunks)
+        self._chunks, self._batched = [], 0
         pos = self.pos
         self.pos += len(data)
-        self._pending = _in_thread(self._write, data, pos)
-
-    def _write(self, data: bytes, pos: int) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.pwrite(self.fd, view, pos)
-            view = view[n:]
-            pos += n
+        self._pending = [_in_thread(_write_all, self.fd, data, pos)]
         if self.hasher is not None:
-            self.hasher.update(data)
+            self._pending.append(_in_thread(self.hasher.update_whole, data))
+            self._pending.append(_in_thread(self.hasher.update_chunks, data))
+
+
+def _write_all(fd: int, data: bytes, pos: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, pos)
+        view = view[n:]
+        pos += n
 
 
 def _hash_fd(fd: int) -> ContentHash:
