@@ -6,9 +6,8 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import httpx
 
 from client import errors, keys
@@ -16,6 +15,9 @@ from client.auth import RegistryAuth
 from client.config import ClientSettings
 from client.keys import Identity
 from registry.oci.names import ModelName
+
+if TYPE_CHECKING:
+    import aiohttp
 
 USER_AGENT = "hangar/0.1.0"
 TIMEOUT = httpx.Timeout(connect=15.0, read=30.0, write=60.0, pool=None)
@@ -82,7 +84,10 @@ async def send(
 
 
 def make_data_session(settings: ClientSettings, host: str, connections: int) -> aiohttp.ClientSession:
-    """The session that carries blob bytes (aiohttp: a C parser, several times httpx's speed)."""
+    """The session that carries blob bytes (aiohttp: a C parser, several times httpx's speed).
+    Imported here: only pulls need it, and importing it costs a sixth of a second."""
+    import aiohttp
+
     verify = tls_verify(settings, host)
     connector = aiohttp.TCPConnector(limit=connections + 2, ssl=verify if isinstance(verify, ssl.SSLContext) else True)
     return aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT}, auto_decompress=False)

@@ -104,3 +104,17 @@ def test_store_commands_do_not_load_the_network_stack(tmp_path: Path) -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
     assert "client.store" in imported
     assert not {"aiohttp", "cryptography", "client.account", "client.keys"} & imported
+
+
+def test_push_does_not_load_the_pull_only_http_client(registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # aiohttp carries pulled bytes only; a push (httpx) need not spend a sixth of a second on it.
+    settings = load({"HANGAR_HOME": str(tmp_path)})
+    name = make_model(Store(settings.models).ensure(), f"{registry.host}/cli/lean", b"weights")
+    r = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "client.cli", "push", str(name)],
+        env={**os.environ, "HANGAR_HOME": str(tmp_path)}, capture_output=True, text=True, cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "client.push" in imported and "httpx" in imported
+    assert "aiohttp" not in imported
