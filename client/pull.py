@@ -222,7 +222,7 @@ class BlobDownload:
         self.state_path = self.partial.with_name(self.partial.name + ".json")
         self.parts: list[Part] = []  # in offset order, covering the blob
         self.chunks: list[Chunk] | None = None
-        self._in_flight: list[Part] = []
+        self._streaming: list[Part] = []  # parts receiving a 206: the ones an idle worker may split
         self.bytes_fetched = 0
         self.fsync: FsyncMode = "deferred"  # when the data is flushed (see client.config)
         self._fd = -1
@@ -431,11 +431,7 @@ class BlobDownload:
 
         async def worker() -> None:
             while part := waiting.pop() if waiting else self._take_over():
-                self._in_flight.append(part)
-                try:
-                    await self._fetch_part(part)
-                finally:
-                    self._in_flight = [p for p in self._in_flight if p is not part]
+                await self._fetch_part(part)
 
         saver = asyncio.create_task(self._save_periodically())
         try:
@@ -456,11 +452,12 @@ class BlobDownload:
             await anyio.to_thread.run_sync(self._write_state, self._state_text())
 
     def _take_over(self) -> Part | None:
-        """Work for a worker with no part left to start: the second half of what the part in
-        flight with the most bytes to go still lacks. So the end of a pull does not wait on its
+        """Work for a worker with no part left to start: the second half of what the streaming
+        part with the most bytes to go still lacks. So the end of a pull does not wait on its
         slowest connection (the "stuck at 99%" of Ollama's issues); parts never grow, so the
-        pieces stay inside their chunk."""
-        part = max(self._in_flight, key=lambda p: p.size - p.completed, default=None)
+        pieces stay inside their chunk. Only parts whose server answered 206 are split: one that
+        ignores Range (200, the whole blob) would answer the new piece the same way."""
+        part = max(self._streaming, key=lambda p: p.size - p.completed, default=None)
         if part is None or part.size - part.completed < 2 * MIN_SPLIT:
             return None
         keep = (part.size - part.completed) // 2
@@ -508,27 +505,36 @@ class BlobDownload:
                 raise _SourceRefused(f"HTTP {response.status}")
             if response.status >= 500:
                 raise _Retryable(f"the registry answered {response.status}")
-            if response.status != 206:
-                whole = response.status == 200 and part.next_byte == 0 and part.size == self.desc.size
-                if not whole:
-                    raise _BadRange(f"the server answered a Range request with status {response.status}")
-            async for chunk in response.content.iter_any():
-                pos = part.next_byte
-                n = min(len(chunk), part.offset + part.size - pos)  # the part may shrink meanwhile
-                if self.limiter.rate:
-                    await self.limiter.consume(n)
-                    n = min(n, part.offset + part.size - pos)  # split while we waited
-                # A plain write into the page cache: no zero-filled pages to fault in first, which
-                # is what writing through a memory map of the sparse file cost (most of the
-                # client's CPU time). Writes this small do not block the loop for long.
-                _write_at(self._fd, memoryview(chunk)[:n], pos)
-                part.completed += n
-                self.bytes_fetched += n
-                self._report()
-                if part.done:
-                    break
+            ranged = response.status == 206
+            whole = response.status == 200 and part.next_byte == 0 and part.size == self.desc.size
+            if not ranged and not whole:
+                raise _BadRange(f"the server answered a Range request with status {response.status}")
+            if ranged:
+                self._streaming.append(part)
+            try:
+                await self._receive(response, part)
+            finally:
+                self._streaming = [p for p in self._streaming if p is not part]
             if not part.done:
                 raise _Retryable("the response ended early")
+
+    async def _receive(self, response: aiohttp.ClientResponse, part: Part) -> None:
+        """Write the body at the part's offsets until the part is done."""
+        async for chunk in response.content.iter_any():
+            pos = part.next_byte
+            n = min(len(chunk), part.offset + part.size - pos)  # the part may shrink meanwhile
+            if self.limiter.rate:
+                await self.limiter.consume(n)
+                n = min(n, part.offset + part.size - pos)  # split while we waited
+            # A plain write into the page cache: no zero-filled pages to fault in first, which is
+            # what writing through a memory map of the sparse file cost (most of the client's CPU
+            # time). Writes this small do not block the loop for long.
+            _write_at(self._fd, memoryview(chunk)[:n], pos)
+            part.completed += n
+            self.bytes_fetched += n
+            self._report()
+            if part.done:
+                break
 
     def _hash_done_prefix(self) -> None:
         """Let the hash read back the completed prefix of the file that it was not streamed."""

@@ -87,6 +87,16 @@ def slow_start_cdn_app(blob_dir: Path, served: list[tuple[int, int]], rate: int)
     return Starlette(routes=[Route("/cdn/{digest}", blob)])
 
 
+def rangeless_cdn_app(blob_dir: Path) -> Starlette:
+    """Like ``cdn_app``, but ignoring ``Range``: every GET answers 200 with the whole blob."""
+
+    async def blob(request: Request) -> Response:
+        hexdigest = request.path_params["digest"].removeprefix("sha256:")
+        return Response((blob_dir / hexdigest[:2] / hexdigest).read_bytes(), media_type="application/octet-stream")
+
+    return Starlette(routes=[Route("/cdn/{digest}", blob)])
+
+
 def ollama_front_app(registry_url: str, cdn_url: str) -> Starlette:
     """Forwards everything to a registry (keeping the Host, so realms and Locations name the
     front), but answers authorised blob GETs with a 307 to the CDN, as ollama.com does, and has

@@ -16,7 +16,7 @@ from client.push import push
 from client.store import Store
 from registry.oci.names import ModelName
 from tests.client.conftest import make_model
-from tests.frontends import ThreadedServer, cdn_app, ollama_front_app, slow_start_cdn_app
+from tests.frontends import ThreadedServer, cdn_app, ollama_front_app, rangeless_cdn_app, slow_start_cdn_app
 from tests.servers import free_port
 
 
@@ -101,3 +101,22 @@ def test_idle_workers_take_over_the_tail_of_a_slow_part(
     taken_over = [first for first, _ in served if 0 < first < 1_000_000]
     assert len(slow) == 1 and slow[0] < 1_000_000, served  # the slow connection stopped early...
     assert taken_over, served  # ...because another one fetched the rest of its part
+
+
+def test_a_source_that_ignores_range_still_serves_a_one_part_blob(
+    registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """A server that answers every GET with the whole blob (200) works for a blob that fits in one
+    part, as before take-over existed: idle workers only split parts that are streaming a 206."""
+    monkeypatch.setattr(pull_module, "MIN_SPLIT", 64 * 1024)
+    alice = load({"HANGAR_HOME": str(tmp_path / "alice")})
+    a = Store(alice.models).ensure()
+    cdn = ThreadedServer(rangeless_cdn_app(registry.data_dir / "blobs" / "sha256"))
+    with cdn, ThreadedServer(ollama_front_app(registry.url, f"http://localhost:{cdn.port}")) as front:
+        name = make_model(a, f"127.0.0.1:{front.port}/team/rangeless", os.urandom(2_000_000))
+        asyncio.run(push(name, a, alice))
+        bob = load({"HANGAR_HOME": str(tmp_path / "bob")})
+        b = Store(bob.models)
+        asyncio.run(pull(name, b, bob, PullOptions(concurrency=4, part_size=4_000_000)))
+    weights = a.get(name).manifest.layers[0]
+    assert b.blob_path(weights.digest).read_bytes() == a.blob_path(weights.digest).read_bytes()
