@@ -72,6 +72,7 @@ STATE_VERSION = 3  # 2 (one part per chunk) is still read
 SAVE_EVERY = 1.0  # seconds between part-state saves
 MAP_WINDOW = 16 * 1024 * 1024  # bytes of the file mapped at once to hash them
 MIN_SPLIT = 4 * 1024 * 1024  # a part in flight is halved for an idle worker while both halves are this big
+TAKE_OVER_POLL = 0.25  # seconds an idle worker waits before looking for a part to split again
 CHUNK_ATTEMPTS = 3  # a chunk that fails its digest this often is bad on the registry
 # Smaller blobs are flushed before they are published even when flushing is deferred: their
 # fsync costs no more than writing the marker would.
@@ -429,9 +430,27 @@ class BlobDownload:
         waiting = [part for part in self.parts if not part.done]
         waiting.reverse()  # popped from the end: in offset order
 
+        active: list[Part] = []
+        part_ended = asyncio.Event()
+
         async def worker() -> None:
-            while part := waiting.pop() if waiting else self._take_over():
-                await self._fetch_part(part)
+            while True:
+                part = waiting.pop() if waiting else self._take_over()
+                if part is None:
+                    if not any(p.size - p.completed >= 2 * MIN_SPLIT for p in active):
+                        return
+                    # A part big enough to split is not streaming yet (still waiting for its
+                    # answer, or between retries): look again soon, or when a part ends.
+                    part_ended.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(part_ended.wait(), TAKE_OVER_POLL)
+                    continue
+                active.append(part)
+                try:
+                    await self._fetch_part(part)
+                finally:
+                    active.remove(part)
+                    part_ended.set()
 
         saver = asyncio.create_task(self._save_periodically())
         try:

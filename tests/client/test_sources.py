@@ -120,3 +120,26 @@ def test_a_source_that_ignores_range_still_serves_a_one_part_blob(
         asyncio.run(pull(name, b, bob, PullOptions(concurrency=4, part_size=4_000_000)))
     weights = a.get(name).manifest.layers[0]
     assert b.blob_path(weights.digest).read_bytes() == a.blob_path(weights.digest).read_bytes()
+
+
+def test_a_blob_in_one_slow_part_is_shared_once_it_streams(
+    registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """One part only, on a slow connection: the other workers have nothing to start, wait until
+    the part streams, then split it, instead of leaving the whole blob to one connection."""
+    monkeypatch.setattr(pull_module, "MIN_SPLIT", 128 * 1024)
+    alice = load({"HANGAR_HOME": str(tmp_path / "alice")})
+    a = Store(alice.models).ensure()
+    served: list[tuple[int, int]] = []
+    cdn = ThreadedServer(slow_start_cdn_app(registry.data_dir / "blobs" / "sha256", served, 200_000))
+    with cdn, ThreadedServer(ollama_front_app(registry.url, f"http://localhost:{cdn.port}")) as front:
+        name = make_model(a, f"127.0.0.1:{front.port}/team/onepart", os.urandom(2_000_000))
+        asyncio.run(push(name, a, alice))
+        bob = load({"HANGAR_HOME": str(tmp_path / "bob")})
+        b = Store(bob.models)
+        asyncio.run(pull(name, b, bob, PullOptions(concurrency=2, part_size=4_000_000)))
+    weights = a.get(name).manifest.layers[0]
+    assert b.blob_path(weights.digest).read_bytes() == a.blob_path(weights.digest).read_bytes()
+    slow = [sent for first, sent in served if first == 0 and sent > 100]
+    assert len(slow) == 1 and slow[0] < 1_000_000, served  # the slow one fetched under half
+    assert any(0 < first < 2_000_000 for first, _ in served), served
