@@ -339,11 +339,8 @@ class BlobDownload:
         return parts, saved
 
     def _save_state(self) -> None:
-        self._write_state(self._state_text())
-
-    def _state_text(self) -> str:
-        """The part state, read on the event loop: parts split there, so a thread could see one
-        shrunk before its other half is in the list."""
+        """Write the part state (on the event loop, where parts are split, so it never sees one
+        shrunk before its other half is in the list)."""
         doc = {
             "version": STATE_VERSION,
             "digest": str(self.digest),
@@ -351,15 +348,12 @@ class BlobDownload:
             "parts": [{"offset": p.offset, "size": p.size, "completed": p.completed} for p in self.parts],
             "chunks": [[c.digest, c.offset, c.size] for c in self.chunks] if self.chunks else None,
         }
-        return json.dumps(doc)
-
-    def _write_state(self, text: str) -> None:
         # Bytes written are in the page cache, which outlives a killed process; after a power cut
         # the state may claim bytes the disk lost, and the digest checks catch that (costing the
         # damaged chunks, or the blob without chunk digests). Syncing here instead stalled the
         # download on the disk every second.
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(text)
+        tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.state_path)
 
     def _discard(self) -> None:
@@ -466,9 +460,12 @@ class BlobDownload:
             self._save_state()
 
     async def _save_periodically(self) -> None:
+        # On the event loop, not in a thread: a write cancelled with this task would go on in its
+        # thread and race the final save for the same temporary file (a few KB: it takes well
+        # under a millisecond).
         while True:
             await asyncio.sleep(SAVE_EVERY)
-            await anyio.to_thread.run_sync(self._write_state, self._state_text())
+            self._save_state()
 
     def _take_over(self) -> Part | None:
         """Work for a worker with no part left to start: the second half of what the streaming
