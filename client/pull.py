@@ -4,10 +4,11 @@ A blob is fetched as parallel ``Range`` parts written at their offsets into
 ``blobs/sha256-<hex>-partial``; when none is left to start, an idle worker takes over the second
 half of the slowest part's remainder. Which bytes of each part are on disk is saved in
 ``sha256-<hex>-partial.json`` (the page cache outlives a killed process), so a pull stopped by
-Ctrl-C, kill -9, a reboot, a registry restart or a network cut resumes where it stopped. By default the verified
-file is renamed into place without waiting for the disk, behind a durable marker that has it
-re-verified after a crash of the machine (``fsync = "deferred"``, see client.store); with
-``fsync = true`` writeback starts as each part completes and the file is fsynced before the rename.
+Ctrl-C, kill -9, a reboot, a registry restart or a network cut resumes where it stopped. By
+default the verified file is renamed into place without waiting for the disk, behind a durable
+marker that has it re-verified after a crash of the machine (``fsync = "deferred"``, see
+client.store); with ``fsync = true`` writeback starts as each part completes and the file is
+fsynced before the rename.
 
 Verification, twice over:
 
@@ -553,7 +554,7 @@ class BlobDownload:
                 break
 
     def _hash_done_prefix(self) -> None:
-        """Let the hash read back the completed prefix of the file that it was not streamed."""
+        """Hand the hashing thread the part of the file's completed prefix it has not had yet."""
         end = 0
         for part in self.parts:
             if not part.done:

@@ -17,12 +17,12 @@ a crash at any point leaves the store consistent: at worst a stale partial or te
 never depends on them (the renames are atomic anyway).
 
 A pulled blob may be published before its bytes reach the disk (``fsync = "deferred"``, the
-default): waiting for the disk was a third of a pull's time. Before the rename, a small marker
-naming the blob and this boot is made durable. A killed process loses nothing (the page cache
-survives it); a power cut or kernel crash can, and only then does the boot change. So
-:meth:`Store.settle` re-verifies the marked blobs of an earlier boot and removes the damaged ones
-(a pull fetches them again), and flushes those of this boot once the kernel has had time to write
-them back. Commands and the runtime call it before they use the store.
+default), so a pull is not held to the disk's speed where that is slower than the network. Before
+the rename, a small marker naming the blob and this boot is made durable. A killed process loses
+nothing (the page cache survives it); a power cut or kernel crash can, and only then does the
+boot change. So :meth:`Store.settle` re-verifies the marked blobs of an earlier boot and removes
+the damaged ones (a pull fetches them again), and flushes those of this boot once the kernel has
+had time to write them back. Commands and the runtime call it before they use the store.
 """
 
 from __future__ import annotations

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from starlette.applications import Starlette
 
 from client import pull as pull_module
 from client.config import load
-from client.pull import PullOptions, pull
+from client.pull import PullOptions, PullResult, pull
 from client.push import push
 from client.store import Store
 from registry.oci.names import ModelName
@@ -77,6 +79,25 @@ def test_bandwidth_limit(registry, tmp_path: Path) -> None:  # type: ignore[no-u
     assert time.monotonic() - start >= 1.8
 
 
+def pull_via_cdn(
+    registry, tmp_path: Path, cdn_for: Callable[[Path], Starlette], size: int, options: PullOptions
+) -> tuple[PullResult, bytes, bytes]:  # type: ignore[no-untyped-def]
+    """Push a model of ``size`` random bytes through an Ollama-style front whose blob downloads go
+    to ``cdn_for(blob directory)``, then pull it into an empty store. Returns the pull's result
+    and the weights as pushed and as pulled."""
+    alice = load({"HANGAR_HOME": str(tmp_path / "alice")})
+    a = Store(alice.models).ensure()
+    cdn = ThreadedServer(cdn_for(registry.data_dir / "blobs" / "sha256"))
+    with cdn, ThreadedServer(ollama_front_app(registry.url, f"http://localhost:{cdn.port}")) as front:
+        name = make_model(a, f"127.0.0.1:{front.port}/team/model", os.urandom(size))
+        asyncio.run(push(name, a, alice))
+        bob = load({"HANGAR_HOME": str(tmp_path / "bob")})
+        b = Store(bob.models)
+        result = asyncio.run(pull(name, b, bob, options))
+    weights = a.get(name).manifest.layers[0]
+    return result, a.blob_path(weights.digest).read_bytes(), b.blob_path(weights.digest).read_bytes()
+
+
 def test_idle_workers_take_over_the_tail_of_a_slow_part(
     registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:  # type: ignore[no-untyped-def]
@@ -84,18 +105,12 @@ def test_idle_workers_take_over_the_tail_of_a_slow_part(
     other parts are done, an idle worker takes the second half of what the slow one still lacks,
     so the pull does not wait for the slowest connection to finish its whole part."""
     monkeypatch.setattr(pull_module, "MIN_SPLIT", 128 * 1024)
-    alice = load({"HANGAR_HOME": str(tmp_path / "alice")})
-    a = Store(alice.models).ensure()
     served: list[tuple[int, int]] = []
-    cdn = ThreadedServer(slow_start_cdn_app(registry.data_dir / "blobs" / "sha256", served, 200_000))
-    with cdn, ThreadedServer(ollama_front_app(registry.url, f"http://localhost:{cdn.port}")) as front:
-        name = make_model(a, f"127.0.0.1:{front.port}/team/model", os.urandom(4_000_000))
-        asyncio.run(push(name, a, alice))
-        bob = load({"HANGAR_HOME": str(tmp_path / "bob")})
-        b = Store(bob.models)
-        result = asyncio.run(pull(name, b, bob, PullOptions(concurrency=2, part_size=1_000_000)))
-    weights = a.get(name).manifest.layers[0]
-    assert b.blob_path(weights.digest).read_bytes() == a.blob_path(weights.digest).read_bytes()
+    result, pushed, pulled = pull_via_cdn(
+        registry, tmp_path, lambda blobs: slow_start_cdn_app(blobs, served, 200_000), 4_000_000,
+        PullOptions(concurrency=2, part_size=1_000_000),
+    )  # fmt: skip
+    assert pulled == pushed
     assert result.bytes_fetched == sum(d.size for d in result.model.manifest.blobs())
     slow = [sent for first, sent in served if first == 0 and sent > 100]  # the weights' first part
     taken_over = [first for first, _ in served if 0 < first < 1_000_000]
@@ -109,17 +124,10 @@ def test_a_source_that_ignores_range_still_serves_a_one_part_blob(
     """A server that answers every GET with the whole blob (200) works for a blob that fits in one
     part, as before take-over existed: idle workers only split parts that are streaming a 206."""
     monkeypatch.setattr(pull_module, "MIN_SPLIT", 64 * 1024)
-    alice = load({"HANGAR_HOME": str(tmp_path / "alice")})
-    a = Store(alice.models).ensure()
-    cdn = ThreadedServer(rangeless_cdn_app(registry.data_dir / "blobs" / "sha256"))
-    with cdn, ThreadedServer(ollama_front_app(registry.url, f"http://localhost:{cdn.port}")) as front:
-        name = make_model(a, f"127.0.0.1:{front.port}/team/rangeless", os.urandom(2_000_000))
-        asyncio.run(push(name, a, alice))
-        bob = load({"HANGAR_HOME": str(tmp_path / "bob")})
-        b = Store(bob.models)
-        asyncio.run(pull(name, b, bob, PullOptions(concurrency=4, part_size=4_000_000)))
-    weights = a.get(name).manifest.layers[0]
-    assert b.blob_path(weights.digest).read_bytes() == a.blob_path(weights.digest).read_bytes()
+    _, pushed, pulled = pull_via_cdn(
+        registry, tmp_path, rangeless_cdn_app, 2_000_000, PullOptions(concurrency=4, part_size=4_000_000)
+    )
+    assert pulled == pushed
 
 
 def test_a_blob_in_one_slow_part_is_shared_once_it_streams(
@@ -128,18 +136,12 @@ def test_a_blob_in_one_slow_part_is_shared_once_it_streams(
     """One part only, on a slow connection: the other workers have nothing to start, wait until
     the part streams, then split it, instead of leaving the whole blob to one connection."""
     monkeypatch.setattr(pull_module, "MIN_SPLIT", 128 * 1024)
-    alice = load({"HANGAR_HOME": str(tmp_path / "alice")})
-    a = Store(alice.models).ensure()
     served: list[tuple[int, int]] = []
-    cdn = ThreadedServer(slow_start_cdn_app(registry.data_dir / "blobs" / "sha256", served, 200_000))
-    with cdn, ThreadedServer(ollama_front_app(registry.url, f"http://localhost:{cdn.port}")) as front:
-        name = make_model(a, f"127.0.0.1:{front.port}/team/onepart", os.urandom(2_000_000))
-        asyncio.run(push(name, a, alice))
-        bob = load({"HANGAR_HOME": str(tmp_path / "bob")})
-        b = Store(bob.models)
-        asyncio.run(pull(name, b, bob, PullOptions(concurrency=2, part_size=4_000_000)))
-    weights = a.get(name).manifest.layers[0]
-    assert b.blob_path(weights.digest).read_bytes() == a.blob_path(weights.digest).read_bytes()
+    _, pushed, pulled = pull_via_cdn(
+        registry, tmp_path, lambda blobs: slow_start_cdn_app(blobs, served, 200_000), 2_000_000,
+        PullOptions(concurrency=2, part_size=4_000_000),
+    )  # fmt: skip
+    assert pulled == pushed
     slow = [sent for first, sent in served if first == 0 and sent > 100]
     assert len(slow) == 1 and slow[0] < 1_000_000, served  # the slow one fetched under half
     assert any(0 < first < 2_000_000 for first, _ in served), served
