@@ -4,7 +4,6 @@ return data and raise ``client.errors``."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 import time
 from collections.abc import Sequence
@@ -119,6 +118,8 @@ def _name(store: Store, settings: ClientSettings, text: str) -> ModelName:
 
 
 def _pull(args: argparse.Namespace) -> int:
+    import asyncio
+
     from client.progress import ProgressView
     from client.pull import PullOptions, pull
 
@@ -135,6 +136,8 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _push(args: argparse.Namespace) -> int:
+    import asyncio
+
     from client.progress import ProgressView
     from client.push import PushOptions, push
 
@@ -290,6 +293,10 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # httpx imports its own command-line tool (click, pygments) with itself: ~40 ms on every
+    # command that talks HTTP, for a tool hangar never runs. A module recorded as None cannot be
+    # imported, and httpx then defines a stub in its place.
+    sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `hangar run MODEL --verbose some words`: words after an option still belong to the prompt.

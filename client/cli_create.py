@@ -182,8 +182,6 @@ def _create_remote(
 ) -> None:
     import httpx  # here: every hangar command builds this module's parser
 
-    from client.cli_runtime import _error_text
-
     with httpx.Client(base_url=base, headers=headers, timeout=None) as client:
 
         def upload(paths: dict[str, Path]) -> dict[str, Digest]:
@@ -194,7 +192,7 @@ def _create_remote(
                 if client.head(f"/api/blobs/{digest}").status_code != 200:
                     r = client.post(f"/api/blobs/{digest}", content=_chunks(path, progress, str(digest), size))
                     if r.status_code >= 400:
-                        raise errors.RequestFailed(f"uploading {path}: {_error_text(r)}", r.status_code)
+                        raise errors.RequestFailed(f"uploading {path}: {errors.response_text(r)}", r.status_code)
                 progress(Progress(f"copying file {digest}", str(digest), size, size))
                 out[name] = digest
             return out
@@ -218,7 +216,7 @@ def _create_remote(
         with client.stream("POST", "/api/create", json=body) as r:
             if r.status_code >= 400:
                 r.read()
-                raise CreateError(_error_text(r))
+                raise CreateError(errors.response_text(r))
             for line in r.iter_lines():
                 if not line.strip():
                     continue

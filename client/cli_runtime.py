@@ -1,5 +1,8 @@
 """``hangar serve``, ``run``, ``ps`` and ``stop``: the local runtime and the commands that talk to
-it over its Ollama API (``HANGAR_HOST``, default 127.0.0.1:11434)."""
+it over its Ollama API (``HANGAR_HOST``, default 127.0.0.1:11434).
+
+httpx is imported inside the commands that use it: every hangar command builds this module's
+parser, and ``hangar list`` should not pay for an HTTP client it does not use."""
 
 from __future__ import annotations
 
@@ -15,8 +18,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from client import errors
 from client.config import load
@@ -133,6 +134,8 @@ def ensure_daemon(base: str, timeout: float = 60.0) -> None:
 
 
 def _alive(base: str) -> bool:
+    import httpx
+
     try:
         return httpx.head(base + "/", timeout=2, headers=_headers()).status_code == 200
     except httpx.TransportError:
@@ -140,10 +143,12 @@ def _alive(base: str) -> bool:
 
 
 def _post_stream(base: str, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    import httpx
+
     with httpx.stream("POST", base + path, json=body, timeout=None, headers=_headers()) as r:
         if r.status_code >= 400:
             r.read()
-            raise errors.RequestFailed(_error_text(r), r.status_code)
+            raise errors.RequestFailed(errors.response_text(r), r.status_code)
         for line in r.iter_lines():
             if line.strip():
                 item = json.loads(line)
@@ -152,19 +157,14 @@ def _post_stream(base: str, path: str, body: dict[str, Any]) -> Iterator[dict[st
                 yield item
 
 
-def _error_text(r: httpx.Response) -> str:
-    try:
-        return str(r.json().get("error", r.text))
-    except ValueError:
-        return r.text
-
-
 def _show(base: str, model: str) -> dict[str, Any] | None:
+    import httpx
+
     r = httpx.post(base + "/api/show", json={"model": model}, timeout=60, headers=_headers())
     if r.status_code == 404:
         return None
     if r.status_code >= 400:
-        raise errors.RequestFailed(_error_text(r), r.status_code)
+        raise errors.RequestFailed(errors.response_text(r), r.status_code)
     return dict(r.json())
 
 
@@ -197,6 +197,8 @@ def attach_images(text: str) -> tuple[str, list[str]]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import httpx
+
     base = daemon_url()
     ensure_daemon(base)
     info = _show(base, args.model)
@@ -223,7 +225,7 @@ def _run(args: argparse.Namespace) -> int:
             headers=_headers(),
         )
         if r.status_code >= 400:
-            raise errors.RequestFailed(_error_text(r), r.status_code)
+            raise errors.RequestFailed(errors.response_text(r), r.status_code)
         print(json.dumps(r.json()["embeddings"][0]))
         return 0
     vision = "vision" in capabilities
@@ -385,6 +387,8 @@ def _collect_piece(item: dict[str, Any], out: list[str]) -> str:
 
 
 def _ps(args: argparse.Namespace) -> int:
+    import httpx
+
     base = daemon_url()
     try:
         r = httpx.get(base + "/api/ps", timeout=10, headers=_headers())
@@ -435,6 +439,8 @@ def _until(expires: str) -> str:
 
 
 def _stop(args: argparse.Namespace) -> int:
+    import httpx
+
     base = daemon_url()
     try:
         r = httpx.post(
@@ -443,5 +449,5 @@ def _stop(args: argparse.Namespace) -> int:
     except httpx.TransportError:
         raise errors.RegistryUnreachable(f"no runtime answers at {base}") from None
     if r.status_code >= 400:
-        raise errors.RequestFailed(_error_text(r), r.status_code)
+        raise errors.RequestFailed(errors.response_text(r), r.status_code)
     return 0

@@ -17,7 +17,6 @@ last, atomically: an interrupted create leaves at most unreferenced blobs (``han
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -220,6 +219,8 @@ def _parent_layers(
     try:
         parent = store.get(parent_name)
     except errors.ModelNotFound:
+        import asyncio
+
         from client.pull import PullOptions, pull
 
         asyncio.run(pull(parent_name, store, settings, PullOptions(insecure=request.insecure), progress))

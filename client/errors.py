@@ -19,7 +19,12 @@ Each message says what happened and what to do about it; the CLI prints it as is
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from registry.oci.errors import parse_envelope
+
+if TYPE_CHECKING:
+    import httpx
 
 
 class HangarError(Exception):
@@ -91,3 +96,11 @@ def from_response(status: int, body: bytes, what: str) -> RegistryError:
     if status == 404:
         return NotFound(f"{what}: file does not exist ({detail})")  # Ollama's words, then ours
     return RequestFailed(f"{what}: registry answered {status} ({detail})", status, code)
+
+
+def response_text(response: httpx.Response) -> str:
+    """The message of an error answer from the runtime's API (``{"error": "…"}``), else its body."""
+    try:
+        return str(response.json().get("error", response.text))
+    except ValueError:
+        return response.text

@@ -5,7 +5,6 @@ Progress events have the shape of Ollama's pull/push stream (``status``, ``diges
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
 import random
@@ -73,6 +72,8 @@ class RateLimiter:
     """A token bucket shared by every transfer of one operation (``--max-rate``)."""
 
     def __init__(self, rate: int | None) -> None:
+        import asyncio  # here: commands that only print progress events (list, create) skip it
+
         self.rate = rate
         self._allowance = float(rate or 0)
         self._last = time.monotonic()
@@ -87,6 +88,8 @@ class RateLimiter:
             self._last = now
             self._allowance -= n
             if self._allowance < 0:
+                import asyncio
+
                 await asyncio.sleep(-self._allowance / self.rate)
 
 

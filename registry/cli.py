@@ -4,7 +4,6 @@ commands, so building the parser stays cheap for the rest of the CLI."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from typing import TYPE_CHECKING
 
@@ -172,6 +171,8 @@ def _gc(args: argparse.Namespace) -> int:
         plan.blobs = (await gc.plan_blobs(meta, grace)).blobs
         done = gc.Plan() if args.dry_run else await gc.execute(meta, store, plan)
         return plan, done
+
+    import asyncio
 
     plan, done = asyncio.run(run())
     verb = "would delete" if args.dry_run else "deleted"

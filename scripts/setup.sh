@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up everything Hangar needs on a Debian/Ubuntu machine, idempotently:
-#   - system packages (python3-venv, PostgreSQL, skopeo, the reference docker-registry, wrk, hey)
+#   - system packages (python3-venv, PostgreSQL, skopeo, the reference docker-registry, wrk, hey, openssl)
 #     when they are missing, with apt-get (as root, or through sudo);
 #   - a virtual environment in .venv with Hangar installed (editable) and its test/dev extras.
 #     llama-cpp-python compiles from source the first time (about 5 minutes on 2 cores). The build is
@@ -19,6 +19,7 @@ ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 command -v wrk >/dev/null || need+=(wrk)
 command -v hey >/dev/null || need+=(hey)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)  # bench/pull_push.py: the native verified-file figure
 command -v gcc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
 
