@@ -232,6 +232,7 @@ class BlobDownload:
         self._source_generation = 0
         self._source_lock = asyncio.Lock()
         self._hashed: _PrefixHash | None = None
+        self._hashed_parts = 0  # parts[:n] are done and handed to the hashing thread
         self._report = Throttle(lambda: progress(Progress(
             f"pulling {self.digest.short}", str(self.digest), self.desc.size, self.completed)))  # fmt: skip
 
@@ -252,6 +253,7 @@ class BlobDownload:
                 if os.fstat(fd).st_size != self.desc.size:
                     os.ftruncate(fd, self.desc.size)
                 self._report(force=True)
+                self._hashed_parts = 0
                 with _PrefixHash(fd) as self._hashed:
                     try:
                         self._hash_done_prefix()  # parts a previous run completed
@@ -554,14 +556,18 @@ class BlobDownload:
                 break
 
     def _hash_done_prefix(self) -> None:
-        """Hand the hashing thread the part of the file's completed prefix it has not had yet."""
-        end = 0
-        for part in self.parts:
-            if not part.done:
-                break
-            end = part.offset + part.size
-        if self._hashed:
-            self._hashed.prefix_done(end)
+        """Hand the hashing thread the part of the file's completed prefix it has not had yet.
+        (Parts before the first unfinished one never change again: a take-over splits only
+        unfinished parts, so counting from where the last call stopped is enough.)"""
+        if not self._hashed:
+            return
+        n = self._hashed_parts
+        while n < len(self.parts) and self.parts[n].done:
+            n += 1
+        if n > self._hashed_parts:
+            self._hashed_parts = n
+            last = self.parts[n - 1]
+            self._hashed.prefix_done(last.offset + last.size)
 
 
 def _write_at(fd: int, data: memoryview, pos: int) -> None:
