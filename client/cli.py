@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from client import cli_account, cli_create, cli_runtime
+    from client import cli_account, cli_create, cli_remote, cli_runtime
     from registry import cli as registry_cli
 
     parser = argparse.ArgumentParser(
@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("name", nargs="?", help="import under this name (default: the name in the archive)")
     imp.set_defaults(handler=_import)
 
+    cli_remote.add_commands(commands)
     cli_runtime.add_commands(commands)
     cli_create.add_commands(commands)
     cli_account.add_commands(commands)

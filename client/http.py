@@ -14,6 +14,7 @@ from client import errors, keys
 from client.auth import RegistryAuth
 from client.config import ClientSettings
 from client.keys import Identity
+from registry.oci import mediatypes as mt
 from registry.oci.names import ModelName
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 
 USER_AGENT = "hangar/0.1.0"
 TIMEOUT = httpx.Timeout(connect=15.0, read=30.0, write=60.0, pool=None)
+MANIFEST_ACCEPT = ", ".join([mt.DOCKER_MANIFEST, mt.OCI_MANIFEST])  # what a model's manifest may be
 
 
 def registry_url(name: ModelName, settings: ClientSettings, insecure: bool = False) -> str:

@@ -39,16 +39,21 @@ def remove_models(store: Store, names: list[ModelName]) -> Removal:
             candidates |= {d.digest for d in model.manifest.blobs()}
             store.delete_manifest(name)
             result.models.append(name)
-        still_used = store.referenced_digests()
-        for digest in sorted(candidates - still_used):
-            path = store.blob_path(digest)
-            try:
-                result.freed += path.stat().st_size
-            except FileNotFoundError:
-                continue
-            store.delete_blob(digest)
-            result.blobs.append(digest)
+        delete_unused_blobs(store, candidates, result)
     return result
+
+
+def delete_unused_blobs(store: Store, candidates: set[Digest], result: Removal) -> None:
+    """Delete the candidates no model references. The caller holds the manifests lock: a pull
+    writes its manifest under it, after checking its blobs are all still there."""
+    for digest in sorted(candidates - store.referenced_digests()):
+        path = store.blob_path(digest)
+        try:
+            result.freed += path.stat().st_size
+        except FileNotFoundError:
+            continue
+        store.delete_blob(digest)
+        result.blobs.append(digest)
 
 
 @dataclass

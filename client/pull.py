@@ -48,7 +48,8 @@ import httpx
 from client import errors
 from client.auth import bearer_token
 from client.config import ClientSettings, FsyncMode
-from client.http import make_client, make_data_session, registry_url, send
+from client.http import MANIFEST_ACCEPT, make_client, make_data_session, registry_url, send
+from client.manage import Removal, delete_unused_blobs
 from client.store import LocalModel, Store
 from client.transfer import (
     MAX_ATTEMPTS,
@@ -63,12 +64,10 @@ from client.transfer import (
     plan_parts,
     start_writeback,
 )
-from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest
 from registry.oci.manifest import Descriptor, Manifest, ManifestError
 from registry.oci.names import ModelName
 
-ACCEPT = ", ".join([mt.DOCKER_MANIFEST, mt.OCI_MANIFEST])
 STATE_VERSION = 3  # 2 (one part per chunk) is still read
 SAVE_EVERY = 1.0  # seconds between part-state saves
 MAP_WINDOW = 16 * 1024 * 1024  # bytes of the file mapped at once to hash them
@@ -133,7 +132,7 @@ async def _pull_from(
         progress(Progress("pulling manifest"))
         response = await send(
             http, "GET", f"{base}/v2/{name.repository}/manifests/{name.tag}",
-            headers={"Accept": ACCEPT}, what="pull model manifest",
+            headers={"Accept": MANIFEST_ACCEPT}, what="pull model manifest",
         )  # fmt: skip
         raw = response.content
         try:
@@ -166,10 +165,24 @@ async def _pull_from(
             async with _locked(store, "manifests"):
                 if all(store.has_blob(d.digest, d.size) for d in blobs):
                     progress(Progress("writing manifest"))
+                    replaced = _blobs_of(store, name)
                     store.put_manifest(name, raw)
+                    # As Ollama: when the tag moved, the old version's blobs go unless another
+                    # model still uses them (no orphans after an update).
+                    if replaced - {d.digest for d in blobs}:
+                        progress(Progress("removing unused layers"))
+                        delete_unused_blobs(store, replaced, Removal())
                     break
     progress(Progress("success"))
     return PullResult(store.get(name), fetched, base)
+
+
+def _blobs_of(store: Store, name: ModelName) -> set[Digest]:
+    """The blobs of the model now stored under ``name`` (none if there is none, or it is unreadable)."""
+    try:
+        return {d.digest for d in store.get(name).manifest.blobs()}
+    except errors.HangarError:
+        return set()
 
 
 @contextlib.asynccontextmanager

@@ -128,3 +128,20 @@ def ollama_front_app(registry_url: str, cdn_url: str) -> Starlette:
 
     methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
     return Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
+
+
+def digestless_front_app(registry_url: str, manifest_requests: list[str]) -> Starlette:
+    """Forwards reads to a registry but leaves ``Docker-Content-Digest`` out of every answer, as
+    some registries do; records the method of each manifest request."""
+    client = httpx.AsyncClient(timeout=60)
+
+    async def forward(request: Request) -> Response:
+        if "/manifests/" in request.url.path:
+            manifest_requests.append(request.method)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        r = await client.request(request.method, registry_url + request.url.path, headers=headers)
+        dropped = _HOP | {"docker-content-digest"}
+        return Response(r.content, status_code=r.status_code,
+                        headers={k: v for k, v in r.headers.items() if k.lower() not in dropped})  # fmt: skip
+
+    return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "HEAD"])])

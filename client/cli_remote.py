@@ -1,0 +1,120 @@
+"""``hangar outdated``, ``update`` and ``tags``: compare local models with their registries, pull
+the ones whose tag moved, and list a repository's tags."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from client.config import ClientSettings, load
+from client.store import LocalModel, Store
+
+
+def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    outdated = commands.add_parser(
+        "outdated",
+        help="show which local models have a newer version in their registry",
+        description="Ask each model's registry whether its tag still points to the manifest in the "
+        "store (no blobs move). Exits 1 if a registry could not be asked.",
+    )
+    outdated.add_argument("models", nargs="*", help="models to check (default: every local model)")
+    outdated.add_argument("--insecure", action="store_true", help="use plain http for the registries")
+    outdated.set_defaults(handler=_outdated)
+
+    update = commands.add_parser(
+        "update",
+        help="pull the newer version of local models whose tag moved in their registry",
+        description="Check the models as 'hangar outdated' does and pull each one with a newer "
+        "version: only blobs not in the store are fetched, and, as with any pull that moves a tag, "
+        "the old version's blobs that no model uses any more are deleted. Models their registry "
+        "does not have (made with 'hangar create') are left alone. Exits 1 if a model could not be "
+        "checked or pulled.",
+    )
+    update.add_argument("models", nargs="*", help="models to update (default: every local model)")
+    update.add_argument("--insecure", action="store_true", help="use plain http for the registries")
+    update.add_argument("--dry-run", action="store_true", help="only say what would be pulled")
+    update.set_defaults(handler=_update)
+
+    tags = commands.add_parser(
+        "tags",
+        help="list the tags of a model in its registry",
+        description="List every tag of MODEL's repository in its registry (its tag, if given, is ignored).",
+    )
+    tags.add_argument("model", help="e.g. models.lan:5000/alice/model")
+    tags.add_argument("--insecure", action="store_true", help="use plain http for this registry")
+    tags.set_defaults(handler=_tags)
+
+
+def _local_models(names: list[str]) -> tuple[ClientSettings, Store, list[LocalModel]]:
+    from client.manage import settle_store
+
+    settings = load()
+    store = Store(settings.models)
+    settle_store(store, lambda line: print(line, file=sys.stderr))
+    if not names:
+        return settings, store, sorted(store.models(), key=lambda m: m.name.display())
+    return settings, store, [store.get(store.parse_name(n, settings.default_host)) for n in names]
+
+
+def _outdated(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from client.remote import check_updates
+
+    settings, _, models = _local_models(args.models)
+    checks = asyncio.run(check_updates(models, settings, insecure=args.insecure))
+    rows = [("NAME", "ID", "STATUS")]
+    rows += [(c.name.display(), c.local_id[:12], c.status) for c in checks]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    for r in rows:
+        print("    ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2]]))
+    return 1 if any(c.error for c in checks) else 0
+
+
+def _update(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from client import errors
+    from client.progress import ProgressView
+    from client.pull import PullOptions, pull
+    from client.remote import check_updates
+
+    settings, store, models = _local_models(args.models)
+    checks = asyncio.run(check_updates(models, settings, insecure=args.insecure))
+    failed = 0
+    for check in checks:
+        if check.error:
+            print(f"{check.name.display()}: cannot check: {check.error}", file=sys.stderr)
+            failed += 1
+    stale = [c for c in checks if c.outdated]
+    if not stale:
+        print("every model is up to date" if not failed else "nothing to update")
+        return 1 if failed else 0
+    for check in stale:
+        shown = check.name.display()
+        if args.dry_run:
+            print(f"would update {shown} ({check.local_id[:12]} → {(check.remote_id or '')[:12]})")
+            continue
+        print(f"updating {shown}")
+        try:
+            with ProgressView() as view:
+                asyncio.run(pull(check.name, store, settings, PullOptions(insecure=args.insecure), view))
+        except KeyboardInterrupt:
+            print("\nupdate interrupted; run it again to resume where it stopped", file=sys.stderr)
+            return 130
+        except errors.HangarError as e:
+            print(f"{shown}: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _tags(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from client.remote import list_tags
+
+    settings = load()
+    name = Store(settings.models).parse_name(args.model, settings.default_host)
+    for tag in asyncio.run(list_tags(name, settings, insecure=args.insecure)):
+        print(tag)
+    return 0

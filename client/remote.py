@@ -1,0 +1,125 @@
+"""Questions to a registry that move no blobs: does a local model still match what its tag
+points to (``hangar outdated``, ``hangar update``), and which tags does a repository have
+(``hangar tags``).
+
+A model is up to date when the registry's manifest for its tag has the digest of the manifest
+in the store: the store keeps a pulled manifest byte for byte, so the two digests are equal
+exactly when nothing was pushed to the tag since."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from urllib.parse import urljoin
+
+import httpx
+
+from client import errors
+from client.config import ClientSettings
+from client.http import MANIFEST_ACCEPT, make_client, registry_url, send
+from client.store import LocalModel
+from registry.oci.names import ModelName
+
+CHECKS_AT_ONCE = 8  # manifest requests in flight per registry
+
+UP_TO_DATE = "up to date"
+OUTDATED = "update available"
+NOT_IN_REGISTRY = "not in the registry"
+
+
+@dataclass(frozen=True)
+class UpdateCheck:
+    """What the registry says of one local model."""
+
+    name: ModelName
+    local_id: str  # sha256 hex of the local manifest (the ID ``hangar list`` shows)
+    remote_id: str | None = None  # the same for the registry's manifest; None if it has none
+    error: str | None = None  # why the registry could not be asked
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return f"error: {self.error}"
+        if self.remote_id is None:
+            return NOT_IN_REGISTRY
+        return UP_TO_DATE if self.remote_id == self.local_id else OUTDATED
+
+    @property
+    def outdated(self) -> bool:
+        return self.error is None and self.remote_id is not None and self.remote_id != self.local_id
+
+
+async def check_updates(
+    models: Sequence[LocalModel], settings: ClientSettings, *, insecure: bool = False
+) -> list[UpdateCheck]:
+    """Ask each model's registry for the manifest digest of its tag, in the order given. A
+    registry that cannot be asked (unreachable, refusing, TLS) marks its models with an error
+    instead of failing the others."""
+    by_base: dict[str, list[LocalModel]] = {}
+    for model in models:
+        by_base.setdefault(registry_url(model.name, settings, insecure), []).append(model)
+    found: dict[ModelName, UpdateCheck] = {}
+
+    async def ask_registry(base: str, local: list[LocalModel]) -> None:
+        limit = asyncio.Semaphore(CHECKS_AT_ONCE)
+        async with make_client(settings, httpx.URL(base).netloc.decode(), connections=CHECKS_AT_ONCE) as http:
+
+            async def ask(model: LocalModel) -> None:
+                async with limit:
+                    try:
+                        remote = await remote_manifest_id(http, base, model.name)
+                        found[model.name] = UpdateCheck(model.name, model.id, remote)
+                    except errors.HangarError as e:
+                        found[model.name] = UpdateCheck(model.name, model.id, error=str(e))
+
+            await asyncio.gather(*(ask(m) for m in local))
+
+    await asyncio.gather(*(ask_registry(base, local) for base, local in by_base.items()))
+    return [found[m.name] for m in models]
+
+
+async def remote_manifest_id(http: httpx.AsyncClient, base: str, name: ModelName) -> str | None:
+    """The sha256 hex of the registry's manifest for ``name``'s tag, or None if it has none.
+    HEAD first (registries send ``Docker-Content-Digest``); a GET, hashed here, where it is
+    missing."""
+    url = f"{base}/v2/{name.repository}/manifests/{name.tag}"
+    what = f"check {name.display()}"
+    headers = {"Accept": MANIFEST_ACCEPT}
+    head = await send(http, "HEAD", url, headers=headers, what=what, allow=(404,))
+    if head.status_code == 404:
+        return None
+    digest = str(head.headers.get("docker-content-digest", ""))
+    if digest.startswith("sha256:") and len(digest) == 71:
+        return digest.removeprefix("sha256:")
+    response = await send(http, "GET", url, headers=headers, what=what, allow=(404,))
+    return None if response.status_code == 404 else hashlib.sha256(response.content).hexdigest()
+
+
+async def list_tags(
+    name: ModelName, settings: ClientSettings, *, insecure: bool = False, page_size: int = 1000
+) -> list[str]:
+    """Every tag of ``name``'s repository, following the registry's pages (``Link: rel=next``)."""
+    base = registry_url(name, settings, insecure)
+    tags: list[str] = []
+    url: str | None = f"{base}/v2/{name.repository}/tags/list?n={page_size}"
+    async with make_client(settings, httpx.URL(base).netloc.decode()) as http:
+        while url:
+            response = await send(http, "GET", url, what=f"list tags of {name.repository}")
+            try:
+                page = response.json()
+                tags.extend(str(tag) for tag in page.get("tags") or [])
+            except (ValueError, AttributeError):
+                raise errors.RequestFailed(
+                    f"list tags of {name.repository}: the registry's answer is not a tag list", 502
+                ) from None
+            url = _next_page(response, url)
+    return tags
+
+
+def _next_page(response: httpx.Response, url: str) -> str | None:
+    link = str(response.headers.get("link", ""))
+    if 'rel="next"' not in link or "<" not in link:
+        return None
+    return urljoin(url, link[link.index("<") + 1 : link.index(">")])
