@@ -17,9 +17,8 @@ from typing import Any
 from client import errors
 from client.config import load
 from client.create import CreateError, CreateRequest, create, quantize_type
-from client.progress import ProgressView
+from client.progress import Progress, ProgressCallback, ProgressView
 from client.store import Store
-from client.transfer import Progress, ProgressCallback
 from registry.oci.digest import Digest
 from registry.oci.modelfile import Modelfile, parse
 

@@ -169,8 +169,7 @@ def _show(base: str, model: str) -> dict[str, Any] | None:
 
 
 def _pull_through(base: str, model: str, insecure: bool) -> None:
-    from client.progress import ProgressView
-    from client.transfer import Progress
+    from client.progress import Progress, ProgressView
 
     # On stderr: stdout carries only the answer, so `hangar run m "…" > answer.txt` holds just that.
     with ProgressView(sys.stderr) as view:

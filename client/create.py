@@ -31,8 +31,8 @@ from typing import Any
 from client import errors
 from client.config import ClientSettings
 from client.model_info import file_type_name, human_count, inspect, read_gguf_metadata
+from client.progress import Progress, ProgressCallback, no_progress
 from client.store import Store
-from client.transfer import Progress, ProgressCallback, no_progress
 from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest
 from registry.oci.manifest import Descriptor, Manifest

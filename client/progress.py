@@ -1,16 +1,38 @@
-"""Showing pull and push progress: rich bars per layer on a terminal, plain lines otherwise."""
+"""Progress events and how they are shown: rich bars per layer on a terminal, plain lines
+otherwise.
+
+Events have the shape of Ollama's pull/push stream (``status``, ``digest``, ``total``,
+``completed``) so the runtime can forward them to ``/api/pull`` clients unchanged."""
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from client.transfer import Progress
-
 if TYPE_CHECKING:
     from rich.progress import Progress as RichProgress
+
+
+@dataclass(frozen=True)
+class Progress:
+    status: str
+    digest: str | None = None
+    total: int | None = None
+    completed: int | None = None
+
+    def to_json(self) -> dict[str, object]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+def no_progress(_: Progress) -> None:
+    pass
 
 
 class ProgressView:

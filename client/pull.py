@@ -50,17 +50,15 @@ from client.auth import bearer_token
 from client.config import ClientSettings, FsyncMode
 from client.http import MANIFEST_ACCEPT, make_client, make_data_session, registry_url, send
 from client.manage import Removal, delete_unused_blobs
+from client.progress import Progress, ProgressCallback, no_progress
 from client.store import LocalModel, Store
 from client.transfer import (
     MAX_ATTEMPTS,
     STALL_SECONDS,
     Part,
-    Progress,
-    ProgressCallback,
     RateLimiter,
     Throttle,
     backoff,
-    no_progress,
     plan_parts,
     start_writeback,
 )

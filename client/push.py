@@ -23,8 +23,9 @@ import httpx
 from client import errors
 from client.config import ClientSettings
 from client.http import make_client, registry_url, send
+from client.progress import Progress, ProgressCallback, no_progress
 from client.store import Store
-from client.transfer import MAX_ATTEMPTS, Progress, ProgressCallback, RateLimiter, Throttle, backoff, no_progress
+from client.transfer import MAX_ATTEMPTS, RateLimiter, Throttle, backoff
 from registry.oci.digest import Digest
 from registry.oci.manifest import Descriptor
 from registry.oci.names import InvalidName, ModelName

@@ -1,39 +1,19 @@
-"""Pieces shared by pull and push: progress events, part planning, retry policy, rate limiting.
-
-Progress events have the shape of Ollama's pull/push stream (``status``, ``digest``, ``total``,
-``completed``) so the runtime can forward them to ``/api/pull`` clients unchanged."""
+"""Pieces shared by pull and push: part planning, retry policy, rate limiting, writeback."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 MAX_ATTEMPTS = 6
 STALL_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class Progress:
-    status: str
-    digest: str | None = None
-    total: int | None = None
-    completed: int | None = None
-
-    def to_json(self) -> dict[str, object]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-
-ProgressCallback = Callable[[Progress], None]
-
-
-def no_progress(_: Progress) -> None:
-    pass
 
 
 @dataclass
@@ -72,8 +52,6 @@ class RateLimiter:
     """A token bucket shared by every transfer of one operation (``--max-rate``)."""
 
     def __init__(self, rate: int | None) -> None:
-        import asyncio  # here: commands that only print progress events (list, create) skip it
-
         self.rate = rate
         self._allowance = float(rate or 0)
         self._last = time.monotonic()
@@ -88,8 +66,6 @@ class RateLimiter:
             self._last = now
             self._allowance -= n
             if self._allowance < 0:
-                import asyncio
-
                 await asyncio.sleep(-self._allowance / self.rate)
 
 

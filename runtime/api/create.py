@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from client import errors as client_errors
 from client.create import CreateError, CreateRequest, create, quantize_type
-from client.transfer import Progress
+from client.progress import Progress
 from registry.oci.digest import Digest, InvalidDigest
 from registry.oci.modelfile import ROLES
 from runtime.api.common import error, field, handle_errors, progress_response, read_json, service

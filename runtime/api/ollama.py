@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from client import errors as client_errors
 from client.manage import copy_model, remove_models
 from client.model_info import parameter_lines, render_modelfile
-from client.transfer import Progress
+from client.progress import Progress
 from registry.oci.names import InvalidName, ModelName
 from runtime.api.common import (
     cancelled_on_disconnect,

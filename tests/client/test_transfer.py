@@ -8,10 +8,10 @@ import pytest
 
 from client import errors
 from client.config import ClientSettings, load
+from client.progress import Progress
 from client.pull import pull
 from client.push import push
 from client.store import Store
-from client.transfer import Progress
 from registry.oci.names import ModelName
 from tests.client.conftest import make_model
 
