@@ -13,7 +13,7 @@ from client.config import load
 from client.manage import copy_model
 from client.pull import pull
 from client.push import push
-from client.remote import list_tags
+from client.remote import NOT_IN_REGISTRY, check_updates, list_tags
 from client.store import Store
 from registry.oci.digest import Digest
 from registry.oci.names import ModelName
@@ -168,3 +168,16 @@ def test_a_pull_that_moves_a_tag_removes_the_blobs_only_the_old_version_used(reg
     bob_pulls()
     assert not bob.has_blob(second) and bob.has_blob(third) and bob.has_blob(first)
     assert bob.referenced_digests() >= {first, third}
+
+
+def test_private_models_are_checked_with_the_owners_key(people) -> None:  # type: ignore[no-untyped-def]
+    alice, bob = people("alice"), people("bob")
+    alice.account.set_default_visibility(alice.name, "private")
+    name = alice.model(f"{alice.name}/secret")
+    alice.push(name)
+    assert [c.status for c in asyncio.run(check_updates([alice.store.get(name)], alice.settings))] == ["up to date"]
+    # Bob holds the same manifest under the same name, but the registry does not reveal a private
+    # repository to others: for him it is not there, and `hangar update` leaves his copy alone.
+    bob.store.put_manifest(name, alice.store.get(name).manifest.raw)
+    (seen,) = asyncio.run(check_updates([bob.store.get(name)], bob.settings))
+    assert seen.status == NOT_IN_REGISTRY and not seen.outdated
