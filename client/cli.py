@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from client import errors
-from client.config import ClientSettings, load, parse_size
+from client.config import ClientSettings, parse_size
 from client.store import Store
 from registry.oci.names import ModelName
 
@@ -106,12 +106,9 @@ def _transfer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _context() -> tuple[ClientSettings, Store]:
-    from client.manage import settle_store
+    from client.manage import settled_store
 
-    settings = load()
-    store = Store(settings.models)
-    settle_store(store, lambda line: print(line, file=sys.stderr))
-    return settings, store
+    return settled_store(lambda line: print(line, file=sys.stderr))
 
 
 def _name(store: Store, settings: ClientSettings, text: str) -> ModelName:
@@ -155,7 +152,7 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from client.progress import human_age, human_size
+    from client.progress import human_age, human_size, print_table
 
     _, store = _context()
     models = sorted(store.models(), key=lambda m: m.modified, reverse=True)
@@ -166,9 +163,7 @@ def _list(args: argparse.Namespace) -> int:
         if args.prefix and not shown.startswith(args.prefix):
             continue
         rows.append((shown, m.id[:12], human_size(m.size), human_age(now - m.modified)))
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    for r in rows:
-        print("    ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "    " + r[3])
+    print_table(rows)
     return 0
 
 

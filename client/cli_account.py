@@ -174,14 +174,14 @@ def _keys_show(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
+    from client.progress import print_table
+
     client = _client(args)
     rows = [("FINGERPRINT", "NAME", "ADDED", "LAST USED")]
     for k in client.list_keys():
         mark = " *" if k["current"] else ""
         rows.append((k["fingerprint"] + mark, k["name"], k["created_at"][:19], (k["last_used_at"] or "never")[:19]))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_table(rows, gap="   ")
     return 0
 
 

@@ -46,11 +46,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _local_models(names: list[str]) -> tuple[ClientSettings, Store, list[LocalModel]]:
-    from client.manage import settle_store
+    from client.manage import settled_store
 
-    settings = load()
-    store = Store(settings.models)
-    settle_store(store, lambda line: print(line, file=sys.stderr))
+    settings, store = settled_store(lambda line: print(line, file=sys.stderr))
     if not names:
         return settings, store, sorted(store.models(), key=lambda m: m.name.display())
     return settings, store, [store.get(store.parse_name(n, settings.default_host)) for n in names]
@@ -59,15 +57,12 @@ def _local_models(names: list[str]) -> tuple[ClientSettings, Store, list[LocalMo
 def _outdated(args: argparse.Namespace) -> int:
     import asyncio
 
+    from client.progress import print_table
     from client.remote import check_updates
 
     settings, _, models = _local_models(args.models)
     checks = asyncio.run(check_updates(models, settings, insecure=args.insecure))
-    rows = [("NAME", "ID", "STATUS")]
-    rows += [(c.name.display(), c.local_id[:12], c.status) for c in checks]
-    widths = [max(len(r[i]) for r in rows) for i in range(2)]
-    for r in rows:
-        print("    ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2]]))
+    print_table([("NAME", "ID", "STATUS"), *((c.name.display(), c.local_id[:12], c.status) for c in checks)])
     return 1 if any(c.error for c in checks) else 0
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from client import errors
 from client.config import load
-from client.progress import human_size
+from client.progress import human_size, print_table
 
 REPL_HELP = """Available commands:
   /set parameter NAME VALUE   set a parameter (temperature, num_ctx, top_k, …)
@@ -406,9 +406,7 @@ def _ps(args: argparse.Namespace) -> int:
                 _until(m.get("expires_at", "")),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("    ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    print_table(rows)
     return 0
 
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from client.config import ClientSettings, load
 from client.progress import human_size
 from client.store import LocalModel, SettleReport, Store
 from registry.oci.digest import Digest, InvalidDigest
@@ -31,21 +32,21 @@ class Removal:
 
 def remove_models(store: Store, names: list[ModelName]) -> Removal:
     """Delete the manifests, then every blob of theirs that no remaining model uses."""
-    result = Removal()
     with store.lock("manifests"):
         candidates: set[Digest] = set()
         for name in names:
             model = store.get(name)
             candidates |= {d.digest for d in model.manifest.blobs()}
             store.delete_manifest(name)
-            result.models.append(name)
-        delete_unused_blobs(store, candidates, result)
+        result = delete_unused_blobs(store, candidates)
+    result.models = list(names)
     return result
 
 
-def delete_unused_blobs(store: Store, candidates: set[Digest], result: Removal) -> None:
+def delete_unused_blobs(store: Store, candidates: set[Digest]) -> Removal:
     """Delete the candidates no model references. The caller holds the manifests lock: a pull
     writes its manifest under it, after checking its blobs are all still there."""
+    result = Removal()
     for digest in sorted(candidates - store.referenced_digests()):
         path = store.blob_path(digest)
         try:
@@ -54,6 +55,7 @@ def delete_unused_blobs(store: Store, candidates: set[Digest], result: Removal) 
             continue
         store.delete_blob(digest)
         result.blobs.append(digest)
+    return result
 
 
 @dataclass
@@ -110,6 +112,15 @@ def prune(store: Store, plan: PrunePlan) -> PrunePlan:
                 path.unlink()
                 done.partials.append((path, size))
     return done
+
+
+def settled_store(say: Callable[[str], None]) -> tuple[ClientSettings, Store]:
+    """The settings and the store they name, settled (see :func:`settle_store`): what every
+    command that uses the store starts from."""
+    settings = load()
+    store = Store(settings.models)
+    settle_store(store, say)
+    return settings, store
 
 
 def settle_store(store: Store, say: Callable[[str], None]) -> SettleReport:

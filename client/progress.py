@@ -1,5 +1,5 @@
-"""Progress events and how they are shown: rich bars per layer on a terminal, plain lines
-otherwise.
+"""Progress events and how they are shown (rich bars per layer on a terminal, plain lines
+otherwise), and the other human output of the commands: sizes, ages, tables.
 
 Events have the shape of Ollama's pull/push stream (``status``, ``digest``, ``total``,
 ``completed``) so the runtime can forward them to ``/api/pull`` clients unchanged."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -127,3 +127,11 @@ def human_age(seconds: float) -> str:
             n = int(seconds // span)
             return f"{n} {unit}{'s' if n != 1 else ''} ago"
     return "Less than a minute ago" if seconds >= 1 else "Just now"
+
+
+def print_table(rows: Sequence[Sequence[str]], gap: str = "    ") -> None:
+    """Print rows (the first one the header) in columns as wide as their widest cell, as
+    Ollama's ``list`` and ``ps`` do."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(gap.join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

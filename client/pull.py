@@ -49,7 +49,7 @@ from client import errors
 from client.auth import bearer_token
 from client.config import ClientSettings, FsyncMode
 from client.http import MANIFEST_ACCEPT, make_client, make_data_session, registry_url, send
-from client.manage import Removal, delete_unused_blobs
+from client.manage import delete_unused_blobs
 from client.progress import Progress, ProgressCallback, no_progress
 from client.store import LocalModel, Store
 from client.transfer import (
@@ -169,7 +169,7 @@ async def _pull_from(
                     # model still uses them (no orphans after an update).
                     if replaced - {d.digest for d in blobs}:
                         progress(Progress("removing unused layers"))
-                        delete_unused_blobs(store, replaced, Removal())
+                        delete_unused_blobs(store, replaced)
                     break
     progress(Progress("success"))
     return PullResult(store.get(name), fetched, base)
