@@ -30,6 +30,7 @@ from typing import Any
 
 from client import errors
 from client.config import ClientSettings
+from client.gguf_header import GGUFError
 from client.model_info import file_type_name, human_count, inspect, read_gguf_metadata
 from client.progress import Progress, ProgressCallback, no_progress
 from client.store import Store
@@ -313,8 +314,11 @@ def _hf_config(store: Store, model: Descriptor, checkpoint: Mapping[str, Digest]
     """The base model's shape, for an adapter: its config.json, or read back from its GGUF."""
     for name, digest in checkpoint.items():
         if name.rsplit("/", 1)[-1] == "config.json":
-            return dict(json.loads(store.blob_path(digest).read_bytes()))
-    meta = read_gguf_metadata(store.blob_path(model.digest), max_array=0)[0]
+            try:
+                return dict(json.loads(store.blob_path(digest).read_bytes()))
+            except (ValueError, TypeError, RecursionError) as e:
+                raise CreateError(f"{name}: not a JSON object ({type(e).__name__})") from None
+    meta = _metadata(store.blob_path(model.digest), "the model")[0]
     arch = str(meta.get("general.architecture"))
     if arch not in HF_ARCHITECTURES:
         raise CreateError(f"adapters in safetensors are converted for {', '.join(HF_ARCHITECTURES)} models, not {arch}")
@@ -343,13 +347,22 @@ def _gguf_kind(store: Store, file_name: str, digest: Digest) -> str:
     with open(path, "rb") as f:
         if f.read(4) != b"GGUF":
             raise CreateError(f"{file_name}: not a GGUF file")
-    meta = read_gguf_metadata(path, max_array=0)[0]
+    meta = _metadata(path, file_name)[0]
     kind = str(meta.get("general.type") or "")
     if kind == "adapter":
         return mt.OLLAMA_ADAPTER
     if kind in ("mmproj", "projector") or meta.get("general.architecture") == "clip":
         return mt.OLLAMA_PROJECTOR
     return mt.OLLAMA_MODEL
+
+
+def _metadata(path: Path, what: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
+    """A GGUF's header without its arrays, read within bounds (see client.gguf_header): a file
+    pulled from a registry may be hostile."""
+    try:
+        return read_gguf_metadata(path, max_array=0)
+    except GGUFError as e:
+        raise CreateError(f"{what}: not a valid GGUF file: {e}") from None
 
 
 def _bytes_layer(store: Store, media_type: str, data: bytes) -> Descriptor:
@@ -372,7 +385,7 @@ def _typed(parameters: Mapping[str, Any]) -> dict[str, Any]:
 def _config(
     store: Store, model: Descriptor, layers: list[Descriptor], parent: dict[str, Any], request: CreateRequest
 ) -> dict[str, Any]:
-    meta, tensors, _ = read_gguf_metadata(store.blob_path(model.digest), max_array=0)
+    meta, tensors, _ = _metadata(store.blob_path(model.digest), "the model")
     family = str(meta.get("general.architecture") or parent.get("model_family") or "")
     families = [family] if family else []
     if any(d.media_type == mt.OLLAMA_PROJECTOR for d in layers):
@@ -403,7 +416,7 @@ def _quantize(store: Store, model: Descriptor, wanted: str, progress: ProgressCa
     logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
 
     source = store.blob_path(model.digest)
-    meta = read_gguf_metadata(source, max_array=0)[0]
+    meta = _metadata(source, "the model")[0]
     current = file_type_name(meta.get("general.file_type")) or "F32"
     if current == wanted:
         return model
@@ -432,7 +445,7 @@ def _quantize(store: Store, model: Descriptor, wanted: str, progress: ProgressCa
             raise CreateError(f"quantizing to {wanted} failed (llama.cpp returned {outcome[:1]})")
         progress(Progress(status, "0000000000000000000", total, total))
         progress(Progress("verifying conversion"))
-        if file_type_name(read_gguf_metadata(tmp, max_array=0)[0].get("general.file_type")) != wanted:
+        if file_type_name(_metadata(tmp, "the quantized model")[0].get("general.file_type")) != wanted:
             raise CreateError(f"quantizing to {wanted} wrote a file of another type")
         digest, size = store.adopt_file(tmp)
     return Descriptor(mt.OLLAMA_MODEL, digest, size)

@@ -1,14 +1,22 @@
 """What a local model is: its layers read back (template, system prompt, parameters, messages,
 licenses), its config, and what its GGUF says about itself. Shared by ``hangar show`` and the
-runtime's ``/api/show``."""
+runtime's ``/api/show``.
+
+Every file read here came from a registry, so it is read within bounds (sizes capped, JSON depth
+errors caught, the GGUF header by :mod:`client.gguf_header`); a model whose files cannot be read
+is still described, with what went wrong in :attr:`ModelInfo.error`, so one bad model never
+hides the others."""
 
 from __future__ import annotations
 
 import json
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from client.gguf_header import GGUFError, is_gguf, read_header
 from client.store import LocalModel, Store
 from registry.oci import mediatypes as mt
 from registry.oci.modelfile import quote
@@ -30,6 +38,7 @@ class ModelInfo:
     gguf: dict[str, Any] = field(default_factory=dict)  # metadata key/values (arrays summarised)
     tensors: list[dict[str, Any]] = field(default_factory=list)
     special_tokens: dict[str, str] = field(default_factory=dict)  # "bos", "eos": their text
+    error: str = ""  # why part of the model could not be read (it cannot be run)
 
     @property
     def architecture(self) -> str:
@@ -74,17 +83,22 @@ class ModelInfo:
             "families": self.config.get("model_families") or ([family] if family else None),
             "parameter_size": self.parameter_size,
             "quantization_level": self.quantization,
+            **({"error": self.error} if self.error else {}),
         }
+
+
+# Caps on the small blobs a manifest points at (Ollama's are bytes to KiB): a larger one is not read.
+MAX_CONFIG = 1 << 20
+MAX_TEXT_LAYER = 8 << 20  # templates, system prompts, licenses
+MAX_JSON_LAYER = 8 << 20  # parameters, messages
 
 
 def inspect(store: Store, model: LocalModel, *, read_gguf: bool = True) -> ModelInfo:
     manifest = model.manifest
-    config: dict[str, Any] = {}
+    problems: list[str] = []
+    config: Any = {}
     if manifest.config is not None:
-        try:
-            config = json.loads(store.blob_path(manifest.config.digest).read_bytes())
-        except (FileNotFoundError, ValueError):
-            config = {}
+        config = _json(store.blob_path(manifest.config.digest), MAX_CONFIG, "config", problems) or {}
     info = ModelInfo(model, config if isinstance(config, dict) else {}, None)
     for layer in manifest.layers:
         path = store.blob_path(layer.digest)
@@ -92,86 +106,111 @@ def inspect(store: Store, model: LocalModel, *, read_gguf: bool = True) -> Model
             info.model_path = path
             info.parent = layer.parent or ""
         elif layer.media_type in (mt.OLLAMA_TEMPLATE, mt.OLLAMA_PROMPT):
-            info.template = _text(path)
+            info.template = _text(path, "template", problems)
         elif layer.media_type == mt.OLLAMA_SYSTEM:
-            info.system = _text(path)
+            info.system = _text(path, "system prompt", problems)
         elif layer.media_type == mt.OLLAMA_PARAMS:
-            params = _json(path)
+            params = _json(path, MAX_JSON_LAYER, "parameters", problems)
             info.parameters = params if isinstance(params, dict) else {}
         elif layer.media_type == mt.OLLAMA_MESSAGES:
-            messages = _json(path)
-            info.messages = messages if isinstance(messages, list) else []
+            messages = _json(path, MAX_JSON_LAYER, "messages", problems)
+            info.messages = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
         elif layer.media_type == mt.OLLAMA_LICENSE:
-            info.licenses.append(_text(path))
+            info.licenses.append(_text(path, "license", problems))
         elif layer.media_type == mt.OLLAMA_ADAPTER:
             info.adapters.append(path)
         elif layer.media_type == mt.OLLAMA_PROJECTOR:
             info.projectors.append(path)
     if read_gguf and info.model_path is not None and info.model_path.exists():
-        info.gguf, info.tensors, info.special_tokens = read_gguf_metadata(info.model_path)
+        try:
+            info.gguf, info.tensors, info.special_tokens = read_gguf_metadata(info.model_path)
+        except (GGUFError, OSError) as e:
+            problems.append(f"model file: {e}")
+    info.error = "; ".join(problems)
     return info
+
+
+# Headers already read, by file identity and ``max_array``: a listing reads each model file once,
+# and a file that failed is not parsed again on every request. Bounded; whole arrays
+# (``max_array`` large, for show --verbose) are never kept.
+_CACHE: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+_CACHE_SIZE = 256
+_CACHE_MAX_ARRAY = 64
+_cache_lock = threading.Lock()
 
 
 def read_gguf_metadata(path: Path, max_array: int = 5) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
     """GGUF key/values (arrays longer than ``max_array`` replaced by ``[]``, as Ollama's show
     does without --verbose), the tensor list, and the BOS/EOS token texts. Empty if the file is
-    not a GGUF."""
-    from gguf import GGUFReader, GGUFValueType
-
+    not a GGUF; :class:`GGUFError` if it is a malformed or hostile one (see client.gguf_header)."""
     try:
-        reader = GGUFReader(path, "r")
-    except (ValueError, OSError):
-        return {}, [], {}
-    meta: dict[str, Any] = {}
-    special: dict[str, str] = {}
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
-    for role in ("bos", "eos"):
-        id_field = reader.fields.get(f"tokenizer.ggml.{role}_token_id")
-        if tokens is not None and id_field is not None:
-            index = int(id_field.parts[id_field.data[0]][0])
-            if 0 <= index < len(tokens.data):
-                special[role] = bytes(tokens.parts[tokens.data[index]]).decode("utf-8", errors="replace")
-    for key, f in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        if not f.types:
-            continue
-        if f.types[0] == GGUFValueType.ARRAY:
-            if len(f.data) > max_array:
-                meta[key] = []
-                continue
-            meta[key] = [_scalar(f.parts[i], f.types[-1]) for i in f.data]
-        else:
-            meta[key] = _scalar(f.parts[f.data[0]], f.types[0])
-    tensors = [
-        {"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape], "elements": int(t.n_elements)}
-        for t in reader.tensors
-    ]
-    return meta, tensors, special
-
-
-def _scalar(part: Any, kind: Any) -> Any:
-    from gguf import GGUFValueType
-
-    if kind == GGUFValueType.STRING:
-        return bytes(part).decode("utf-8", errors="replace")
-    value = part.tolist()
-    value = value[0] if isinstance(value, list) and len(value) == 1 else value
-    return bool(value) if kind == GGUFValueType.BOOL else value
-
-
-def _text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        st = path.stat()
     except FileNotFoundError:
-        return ""
+        return {}, [], {}
+    key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, max_array)
+    if max_array <= _CACHE_MAX_ARRAY:
+        with _cache_lock:
+            cached = _CACHE.get(key)
+            if cached is not None:
+                _CACHE.move_to_end(key)
+        if isinstance(cached, GGUFError):
+            raise GGUFError(str(cached))
+        if cached is not None:
+            meta, tensors, special = cached
+            return dict(meta), list(tensors), dict(special)
+    result: Any
+    if not is_gguf(path):
+        result = ({}, [], {})
+    else:
+        try:
+            header = read_header(path, max_array)
+            result = (header.metadata, header.tensors, header.special_tokens)
+        except GGUFError as e:
+            result = e
+    if max_array <= _CACHE_MAX_ARRAY:
+        with _cache_lock:
+            _CACHE[key] = result
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+    if isinstance(result, GGUFError):
+        raise result
+    meta, tensors, special = result
+    return dict(meta), list(tensors), dict(special)
 
 
-def _json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_bytes())
-    except (FileNotFoundError, ValueError):
+def _text(path: Path, what: str = "layer", problems: list[str] | None = None) -> str:
+    raw = _read(path, MAX_TEXT_LAYER, what, problems)
+    return raw.decode("utf-8", errors="replace") if raw is not None else ""
+
+
+def _json(path: Path, limit: int = MAX_JSON_LAYER, what: str = "layer", problems: list[str] | None = None) -> Any:
+    raw = _read(path, limit, what, problems)
+    if raw is None:
         return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as e:  # deep nesting is a RecursionError, not a ValueError
+        if problems is not None:
+            problems.append(f"{what}: not valid JSON ({type(e).__name__})")
+        return None
+
+
+def _read(path: Path, limit: int, what: str, problems: list[str] | None) -> bytes | None:
+    """A small blob's bytes; None (and a problem noted) when it is missing or over ``limit``."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(limit + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if problems is not None:
+            problems.append(f"{what}: {e}")
+        return None
+    if len(raw) > limit:
+        if problems is not None:
+            problems.append(f"{what}: larger than {limit} bytes")
+        return None
+    return raw
 
 
 def human_count(n: int) -> str:

@@ -1,8 +1,9 @@
 """``create_app(settings)``: the local runtime (``hangar serve``) as an ASGI application.
 
-Middleware, outermost first: CORS (Ollama's default origins plus ``HANGAR_ORIGINS``), the
-DNS-rebinding guard (a loopback listener answers only loopback/private/local Host names), and the
-optional API key (``HANGAR_API_KEY``)."""
+Middleware, outermost first: the request guard (:class:`Guard`: the DNS-rebinding check on
+``Host``, the cross-site check on ``Origin`` and the JSON-only rule for requests that change
+something), CORS (Ollama's default origins plus ``HANGAR_ORIGINS``), and the optional API key
+(``HANGAR_API_KEY``)."""
 
 from __future__ import annotations
 
@@ -64,12 +65,28 @@ def allowed_host(host_header: str) -> bool:
     return ip.is_loopback or ip.is_private or ip.is_unspecified
 
 
+# Request bodies a state-changing request may carry. Every route reads JSON (blob uploads read
+# bytes), so a type a browser can send without a CORS preflight (text/plain, a form) is refused:
+# a web page cannot make the daemon pull, copy or push by posting a "simple" request.
+JSON_TYPES = frozenset({"application/json"})
+BLOB_TYPES = frozenset({"application/octet-stream"})
+# Without an Origin header the request does not come from a web page (browsers send Origin on
+# every POST and DELETE). ``curl -d`` sends form-urlencoded and some clients no type at all; a
+# browser form cannot spell a JSON object in form-urlencoded, and the body is parsed as JSON.
+NON_BROWSER_TYPES = frozenset({"", "application/x-www-form-urlencoded"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
 class Guard:
-    """403 for foreign Host headers on a loopback listener; 401 without the API key when one is set."""
+    """The one gate in front of every route: 403 for a foreign ``Host`` on a loopback listener
+    (DNS rebinding) and for any ``Origin`` not allowed (Ollama's defaults plus ``HANGAR_ORIGINS``,
+    whatever the method or type: a cross-site page gets nothing done), 415 for a state-changing
+    request whose body is not JSON."""
 
     def __init__(self, app: ASGIApp, settings: RuntimeSettings) -> None:
         self.app = app
         self.settings = settings
+        self.origins = re.compile(origin_regex(settings.origins))
         try:
             self.loopback = ipaddress.ip_address(settings.host).is_loopback
         except ValueError:
@@ -79,20 +96,62 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-        if self.loopback and not allowed_host(headers.get("host", "")):
+        host = ""
+        origins: list[str] = []
+        content_types: list[str] = []
+        for k, v in scope["headers"]:
+            name = k.decode("latin-1").lower()
+            if name == "host":
+                host = v.decode("latin-1")
+            elif name == "origin":
+                origins.append(v.decode("latin-1").strip())
+            elif name == "content-type":
+                content_types.append(v.decode("latin-1"))
+        if self.loopback and not allowed_host(host):
             await _reply(scope, receive, send, 403, "forbidden: this host name may not reach the server")
             return
-        key = self.settings.api_key
+        refused = [o for o in origins if not self.origins.fullmatch(o)]
+        if refused:
+            await _reply(
+                scope, receive, send, 403, f"forbidden: origin {refused[0]!r} is not allowed (see HANGAR_ORIGINS)"
+            )
+            return
+        if scope["method"] not in SAFE_METHODS:
+            kinds = {t.split(";", 1)[0].strip().lower() for t in content_types} or {""}
+            allowed = JSON_TYPES | (BLOB_TYPES if scope["path"].startswith("/api/blobs/") else frozenset())
+            if not origins:
+                allowed |= NON_BROWSER_TYPES
+            if len(kinds) != 1 or not kinds <= allowed:
+                cors = {"access-control-allow-origin": origins[0]} if origins else {}
+                message = f"unsupported content type {content_types[0] if content_types else '(none)'!r}: send JSON"
+                await _reply(scope, receive, send, 415, message, cors)
+                return
+        await self.app(scope, receive, send)
+
+
+class ApiKey:
+    """401 without the API key when one is set (inside CORS, so a browser app can read why)."""
+
+    def __init__(self, app: ASGIApp, settings: RuntimeSettings) -> None:
+        self.app = app
+        self.key = settings.api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.key:
+            await self.app(scope, receive, send)
+            return
         open_path = (scope["path"] == "/" and scope["method"] in ("GET", "HEAD")) or scope["method"] == "OPTIONS"
-        if key and not open_path and headers.get("authorization", "") != f"Bearer {key}":
+        authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"), "")
+        if not open_path and authorization != f"Bearer {self.key}":
             await _reply(scope, receive, send, 401, "unauthorized: set Authorization: Bearer <HANGAR_API_KEY>")
             return
         await self.app(scope, receive, send)
 
 
-async def _reply(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:
-    await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+async def _reply(
+    scope: Scope, receive: Receive, send: Send, status: int, message: str, headers: dict[str, str] | None = None
+) -> None:
+    await JSONResponse({"error": message}, status_code=status, headers=headers)(scope, receive, send)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -148,6 +207,7 @@ def create_app(
     return Starlette(
         routes=routes,
         middleware=[
+            Middleware(Guard, settings=settings),
             Middleware(
                 CORSMiddleware,
                 allow_origin_regex=origin_regex(settings.origins),
@@ -155,7 +215,7 @@ def create_app(
                 allow_headers=["*"],
                 allow_credentials=False,
             ),
-            Middleware(Guard, settings=settings),
+            Middleware(ApiKey, settings=settings),
         ],
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
         lifespan=lifespan,

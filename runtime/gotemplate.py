@@ -8,9 +8,15 @@ by sorted key, integers) with ``else``/``break``/``continue``, ``with``/``else w
 functions ``and or not len index slice eq ne lt le gt ge print printf println json currentDate``.
 
 Data is plain Python: dicts for Go structs and maps. A field finds its key as spelled (``Role``),
-or as Ollama's JSON names spell it (``role``, ``tool_calls`` for ``ToolCalls``).
+or as Ollama's JSON names spell it (``role``, ``tool_calls`` for ``ToolCalls``); fields are looked
+up in dicts only, never as Python attributes (a template comes with a model from any registry:
+``.Prompt.__class__`` is an error, not a way into the interpreter).
 Dicts and lists print as compact JSON, as Ollama's tool types print themselves; ``nil`` prints as
 an empty string. Errors raise :class:`TemplateError` with the offending line.
+
+A template is bounded: its source (:data:`MAX_SOURCE`), its nesting (:data:`MAX_DEPTH`), the steps
+one rendering may take (:data:`MAX_STEPS`: nodes run and loop turns) and the text it may make
+(:data:`MAX_OUTPUT`, also for any one value it builds); past them, :class:`TemplateError`.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ from typing import Any
 
 class TemplateError(ValueError):
     pass
+
+
+MAX_SOURCE = 1 << 20  # bytes of template source (Ollama's templates are a few KiB)
+MAX_DEPTH = 100  # nested blocks and parentheses
+MAX_STEPS = 1_000_000  # nodes run and range turns in one rendering
+MAX_OUTPUT = 8 << 20  # characters one rendering (or one value in it) may reach
 
 
 # -- lexing -----------------------------------------------------------------------------------------
@@ -179,6 +191,16 @@ def _action_end(source: str, start: int) -> int:
 def _items(source: str) -> list[_Item]:
     items: list[_Item] = []
     pos = 0
+    # Line numbers are counted on as the scan goes (counting from the start for every action
+    # would be quadratic in a template of many actions).
+    counted, lines_before = 0, 0
+
+    def line_of(offset: int) -> int:
+        nonlocal counted, lines_before
+        lines_before += source.count("\n", counted, offset)
+        counted = offset
+        return lines_before + 1
+
     while True:
         start = source.find("{{", pos)
         if start < 0:
@@ -191,8 +213,9 @@ def _items(source: str) -> list[_Item]:
         )
         if trim_left:
             body_start += 2
+        text_line = line_of(pos)
         end = _action_end(source, body_start)
-        line = source.count("\n", 0, start) + 1
+        line = line_of(start)
         if end < 0:
             raise TemplateError(f"line {line}: unclosed action")
         body = source[body_start:end]
@@ -203,14 +226,14 @@ def _items(source: str) -> list[_Item]:
         if trim_left:
             text = text.rstrip(" \t\r\n")
         if text:
-            items.append(_Item("text", text, source.count("\n", 0, pos) + 1))
+            items.append(_Item("text", text, text_line))
         items.append(_Item("action", body, line))
         pos = end + 2
         if trim_right:
             while pos < len(source) and source[pos] in " \t\r\n":
                 pos += 1
     if pos < len(source):
-        items.append(_Item("text", source[pos:], source.count("\n", 0, pos) + 1))
+        items.append(_Item("text", source[pos:], line_of(pos)))
     return items
 
 
@@ -218,6 +241,7 @@ class _Parser:
     def __init__(self, source: str) -> None:
         self.items = _items(source)
         self.pos = 0
+        self.depth = 0
 
     def parse(self) -> list[Any]:
         nodes, end = self._list(())
@@ -271,6 +295,15 @@ class _Parser:
         return If(pipe, body, orelse, kind)
 
     def _block(self, line: int, kind: str) -> tuple[list[Any], list[Any]]:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise TemplateError(f"line {line}: blocks nested more than {MAX_DEPTH} deep")
+        try:
+            return self._block_body(line, kind)
+        finally:
+            self.depth -= 1
+
+    def _block_body(self, line: int, kind: str) -> tuple[list[Any], list[Any]]:
         body, stop = self._list(("end", "else"))
         if stop is None:
             raise TemplateError(f"line {line}: {{{{{kind}}}}} without {{{{end}}}}")
@@ -287,11 +320,14 @@ class _Parser:
 
 
 class _PipeParser:
-    def __init__(self, tokens: list[Token], line: int, allow_decl: int) -> None:
+    def __init__(self, tokens: list[Token], line: int, allow_decl: int, depth: int = 0) -> None:
+        if depth > MAX_DEPTH:
+            raise TemplateError(f"line {line}: parentheses nested more than {MAX_DEPTH} deep")
         self.tokens = tokens
         self.pos = 0
         self.line = line
         self.allow_decl = allow_decl
+        self.depth = depth
 
     def _peek(self, offset: int = 0) -> Token | None:
         i = self.pos + offset
@@ -328,7 +364,7 @@ class _PipeParser:
                 commands.append(operands)
                 operands = []
             elif token.value == "(":
-                inner = _PipeParser(self.tokens, self.line, 0)
+                inner = _PipeParser(self.tokens, self.line, 0, self.depth + 1)
                 inner.pos = self.pos
                 sub = inner.pipeline(until_paren=True)
                 self.pos = inner.pos
@@ -526,8 +562,24 @@ FUNCTIONS: dict[str, Callable[..., Any]] = {
 
 
 class _Scope:
-    def __init__(self, root: Any) -> None:
+    """Variables, and what is left of the rendering's budget."""
+
+    def __init__(self, root: Any, max_steps: int, max_output: int) -> None:
         self.frames: list[dict[str, Any]] = [{"$": root}]
+        self.steps_left = max_steps
+        self.output_left = max_output
+        self.max_output = max_output
+
+    def step(self, n: int = 1) -> None:
+        self.steps_left -= n
+        if self.steps_left < 0:
+            raise TemplateError("the template takes too many steps (a loop that does not end soon enough)")
+
+    def emit(self, out: list[str], text: str) -> None:
+        self.output_left -= len(text)
+        if self.output_left < 0:
+            raise TemplateError(f"the template's output exceeds {self.max_output} characters")
+        out.append(text)
 
     def lookup(self, name: str, line: int) -> Any:
         for frame in reversed(self.frames):
@@ -547,16 +599,24 @@ class Template:
     """A parsed template; ``render(data)`` gives the text."""
 
     def __init__(self, source: str) -> None:
+        if len(source) > MAX_SOURCE:
+            raise TemplateError(f"template of {len(source)} characters (at most {MAX_SOURCE})")
         self.source = source
-        self.nodes = _Parser(source).parse()
+        try:
+            self.nodes = _Parser(source).parse()
+        except RecursionError:
+            raise TemplateError("template nested too deeply") from None
 
-    def render(self, data: Any) -> str:
+    def render(self, data: Any, max_steps: int = MAX_STEPS, max_output: int = MAX_OUTPUT) -> str:
+        """The text; :class:`TemplateError` past ``max_steps`` steps or ``max_output`` characters."""
         out: list[str] = []
-        scope = _Scope(data)
+        scope = _Scope(data, max_steps, max_output)
         try:
             self._run(self.nodes, data, scope, out)
         except (_Break, _Continue):
             raise TemplateError("break or continue outside range") from None
+        except RecursionError:
+            raise TemplateError("template nested too deeply") from None
         return "".join(out)
 
     def uses(self, name: str) -> bool:
@@ -586,12 +646,13 @@ class Template:
 
     def _run(self, nodes: list[Any], dot: Any, scope: _Scope, out: list[str]) -> None:
         for node in nodes:
+            scope.step()
             if isinstance(node, Text):
-                out.append(node.text)
+                scope.emit(out, node.text)
             elif isinstance(node, Action):
                 value = self._pipeline(node.pipe, dot, scope)
                 if not node.pipe.decl:
-                    out.append(to_text(value))
+                    scope.emit(out, to_text(value))
             elif isinstance(node, If):
                 scope.frames.append({})
                 try:
@@ -614,20 +675,25 @@ class Template:
         try:
             pipe = node.pipe
             collection = self._eval_commands(pipe, dot, scope)
+            pairs: Iterator[tuple[Any, Any]]
             if isinstance(collection, dict):
-                pairs: list[tuple[Any, Any]] = [(k, collection[k]) for k in sorted(collection)]
+                scope.step(len(collection))  # sorting costs what the turns would
+                pairs = iter([(k, collection[k]) for k in sorted(collection)])
             elif isinstance(collection, (list, tuple, str)):
-                pairs = list(enumerate(collection))
+                pairs = enumerate(collection)
             elif isinstance(collection, int) and not isinstance(collection, bool):
-                pairs = [(i, i) for i in range(collection)]
+                if collection > scope.steps_left:  # refused before the first turn
+                    raise TemplateError(f"line {pipe.line}: range {collection} takes too many steps")
+                pairs = ((i, i) for i in range(collection))
             elif collection is None:
-                pairs = []
+                pairs = iter(())
             else:
                 raise TemplateError(f"line {pipe.line}: range can't iterate over {type(collection).__name__}")
-            if not pairs:
+            if not collection or (isinstance(collection, int) and collection < 0):
                 self._run(node.orelse, dot, scope, out)
                 return
             for key, value in pairs:
+                scope.step()
                 frame = scope.frames[-1]
                 if len(pipe.decl) == 1:
                     frame[pipe.decl[0]] = value
@@ -677,7 +743,10 @@ class Template:
                 raise TemplateError(f'line {line}: function "{name}" not defined')
             args = [self._operand(a, dot, scope, line) for a in operands[1:]] + extra
             try:
-                return fn(*args)
+                result = fn(*args)
+                if isinstance(result, str) and len(result) > scope.max_output:
+                    raise TemplateError(f"a value of more than {scope.max_output} characters")
+                return result
             except TemplateError as e:
                 raise TemplateError(f"line {line}: {name}: {e}") from None
             except TypeError as e:
@@ -702,14 +771,21 @@ class Template:
 
 
 def _fields(value: Any, names: list[str]) -> Any:
+    """``.A.B`` on the data: dict keys only (as Go finds a struct's fields and a map's keys),
+    never an attribute of a Python object."""
     for name in names:
         if isinstance(value, dict):
             value = _lookup(value, name)
         elif value is None:
             return None
         else:
-            value = getattr(value, name, None)
+            raise TemplateError(f"can't evaluate field {name} in type {_go_type(value)}")
     return value
+
+
+def _go_type(value: Any) -> str:
+    names = {str: "string", bool: "bool", int: "int", float: "float64", list: "[]interface {}"}
+    return names.get(type(value), "interface {}")
 
 
 _CAMEL_RE = re.compile(r"(?<=[a-z0-9])([A-Z])")

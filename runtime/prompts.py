@@ -6,17 +6,24 @@ The template is, in order: the request's ``template``; the model's TEMPLATE laye
 that uses ``.Messages`` gets the whole conversation at once, an older one is rendered turn by turn
 with ``.System``/``.Prompt``/``.Response`` (the text after ``.Response`` dropped for the turn being
 generated). The model's SYSTEM layer applies unless the conversation brings its own; its MESSAGE
-layer comes first."""
+layer comes first.
+
+Templates come with models from any registry, so rendering is bounded: Go templates by
+``runtime.gotemplate``'s step and output budgets, Jinja ones by the sandbox plus the same budgets
+(attribute lookups, calls and ``range`` items count as steps; ``*``/``**``/``+`` may not build
+huge values). The budgets grow with the conversation. Callers render in a worker thread."""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.gotemplate import Template, TemplateError
+from runtime.gotemplate import MAX_OUTPUT, MAX_STEPS, Template, TemplateError
 
 RESPONSE_MARK = "\x00hangar-response\x00"
 
@@ -48,13 +55,15 @@ class PromptTemplate:
     """One model's way of writing prompts."""
 
     def __init__(self, go_source: str | None, jinja_source: str | None, bos: str = "", eos: str = "") -> None:
-        self.go = Template(go_source) if go_source is not None else None
+        self.go = go_template(go_source) if go_source is not None else None
         self.jinja = None
+        self.max_steps, self.max_output = MAX_STEPS, MAX_OUTPUT
         if self.go is None and jinja_source:
             from jinja2.exceptions import TemplateError as JinjaError
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+            if len(jinja_source) > MAX_JINJA_SOURCE:
+                raise TemplateError(f"chat template of {len(jinja_source)} characters (at most {MAX_JINJA_SOURCE})")
+            env = _bounded_sandbox()
             env.globals["raise_exception"] = _raise
             env.globals["strftime_now"] = lambda fmt: dt.datetime.now().strftime(fmt)
             try:
@@ -70,6 +79,10 @@ class PromptTemplate:
         return self.jinja is not None or (self.go is not None and self.go.uses("Messages"))
 
     def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, suffix: str = "") -> str:
+        # A long conversation may take more steps and make more text than the fixed budgets allow.
+        size = sum(len(m.content) for m in messages) + len(suffix) + len(json.dumps(tools or []))
+        self.max_steps = MAX_STEPS + 64 * (len(messages) + len(tools or []))
+        self.max_output = MAX_OUTPUT + 4 * size
         if self.jinja is not None:
             return self._render_jinja(messages, tools)
         assert self.go is not None
@@ -77,7 +90,7 @@ class PromptTemplate:
         try:
             if suffix:
                 prompt = turns[-1].content if turns and turns[-1].role == "user" else ""
-                return self.go.render({"Prompt": prompt, "Suffix": suffix, "Response": ""})
+                return self._go({"Prompt": prompt, "Suffix": suffix, "Response": ""})
             if self.go.uses("Messages"):
                 data = {
                     "System": system,
@@ -87,12 +100,16 @@ class PromptTemplate:
                     "Prompt": "",
                     "Suffix": "",
                 }
-                return self.go.render(data)
+                return self._go(data)
             return self._render_legacy(turns)
         except TemplateError:
             raise
         except (TypeError, ValueError, KeyError) as e:
             raise TemplateError(str(e)) from None
+
+    def _go(self, data: dict[str, Any]) -> str:
+        assert self.go is not None
+        return self.go.render(data, self.max_steps, self.max_output)
 
     def _render_legacy(self, turns: list[Message]) -> str:
         """Turn by turn, as Ollama does for templates without .Messages."""
@@ -101,7 +118,7 @@ class PromptTemplate:
         values = {"System": "", "Prompt": "", "Response": ""}
 
         def flush() -> None:
-            out.append(self.go.render(values))  # type: ignore[union-attr]
+            out.append(self._go(values))
             values.update(System="", Prompt="", Response="")
 
         for m in turns:
@@ -117,7 +134,7 @@ class PromptTemplate:
                 values["Response"] = m.content
         # The turn being generated: cut at .Response.
         values["Response"] = RESPONSE_MARK
-        text = self.go.render(values)
+        text = self._go(values)
         out.append(text.split(RESPONSE_MARK, 1)[0])
         return "".join(out)
 
@@ -129,22 +146,125 @@ class PromptTemplate:
         for m in data:  # HF templates expect arguments as objects and tool calls typed
             for call in m.get("tool_calls", []):
                 call.setdefault("type", "function")
+        env: Any = self.jinja.environment
+        env.budget.steps_left, env.budget.max_output = self.max_steps, self.max_output
+        out: list[str] = []
+        left = self.max_output
         try:
-            return str(
-                self.jinja.render(
-                    messages=data,
-                    tools=tools or None,
-                    add_generation_prompt=True,
-                    bos_token=self.bos,
-                    eos_token=self.eos,
-                )
-            )
+            for piece in self.jinja.generate(
+                messages=data,
+                tools=tools or None,
+                add_generation_prompt=True,
+                bos_token=self.bos,
+                eos_token=self.eos,
+            ):
+                env.step()
+                left -= len(piece)
+                if left < 0:
+                    raise TemplateError(f"chat template: output exceeds {self.max_output} characters")
+                out.append(piece)
         except JinjaError as e:
             raise TemplateError(f"chat template: {e}") from None
+        except (RecursionError, OverflowError, MemoryError) as e:
+            raise TemplateError(f"chat template: {type(e).__name__}") from None
+        return "".join(out)
 
 
 def _raise(message: str) -> None:
     raise TemplateError(message)
+
+
+MAX_JINJA_SOURCE = 1 << 20
+
+# Parsed Go templates by source: a model's template is parsed once, not on every request. Kept
+# while their sources total at most _PARSED_BUDGET characters (a parsed template is ~100× its
+# source); failures are remembered too.
+_PARSED: OrderedDict[str, Template | TemplateError] = OrderedDict()
+_PARSED_BUDGET = 1 << 20
+_parsed_lock = threading.Lock()
+
+
+def go_template(source: str) -> Template:
+    with _parsed_lock:
+        found = _PARSED.get(source)
+        if found is not None:
+            _PARSED.move_to_end(source)
+    if found is None:
+        try:
+            found = Template(source)
+        except TemplateError as e:
+            found = e
+        with _parsed_lock:
+            _PARSED[source] = found
+            while sum(len(k) for k in _PARSED) > _PARSED_BUDGET and len(_PARSED) > 1:
+                _PARSED.popitem(last=False)
+    if isinstance(found, TemplateError):
+        raise TemplateError(str(found))
+    return found
+
+
+_sandbox_class: Any = None
+
+
+def _bounded_sandbox() -> Any:
+    global _sandbox_class
+    if _sandbox_class is None:  # built on first use: jinja2 is imported only for Jinja templates
+        _sandbox_class = _make_bounded_sandbox()
+    return _sandbox_class(trim_blocks=True, lstrip_blocks=True)
+
+
+def _make_bounded_sandbox() -> type:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+    class BoundedSandbox(ImmutableSandboxedEnvironment):
+        """Jinja's immutable sandbox with a step budget (each attribute or item lookup, call and
+        ``range`` item is a step) and no arithmetic that builds huge values."""
+
+        intercepted_binops = frozenset({"*", "**", "+"})
+
+        def __init__(self, **options: Any) -> None:
+            super().__init__(**options)
+            self.budget = threading.local()
+            self.globals["range"] = self._range
+
+        def step(self, n: int = 1) -> None:
+            left = getattr(self.budget, "steps_left", MAX_STEPS) - n
+            self.budget.steps_left = left
+            if left < 0:
+                raise TemplateError("chat template: too many steps (a loop that does not end soon enough)")
+
+        def _range(self, *args: int) -> range:
+            r = range(*args)
+            self.step(len(r))
+            return r
+
+        def getattr(self, obj: Any, attribute: str) -> Any:
+            self.step()
+            return super().getattr(obj, attribute)
+
+        def getitem(self, obj: Any, argument: Any) -> Any:
+            self.step()
+            return super().getitem(obj, argument)
+
+        def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+            __self.step()
+            return super().call(__context, __obj, *args, **kwargs)
+
+        def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+            self.step()
+            limit = getattr(self.budget, "max_output", MAX_OUTPUT)
+            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
+                raise SecurityError("chat template: exponent too large")
+            if operator == "*":
+                for seq, times in ((left, right), (right, left)):
+                    if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > limit:
+                        raise SecurityError("chat template: value too large")
+            sized = isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple))
+            if operator == "+" and sized and len(left) + len(right) > limit:
+                raise SecurityError("chat template: value too large")
+            return super().call_binop(context, operator, left, right)
+
+    return BoundedSandbox
 
 
 def collate(messages: list[Message]) -> tuple[str, list[Message]]:

@@ -1,5 +1,10 @@
 """What both APIs do, once: find a model, build its prompt, run it on a scheduled engine, and
-report what happened. ``runtime.api.ollama`` and ``runtime.api.openai`` only translate JSON."""
+report what happened. ``runtime.api.ollama`` and ``runtime.api.openai`` only translate JSON.
+
+A model's files and template came from a registry: reading them (``info``) and rendering prompts
+(``chat_prompt``, ``generate_prompt``) run in worker threads, within bounds, so a hostile model
+never stalls the event loop; a model that cannot be read is listed with its error and refused for
+running."""
 
 from __future__ import annotations
 
@@ -7,12 +12,15 @@ import base64
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import threading
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import anyio
 
 from client.config import ClientSettings
 from client.errors import InvalidName, ModelNotFound
@@ -76,7 +84,7 @@ class Service:
 
     # -- models ------------------------------------------------------------------------------------
 
-    def resolve(self, text: Any, *, missing: str = 'model "{name}" not found, try pulling it first') -> Resolved:
+    async def resolve(self, text: Any, *, missing: str = 'model "{name}" not found, try pulling it first') -> Resolved:
         if not isinstance(text, str) or not text:
             raise ApiError(400, "model is required")
         try:
@@ -87,14 +95,24 @@ class Service:
             model = self.store.get(name)
         except ModelNotFound:
             raise ApiError(404, missing.format(name=text)) from None
-        return Resolved(text, name, model, self.info(model))
+        return Resolved(text, name, model, await self.info_async(model))
 
     def info(self, model: LocalModel) -> ModelInfo:
+        """What the model's files say, read once per version; blocking (see ``info_async``)."""
         key = (str(model.name), model.id)
         cached = self._info.get(key)
         if cached is None:
-            cached = self._info[key] = inspect(self.store, model)
+            try:
+                cached = inspect(self.store, model)
+            except Exception as e:  # one unreadable model must not break the listing of the others
+                logging.getLogger("hangar.runtime").warning("cannot read model %s: %s", model.name, e)
+                cached = ModelInfo(model, {}, None, error=f"unreadable: {e}")
+            self._info[key] = cached
         return cached
+
+    async def info_async(self, model: LocalModel) -> ModelInfo:
+        cached = self._info.get((str(model.name), model.id))
+        return cached if cached is not None else await anyio.to_thread.run_sync(self.info, model)
 
     def template_for(self, resolved: Resolved, override: str | None = None) -> PromptTemplate:
         info = resolved.info
@@ -120,6 +138,8 @@ class Service:
         return merged
 
     def spec(self, resolved: Resolved, options: dict[str, Any], *, embedding: bool) -> LoadSpec:
+        if resolved.info.error:  # never hand llama.cpp a file we could not read ourselves
+            raise ApiError(500, f'model "{resolved.requested}" cannot be loaded: {resolved.info.error}')
         if resolved.info.model_path is None:
             raise ApiError(400, f'"{resolved.requested}" has no model weights to load')
         files = [resolved.info.model_path, *resolved.info.adapters, *resolved.info.projectors]
@@ -251,7 +271,7 @@ class Service:
 
     # -- prompts -----------------------------------------------------------------------------------
 
-    def chat_prompt(self, resolved: Resolved, messages: list[Message], tools: list[dict[str, Any]] | None) -> str:
+    async def chat_prompt(self, resolved: Resolved, messages: list[Message], tools: list[dict[str, Any]] | None) -> str:
         """The conversation as prompt text; each message's images are marked in its content (pass
         ``images_of(messages)`` along to ``complete``)."""
         check_images(resolved, any(m.images for m in messages))
@@ -264,9 +284,9 @@ class Service:
         convo = seeded + messages
         if info.system and not any(m.role == "system" for m in convo[:1]):
             convo = [Message("system", info.system), *convo]
-        return self._render(resolved, convo, tools)
+        return await self._render(resolved, convo, tools)
 
-    def generate_prompt(
+    async def generate_prompt(
         self, resolved: Resolved, prompt: str, system: str | None, template: str | None, suffix: str
     ) -> str:
         info = resolved.info
@@ -275,9 +295,9 @@ class Service:
         if sys_text:
             messages.append(Message("system", sys_text))
         messages.append(Message("user", prompt))
-        return self._render(resolved, messages, None, template, suffix)
+        return await self._render(resolved, messages, None, template, suffix)
 
-    def _render(
+    async def _render(
         self,
         resolved: Resolved,
         messages: list[Message],
@@ -285,10 +305,14 @@ class Service:
         template: str | None = None,
         suffix: str = "",
     ) -> str:
-        try:
-            return self.template_for(resolved, template).render(messages, tools, suffix)
-        except TemplateError as e:
-            raise ApiError(400, f"template error: {e}") from None
+        def render() -> str:
+            try:
+                return self.template_for(resolved, template).render(messages, tools, suffix)
+            except TemplateError as e:
+                raise ApiError(400, f"template error: {e}") from None
+
+        # In a worker thread: a template's budget (runtime.gotemplate) may take a second to spend.
+        return await anyio.to_thread.run_sync(render)
 
 
 def sampling_from(options: dict[str, Any], grammar: str | None, logprobs: bool, top_logprobs: int) -> Sampling:

@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+import anyio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
@@ -121,7 +122,7 @@ def _images(body: dict[str, Any], resolved: Resolved, where: str = "images") -> 
 async def generate(request: Request) -> Response:
     svc = service(request)
     body = await read_json(request)
-    resolved = svc.resolve(body.get("model") or body.get("name"))
+    resolved = await svc.resolve(body.get("model") or body.get("name"))
     prompt = field(body, "prompt", str, "")
     suffix = field(body, "suffix", str, "")
     system = field(body, "system", str)
@@ -152,7 +153,7 @@ async def generate(request: Request) -> Response:
         )
 
     marked = with_image_markers(prompt, len(images)) if images else prompt
-    text = marked if raw else svc.generate_prompt(resolved, marked, system, template, suffix)
+    text = marked if raw else await svc.generate_prompt(resolved, marked, system, template, suffix)
     if body.get("_debug_render_only"):
         return JSONResponse(
             {
@@ -304,7 +305,7 @@ def with_call_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def chat(request: Request) -> Response:
     svc = service(request)
     body = await read_json(request)
-    resolved = svc.resolve(body.get("model") or body.get("name"))
+    resolved = await svc.resolve(body.get("model") or body.get("name"))
     model = body.get("model") or body.get("name")
     messages = parse_messages(body.get("messages"))
     tools = parse_tools(body.get("tools"))
@@ -332,7 +333,7 @@ async def chat(request: Request) -> Response:
             }
         )
 
-    text = svc.chat_prompt(resolved, messages, tools or None)
+    text = await svc.chat_prompt(resolved, messages, tools or None)
     if body.get("_debug_render_only"):
         return JSONResponse(
             {
@@ -440,7 +441,7 @@ async def _wait_disconnect(request: Request) -> None:
 async def embed(request: Request) -> Response:
     svc = service(request)
     body = await read_json(request)
-    resolved = svc.resolve(body.get("model") or body.get("name"))
+    resolved = await svc.resolve(body.get("model") or body.get("name"))
     raw = body.get("input", [])
     if raw is None:
         raw = []
@@ -484,7 +485,7 @@ async def embeddings(request: Request) -> Response:
     """The legacy endpoint: one prompt, an unnormalised vector."""
     svc = service(request)
     body = await read_json(request)
-    resolved = svc.resolve(body.get("model") or body.get("name"))
+    resolved = await svc.resolve(body.get("model") or body.get("name"))
     prompt = field(body, "prompt", str, "")
     options = svc.options(resolved, options_of(body))
     if not prompt:
@@ -512,8 +513,14 @@ def _model_entry(svc: Any, model: Any) -> dict[str, Any]:
 @handle_errors
 async def tags(request: Request) -> Response:
     svc = service(request)
-    models = sorted(svc.store.models(), key=lambda m: m.modified, reverse=True)
-    return JSONResponse({"models": [_model_entry(svc, m) for m in models]})
+
+    def listing() -> list[dict[str, Any]]:
+        # Reads every model's files the first time (a worker thread: the loop keeps serving); a
+        # model that cannot be read is listed with details.error (see client.model_info).
+        models = sorted(svc.store.models(), key=lambda m: m.modified, reverse=True)
+        return [_model_entry(svc, m) for m in models]
+
+    return JSONResponse({"models": await anyio.to_thread.run_sync(listing)})
 
 
 @handle_errors
@@ -521,18 +528,22 @@ async def show(request: Request) -> Response:
     svc = service(request)
     body = await read_json(request)
     name = body.get("model") or body.get("name")
-    resolved = svc.resolve(name, missing="model '{name}' not found")
+    resolved = await svc.resolve(name, missing="model '{name}' not found")
     info = resolved.info
     verbose = field(body, "verbose", bool, False)
     model_info = dict(info.gguf)
     model_info.pop("general.name", None)
     model_info.pop("tokenizer.chat_template", None)
-    if verbose:
+    if verbose and info.model_path is not None and not info.error:
+        from client.gguf_header import GGUFError
         from client.model_info import read_gguf_metadata
 
-        if info.model_path is not None:
-            full, _, _ = read_gguf_metadata(info.model_path, max_array=1 << 30)
-            model_info = {k: v for k, v in full.items() if k not in ("general.name", "tokenizer.chat_template")}
+        try:
+            # Whole arrays (the vocabulary): bounded by client.gguf_header, read off the loop.
+            full, _, _ = await anyio.to_thread.run_sync(read_gguf_metadata, info.model_path, 1 << 30)
+        except (GGUFError, OSError) as e:
+            raise ApiError(500, f"reading the model file: {e}") from None
+        model_info = {k: v for k, v in full.items() if k not in ("general.name", "tokenizer.chat_template")}
     out: dict[str, Any] = {
         "license": "\n".join(info.licenses),
         "modelfile": render_modelfile(info),
@@ -604,7 +615,7 @@ async def copy(request: Request) -> Response:
 async def delete(request: Request) -> Response:
     svc = service(request)
     body = await read_json(request)
-    resolved = svc.resolve(body.get("model") or body.get("name"), missing="model '{name}' not found")
+    resolved = await svc.resolve(body.get("model") or body.get("name"), missing="model '{name}' not found")
     await svc.scheduler.unload(resolved.key)
     remove_models(svc.store, [resolved.name])
     return Response(status_code=200)

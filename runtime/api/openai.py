@@ -189,7 +189,7 @@ async def chat_completions(request: Request) -> Response:
     svc = service(request)
     body = await read_json(request)
     model = body.get("model")
-    resolved: Resolved = svc.resolve(model, missing='model "{name}" not found, try pulling it first')
+    resolved: Resolved = await svc.resolve(model, missing='model "{name}" not found, try pulling it first')
     messages = _messages(body.get("messages"))
     tools = body.get("tools") or []
     if not isinstance(tools, list):
@@ -199,7 +199,7 @@ async def chat_completions(request: Request) -> Response:
     options = svc.options(resolved, _sampling_options(body))
     grammar = grammar_for(_format(body))
     logprobs, top = _logprob_request(body)
-    text = svc.chat_prompt(resolved, messages, tools or None)
+    text = await svc.chat_prompt(resolved, messages, tools or None)
     ident, created = f"chatcmpl-{random.randrange(999)}", int(time.time())
     run: dict[str, Any] = {
         "keep_alive": None,
@@ -283,14 +283,14 @@ async def completions(request: Request) -> Response:
     svc = service(request)
     body = await read_json(request)
     model = body.get("model")
-    resolved = svc.resolve(model, missing='model "{name}" not found, try pulling it first')
+    resolved = await svc.resolve(model, missing='model "{name}" not found, try pulling it first')
     prompt = body.get("prompt", "")
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string")
     suffix = body.get("suffix") or ""
     options = svc.options(resolved, _sampling_options(body))
     logprobs, top = _logprob_request(body)
-    text = svc.generate_prompt(resolved, prompt, None, None, suffix) if prompt or suffix else ""
+    text = await svc.generate_prompt(resolved, prompt, None, None, suffix) if prompt or suffix else ""
     ident, created = f"cmpl-{random.randrange(999)}", int(time.time())
     run: dict[str, Any] = {"keep_alive": None, "logprobs": logprobs, "top_logprobs": top}
 
@@ -334,7 +334,7 @@ async def embeddings(request: Request) -> Response:
     svc = service(request)
     body = await read_json(request)
     model = body.get("model")
-    resolved = svc.resolve(model, missing='model "{name}" not found, try pulling it first')
+    resolved = await svc.resolve(model, missing='model "{name}" not found, try pulling it first')
     raw = body.get("input")
     if raw == "":
         raw = [""]
@@ -380,5 +380,5 @@ async def list_models(request: Request) -> Response:
 async def retrieve_model(request: Request) -> Response:
     svc = service(request)
     name = request.path_params["model"]
-    resolved = svc.resolve(name, missing='model "{name}" not found')
+    resolved = await svc.resolve(name, missing='model "{name}" not found')
     return JSONResponse(_model_object(resolved.model))
