@@ -124,14 +124,28 @@ def _signin(args: argparse.Namespace) -> int:
     client = _client(args, create_key=True)
     key_name = args.key_name or socket.gethostname()
     answer = client.signin(args.username, key_name)
-    if answer.status == 404 and args.username:
-        user = client.signup(args.username, args.invite, key_name)
-        print(f"Created the account '{user['username']}' on {client.base}; you are signed in.")
-        return 0
+    # A key bound to no account. The registry answers alike whether the name exists or not (202
+    # with a code; older registries said 404 for a new name), so try to create the account when
+    # sign-up may work; a name that is taken means a new device for an existing account.
+    may_sign_up = answer.status == 404 or args.invite or answer.body.get("signup") == "open"
+    if answer.status in (202, 404) and args.username and may_sign_up:
+        try:
+            user = client.signup(args.username, args.invite, key_name)
+        except errors.RequestFailed as e:
+            if e.status != 409 or answer.status != 202:
+                raise
+        else:
+            print(f"Created the account '{user['username']}' on {client.base}; you are signed in.")
+            return 0
     if answer.status == 202:
         code = answer.body["code"]
-        print(f"This key is new for '{args.username}'. On a device where you are signed in, run:\n")
+        print(f"If '{args.username}' is your account, approve this key on a device signed in to it:\n")
         print(f"    hangar keys approve {code} {args.registry_option or args.registry or ''}".rstrip())
+        mode = answer.body.get("signup")
+        if mode == "invite" and not args.invite:
+            print("\nNo account yet? This registry needs an invite: hangar signin --username NAME --invite CODE")
+        elif mode == "closed":
+            print("\nNo account yet? Sign-up is closed on this registry: ask an administrator to create it.")
         print("\nWaiting for approval (Ctrl-C to stop; the code expires in 15 minutes)…", flush=True)
         deadline = time.monotonic() + APPROVAL_WAIT
         while time.monotonic() < deadline:

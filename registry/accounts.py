@@ -39,6 +39,29 @@ VISIBILITIES = ("public", "private")
 ROBOT_SCOPES = ("pull", "push")
 _ROBOT_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")
 APPROVAL_CODE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I
+# Keys waiting for approval kept per account (the newest): anyone who knows a user name can ask.
+MAX_PENDING_KEYS = 10
+
+# Names no one may sign up with, compared case-insensitively. ``library`` is where short names
+# (``llama3`` = ``library/llama3``) resolve when this registry is the client's default host: only
+# an operator may create it (``hangar registry admin … --allow-library``). The rest are the web
+# site's top-level pages (issue #11: ``/search``, ``/settings/keys`` …), the API's own path roots,
+# and the actors the audit log writes for nobody in particular; they are never account names.
+LIBRARY = "library"
+RESERVED_NAMES = frozenset(
+    {
+        LIBRARY,
+        # the web site's pages and assets
+        "search", "explore", "new", "models", "settings", "keys", "robots", "orgs", "organizations",
+        "signup", "signin", "signout", "login", "logout", "register", "connect", "account", "accounts",
+        "admin", "static", "assets", "favicon", "robots_txt", "docs", "help", "about", "blog", "status",
+        "health", "metrics", "download", "downloads", "users", "user", "org", "teams", "team",
+        # the API's path roots
+        "api", "v1", "v2", "token", "hangar", "_catalog",
+        # actors the audit log and tokens use
+        "anonymous", "unknown", "robot", "root", "system",
+    }
+)  # fmt: skip
 
 
 class AccountError(Exception):
@@ -51,6 +74,18 @@ class NameTaken(AccountError):
 
 class KeyTaken(AccountError):
     pass
+
+
+class NameReserved(AccountError):
+    """A name in ``RESERVED_NAMES``."""
+
+
+def check_not_reserved(name: str, *, allow_library: bool = False) -> None:
+    """Raise NameReserved for a reserved name (``library`` passes only with ``allow_library``)."""
+    key = name.lower()
+    if key in RESERVED_NAMES and not (allow_library and key == LIBRARY):
+        hint = " (an administrator may create it with --allow-library)" if key == LIBRARY else ""
+        raise NameReserved(f"the name {name!r} is reserved on this registry{hint}")
 
 
 @dataclass(frozen=True)
@@ -129,11 +164,14 @@ class Accounts:
         with self._read() as conn:
             return self._get(conn, name)
 
-    def _create(self, conn: Connection, name: str, kind: str, admin: bool = False) -> AccountRecord:
+    def _create(
+        self, conn: Connection, name: str, kind: str, admin: bool = False, *, allow_library: bool = False
+    ) -> AccountRecord:
         if not is_valid_namespace(name):
             raise AccountError(
                 f"invalid name {name!r}: use letters, digits, '_' and '-' (not first), at most 80 characters"
             )
+        check_not_reserved(name, allow_library=allow_library)
         if self._get(conn, name) is not None:
             raise NameTaken(f"the name {name!r} is taken")
         try:
@@ -150,17 +188,17 @@ class Accounts:
         return record
 
     def create_user(
-        self, name: str, *, admin: bool = False, key: str | None = None, key_name: str = ""
+        self, name: str, *, admin: bool = False, key: str | None = None, key_name: str = "", allow_library: bool = False
     ) -> AccountRecord:
         with self._write() as conn:
-            user = self._create(conn, name, "user", admin)
+            user = self._create(conn, name, "user", admin, allow_library=allow_library)
             if key:
                 self._add_key(conn, user.id, key, key_name or "admin-added")
             return user
 
-    def create_org(self, name: str, owner: str | None = None) -> AccountRecord:
+    def create_org(self, name: str, owner: str | None = None, *, allow_library: bool = False) -> AccountRecord:
         with self._write() as conn:
-            org = self._create(conn, name, "org")
+            org = self._create(conn, name, "org", allow_library=allow_library)
             if owner:
                 user = self._get(conn, owner)
                 if user is None or user.kind != "user":
@@ -290,6 +328,19 @@ class Accounts:
             conn.execute(
                 insert(_pending).values(code=code, account_id=user_id, key=key, name=name[:128], expires_at=expires)
             )
+            # Anyone may ask to join a known user name: keep the newest few, drop expired ones.
+            newest = (
+                select(_pending.c.code)
+                .where(_pending.c.account_id == user_id)
+                .order_by(_pending.c.expires_at.desc(), _pending.c.code)
+                .limit(MAX_PENDING_KEYS)
+            )
+            conn.execute(
+                delete(_pending).where(
+                    _pending.c.account_id == user_id, _pending.c.code.not_in(newest.scalar_subquery())
+                )
+            )
+            conn.execute(delete(_pending).where(_pending.c.expires_at <= utcnow()))
             return code
 
     def approve(self, user_id: int, code: str) -> KeyRecord | None:
@@ -327,17 +378,24 @@ class Accounts:
                 if not invite:
                     raise AccountError("sign-up needs an invite code (--invite)")
                 invite_hash = _hash(invite.strip())
-                row = conn.execute(select(_invite).where(_invite.c.code_hash == invite_hash)).first()
-                if row is None or row.used_at is not None or row.expires_at <= utcnow():
+                # Claim the code in one conditional UPDATE: of two sign-ups racing with one code,
+                # the second waits on the first's row lock (PostgreSQL) or write lock (SQLite) and
+                # then finds it used. A failed sign-up rolls the claim back with everything else.
+                claimed = conn.execute(
+                    update(_invite)
+                    .where(
+                        _invite.c.code_hash == invite_hash, _invite.c.used_at.is_(None), _invite.c.expires_at > utcnow()
+                    )
+                    .values(used_at=utcnow())
+                ).rowcount
+                if claimed != 1:
                     raise AccountError("the invite code is unknown, used or expired")
             if conn.execute(select(_key.c.id).where(_key.c.key == key)).first() is not None:
                 raise KeyTaken("this key already belongs to an account; use 'hangar signin' instead")
             user = self._create(conn, name, "user")
             self._add_key(conn, user.id, key, key_name)
             if invite_hash:
-                conn.execute(
-                    update(_invite).where(_invite.c.code_hash == invite_hash).values(used_by=user.id, used_at=utcnow())
-                )
+                conn.execute(update(_invite).where(_invite.c.code_hash == invite_hash).values(used_by=user.id))
             return user
 
     # -- robots ------------------------------------------------------------------------------
@@ -394,6 +452,29 @@ class Accounts:
                 return False
             result = conn.execute(delete(_robot).where(_robot.c.account_id == account.id, _robot.c.name == name))
             return result.rowcount > 0
+
+    # -- subjects of signed URLs ---------------------------------------------------------------
+
+    def get_by_id(self, account_id: int) -> AccountRecord | None:
+        with self._read() as conn:
+            row = conn.execute(select(_account).where(_account.c.id == account_id)).first()
+            return _record(row) if row else None
+
+    def robot_named(self, username: str) -> RobotRecord | None:
+        """The robot ``namespace+name`` if it exists, has not expired and its account is enabled
+        (no token needed: for re-checking what a robot was given earlier)."""
+        namespace, sep, name = username.partition("+")
+        if not sep:
+            return None
+        with self._read() as conn:
+            row = conn.execute(
+                select(_robot, _account.c.name.label("namespace"), _account.c.disabled)
+                .select_from(_robot.join(_account))
+                .where(_account.c.key == namespace.lower(), _robot.c.name == name)
+            ).first()
+        if row is None or row.disabled or row.expires_at <= utcnow():
+            return None
+        return RobotRecord(row.namespace, row.name, row.scope, row.expires_at)
 
     # -- repositories ------------------------------------------------------------------------
 

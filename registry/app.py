@@ -14,18 +14,19 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry import config
 from registry.accounts import Accounts
 from registry.api import routes
-from registry.api.common import API_VERSION_HEADER, Services
+from registry.api.common import API_VERSION_HEADER, Services, audit, remote
 from registry.auth import Authority
 from registry.db import make_engine
 from registry.gc import purge_uploads_forever
 from registry.meta import Metadata
 from registry.oci.errors import RegistryError
+from registry.ratelimit import RateLimiter
 from registry.signing import UrlSigner
 from registry.storage import open_store
 
@@ -51,6 +52,35 @@ class ApiVersionHeader:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+class RateLimit:
+    """At most ``--rate-limit`` requests a minute per client address to ``/token`` and
+    ``/hangar/v1`` (the endpoints that check signatures and write nonces, codes and accounts);
+    over it, 429 with ``Retry-After``. Blob and manifest traffic is not limited."""
+
+    def __init__(self, app: ASGIApp, per_minute: int) -> None:
+        self.app = app
+        self.limiter = RateLimiter(per_minute)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not self.limiter.enabled or not (path == "/token" or path.startswith("/hangar/v1/")):
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        wait = self.limiter.take(remote(request))
+        if wait == 0:
+            await self.app(scope, receive, send)
+            return
+        await audit(request, "unknown", "ratelimit", path, "denied", reason="too many requests")
+        message = "too many requests from this address; retry later"
+        headers = {"Retry-After": RateLimiter.retry_after(wait)}
+        if path == "/token":
+            response = _error_response(RegistryError("TOOMANYREQUESTS", message, headers=headers), request)
+        else:
+            response = JSONResponse({"error": message}, status_code=429, headers=headers)
+        await response(scope, receive, send)
 
 
 def _error_response(error: RegistryError, request: Request) -> Response:
@@ -100,7 +130,7 @@ def create_app(settings: config.Settings) -> Starlette:
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(ApiVersionHeader)],
+        middleware=[Middleware(ApiVersionHeader), Middleware(RateLimit, per_minute=settings.rate_limit)],
         exception_handlers={
             RegistryError: _registry_error,
             HTTPException: _http_error,

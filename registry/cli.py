@@ -38,7 +38,17 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.add_argument("--upload-max-age", help="purge upload sessions idle this long, e.g. 24h, 90m (default 24h)")
-    serve.add_argument("--signed-url-ttl", type=int, help="lifetime in seconds of signed blob URLs (default 86400)")
+    serve.add_argument(
+        "--signed-url-ttl",
+        type=int,
+        help="lifetime in seconds of signed blob URLs; Ollama downloads a whole blob from one (default 1800)",
+    )
+    serve.add_argument(
+        "--rate-limit",
+        type=int,
+        help="requests a minute per client address to /token and /hangar/v1, then 429 (default 600; 0: off; "
+        "per worker)",
+    )
     serve.add_argument(
         "--auth",
         choices=["required", "off"],
@@ -90,6 +100,12 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("name")
     p.add_argument("--admin", action="store_true", help="may do everything everywhere")
     p.add_argument("--pubkey-file", help="bind this ssh-ed25519 public key (e.g. ~/.hangar/id_ed25519.pub)")
+    p.add_argument(
+        "--allow-library",
+        action="store_true",
+        help="allow the reserved name 'library' (where short names such as llama3 resolve when this "
+        "registry is the default host): its owner publishes for everyone",
+    )
     _storage_args(p)
     p.set_defaults(handler=_admin_user_create)
     p = user.add_parser("disable", help="disable a user (tokens are refused; data stays)")
@@ -104,6 +120,12 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     p = org.add_parser("create", help="create an organisation (its name is its namespace)")
     p.add_argument("name")
     p.add_argument("--owner", help="a user who becomes its first owner")
+    p.add_argument(
+        "--allow-library",
+        action="store_true",
+        help="allow the reserved name 'library' (where short names such as llama3 resolve when this "
+        "registry is the default host): its owner publishes for everyone",
+    )
     _storage_args(p)
     p.set_defaults(handler=_admin_org_create)
     p = org.add_parser("add-member", help="add a member (or change a member's role)")
@@ -132,7 +154,7 @@ def _storage_args(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> config.Settings:
     names = ("listen", "data_dir", "database_url", "public_url", "workers", "upload_max_age", "signed_url_ttl",
-             "auth", "signup", "token_ttl", "log_level")  # fmt: skip
+             "auth", "signup", "token_ttl", "log_level", "rate_limit")  # fmt: skip
     return config.from_env(**{n: getattr(args, n, None) for n in names})
 
 
@@ -202,7 +224,15 @@ def _admin_user_create(args: argparse.Namespace) -> int:
     key = None
     if args.pubkey_file:
         key = encode_public_key(decode_public_key(Path(args.pubkey_file).expanduser().read_text()))
-    user = _accounts(args).create_user(args.name, admin=args.admin, key=key, key_name="added by an administrator")
+    from registry.accounts import AccountError
+
+    try:
+        user = _accounts(args).create_user(
+            args.name, admin=args.admin, key=key, key_name="added by an administrator", allow_library=args.allow_library
+        )
+    except AccountError as e:  # a reserved or taken name: a message, not a traceback
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
     print(f"created user {user.name}{' (administrator)' if user.is_admin else ''}{' with its key' if key else ''}")
     return 0
 
@@ -214,7 +244,13 @@ def _admin_user_disable(args: argparse.Namespace) -> int:
 
 
 def _admin_org_create(args: argparse.Namespace) -> int:
-    org = _accounts(args).create_org(args.name, args.owner)
+    from registry.accounts import AccountError
+
+    try:
+        org = _accounts(args).create_org(args.name, args.owner, allow_library=args.allow_library)
+    except AccountError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
     print(f"created organisation {org.name}" + (f" owned by {args.owner}" if args.owner else ""))
     return 0
 

@@ -23,8 +23,10 @@ class Settings:
     workers: int = 1
     # Upload sessions untouched for this long are purged, with their data.
     upload_max_age: float = 24 * 3600.0
-    # Lifetime of the self-authorising blob URLs handed out in Location headers.
-    signed_url_ttl: int = 24 * 3600
+    # Lifetime of the self-authorising blob URLs handed out in Location headers. Ollama resolves
+    # one per blob and downloads all its parts from it, so this must cover one blob's download;
+    # each use also re-checks that the URL's holder may still read the repository.
+    signed_url_ttl: int = 30 * 60
     # "required": tokens for everything but anonymous pulls of public repositories;
     # "off": no authentication at all (a trusted network, a cache): anyone may push anywhere.
     auth: str = "required"
@@ -32,6 +34,9 @@ class Settings:
     signup: str = "invite"
     # Lifetime of the bearer tokens the token endpoint issues, in seconds.
     token_ttl: int = 300
+    # Requests a minute per client address to /token and /hangar/v1 (bursts of as many; each
+    # worker counts on its own); 0 turns the limit off.
+    rate_limit: int = 600
     log_level: str = "info"
 
     @property
@@ -67,6 +72,8 @@ class Settings:
             raise ValueError("--public-url must start with http:// or https://")
         if self.upload_max_age <= 0 or self.signed_url_ttl <= 0 or self.token_ttl <= 0:
             raise ValueError("ages and lifetimes must be positive")
+        if self.rate_limit < 0:
+            raise ValueError("--rate-limit must be 0 (off) or a positive number of requests a minute")
         if self.auth not in ("required", "off"):
             raise ValueError(f"--auth must be 'required' or 'off', got {self.auth!r}")
         if self.signup not in ("open", "invite", "closed"):

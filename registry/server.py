@@ -1,12 +1,16 @@
 """Running the registry: migrate the database once, then start uvicorn with N workers.
 
 Workers share nothing in memory; they rebuild the same settings from ``HANGAR_REGISTRY_*``
-variables (``registry.app.app_from_env``)."""
+variables (``registry.app.app_from_env``). The access log never holds a credential:
+``RedactCredentials`` drops the query of signed blob URLs and of ``/token`` and ``/hangar/v1``
+requests (installed through uvicorn's logging config, so every worker process gets it)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
+from typing import Any
 
 import uvicorn
 
@@ -14,6 +18,29 @@ from registry import db
 from registry.config import Settings
 
 log = logging.getLogger("hangar.registry")
+
+
+class RedactCredentials(logging.Filter):
+    """Replaces the query string of an access-log line with ``?[redacted]`` when it may carry a
+    credential: a signed URL's ``signature`` (a bearer credential until it expires), and every
+    ``/token`` and ``/hangar/v1`` request (signatures, nonces, robot scopes)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        # uvicorn.access: (client, method, path with query, http version, status).
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
+            path, _, query = args[2].partition("?")
+            if path == "/token" or path.startswith("/hangar/v1/") or "signature=" in query:
+                record.args = (*args[:2], path + "?[redacted]", *args[3:])
+        return True
+
+
+def log_config() -> dict[str, Any]:
+    """uvicorn's logging config with ``RedactCredentials`` on the access log."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config.setdefault("filters", {})["redact"] = {"()": f"{__name__}.RedactCredentials"}
+    config["handlers"]["access"]["filters"] = ["redact"]
+    return config
 
 
 def serve(settings: Settings, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
@@ -27,6 +54,7 @@ def serve(settings: Settings, *, ssl_certfile: str | None = None, ssl_keyfile: s
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        log_config=log_config(),
         access_log=settings.log_level in ("debug", "trace", "info"),
         http="httptools",
         loop="uvloop",

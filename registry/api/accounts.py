@@ -7,6 +7,7 @@ JSON; errors are ``{"error": "…"}`` with a 4xx status.
 ======================================  ==========================================================
 ``POST /hangar/v1/signup``              ``{"username", "invite"?, "key_name"?}``: a new user with this key
 ``POST /hangar/v1/signin``              ``{"username", "key_name"?}``: 200 signed in, or 202 with an approval code
+                                        (for any name: whether it exists is not told)
 ``GET  /hangar/v1/me``                  who this key belongs to
 ``GET  /hangar/v1/keys``                the user's keys
 ``DELETE /hangar/v1/keys/<fingerprint>``  remove a key
@@ -24,6 +25,8 @@ JSON; errors are ``{"error": "…"}`` with a 4xx status.
 from __future__ import annotations
 
 import functools
+import hashlib
+import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,7 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from registry.accounts import AccountError, AccountRecord, KeyTaken, NameTaken
+from registry.accounts import APPROVAL_CODE_ALPHABET, AccountError, AccountRecord, KeyTaken, NameReserved, NameTaken
 from registry.api.common import audit, services
 from registry.api.token import Refused, check_freshness, verify_signature
 from registry.oci.auth import api_signing_string, fingerprint, parse_authorization
@@ -73,20 +76,38 @@ class Caller:
         return value
 
 
+# The audit log's action for a refusal no handler recorded itself (by handler name).
+_ACTIONS = {
+    "signout": "key.remove", "list_keys": "keys", "remove_key": "key.remove", "approve_key": "key.add",
+    "create_robot": "robot.create", "list_robots": "robots", "delete_robot": "robot.delete",
+    "set_repository": "visibility", "set_namespace": "visibility", "set_member": "member.set",
+}  # fmt: skip
+
+
 def signed(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-    """Verify the request's signature, then call ``handler(request, caller)``; map errors to JSON."""
+    """Verify the request's signature, then call ``handler(request, caller)``; map errors to JSON.
+    Every refusal is in the audit log: one the handler did not record is recorded here."""
+    action = _ACTIONS.get(handler.__name__, handler.__name__)
 
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
+        caller: Caller | None = None
         try:
             caller = await _verify(request)
             return await handler(request, caller)
         except ApiError as e:
-            return JSONResponse({"error": str(e)}, status_code=e.status)
+            status, message = e.status, str(e)
         except (NameTaken, KeyTaken) as e:
-            return JSONResponse({"error": str(e)}, status_code=409)
+            status, message = 409, str(e)
+        except NameReserved as e:
+            status, message = 403, str(e)
         except AccountError as e:
-            return JSONResponse({"error": str(e)}, status_code=400)
+            status, message = 400, str(e)
+        if not getattr(request.state, "audited", False):
+            actor = caller.user.name if caller is not None and caller.user is not None else "unknown"
+            detail = {"key": fingerprint(caller.key)} if caller is not None else {}
+            await audit(request, actor, action, request.url.path, "denied", status=status, reason=message, **detail)
+        return JSONResponse({"error": message}, status_code=status)
 
     return endpoint
 
@@ -143,7 +164,7 @@ async def signup(request: Request, caller: Caller) -> Response:
     username = str(caller.field("username", required=True))
     mode = svc.settings.signup
     invite = caller.field("invite")
-    if mode == "closed" and not invite:
+    if mode == "closed":  # invite codes too: closed means administrators create every account
         await audit(request, username, "signup", username, "denied", reason="sign-up is closed")
         raise ApiError(403, "sign-up is closed on this registry; ask an administrator for an account")
     key_name = str(caller.field("key_name") or "")
@@ -169,21 +190,38 @@ async def signin(request: Request, caller: Caller) -> Response:
     if not username:
         raise ApiError(404, "this key is not bound to an account; give --username to sign in or sign up")
     account = await run_in_threadpool(svc.accounts.get, username)
-    if account is None or account.kind != "user":
-        raise ApiError(404, f"no user named {username!r}")
-    if account.disabled:
-        raise ApiError(403, f"the account {account.name!r} is disabled")
-    key_name = str(caller.field("key_name") or "")
-    code = await run_in_threadpool(svc.accounts.request_approval, account.id, caller.key, key_name)
-    await audit(request, account.name, "key.request", fingerprint(caller.key), "ok")
+    if account is None or account.kind != "user" or account.disabled:
+        # The same answer as for a real user, so that sign-in does not tell which names exist:
+        # a code that nothing will ever approve (stable per name and key, as a real one is).
+        code = await _decoy_code(request, username, caller.key)
+        reason = "no such user" if account is None or account.kind != "user" else "the account is disabled"
+        await audit(request, "unknown", "signin", username, "denied", reason=reason, key=fingerprint(caller.key))
+    else:
+        key_name = str(caller.field("key_name") or "")
+        code = await run_in_threadpool(svc.accounts.request_approval, account.id, caller.key, key_name)
+        await audit(request, account.name, "key.request", fingerprint(caller.key), "ok")
     return JSONResponse(
         {
             "status": "approval_required",
             "code": code,
-            "message": f"approve this key from a signed-in device: hangar keys approve {code}",
+            "message": f"if {username!r} is an account here, approve this key from a device signed in to it: "
+            f"hangar keys approve {code}",
+            # The registry's sign-up rule (not the account's existence): lets the client offer sign-up.
+            "signup": svc.settings.signup,
         },
         status_code=202,
     )
+
+
+async def _decoy_code(request: Request, username: str, key: str) -> str:
+    """An approval code for a user who does not exist (or is disabled): shaped like a real one and
+    the same each time the same key asks for the same name, so that polling cannot tell."""
+    svc = services(request)
+    if svc.decoy_key is None:
+        svc.decoy_key = await run_in_threadpool(svc.meta.secret, "signin-decoy")
+    mac = hmac.new(svc.decoy_key, f"{username.lower()}\n{key}".encode(), hashlib.sha256).digest()
+    code = "".join(APPROVAL_CODE_ALPHABET[b % len(APPROVAL_CODE_ALPHABET)] for b in mac[:8])
+    return f"{code[:4]}-{code[4:]}"
 
 
 @signed

@@ -2,7 +2,9 @@
 
 Every GET carries a ``Location`` naming a URL that serves the same bytes, Range included, with no
 credentials until it expires: the Ollama client resolves that URL once and downloads its parts
-from it. A store that can hand out its own URL (an object store) gets a 307 to that URL instead.
+from it. The URL names who it was issued to (``registry.signing``); each use checks that they may
+still read the repository, so making it private or removing a member closes it within seconds.
+A store that can hand out its own URL (an object store) gets a 307 to that URL instead.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
 from registry.api.common import audit, authorize, digest_param, external_url, repository, services
+from registry.auth import ANONYMOUS, Principal
 from registry.oci.digest import Digest
 from registry.oci.errors import RegistryError
 from registry.storage import CHUNK_SIZE, BlobInfo, ContentHash
@@ -53,14 +56,71 @@ async def _blob_size(request: Request, name: str, digest: Digest) -> int:
     return size
 
 
-def _signed_request(request: Request) -> bool:
-    """True for a valid signed URL; a bad or expired signature is refused outright."""
+def subject_of(principal: Principal) -> str:
+    """How a signed URL names the principal it was issued to (``registry.signing``)."""
+    if principal.kind == "user" and principal.account_id is not None:
+        return f"u{principal.account_id}"
+    if principal.kind == "robot":
+        return f"r{principal.name}"
+    return "a"  # anonymous: the repository must stay public
+
+
+async def _subject_principal(request: Request, subject: str) -> Principal | None:
+    """The principal a signed URL was issued to, as it stands now (None: gone or disabled)."""
+    accounts = services(request).accounts
+    if subject == "a":
+        return ANONYMOUS
+    if subject.startswith("u") and subject[1:].isdigit():
+        user = await run_in_threadpool(accounts.get_by_id, int(subject[1:]))
+        if user is None or user.disabled or user.kind != "user":
+            return None
+        return Principal("user", user.name, user.id, user.is_admin)
+    if subject.startswith("r"):
+        robot = await run_in_threadpool(accounts.robot_named, subject[1:])
+        if robot is None:
+            return None
+        return Principal("robot", robot.username, robot_namespace=robot.namespace, robot_scope=robot.scope)
+    return None
+
+
+async def _may_still_read(request: Request, name: str, subject: str) -> bool:
+    svc = services(request)
+    if svc.settings.auth == "off":
+        return True
+    key = (subject, name.lower())
+    cached = svc.url_access.get(key)
+    if cached is not None:
+        return bool(cached)
+    principal = await _subject_principal(request, subject)
+    allowed = principal is not None and "pull" in await run_in_threadpool(svc.authority.allowed, principal, name)
+    svc.url_access.set(key, allowed)
+    return allowed
+
+
+async def _signed_request(request: Request, name: str) -> bool:
+    """True for a valid signed URL whose subject may still read ``name``; a bad or expired
+    signature, or a subject that lost access, is refused outright (and audited)."""
     query = request.query_params
     if "signature" not in query:
         return False
-    if not services(request).signer.verify(request.url.path, query.get("expires", ""), query["signature"]):
+    subject = query.get("sub", "")
+    reason = None
+    if not services(request).signer.verify(request.url.path, query.get("expires", ""), query["signature"], subject):
+        reason = "invalid or expired signature"
+    elif not await _may_still_read(request, name, subject):
+        reason = "the URL's holder may no longer read this repository"
+    if reason is not None:
+        await audit(request, "unknown", "signed-url", request.url.path, "denied", reason=reason, subject=subject)
         raise RegistryError("DENIED", "the signed URL is invalid or has expired")
     return True
+
+
+def signed_blob_url(request: Request, name: str, digest: Digest, principal: Principal) -> str:
+    """A URL that serves the blob without credentials to whoever holds it, for as long as
+    ``principal`` may read ``name`` and at most ``--signed-url-ttl`` seconds."""
+    svc = services(request)
+    path = f"/v2/{name}/blobs/{digest}"
+    return external_url(request, path, svc.signer.sign(path, svc.settings.signed_url_ttl, subject_of(principal)))
 
 
 def _headers(digest: Digest, size: int) -> dict[str, str]:
@@ -76,7 +136,7 @@ def _headers(digest: Digest, size: int) -> dict[str, str]:
 
 async def head_blob(request: Request) -> Response:
     name, digest = repository(request), digest_param(request.path_params["digest"])
-    if not _signed_request(request):
+    if not await _signed_request(request, name):
         await authorize(request, name, "pull")
     size = await _blob_size(request, name, digest)
     return Response(headers=_headers(digest, size))
@@ -84,9 +144,10 @@ async def head_blob(request: Request) -> Response:
 
 async def get_blob(request: Request) -> Response:
     name, digest = repository(request), digest_param(request.path_params["digest"])
-    signed = _signed_request(request)
+    signed = await _signed_request(request, name)
+    principal = ANONYMOUS
     if not signed:
-        await authorize(request, name, "pull")
+        principal = await authorize(request, name, "pull")
     svc = services(request)
     size = await _blob_size(request, name, digest)
     headers = _headers(digest, size)
@@ -94,8 +155,7 @@ async def get_blob(request: Request) -> Response:
         direct = await svc.store.redirect_url(digest, svc.settings.signed_url_ttl)
         if direct is not None:
             return RedirectResponse(direct, status_code=307, headers={"Docker-Content-Digest": str(digest)})
-        path = request.url.path
-        headers["Location"] = external_url(request, path, svc.signer.sign(path, svc.settings.signed_url_ttl))
+        headers["Location"] = signed_blob_url(request, name, digest, principal)
 
     range_header = request.headers.get("range")
     if range_header is None:
@@ -112,7 +172,7 @@ async def chunk_sums(request: Request) -> Response:
     ``Content-Location`` naming the signed URL to fetch the chunks from. Clients verify each chunk
     as it arrives, so a bad byte costs one chunk, not the blob."""
     name, digest = repository(request), digest_param(request.path_params["digest"])
-    await authorize(request, name, "pull")
+    principal = await authorize(request, name, "pull")
     svc = services(request)
     found = await run_in_threadpool(svc.meta.chunks, name, digest)
     if found is None:
@@ -131,10 +191,9 @@ async def chunk_sums(request: Request) -> Response:
     for i, value in enumerate(sums):
         first = i * CHUNK_SIZE
         lines.append(f"sha256:{value} {first}-{min(size, first + CHUNK_SIZE) - 1}\n")
-    path = f"/v2/{name}/blobs/{digest}"
     headers = {
         "Content-Type": "text/plain; charset=utf-8",
-        "Content-Location": external_url(request, path, svc.signer.sign(path, svc.settings.signed_url_ttl)),
+        "Content-Location": signed_blob_url(request, name, digest, principal),
         "Docker-Content-Digest": str(digest),
     }
     return Response("".join(lines).encode(), headers=headers)

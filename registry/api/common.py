@@ -3,7 +3,7 @@ pagination and the body-length rules."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
@@ -17,10 +17,13 @@ from registry.oci.auth import Scope, challenge
 from registry.oci.digest import Digest, InvalidDigest
 from registry.oci.errors import RegistryError
 from registry.oci.names import InvalidName, is_valid_tag, parse_repository
+from registry.ratelimit import AuditThrottle, TtlCache
 from registry.signing import UrlSigner
 from registry.storage import BlobStore
 
 MAX_PAGE = 1000
+# How stale the answer to "may this signed URL's holder still read the repository?" may be.
+SIGNED_URL_RECHECK_SECONDS = 2.0
 API_VERSION_HEADER = ("Docker-Distribution-Api-Version", "registry/2.0")
 
 
@@ -32,6 +35,12 @@ class Services:
     authority: Authority
     store: BlobStore
     signer: UrlSigner
+    # Per worker: how many refusals per address reach the audit table, and whether a signed
+    # URL's subject may still read a repository (a few seconds stale at most).
+    audit_throttle: AuditThrottle = field(default_factory=AuditThrottle)
+    url_access: TtlCache = field(default_factory=lambda: TtlCache(ttl=SIGNED_URL_RECHECK_SECONDS))
+    # The key behind sign-in's decoy approval codes (read from the database on first use).
+    decoy_key: bytes | None = None
 
 
 def services(request: Request) -> Services:
@@ -125,7 +134,17 @@ def unauthorized(request: Request, scope: Scope | None = None, message: str | No
 
 
 async def audit(request: Request, actor: str, action: str, target: str, outcome: str, **detail: object) -> None:
-    await run_in_threadpool(services(request).accounts.audit, actor, action, target, outcome, remote(request), **detail)
+    """Write an audit row. Refusals (any outcome but ``ok``) are throttled per address and action
+    (``registry.ratelimit.AuditThrottle``) so that a flood of bad requests cannot flood the table."""
+    svc = services(request)
+    request.state.audited = True  # the account API writes a row for refusals that have none
+    address = remote(request)
+    if outcome != "ok":
+        extra = svc.audit_throttle.admit(address, action)
+        if extra is None:
+            return
+        detail.update(extra)
+    await run_in_threadpool(svc.accounts.audit, actor, action, target, outcome, address, **detail)
 
 
 async def bearer_grant(request: Request) -> Grant | None:
@@ -161,8 +180,8 @@ async def authorize(request: Request, name: str, action: str) -> Principal:
         raise unauthorized(request, wanted)
     if principal.kind == "anonymous":
         raise unauthorized(request, wanted)
-    if action != "pull":
-        await audit(request, principal.actor, action, name, "denied", reason="no permission")
+    # Every refusal of a known principal is audited, reads included (they answer 404 below).
+    await audit(request, principal.actor, action, name, "denied", reason="no permission")
     if action == "pull" and "pull" not in possible:
         raise RegistryError("NAME_UNKNOWN", detail={"name": name})
     raise RegistryError("DENIED", f"{principal.actor} may not {action} {name}")
