@@ -1,7 +1,10 @@
 """Talking to a Hangar registry's account API (``/hangar/v1/…``) with signed requests.
 
-Each request carries ``ts`` and ``nonce`` in its query and ``Authorization: <key>:<signature>`` over
-``<METHOD>,<path>?<query>,<base64 of the hex sha256 of the body>`` (see ``registry.oci.auth``)."""
+Each request carries ``ts`` and ``nonce`` in its query, ``Hangar-Signature-Version: 2`` and
+``Authorization: <key>:<signature>`` over
+``HANGAR2,<METHOD>,<registry origin><path>?<query>,<base64 of the hex sha256 of the body>`` (see
+``registry.oci.auth``): the origin binds the signature to the registry it is sent to, so that
+registry cannot replay it to another."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from client import errors
 from client.config import ClientSettings
 from client.http import TIMEOUT, USER_AGENT, registry_url, tls_verify
 from client.keys import Identity
-from registry.oci.auth import api_signing_string, go_query
+from registry.oci.auth import API_SIGNATURE_HEADER, API_SIGNATURE_VERSION, api_signing_string, go_query
 from registry.oci.names import ModelName
 
 
@@ -54,7 +57,8 @@ class AccountClient:
         ]
         path_and_query = f"{path}?{go_query(params)}"
         headers = {
-            "Authorization": self.identity.authorization(api_signing_string(method, path_and_query, raw)),
+            "Authorization": self.identity.authorization(api_signing_string(method, self.base, path_and_query, raw)),
+            API_SIGNATURE_HEADER: API_SIGNATURE_VERSION,
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
         }

@@ -54,7 +54,7 @@ RESERVED_NAMES = frozenset(
         # the web site's pages and assets
         "search", "explore", "new", "models", "settings", "keys", "robots", "orgs", "organizations",
         "signup", "signin", "signout", "login", "logout", "register", "connect", "account", "accounts",
-        "admin", "static", "assets", "favicon", "robots_txt", "docs", "help", "about", "blog", "status",
+        "admin", "static", "assets", "favicon", "docs", "help", "about", "blog", "status",
         "health", "metrics", "download", "downloads", "users", "user", "org", "teams", "team",
         # the API's path roots
         "api", "v1", "v2", "token", "hangar", "_catalog",
@@ -421,17 +421,20 @@ class Accounts:
         return RobotRecord(account.name, name, scope, expires), token
 
     def robot(self, username: str, token: str) -> RobotRecord | None:
-        """The robot these Basic credentials name, if the token matches and has not expired."""
+        """The robot these Basic credentials name, if the token matches, has not expired and its
+        namespace's account (user or organisation) is not disabled."""
         namespace, sep, name = username.partition("+")
         if not sep:
             return None
         with self._read() as conn:
             row = conn.execute(
-                select(_robot, _account.c.name.label("namespace"))
+                select(_robot, _account.c.name.label("namespace"), _account.c.disabled.label("owner_disabled"))
                 .select_from(_robot.join(_account))
                 .where(_account.c.key == namespace.lower(), _robot.c.name == name)
             ).first()
         if row is None or not secrets.compare_digest(row.token_hash, _hash(token)) or row.expires_at <= utcnow():
+            return None
+        if row.owner_disabled:
             return None
         return RobotRecord(row.namespace, row.name, row.scope, row.expires_at)
 

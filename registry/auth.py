@@ -12,7 +12,13 @@ administrator                       everything
 ==================================  =======================
 
 Tokens are HS256 JWTs signed with a key kept in the database (shared by every worker and
-replica), short-lived, and carry the granted scopes; every request checks one.
+replica), short-lived, and carry the granted scopes; every request checks one. A token's ``aud``
+is this registry's canonical service (``host[:port]`` of its canonical origin,
+``registry.origins``), whatever ``service`` the token request named: a token is only ever good
+here, and ``verify`` refuses one whose audience is not one of this registry's names (registries
+that share a signing key do not accept each other's tokens). ``verify`` also reads the account
+behind the token, so disabling an account (or deleting a robot) stops its tokens at once, not
+when they expire.
 """
 
 from __future__ import annotations
@@ -20,12 +26,14 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
 from registry.accounts import Accounts
+from registry.db import utcnow
 from registry.oci.auth import ACTIONS, Scope
 from registry.oci.names import repository_key
 
@@ -124,13 +132,21 @@ class Authority:
         token = jwt.encode(claims, self._key, algorithm="HS256")
         return token, self.token_ttl, dt.datetime.fromtimestamp(now, dt.UTC)
 
-    def verify(self, token: str) -> Grant:
+    def verify(self, token: str, audience: Sequence[str]) -> Grant:
+        """The grant of a token minted here for one of ``audience`` (this registry's services),
+        unexpired, whose account is still in good standing (reads the database)."""
         try:
             claims = jwt.decode(
-                token, self._key, algorithms=["HS256"], options={"require": ["exp", "iat", "sub"], "verify_aud": False}
+                token,
+                self._key,
+                algorithms=["HS256"],
+                audience=list(audience),
+                options={"require": ["exp", "iat", "sub", "aud"]},
             )
         except jwt.ExpiredSignatureError:
             raise InvalidToken("the token has expired") from None
+        except (jwt.InvalidAudienceError, jwt.MissingRequiredClaimError) as e:
+            raise InvalidToken(f"the token is invalid: {e} (it was not issued for this registry)") from None
         except jwt.PyJWTError as e:
             raise InvalidToken(f"the token is invalid: {e}") from None
         principal = Principal(
@@ -146,4 +162,28 @@ class Authority:
             if isinstance(item, dict) and item.get("type") == "repository":
                 key = repository_key(str(item.get("name", "")))
                 access[key] = access.get(key, frozenset()) | frozenset(map(str, item.get("actions", [])))
+        if reason := self.revoked(principal):
+            raise InvalidToken(reason)
         return Grant(principal, access)
+
+    def revoked(self, principal: Principal) -> str | None:
+        """Why a token issued to ``principal`` no longer holds (None: it does): its user is gone,
+        disabled or no longer what the token says; its robot is deleted or expired, or the robot's
+        namespace disabled."""
+        if principal.kind == "user":
+            user = self.accounts.get(principal.name)
+            if user is None or user.id != principal.account_id:
+                return f"the account {principal.name!r} no longer exists"
+            if user.disabled:
+                return f"the account {user.name!r} is disabled"
+            if principal.is_admin and not user.is_admin:
+                return f"the account {user.name!r} is no longer an administrator"
+        elif principal.kind == "robot":
+            namespace, _, name = principal.name.partition("+")
+            owner = self.accounts.get(namespace)
+            if owner is None or owner.disabled:
+                return f"the account {namespace!r} that owns robot {principal.name!r} is disabled"
+            now = utcnow()
+            if not any(r.name == name and r.expires_at > now for r in self.accounts.robots(namespace)):
+                return f"the robot {principal.name!r} was deleted or has expired"
+        return None

@@ -34,7 +34,24 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     serve.add_argument("--listen", help=f"HOST:PORT to listen on (default {config.DEFAULT_LISTEN})")
     serve.add_argument(
         "--public-url",
-        help="scheme://host[:port] clients use to reach this registry (default: from each request's Host header)",
+        help="scheme://host[:port] clients use to reach this registry: named in challenges and URLs, and the "
+        "address signed requests must be bound to (default: the listen address and loopback names)",
+    )
+    serve.add_argument(
+        "--allowed-host",
+        dest="allowed_hosts",
+        action="append",
+        metavar="HOST[:PORT]|URL",
+        help="another name this registry answers to (repeatable, or comma-separated in "
+        "HANGAR_REGISTRY_ALLOWED_HOSTS); signed requests naming any other host are refused",
+    )
+    serve.add_argument(
+        "--trusted-proxy",
+        dest="trusted_proxies",
+        action="append",
+        metavar="IP|CIDR",
+        help="believe X-Forwarded-Proto/-For from this address (repeatable; HANGAR_REGISTRY_TRUSTED_PROXIES; "
+        "default: from nobody)",
     )
     serve.add_argument("--workers", type=int, help="worker processes (default 1)")
     serve.add_argument("--upload-max-age", help="purge upload sessions idle this long, e.g. 24h, 90m (default 24h)")
@@ -154,8 +171,12 @@ def _storage_args(parser: argparse.ArgumentParser) -> None:
 
 def _settings(args: argparse.Namespace) -> config.Settings:
     names = ("listen", "data_dir", "database_url", "public_url", "workers", "upload_max_age", "signed_url_ttl",
-             "auth", "signup", "token_ttl", "log_level", "rate_limit")  # fmt: skip
-    return config.from_env(**{n: getattr(args, n, None) for n in names})
+             "auth", "signup", "token_ttl", "log_level", "allowed_hosts", "trusted_proxies", "ssl_certfile",
+             "ssl_keyfile", "rate_limit")  # fmt: skip
+    values = {n: getattr(args, n, None) for n in names}
+    for n in ("allowed_hosts", "trusted_proxies"):  # repeatable flags: one comma-separated setting
+        values[n] = ",".join(values[n]) if values[n] else None
+    return config.from_env(**values)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -164,7 +185,7 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.ssl_certfile) != bool(args.ssl_keyfile):
         print("error: --ssl-certfile and --ssl-keyfile go together", file=sys.stderr)
         return 2
-    serve(_settings(args), ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile)
+    serve(_settings(args))
     return 0
 
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from registry.origins import check_allowed_hosts, check_trusted_proxies
+
 ENV_PREFIX = "HANGAR_REGISTRY_"
 DEFAULT_LISTEN = "127.0.0.1:5000"
 
@@ -18,8 +20,18 @@ class Settings:
     data_dir: Path = Path("~/.hangar/registry")
     # Empty means SQLite inside data_dir.
     database_url: str = ""
-    # The scheme://host[:port] clients reach us at; empty means "from each request's Host".
+    # The scheme://host[:port] clients reach us at: the canonical origin, named in challenges and
+    # Location headers, and the one signed requests must be bound to (registry.origins). Empty:
+    # the listen address and loopback names.
     public_url: str = ""
+    # Further names this registry answers to, comma-separated: host[:port] or scheme://host[:port].
+    allowed_hosts: str = ""
+    # Addresses (IPs or CIDRs, comma-separated; "*" for any) whose X-Forwarded-Proto and
+    # X-Forwarded-For are believed. Empty: nobody's, so a client cannot pretend to have used https.
+    trusted_proxies: str = ""
+    # Serving HTTPS directly (uvicorn terminates TLS): loopback origins are then https.
+    ssl_certfile: str = ""
+    ssl_keyfile: str = ""
     workers: int = 1
     # Upload sessions untouched for this long are purged, with their data.
     upload_max_age: float = 24 * 3600.0
@@ -70,6 +82,10 @@ class Settings:
             raise ValueError("--workers must be at least 1")
         if self.public_url and not self.public_url.startswith(("http://", "https://")):
             raise ValueError("--public-url must start with http:// or https://")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("--ssl-certfile and --ssl-keyfile go together")
+        check_allowed_hosts(self.allowed_hosts)
+        check_trusted_proxies(self.trusted_proxies)
         if self.upload_max_age <= 0 or self.signed_url_ttl <= 0 or self.token_ttl <= 0:
             raise ValueError("ages and lifetimes must be positive")
         if self.rate_limit < 0:

@@ -1,7 +1,9 @@
 """Running the registry: migrate the database once, then start uvicorn with N workers.
 
 Workers share nothing in memory; they rebuild the same settings from ``HANGAR_REGISTRY_*``
-variables (``registry.app.app_from_env``). The access log never holds a credential:
+variables (``registry.app.app_from_env``). ``X-Forwarded-Proto``/``-For`` are believed only from
+``--trusted-proxy`` addresses (uvicorn's own default would trust 127.0.0.1, so anything on the
+registry's machine could claim to have come over https). The access log never holds a credential:
 ``RedactCredentials`` drops the query of signed blob URLs and of ``/token`` and ``/hangar/v1``
 requests (installed through uvicorn's logging config, so every worker process gets it)."""
 
@@ -10,12 +12,14 @@ from __future__ import annotations
 import copy
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 import uvicorn
 
 from registry import db
 from registry.config import Settings
+from registry.origins import split_list
 
 log = logging.getLogger("hangar.registry")
 
@@ -44,9 +48,13 @@ def log_config() -> dict[str, Any]:
 
 
 def serve(settings: Settings, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
+    if ssl_certfile or ssl_keyfile:
+        # Workers (and registry.origins, for the scheme of loopback origins) read it from settings.
+        settings = replace(settings, ssl_certfile=ssl_certfile or "", ssl_keyfile=ssl_keyfile or "").validate()
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     db.upgrade(settings.resolved_database_url)
     os.environ.update(settings.to_env())
+    trusted = split_list(settings.trusted_proxies)
     uvicorn.run(
         "registry.app:app_from_env",
         factory=True,
@@ -58,8 +66,10 @@ def serve(settings: Settings, *, ssl_certfile: str | None = None, ssl_keyfile: s
         access_log=settings.log_level in ("debug", "trace", "info"),
         http="httptools",
         loop="uvloop",
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
+        ssl_certfile=settings.ssl_certfile or None,
+        ssl_keyfile=settings.ssl_keyfile or None,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
         # Clients such as skopeo keep connections open between requests.
         timeout_keep_alive=30,
         server_header=False,

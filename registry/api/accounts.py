@@ -1,8 +1,11 @@
 """The account API, ``/hangar/v1/…``: sign-up, sign-in, keys, robots and settings.
 
-Every request is signed with the caller's ed25519 key (``registry.oci.auth``, Hangar's form:
-``<METHOD>,<path>?<query>,<hash of the body>`` with ``ts`` and ``nonce`` in the query). Answers are
-JSON; errors are ``{"error": "…"}`` with a 4xx status.
+Every request is signed with the caller's ed25519 key (``registry.oci.auth``, scheme v2:
+``HANGAR2,<METHOD>,<origin><path>?<query>,<hash of the body>`` with ``ts`` and ``nonce`` in the
+query and the header ``Hangar-Signature-Version: 2``). The origin is verified against this
+registry's own (``registry.origins``), so a request signed for another registry is refused here;
+a request in the old scheme (no origin) is refused with a message asking for a newer client.
+Answers are JSON; errors are ``{"error": "…"}`` with a 4xx status.
 
 ======================================  ==========================================================
 ``POST /hangar/v1/signup``              ``{"username", "invite"?, "key_name"?}``: a new user with this key
@@ -37,9 +40,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from registry.accounts import APPROVAL_CODE_ALPHABET, AccountError, AccountRecord, KeyTaken, NameReserved, NameTaken
-from registry.api.common import audit, services
-from registry.api.token import Refused, check_freshness, verify_signature
-from registry.oci.auth import api_signing_string, fingerprint, parse_authorization
+from registry.api.common import audit, registry_origins, request_host, services
+from registry.api.token import Refused, check_freshness, signature_mismatch, verify_signature
+from registry.oci.auth import (
+    API_SIGNATURE_HEADER,
+    API_SIGNATURE_VERSION,
+    api_signing_string,
+    fingerprint,
+    parse_authorization,
+)
 from registry.oci.names import InvalidName, parse_repository
 
 MAX_BODY = 64 * 1024
@@ -122,10 +131,18 @@ async def _verify(request: Request) -> Caller:
     key, signature = parsed
     path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
     query = request.scope.get("query_string", b"").decode("latin-1")
-    message = api_signing_string(request.method, path + ("?" + query if query else ""), raw)
+    path_and_query = path + ("?" + query if query else "")
+    ours = registry_origins(request).candidates(request.url.scheme, request_host(request))
+    messages = [api_signing_string(request.method, origin, path_and_query, raw) for origin in ours]
     try:
-        if not verify_signature(key, signature, [message]):
-            raise Refused("the signature does not match the request")
+        if request.headers.get(API_SIGNATURE_HEADER) != API_SIGNATURE_VERSION:
+            # v1 signatures name no registry and could be replayed here from any other one.
+            raise Refused(
+                f"this registry needs a newer hangar client: signed request scheme v{API_SIGNATURE_VERSION}"
+                " (signatures bound to the registry's address); upgrade hangar and retry"
+            )
+        if not verify_signature(key, signature, messages):
+            raise Refused(signature_mismatch(request))
         await check_freshness(request)
     except Refused as e:
         await audit(request, "unknown", "auth", request.url.path, "denied", reason=str(e), key=fingerprint(key))

@@ -17,6 +17,7 @@ from registry.oci.auth import Scope, challenge
 from registry.oci.digest import Digest, InvalidDigest
 from registry.oci.errors import RegistryError
 from registry.oci.names import InvalidName, is_valid_tag, parse_repository
+from registry.origins import Origins, origins
 from registry.ratelimit import AuditThrottle, TtlCache
 from registry.signing import UrlSigner
 from registry.storage import BlobStore
@@ -75,9 +76,9 @@ def reference_param(text: str) -> Digest | str:
 
 
 def external_url(request: Request, path: str, query: dict[str, str] | None = None) -> str:
-    """An absolute URL on this registry, as the client reached it (or --public-url)."""
-    base = services(request).settings.public_url or f"{request.url.scheme}://{request.url.netloc}"
-    return base + path + ("?" + urlencode(query) if query else "")
+    """An absolute URL on this registry: under the name the client used when that is one of ours
+    (``registry.origins``), else under the canonical one (never a name from a stranger's Host)."""
+    return base_url(request) + path + ("?" + urlencode(query) if query else "")
 
 
 def page_params(request: Request) -> tuple[int, str | None]:
@@ -117,8 +118,18 @@ def has_body(request: Request) -> bool:
 # -- authentication and authorisation ----------------------------------------------------------
 
 
+def registry_origins(request: Request) -> Origins:
+    return origins(services(request).settings)
+
+
+def request_host(request: Request) -> str:
+    """The ``Host`` the client sent (what it believes it is talking to; not to be trusted)."""
+    return request.headers.get("host", "")
+
+
 def base_url(request: Request) -> str:
-    return services(request).settings.public_url or f"{request.url.scheme}://{request.url.netloc}"
+    """``scheme://host[:port]`` of this registry for this client (``Origins.base_url``)."""
+    return registry_origins(request).base_url(request.url.scheme, request_host(request))
 
 
 def remote(request: Request) -> str:
@@ -130,6 +141,8 @@ def unauthorized(request: Request, scope: Scope | None = None, message: str | No
     base = base_url(request)
     service = base.split("://", 1)[1]
     header = challenge(f"{base}/token", service, str(scope) if scope else None)
+    if hint := registry_origins(request).hint(request_host(request)):
+        message = (message or "authentication required") + hint
     return RegistryError("UNAUTHORIZED", message, headers={"WWW-Authenticate": header})
 
 
@@ -153,7 +166,8 @@ async def bearer_grant(request: Request) -> Grant | None:
     if not header.lower().startswith("bearer "):
         return None
     try:
-        return services(request).authority.verify(header[7:].strip())
+        audience = registry_origins(request).services
+        return await run_in_threadpool(services(request).authority.verify, header[7:].strip(), audience)
     except InvalidToken as e:
         await audit(request, "unknown", "auth", request.url.path, "denied", reason=str(e))
         raise unauthorized(request, message=str(e)) from None

@@ -3,14 +3,18 @@
 Three ways to ask (see ``registry.oci.auth`` for the formats):
 
 - signed with an ed25519 key, as the Ollama client does: ``Authorization: <key>:<signature>``
-  over ``GET,<URL as received>,<hash of the empty body>``, with ``ts`` within five minutes and a
-  ``nonce`` never seen before;
+  over ``GET,<token URL>,<hash of the empty body>``, with ``ts`` within five minutes and a
+  ``nonce`` never seen before. The URL is checked against this registry's own origins only
+  (``registry.origins``: ``--public-url``, ``--allowed-host``, the listen address and loopback),
+  never against the request's ``Host``: a hostile registry that relays a victim's request signed
+  for ``http://evil:5960/token?…`` gets nothing;
 - HTTP Basic with a robot's name (``namespace+robot``) and token, as Docker-style clients do
   (``skopeo --creds``);
 - no credentials: an anonymous token (public pulls only).
 
 The answer is ``{"token", "access_token", "expires_in", "issued_at"}`` with the requested scopes
-cut down to what the caller may do. Refusals are 401 and are written to the audit log.
+cut down to what the caller may do, for this registry's canonical service whatever ``service``
+the request named (``registry.auth``). Refusals are 401 and are written to the audit log.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from registry.api.common import audit, base_url, services
+from registry.api.common import audit, registry_origins, request_host, services
 from registry.auth import ANONYMOUS, Principal
 from registry.oci.auth import (
     CLOCK_SKEW,
@@ -49,13 +53,19 @@ def requested_scopes(request: Request) -> list[Scope]:
 
 
 def signed_urls(request: Request) -> list[str]:
-    """The URL the client signed, as it may have seen it: through --public-url or directly."""
+    """The token URLs a client may have signed for this registry: the path and query as received,
+    under each of this registry's origins. The request's own Host counts only when it is ours."""
     raw_path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
     query = request.scope.get("query_string", b"").decode("latin-1")
     tail = raw_path + ("?" + query if query else "")
-    direct = f"{request.url.scheme}://{request.headers.get('host', request.url.netloc)}{tail}"
-    public = services(request).settings.public_url
-    return [direct] + ([public + tail] if public and public + tail != direct else [])
+    ours = registry_origins(request).candidates(request.url.scheme, request_host(request))
+    return [origin + tail for origin in ours]
+
+
+def signature_mismatch(request: Request) -> str:
+    """The refusal for a signature over no URL of ours, with what to configure when the client
+    reached us under a name we do not know."""
+    return "the signature does not match the request" + registry_origins(request).hint(request_host(request))
 
 
 def verify_signature(key_b64: str, signature: bytes, messages: list[bytes]) -> bool:
@@ -91,7 +101,7 @@ async def key_principal(request: Request, key_b64: str, signature: bytes) -> Pri
     svc = services(request)
     messages = [token_signing_string(url) for url in signed_urls(request)]
     if not verify_signature(key_b64, signature, messages):
-        raise _refuse("the signature does not match the request")
+        raise _refuse(signature_mismatch(request))
     await check_freshness(request)
     user = await run_in_threadpool(svc.accounts.user_for_key, key_b64)
     if user is None:
@@ -108,7 +118,7 @@ async def robot_principal(request: Request, credentials: str) -> Principal:
         raise _refuse("malformed Basic credentials") from None
     robot = await run_in_threadpool(services(request).accounts.robot, username, secret)
     if robot is None:
-        raise _refuse(f"invalid or expired robot credentials for {username!r}")
+        raise _refuse(f"invalid or expired robot credentials, or a disabled account, for {username!r}")
     return Principal("robot", robot.username, robot_namespace=robot.namespace, robot_scope=robot.scope)
 
 
@@ -138,7 +148,8 @@ async def token(request: Request) -> Response:
 
     scopes = requested_scopes(request)
     granted = await run_in_threadpool(svc.authority.grant, principal, scopes)
-    service = request.query_params.get("service") or base_url(request).split("://", 1)[1]
+    # The audience is ours, not the request's ``service``: a token is only ever good here.
+    service = registry_origins(request).canonical_service
     value, expires_in, issued = svc.authority.mint(principal, granted, service)
     return JSONResponse(
         {

@@ -11,11 +11,19 @@ raw ed25519 signature (64 bytes, standard base64) over a signing string:
 - token requests, exactly as Ollama signs them (§5.2 of the protocol spec):
   ``GET,<full URL as sent>,<base64 of the hex sha256 of the empty body>``, the query holding
   ``service``, ``scope``…, ``ts`` (unix seconds) and ``nonce``, keys sorted;
-- Hangar's account API (``/hangar/v1/…``): ``<METHOD>,<path>?<query>,<base64 of the hex sha256 of
-  the body>``, the query holding ``ts`` and ``nonce``. Like the token form but with the path
-  instead of the full URL (so a reverse proxy does not change it) and the body covered.
+- Hangar's account API (``/hangar/v1/…``), scheme v2: the request carries the header
+  ``Hangar-Signature-Version: 2`` and signs
+  ``HANGAR2,<METHOD>,<origin><path>?<query>,<base64 of the hex sha256 of the body>``, the query
+  holding ``ts`` and ``nonce``, ``<origin>`` the registry's ``scheme://host[:port]`` as
+  ``normalize_origin`` writes it (lower case, no default port). The origin binds the signature to
+  one registry: a request signed for registry B is refused by registry A, which verifies it only
+  against its own origins (``registry.origins``). The body is covered. Scheme v1 (no marker, no
+  origin: ``<METHOD>,<path>?<query>,<hash>``) could be replayed between registries and is refused
+  with a message asking for a newer client.
 
-The server accepts a ``ts`` within five minutes of its clock and each ``nonce`` once.
+The server accepts a ``ts`` within five minutes of its clock and each ``nonce`` once (nonces are
+kept per registry, in its database). A token request's URL names the registry too, and the
+server verifies it only against its own origins, never against the request's ``Host``.
 
 **Challenges.** ``WWW-Authenticate: Bearer realm="…",service="…",scope="…"``; scopes are
 ``repository:<namespace>/<model>:<action>[,<action>]`` with actions ``pull``, ``push``, ``delete``.
@@ -33,6 +41,11 @@ from urllib.parse import quote
 KEY_TYPE = b"ssh-ed25519"
 CLOCK_SKEW = 300  # seconds a signed request's ts may differ from the server's clock
 ACTIONS = ("pull", "push", "delete")
+# The account API's signing scheme: the header that declares it and the signing string's prefix.
+API_SIGNATURE_HEADER = "Hangar-Signature-Version"
+API_SIGNATURE_VERSION = "2"
+API_SIGNATURE_PREFIX = "HANGAR2"
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class InvalidKey(ValueError):
@@ -84,8 +97,50 @@ def token_signing_string(url: str) -> bytes:
     return f"GET,{url},{body_hash()}".encode()
 
 
-def api_signing_string(method: str, path_and_query: str, body: bytes) -> bytes:
-    return f"{method.upper()},{path_and_query},{body_hash(body)}".encode()
+def api_signing_string(method: str, origin: str, path_and_query: str, body: bytes) -> bytes:
+    """Scheme v2 of the account API: the registry's origin is signed with the path, so a signature
+    made for one registry is worthless at another."""
+    url = normalize_origin(origin) + path_and_query
+    return f"{API_SIGNATURE_PREFIX},{method.upper()},{url},{body_hash(body)}".encode()
+
+
+def normalize_origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL or origin: lower case, IPv6 in brackets, the scheme's
+    default port left out, path and query dropped. Raises ValueError for what is not http(s)."""
+    scheme, sep, rest = url.strip().partition("://")
+    scheme = scheme.lower()
+    if not sep or scheme not in DEFAULT_PORTS:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    netloc = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if "@" in netloc:
+        raise ValueError(f"an origin has no user name: {url!r}")
+    host, port = split_host_port(netloc)
+    if not host:
+        raise ValueError(f"no host in {url!r}")
+    if port is None or port == DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def split_host_port(netloc: str) -> tuple[str, int | None]:
+    """``(host, port)`` from ``host``, ``host:port``, ``[v6]`` or ``[v6]:port``; the host lower-cased,
+    an IPv6 address kept in brackets. Raises ValueError for a port that is not a number."""
+    netloc = netloc.strip().lower()
+    if netloc.startswith("["):
+        end = netloc.find("]")
+        if end < 0:
+            raise ValueError(f"unclosed '[' in {netloc!r}")
+        host, rest = netloc[: end + 1], netloc[end + 1 :]
+        if rest and not rest.startswith(":"):
+            raise ValueError(f"unexpected {rest!r} after {host!r}")
+        port_text = rest[1:] if rest else ""
+    else:
+        host, _, port_text = netloc.partition(":")
+    if not port_text:
+        return host, None
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"invalid port in {netloc!r}")
+    return host, int(port_text)
 
 
 def authorization(key_b64: str, signature: bytes) -> str:
