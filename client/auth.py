@@ -1,21 +1,28 @@
 """The registry token dance, as an ``httpx.Auth`` flow.
 
-A request goes out with the token held (if any). A ``401`` with a ``Bearer`` challenge sends a
-token request to the challenge's realm, signed with this machine's ed25519 key exactly as Ollama
-signs it (``registry.oci.auth``), or anonymously when there is no key; then the request is sent
-once more with the new token. The realm must be on the registry's own host, as Ollama insists.
-A token about to expire is renewed before the next request, so long pushes keep going."""
+A request to the registry's origin goes out with the token held (if any). A ``401`` with a
+``Bearer`` challenge sends a token request to the challenge's realm, signed with this machine's
+ed25519 key exactly as Ollama signs it (``registry.oci.auth``) when the user signed in to this
+registry, anonymously otherwise; then the request is sent once more with the new token. A token
+about to expire is renewed before the next request, so long pushes keep going.
+
+What may be signed and where credentials may go is client.credentials: the realm must be on the
+registry's own origin (scheme, host and port; Ollama checks host and port), the token request
+carries only the scopes the caller said it needs and the registry's own host as ``service``, and a
+request to any other origin (a ``Link``, an upload ``Location``, a redirect) goes without the
+token, while one from https to plain http is refused."""
 
 from __future__ import annotations
 
 import base64
 import os
 import time
-from collections.abc import AsyncGenerator, Callable, Generator
+from collections.abc import AsyncGenerator, Callable, Generator, Sequence
 
 import httpx
 
 from client import errors
+from client.credentials import display, limit_scopes, refuse_downgrade, registry_host, same_origin
 from client.keys import Identity
 from registry.oci.auth import go_query, parse_challenge, token_signing_string
 
@@ -23,8 +30,19 @@ RENEW_BEFORE = 30.0  # seconds
 TOKEN_REQUEST = "hangar_token_request"  # marks the requests this flow makes to the token endpoint
 
 
+# Query parameters of a realm the client sets itself: a realm may not choose them.
+_OWN_PARAMS = {"service", "scope", "ts", "nonce"}
+
+
 class RegistryAuth(httpx.Auth):
-    def __init__(self, identity: Callable[[], Identity | None]) -> None:
+    """Tokens for one registry (``base``, its ``scheme://host[:port]``) for what the caller said it
+    will do there (``scopes``, e.g. ``["repository:ns/model:pull"]``). ``identity`` is None where
+    the key must not sign (see client.credentials.signs_for)."""
+
+    def __init__(self, base: str, identity: Callable[[], Identity | None], scopes: Sequence[str]) -> None:
+        self._base = httpx.URL(base)
+        self._service = registry_host(base)
+        self._scopes = list(scopes)
         self._identity = identity
         self._token: str | None = None
         self._expires = 0.0
@@ -32,9 +50,9 @@ class RegistryAuth(httpx.Auth):
 
     def _token_request(self, challenge: dict[str, str]) -> httpx.Request:
         realm = httpx.URL(challenge["realm"])
-        params = list(realm.params.multi_items())
-        params.append(("service", challenge.get("service", "")))
-        params += [("scope", s) for s in challenge.get("scope", "").split(" ") if s]
+        params = [(k, v) for k, v in realm.params.multi_items() if k not in _OWN_PARAMS]
+        params.append(("service", self._service))
+        params += [("scope", s) for s in limit_scopes(challenge.get("scope", ""), self._scopes)]
         params.append(("ts", str(int(time.time()))))
         params.append(("nonce", base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")))
         url = str(realm.copy_with(query=go_query(params).encode()))
@@ -48,10 +66,15 @@ class RegistryAuth(httpx.Auth):
         challenge = parse_challenge(response.headers.get("www-authenticate", ""))
         if challenge is None:
             return None
-        realm = httpx.URL(challenge["realm"])
-        if realm.netloc != request.url.netloc:
+        try:
+            realm = httpx.URL(challenge["realm"])
+        except httpx.InvalidURL:
+            raise errors.Unauthorized(f"the registry's token realm is not a URL: {challenge['realm']!r}") from None
+        refuse_downgrade(request.url, realm, "get a registry token")
+        if not realm.is_absolute_url or not same_origin(realm, request.url):
             raise errors.Unauthorized(
-                f'realm host "{realm.netloc.decode()}" does not match original host "{request.url.netloc.decode()}"'
+                f'realm host "{display(realm) if realm.is_absolute_url else realm}" does not match original host '
+                f'"{display(request.url)}": the registry must issue tokens on its own origin'
             )
         return challenge
 
@@ -70,11 +93,26 @@ class RegistryAuth(httpx.Auth):
     def token(self) -> str | None:
         return self._token
 
+    def headers_for(self, url: str | httpx.URL) -> dict[str, str]:
+        """The ``Authorization`` header for a request to ``url`` made outside httpx: the token on
+        the registry's own origin, nothing elsewhere; a URL on plain http after https is refused."""
+        refuse_downgrade(self._base, url, "fetch from the registry")
+        if self._token and same_origin(url, self._base):
+            return {"Authorization": f"Bearer {self._token}"}
+        return {}
+
     def _authorize(self, request: httpx.Request) -> None:
         if self._token:
             request.headers["Authorization"] = f"Bearer {self._token}"
 
     def _flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if not same_origin(request.url, self._base):
+            # A URL the registry handed us on another origin: no credentials of ours go there,
+            # and its challenges are not ours to answer.
+            refuse_downgrade(self._base, request.url, "follow the registry")
+            request.headers.pop("Authorization", None)
+            yield request
+            return
         if self._challenge is not None and self._token and time.monotonic() > self._expires - RENEW_BEFORE:
             self._accept((yield self._token_request(self._challenge)))
         self._authorize(request)
@@ -117,7 +155,8 @@ class RegistryAuth(httpx.Auth):
                 return
 
 
-def bearer_token(http: httpx.AsyncClient) -> str | None:
-    """The token the client's registry auth holds now (for requests made outside httpx)."""
+def bearer_headers(http: httpx.AsyncClient, url: str | httpx.URL) -> dict[str, str]:
+    """The ``Authorization`` header for a request to ``url`` made outside httpx (the blob bytes,
+    through aiohttp): see ``RegistryAuth.headers_for``."""
     auth = http.auth
-    return auth.token if isinstance(auth, RegistryAuth) else None
+    return auth.headers_for(url) if isinstance(auth, RegistryAuth) else {}

@@ -135,6 +135,7 @@ def _signin(args: argparse.Namespace) -> int:
             if e.status != 409 or answer.status != 202:
                 raise
         else:
+            _remember(client, user["username"])
             print(f"Created the account '{user['username']}' on {client.base}; you are signed in.")
             return 0
     if answer.status == 202:
@@ -156,13 +157,24 @@ def _signin(args: argparse.Namespace) -> int:
         else:
             raise errors.Unauthorized("the key was not approved in time; run 'hangar signin' again")
     body = client.expect(answer, 200)
+    _remember(client, body["username"])
     print(f"Signed in to {client.base} as '{body['username']}' (key {client.identity.fingerprint}).")
     return 0
 
 
+def _remember(client: AccountClient, username: str) -> None:
+    """From now on token requests to this registry are signed (client.credentials)."""
+    from client.credentials import record_signin
+
+    record_signin(client.settings.home, client.base, username, client.identity.fingerprint)
+
+
 def _signout(args: argparse.Namespace) -> int:
+    from client.credentials import forget_signin
+
     client = _client(args)
     client.signout()
+    forget_signin(client.settings.home, client.base)
     print(f"Signed out of {client.base}: key {client.identity.fingerprint} removed from your account.")
     return 0
 

@@ -5,7 +5,12 @@
 ``HANGAR_MODELS``      the model store: default ``$HANGAR_HOME/models``
 ``HANGAR_REGISTRY``    the host of names without one: default ``registry.ollama.ai``
 ``HANGAR_KEY``         the ed25519 key to sign in with: default ``$HANGAR_HOME/id_ed25519``
+``HANGAR_SIGN_FOR``    registries (``host[:port]``, comma-separated) to sign token requests for
 =====================  =======================================================
+
+The key signs token requests only for registries ``hangar signin`` succeeded with (recorded in
+``$HANGAR_HOME/signed-in.json``) and those listed in ``HANGAR_SIGN_FOR`` or marked ``sign = true``
+below; every other registry is asked anonymously (see client.credentials).
 
 ``config.toml`` holds per-registry settings, keyed by ``host[:port]``::
 
@@ -13,6 +18,8 @@
     insecure = true                 # plain http (as --insecure); false forces https even on localhost
     ca_bundle = "/etc/ssl/corp.pem" # trust a private CA for this registry
     mirror = "http://cache.lan:5000"  # try this registry first for pulls
+    sign = true                     # sign token requests for it without 'hangar signin' (a key
+                                    # bound some other way, such as Ollama's)
 
     [transfer]
     concurrency = 4                 # parallel parts per blob
@@ -68,6 +75,8 @@ class ClientSettings:
     max_rate: int | None = None
     # When pulled blobs are flushed to disk (see the module's docstring).
     fsync: FsyncMode = "deferred"
+    # Registries to sign token requests for besides those signed in to (client.credentials).
+    sign_for: frozenset[str] = frozenset()
 
     def registry(self, host: str) -> RegistrySettings:
         return self.registries.get(host.lower(), RegistrySettings())
@@ -86,6 +95,8 @@ def load(env: Mapping[str, str] | None = None) -> ClientSettings:
         )
         for host, values in doc.get("registries", {}).items()
     }
+    sign_for = {host.lower() for host, values in doc.get("registries", {}).items() if values.get("sign") is True}
+    sign_for |= {h.strip().lower() for h in (env.get("HANGAR_SIGN_FOR") or "").split(",") if h.strip()}
     transfer = doc.get("transfer", {})
     key = Path(env["HANGAR_KEY"]).expanduser() if env.get("HANGAR_KEY") else home / "id_ed25519"
     return ClientSettings(
@@ -98,6 +109,7 @@ def load(env: Mapping[str, str] | None = None) -> ClientSettings:
         part_size=parse_size(str(transfer.get("part_size", DEFAULT_PART_SIZE))),
         max_rate=parse_size(str(transfer["max_rate"])) if transfer.get("max_rate") else None,
         fsync=_fsync_mode(transfer.get("fsync", "deferred"), home / "config.toml"),
+        sign_for=frozenset(sign_for),
     )
 
 

@@ -12,6 +12,8 @@
         ├── Denied                  403: signed in, but no permission
         ├── NotFound                404: no such model, tag or blob on the registry ("file does not exist")
         ├── RequestFailed           any other error status, with the registry's code and message
+        ├── UnsafeRequest           the registry asked for credentials or a transfer to go where they
+        │                           must not (plain http after https, a realm elsewhere, a scope not asked for)
         └── TransferFailed          retries exhausted on a blob transfer
 
 Each message says what happened and what to do about it; the CLI prints it as is.
@@ -81,6 +83,10 @@ class RequestFailed(RegistryError):
 
 
 class TransferFailed(RegistryError):
+    pass
+
+
+class UnsafeRequest(RegistryError):
     pass
 
 

@@ -4,8 +4,7 @@ one function that sends a request and turns failures into the errors of ``client
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -13,6 +12,7 @@ import httpx
 from client import errors, keys
 from client.auth import RegistryAuth
 from client.config import ClientSettings
+from client.credentials import signs_for
 from client.keys import Identity
 from registry.oci import mediatypes as mt
 from registry.oci.names import ModelName
@@ -38,13 +38,17 @@ def is_loopback(host: str) -> bool:
     return bare in ("localhost", "[::1]") or bare.startswith("127.")
 
 
-def make_client(settings: ClientSettings, host: str, *, connections: int = 8) -> httpx.AsyncClient:
-    """A client for one registry, signing token requests with this machine's key if it has one."""
+def make_client(
+    settings: ClientSettings, base: str, *, scopes: Sequence[str], connections: int = 8
+) -> httpx.AsyncClient:
+    """A client for the registry at ``base`` (``scheme://host[:port]``) that will do ``scopes``
+    there (client.credentials: ``pull_scope``, ``push_scopes``), signing token requests with this
+    machine's key if it has one and the user signed in to that registry."""
     return httpx.AsyncClient(
-        auth=RegistryAuth(_identity_loader(settings.key_path)),
+        auth=RegistryAuth(base, _identity_loader(settings, base), scopes),
         headers={"User-Agent": USER_AGENT},
         timeout=TIMEOUT,
-        verify=tls_verify(settings, host),
+        verify=tls_verify(settings, httpx.URL(base).netloc.decode()),
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         follow_redirects=False,
     )
@@ -101,13 +105,15 @@ def tls_verify(settings: ClientSettings, host: str) -> Any:
     return ssl.create_default_context(cafile=ca_bundle) if ca_bundle else True
 
 
-def _identity_loader(path: Path) -> Callable[[], Identity | None]:
-    """Load the key when a registry first asks for a token; no key means anonymous tokens."""
+def _identity_loader(settings: ClientSettings, base: str) -> Callable[[], Identity | None]:
+    """Load the key when a registry first asks for a token; no key, or a registry the key does
+    not sign for (client.credentials.signs_for), means anonymous tokens."""
     loaded: list[Identity | None] = []
 
     def identity() -> Identity | None:
         if not loaded:
-            loaded.append(keys.load(path) if path.exists() else None)
+            path = settings.key_path
+            loaded.append(keys.load(path) if path.exists() and signs_for(settings, base) else None)
         return loaded[0]
 
     return identity

@@ -46,8 +46,9 @@ import anyio
 import httpx
 
 from client import errors
-from client.auth import bearer_token
+from client.auth import bearer_headers
 from client.config import ClientSettings, FsyncMode
+from client.credentials import pull_scope, refuse_downgrade, same_origin
 from client.http import MANIFEST_ACCEPT, make_client, make_data_session, registry_url, send
 from client.manage import delete_unused_blobs
 from client.progress import Progress, ProgressCallback, no_progress
@@ -124,7 +125,7 @@ async def _pull_from(
     fetched = 0
     host = httpx.URL(base).netloc.decode()
     async with (
-        make_client(settings, host, connections=concurrency + 2) as http,
+        make_client(settings, base, scopes=[pull_scope(name.repository)], connections=concurrency + 2) as http,
         make_data_session(settings, host, concurrency) as data,
     ):
         progress(Progress("pulling manifest"))
@@ -414,8 +415,10 @@ class BlobDownload:
             location = response.headers.get("location")
             if response.is_redirect and location:
                 target = response.url.join(location)
-                if target.host != response.url.host:
-                    return str(target), False  # another host (CDN, object store): presigned
+                refuse_downgrade(self.base, target, f"pull {self.digest.short}")
+                if not same_origin(target, self.base):
+                    # Another origin (CDN, object store): presigned, and our token is not for it.
+                    return str(target), False
                 url = str(target)
                 continue
             if location:  # 200/206 with a Location: a self-authorising direct URL
@@ -526,9 +529,9 @@ class BlobDownload:
     async def _fetch_range(self, part: Part) -> None:
         url, with_auth = self._source
         headers = {"Range": f"bytes={part.next_byte}-{part.last_byte}"}
-        token = bearer_token(self.http)
-        if with_auth and token:
-            headers["Authorization"] = f"Bearer {token}"
+        credentials = bearer_headers(self.http, url)  # none off the registry's origin; no http after https
+        if with_auth:
+            headers.update(credentials)
         timeout = aiohttp.ClientTimeout(sock_connect=15, sock_read=STALL_SECONDS)
         async with self.data.get(url, headers=headers, timeout=timeout, allow_redirects=False) as response:
             if response.status in (401, 403):

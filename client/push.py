@@ -22,6 +22,7 @@ import httpx
 
 from client import errors
 from client.config import ClientSettings
+from client.credentials import push_scopes
 from client.http import make_client, registry_url, send
 from client.progress import Progress, ProgressCallback, no_progress
 from client.store import Store
@@ -59,9 +60,11 @@ async def push(
     base = registry_url(name, settings, options.insecure)
     limiter = RateLimiter(options.max_rate or settings.max_rate)
     result = PushResult(0, 0)
-    async with make_client(settings, name.host, connections=4) as http:
+    blobs = [*model.manifest.layers, *([model.manifest.config] if model.manifest.config else [])]
+    sources = [s for s in (_mount_source(d, name) for d in blobs) if s]
+    async with make_client(settings, base, scopes=push_scopes(name.repository, sources), connections=4) as http:
         seen: set[Digest] = set()
-        for desc in [*model.manifest.layers, *([model.manifest.config] if model.manifest.config else [])]:
+        for desc in blobs:
             if desc.digest in seen:
                 continue
             seen.add(desc.digest)

@@ -18,6 +18,7 @@ import httpx
 
 from client import errors
 from client.config import ClientSettings
+from client.credentials import pull_scope
 from client.http import MANIFEST_ACCEPT, make_client, registry_url, send
 from client.store import LocalModel
 from registry.oci.names import ModelName
@@ -64,7 +65,8 @@ async def check_updates(
 
     async def ask_registry(base: str, local: list[LocalModel]) -> None:
         limit = asyncio.Semaphore(CHECKS_AT_ONCE)
-        async with make_client(settings, httpx.URL(base).netloc.decode(), connections=CHECKS_AT_ONCE) as http:
+        scopes = sorted({pull_scope(m.name.repository) for m in local})
+        async with make_client(settings, base, scopes=scopes, connections=CHECKS_AT_ONCE) as http:
 
             async def ask(model: LocalModel) -> None:
                 async with limit:
@@ -104,7 +106,7 @@ async def list_tags(
     base = registry_url(name, settings, insecure)
     tags: list[str] = []
     url: str | None = f"{base}/v2/{name.repository}/tags/list?n={page_size}"
-    async with make_client(settings, httpx.URL(base).netloc.decode()) as http:
+    async with make_client(settings, base, scopes=[pull_scope(name.repository)]) as http:
         while url:
             response = await send(http, "GET", url, what=f"list tags of {name.repository}")
             try:

@@ -13,6 +13,7 @@ import httpx
 
 from client.account import AccountClient
 from client.config import ClientSettings, load
+from client.credentials import record_signin
 from client.keys import Identity, load_or_create
 from client.pull import PullResult, pull
 from client.push import PushResult, push
@@ -58,7 +59,13 @@ class Person:
 
     def signup(self) -> Person:
         self.account.signup(self.name, None, "test device")
+        self.signed_in(self.registry.url)
         return self
+
+    def signed_in(self, registry: str) -> None:
+        """Record ``registry`` as ``hangar signin`` does, so that token requests to it are signed
+        (the client signs for no other registry: client.credentials)."""
+        record_signin(self.settings.home, registry, self.name, self.identity.fingerprint)
 
     def model(self, repository: str, tag: str = "latest", size: int = 100_000) -> ModelName:
         return make_model(self.store, f"{self.registry.host}/{repository}:{tag}", os.urandom(size))

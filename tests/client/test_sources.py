@@ -30,6 +30,7 @@ def test_ollama_style_redirect_to_another_host_gets_no_credentials(people, auth_
         # "localhost" is another host name than the front's "127.0.0.1", as a CDN would be.
         front_app = ollama_front_app(auth_registry.url, f"http://localhost:{cdn.port}")
         with ThreadedServer(front_app) as front:
+            alice.signed_in(f"http://127.0.0.1:{front.port}")  # the registry under another name
             name = make_model(alice.store, f"127.0.0.1:{front.port}/{alice.name}/model", os.urandom(3_000_000))
             alice.push(name)
             other = Store(alice.settings.home / "other-store")
