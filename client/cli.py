@@ -196,6 +196,8 @@ def _show(args: argparse.Namespace) -> int:
     settings, store = _context()
     model = store.get(_name(store, settings, args.model))
     info = inspect(store, model)
+    if info.error:  # files that could not be read (see client.model_info): show what is known
+        print(f"warning: {info.error}", file=sys.stderr)
     if args.modelfile:
         print(render_modelfile(info), end="")
     elif args.parameters:

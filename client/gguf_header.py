@@ -103,7 +103,7 @@ class _Reader:
         self.pos += s.size
         return s.unpack_from(self.buf, i)[0]
 
-    def bytes(self, n: int) -> bytes:
+    def take(self, n: int) -> bytes:
         i = self._need(n)
         self.pos += n
         return self.buf[i : i + n]
@@ -117,7 +117,7 @@ class _Reader:
         n = self.unpack(self.u64)
         if n > self.left() or (limit is not None and n > limit):
             raise GGUFError(f"string of {n} bytes at byte {self.pos - 8} (the file has {self.left()} left)")
-        return self.bytes(n)
+        return self.take(n)
 
     def count(self, what: str, n: int, each: int, cap: int) -> int:
         """A declared count, checked against what the rest of the file can hold and a cap."""
@@ -130,7 +130,7 @@ class _Reader:
     # -- structure ------------------------------------------------------------------------------------
 
     def read(self) -> Header:
-        if self.bytes(4) != MAGIC:
+        if self.take(4) != MAGIC:
             raise GGUFError("not a GGUF file (bad magic)")
         version = self.unpack(self.u32)
         if version & 0xFFFF == 0:  # written on a big-endian machine
@@ -205,7 +205,7 @@ class _Reader:
                 if not keep:
                     self.skip(n * each)
                     return []
-                values = list(struct.unpack(f"{self.order}{n}{fmt}", self.bytes(n * each)))
+                values = list(struct.unpack(f"{self.order}{n}{fmt}", self.take(n * each)))
                 return [bool(v) for v in values] if item == 7 else values
             self.walked += n
             if self.walked > MAX_WALK:

@@ -11,7 +11,8 @@
 ``HANGAR_MAX_MEMORY``           bytes all loaded models may use (estimated); default 75% of RAM
 ``HANGAR_MAX_QUEUE``            requests waiting for a model, 512; more get 503
 ``HANGAR_NUM_PARALLEL``         requests a loaded model serves at once, 1
-``HANGAR_ORIGINS``              extra CORS origins, comma-separated
+``HANGAR_ORIGINS``              extra origins (web pages) allowed to call the API, comma-separated
+                                (``*`` in a name matches anything); any other Origin gets 403
 ``HANGAR_API_KEY``              if set, every request needs ``Authorization: Bearer <key>``
 ==============================  =========================================================
 """

@@ -33,7 +33,7 @@ class TemplateError(ValueError):
     pass
 
 
-MAX_SOURCE = 1 << 20  # bytes of template source (Ollama's templates are a few KiB)
+MAX_SOURCE = 256 << 10  # characters of template source (Ollama's templates are a few KiB)
 MAX_DEPTH = 100  # nested blocks and parentheses
 MAX_STEPS = 1_000_000  # nodes run and range turns in one rendering
 MAX_OUTPUT = 8 << 20  # characters one rendering (or one value in it) may reach

@@ -163,10 +163,12 @@ class PromptTemplate:
                 if left < 0:
                     raise TemplateError(f"chat template: output exceeds {self.max_output} characters")
                 out.append(piece)
+        except TemplateError:
+            raise
         except JinjaError as e:
             raise TemplateError(f"chat template: {e}") from None
-        except (RecursionError, OverflowError, MemoryError) as e:
-            raise TemplateError(f"chat template: {type(e).__name__}") from None
+        except Exception as e:  # the template's own Python errors (a model's file): a 400, not a 500
+            raise TemplateError(f"chat template: {type(e).__name__}: {e}") from None
         return "".join(out)
 
 
@@ -174,13 +176,13 @@ def _raise(message: str) -> None:
     raise TemplateError(message)
 
 
-MAX_JINJA_SOURCE = 1 << 20
+MAX_JINJA_SOURCE = 256 << 10  # characters (Hugging Face chat templates are tens of KiB at most)
 
 # Parsed Go templates by source: a model's template is parsed once, not on every request. Kept
 # while their sources total at most _PARSED_BUDGET characters (a parsed template is ~100× its
 # source); failures are remembered too.
 _PARSED: OrderedDict[str, Template | TemplateError] = OrderedDict()
-_PARSED_BUDGET = 1 << 20
+_PARSED_BUDGET = 512 << 10
 _parsed_lock = threading.Lock()
 
 
@@ -214,7 +216,8 @@ def _bounded_sandbox() -> Any:
 
 
 def _make_bounded_sandbox() -> type:
-    from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+    from jinja2.exceptions import SecurityError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     class BoundedSandbox(ImmutableSandboxedEnvironment):
         """Jinja's immutable sandbox with a step budget (each attribute or item lookup, call and
@@ -253,8 +256,9 @@ def _make_bounded_sandbox() -> type:
         def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
             self.step()
             limit = getattr(self.budget, "max_output", MAX_OUTPUT)
-            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 64:
-                raise SecurityError("chat template: exponent too large")
+            powers = operator == "**" and isinstance(left, int) and isinstance(right, int)
+            if powers and right * max(abs(left).bit_length(), 1) > 1 << 16:  # the result's bits
+                raise SecurityError("chat template: number too large")
             if operator == "*":
                 for seq, times in ((left, right), (right, left)):
                     if isinstance(seq, (str, list, tuple)) and isinstance(times, int) and len(seq) * times > limit:

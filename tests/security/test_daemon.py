@@ -359,7 +359,9 @@ def test_hangar_show_survives_hostile_files(bomb_home: Path) -> None:
     assert listed.returncode == 0 and all(n in listed.stdout for n in ("good", *BAD)), listed.stderr
 
 
-def test_header_reader_bounds_and_remembers(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
+def test_header_reader_bounds_and_remembers(
+    tmp_path: Path, tiny_models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The reader itself: counts checked against the bytes left, the same answers as gguf's
     GGUFReader on real files, each file read once."""
     from client import model_info
@@ -377,20 +379,16 @@ def test_header_reader_bounds_and_remembers(tmp_path: Path, tiny_models: dict[st
     assert len(read_header(tiny_models["chat"], max_array=1 << 30).metadata["tokenizer.ggml.tokens"]) == 269
 
     calls: list[Path] = []
-    real = model_info.read_header
 
     def counting(path: Path, max_array: int = 5) -> Any:
         calls.append(path)
-        return real(path, max_array)
+        return read_header(path, max_array)
 
-    model_info.read_header = counting  # type: ignore[assignment]
-    try:
-        for _ in range(3):
-            with pytest.raises(GGUFError):
-                model_info.read_gguf_metadata(bomb)
-            model_info.read_gguf_metadata(tiny_models["plain"])
-    finally:
-        model_info.read_header = real  # type: ignore[assignment]
+    monkeypatch.setattr("client.model_info.read_header", counting)
+    for _ in range(3):
+        with pytest.raises(GGUFError):
+            model_info.read_gguf_metadata(bomb)
+        model_info.read_gguf_metadata(tiny_models["plain"])
     assert calls == [bomb, tiny_models["plain"]]
 
 
@@ -442,3 +440,56 @@ def test_template_fields_are_data_not_python_attributes(template_daemon: Runtime
     body = {"model": "good", "prompt": "hi", "template": "[{{ .Prompt }}]", "_debug_render_only": True}
     r = httpx.post(rt.url + "/api/generate", json={**body, "stream": False}, timeout=60)
     assert r.status_code == 200 and r.json()["_debug_info"]["rendered_template"] == "[hi]"
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ range 100000000000000 }}x{{ end }}",  # refused before the first turn
+        "{{ if 1 }}" * 5000 + "{{ end }}" * 5000,
+        "{{ " + "(" * 5000 + "1" + ")" * 5000 + " }}",
+        '{{ $x := "ab" }}{{ range 60 }}{{ $x = printf "%s%s" $x $x }}{{ end }}',
+        "{{ range $i, $m := .Messages }}{{ range $.Messages }}{{ range $.Messages }}{{ json $ }}"
+        "{{ end }}{{ end }}{{ end }}",
+    ],
+)
+def test_go_template_budgets(source: str) -> None:
+    from runtime.gotemplate import TemplateError
+    from runtime.prompts import Message, PromptTemplate
+
+    messages = [Message("user" if i % 2 else "assistant", "x" * 100) for i in range(100)]
+    t = time.monotonic()
+    with pytest.raises(TemplateError):
+        PromptTemplate(source, None).render(messages)
+    assert time.monotonic() - t < 5
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ 'a' * 1000000000 }}",
+        "{{ 9 ** 999999 }}",
+        "{{ ((9 ** 64) ** 64) ** 64 }}",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",
+        "{% for m in messages %}{% for n in messages %}{% for o in messages %}{{ o.content }}"
+        "{% endfor %}{% endfor %}{% endfor %}",
+    ],
+)
+def test_jinja_template_budgets(source: str) -> None:
+    from runtime.gotemplate import TemplateError
+    from runtime.prompts import Message, PromptTemplate
+
+    messages = [Message("user" if i % 2 else "assistant", "x" * 100) for i in range(300)]
+    t = time.monotonic()
+    with pytest.raises(TemplateError):
+        PromptTemplate(None, source).render(messages)
+    assert time.monotonic() - t < 5
+
+
+def test_budgets_leave_real_conversations_alone() -> None:
+    from runtime.prompts import Message, PromptTemplate
+    from tests.tinymodels import CHAT_TEMPLATE, CHATML_TOOLS_TEMPLATE
+
+    messages = [Message("user" if i % 2 else "assistant", "word " * 2000) for i in range(2000)]  # 20 MB
+    assert len(PromptTemplate(CHATML_TOOLS_TEMPLATE, None).render(messages)) > 20_000_000
+    assert len(PromptTemplate(None, CHAT_TEMPLATE).render(messages)) > 20_000_000
