@@ -29,7 +29,7 @@ MAX_NAME = 4096  # keys and tensor names (llama.cpp's are at most 64 bytes)
 MAX_NESTING = 3  # arrays of arrays
 MAX_ARRAY = 1 << 20  # elements in one array (the largest vocabularies have 262K tokens)
 MAX_WALK = 1 << 22  # array elements stepped over in all: vocabularies (≤ 262K) plus merges (≤ 500K)
-MAX_KEPT = 1 << 20  # array elements kept in all (only ``max_array`` large asks for whole arrays)
+MAX_KEPT = 1 << 21  # array elements kept in all: only show --verbose asks for whole arrays (vocab, merges)
 MAX_KEPT_BYTES = 32 << 20  # text kept in all (chat templates are tens of KiB)
 CHUNK = 1 << 20
 

@@ -570,6 +570,7 @@ async def ps(request: Request) -> Response:
             model = svc.store.get(ModelName.parse(runner.model))
         except (client_errors.ModelNotFound, InvalidName):
             continue
+        await svc.info_async(model)  # read off the loop if this version was never read
         entry = _model_entry(svc, model)
         del entry["modified_at"]
         engine = runner.engine
