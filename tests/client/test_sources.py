@@ -19,26 +19,35 @@ from client.store import Store
 from registry.oci.names import ModelName
 from tests.client.conftest import make_model
 from tests.frontends import ThreadedServer, cdn_app, ollama_front_app, rangeless_cdn_app, slow_start_cdn_app
-from tests.servers import free_port
+from tests.people import Person, unique
+from tests.servers import RegistryProcess, free_port
 
 
-def test_ollama_style_redirect_to_another_host_gets_no_credentials(people, auth_registry) -> None:  # type: ignore[no-untyped-def]
-    alice = people("alice")
-    alice.account.set_default_visibility(alice.name, "private")  # so the client holds a token
+def test_ollama_style_redirect_to_another_host_gets_no_credentials(tmp_path: Path) -> None:
     seen: list[dict[str, str]] = []
-    with ThreadedServer(cdn_app(auth_registry.data_dir / "blobs" / "sha256", seen)) as cdn:
+    registry = RegistryProcess(tmp_path / "data", "", "--auth", "required", "--signup", "open")
+    with ThreadedServer(cdn_app(registry.data_dir / "blobs" / "sha256", seen)) as cdn:
         # "localhost" is another host name than the front's "127.0.0.1", as a CDN would be.
-        front_app = ollama_front_app(auth_registry.url, f"http://localhost:{cdn.port}")
-        with ThreadedServer(front_app) as front:
-            alice.signed_in(f"http://127.0.0.1:{front.port}")  # the registry under another name
-            name = make_model(alice.store, f"127.0.0.1:{front.port}/{alice.name}/model", os.urandom(3_000_000))
-            alice.push(name)
-            other = Store(alice.settings.home / "other-store")
-            result = asyncio.run(pull(name, other, alice.settings, PullOptions(part_size=1_000_000)))
+        front = ThreadedServer(ollama_front_app(registry.url, f"http://localhost:{cdn.port}"))
+        # The front is the registry under another name, as a proxy is: the registry must know it
+        # (it signs and names only its own origins).
+        registry.extra_args += ["--allowed-host", f"127.0.0.1:{front.port}"]
+        registry.start()
+        try:
+            with front:
+                alice = Person(registry, tmp_path / "alice", unique("alice")).signup()
+                alice.account.set_default_visibility(alice.name, "private")  # so the client holds a token
+                alice.signed_in(f"http://127.0.0.1:{front.port}")
+                name = make_model(alice.store, f"127.0.0.1:{front.port}/{alice.name}/model", os.urandom(3_000_000))
+                alice.push(name)
+                other = Store(alice.settings.home / "other-store")
+                result = asyncio.run(pull(name, other, alice.settings, PullOptions(part_size=1_000_000)))
+        finally:
+            registry.stop()
     assert result.model.manifest.raw == alice.store.get(name).manifest.raw
     ranges = [h.get("range") for h in seen]
     assert len(seen) >= 3 and all(r and r.startswith("bytes=") for r in ranges)
-    assert all("authorization" not in h for h in seen)  # the token never leaves the registry's host
+    assert all("authorization" not in h for h in seen)  # the token never leaves the registry's origin
 
 
 def test_pull_through_a_mirror_and_fall_back(make_registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
