@@ -54,20 +54,31 @@ def sentencepiece_model(extra_pieces: int = 0) -> bytes:
 SPM_SIZE = 3 + 256 + len(SPM_PIECES)
 
 
-def write_bpe_tokenizer(folder: Path) -> int:
-    """A byte-level BPE tokenizer.json with Llama 3's pre-tokenizer, BOS added by the post
-    processor; returns its vocabulary size."""
+def write_bpe_tokenizer(folder: Path, pre: str = "llama-bpe") -> int:
+    """A byte-level BPE tokenizer.json, BOS added by the post processor; returns its vocabulary
+    size. ``pre``, the pre-tokenizer (llama.cpp's name for it): Llama 3's regular expression
+    (``llama-bpe``), GPT-2's (``gpt-2``: a plain ByteLevel step), or a whitespace split that
+    llama.cpp has no name for (``default``)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     from client.convert.tokenizer import LLAMA3_PATTERN
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
+    if pre == "llama-bpe":
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    elif pre == "gpt-2":
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    elif pre == "default":
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
+    else:
+        raise ValueError(pre)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=400,
@@ -113,15 +124,16 @@ COMMON = {
 }
 
 
-def build(kind: str, folder: Path, *, dtype: str = "float32", seed: int = 0) -> Any:
-    """Write a tiny checkpoint of ``kind`` into ``folder``; returns the transformers model (eval)."""
+def build(kind: str, folder: Path, *, dtype: str = "float32", seed: int = 0, pre: str = "llama-bpe") -> Any:
+    """Write a tiny checkpoint of ``kind`` into ``folder``; returns the transformers model (eval).
+    ``pre``: the pre-tokenizer of a byte-level BPE tokenizer (the Llama 3 kinds)."""
     import torch
     import transformers
 
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     bpe = kind in ("llama3", "llama3.2")
-    vocab = write_bpe_tokenizer(folder) if bpe else write_spm_tokenizer(folder)
+    vocab = write_bpe_tokenizer(folder, pre) if bpe else write_spm_tokenizer(folder)
     if kind == "phi3":  # Phi-3's chat tokens follow the SentencePiece vocabulary, as added tokens
         names = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
         added = [{"id": vocab + i, "content": t, "special": True} for i, t in enumerate(names)]

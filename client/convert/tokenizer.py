@@ -8,7 +8,9 @@ Two kinds:
   of the same thing) is read the same way, a piece's score being minus the rank of the merge that
   makes it.
 - byte-level BPE (``tokenizer.json``: Llama 3): tokens and merges as the ``gpt2`` tokenizer model,
-  with the pre-tokenizer recognised from its regular expression (``llama-bpe`` or ``gpt2``).
+  with the pre-tokenizer recognised from its regular expression and written under the name
+  llama.cpp knows it by (``PRE_TOKENIZERS``: ``llama-bpe``, ``gpt-2``, else ``default``;
+  llama.cpp refuses a model whose name it does not know).
 
 Added tokens become control tokens when special, user-defined otherwise; the vocabulary is padded
 to the model's embedding rows. BOS/EOS, whether to add them, and the chat template come from
@@ -31,6 +33,12 @@ LLAMA3_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+
+
+# The ``tokenizer.ggml.pre`` names this converter writes: each must be one llama.cpp accepts
+# (llama-vocab.cpp: "gpt-2", not "gpt2", which is the name of the tokenizer *model*).
+# tests/client/test_convert.py loads a converted checkpoint for each.
+PRE_TOKENIZERS = ("llama-bpe", "gpt-2", "default")
 
 
 @dataclass
@@ -170,7 +178,7 @@ def _pre_tokenizer(doc: dict[str, Any]) -> str:
         if pattern == LLAMA3_PATTERN:
             return "llama-bpe"
         if step.get("type") == "ByteLevel" and step.get("use_regex", True):
-            return "gpt2"
+            return "gpt-2"  # GPT-2's own regular expression, inside the ByteLevel step
     return "default"
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from client.convert import CheckpointError, convert_adapter, convert_model
+from client.convert.tokenizer import PRE_TOKENIZERS
 from client.model_info import read_gguf_metadata
 from tests.checkpoints import CHAT_TEMPLATE, build, hf_logits, llama_cpp_logits
 from tests.servers import REPO_ROOT
@@ -82,6 +83,29 @@ def test_byte_level_bpe_tokenizes_as_the_checkpoint_does(tmp_path: Path) -> None
     try:
         for text in ["Hello world, this is a test.", "The quick brown fox 1234567!", "  spaced\n\nlines  "]:
             assert llm.tokenize(text.encode(), add_bos=True) == theirs.encode(text).ids, text
+    finally:
+        llm.close()
+
+
+@pytest.mark.parametrize("pre", PRE_TOKENIZERS)
+def test_every_pre_tokenizer_name_written_is_one_llama_cpp_loads(pre: str, tmp_path: Path) -> None:
+    """#18 item 11: a plain byte-level BPE tokenizer was written as pre-tokenizer "gpt2", which
+    llama.cpp refuses ("unknown pre-tokenizer type"; its name is "gpt-2"). For each name the
+    converter writes, a checkpoint with that pre-tokenizer converts, loads in llama.cpp, and (for
+    the named ones) tokenizes as the checkpoint's own tokenizer does."""
+    from llama_cpp import Llama
+    from tokenizers import Tokenizer
+
+    build("llama3", tmp_path / "ckpt", pre=pre)
+    out = tmp_path / "bpe.gguf"
+    convert_model(tmp_path / "ckpt", out)
+    assert read_gguf_metadata(out, max_array=0)[0]["tokenizer.ggml.pre"] == pre
+    theirs = Tokenizer.from_file(str(tmp_path / "ckpt" / "tokenizer.json"))
+    llm = Llama(str(out), vocab_only=True, verbose=False)  # raises when llama.cpp refuses the vocabulary
+    try:
+        if pre != "default":  # llama.cpp's default splitting only approximates an unknown one
+            for text in ["Hello world, this is a test.", "The quick brown fox 1234567!", "it's  spaced\n\nlines  "]:
+                assert llm.tokenize(text.encode(), add_bos=True) == theirs.encode(text).ids, text
     finally:
         llm.close()
 
