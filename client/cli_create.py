@@ -20,7 +20,7 @@ from client.create import CreateError, CreateRequest, create, quantize_type
 from client.progress import Progress, ProgressCallback, ProgressView
 from client.store import Store
 from registry.oci.digest import Digest
-from registry.oci.modelfile import Modelfile, parse
+from registry.oci.modelfile import Modelfile, decode, parse
 
 UNSUPPORTED_PATTERNS = ("pytorch_model*.bin", "consolidated*.pth")
 
@@ -60,16 +60,12 @@ class Gathered:
 def gather(modelfile_path: Path | None) -> Gathered:
     if modelfile_path is None:
         default = Path("Modelfile")
-        text, directory = (
-            (default.read_text(encoding="utf-8-sig"), Path.cwd()) if default.exists() else ("FROM .", Path.cwd())
-        )
+        text, directory = (decode(default.read_bytes()), Path.cwd()) if default.exists() else ("FROM .", Path.cwd())
     else:
         try:
-            text = modelfile_path.read_text(encoding="utf-8-sig")
+            text = decode(modelfile_path.read_bytes())  # UTF-8, or UTF-16 with a byte-order mark
         except FileNotFoundError:
             raise CreateError(f"no Modelfile at {modelfile_path}") from None
-        except UnicodeDecodeError:
-            raise CreateError(f"{modelfile_path} is not UTF-8 text") from None
         directory = modelfile_path.resolve().parent
     modelfile = parse(text)
     files: dict[str, Path] = {}

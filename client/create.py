@@ -1,19 +1,25 @@
 """Creating a model in the store (``hangar create``, ``POST /api/create``), as Ollama builds one.
 
 The parts arrive as blobs already in the store (the CLI hashes local files in; the daemon receives
-them on ``POST /api/blobs/<digest>``). Layers, in order:
+them on ``POST /api/blobs/<digest>``). Everything that can be checked without doing the work
+(name, quantization type, template, parameters, messages, ``info``) is checked first, before any
+progress is reported, so that ``/api/create`` answers those as a plain 400. Layers, in order:
 
-1. the base: every layer of an existing model (``from``; pulled when missing), each marked with the
-   parent's name, or the given GGUF files, each one layer whose type comes from its metadata
-   (a model, a LoRA adapter, or a vision projector);
-2. adapters;
+1. the base: every layer of an existing model (``from``; pulled when missing), each marked with
+   the name of that model (the immediate parent), or the given GGUF files, each one layer whose
+   type comes from its metadata (a model, a LoRA adapter, or a vision projector);
+2. adapters, appended to the parent's (stacked, as Ollama does);
 3. the model layer quantized, when asked (llama.cpp's quantizer, F32/F16/BF16 sources only);
-4. template, system and messages replace the parent's; licenses are added to the parent's;
-   parameters are merged over the parent's into one params layer.
+4. a non-empty template or system prompt replaces the parent's; licenses are added to the
+   parent's; parameters are merged over the parent's into one params layer; non-empty messages
+   replace the parent's.
 
-The config is built from the model layer's GGUF metadata (family, parameter count, quantization),
-inheriting the parent's renderer, parser and requirement when not given. The manifest is written
-last, atomically: an interrupted create leaves at most unreferenced blobs (``hangar prune``)."""
+The config is built from the model layer's GGUF metadata (family, parameter count, quantization)
+and ``info``'s overrides, inheriting the parent's renderer, parser, requirement, model format and
+capabilities when not given. JSON blobs (config, params, messages, the manifest) are written as
+Go's encoder writes them (client.gojson), so the same inputs give Ollama's digests. The manifest is
+written last, atomically; then the blobs only the replaced version used are deleted. An
+interrupted create leaves at most unreferenced blobs (``hangar prune``)."""
 
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ from typing import Any
 from client import errors
 from client.config import ClientSettings
 from client.gguf_header import GGUFError
+from client.gojson import dumps as go_json
 from client.model_info import file_type_name, human_count, inspect, read_gguf_metadata
 from client.progress import Progress, ProgressCallback, no_progress
 from client.store import Store
@@ -69,7 +76,13 @@ _BITS = {
 
 
 class CreateError(errors.HangarError):
-    """The request cannot make a model (bad parts, a bad template, an impossible quantization)."""
+    """The request cannot make a model (bad parts, a bad template, an impossible quantization).
+    ``status``: the HTTP status ``/api/create`` answers it with (Ollama's: 400 for a bad request,
+    500 for what went wrong doing the work)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass
@@ -85,12 +98,17 @@ class CreateRequest:
     system: str | None = None
     licenses: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
-    messages: list[dict[str, str]] = field(default_factory=list)
+    messages: list[dict[str, Any]] = field(default_factory=list)
     requires: str | None = None
     renderer: str | None = None
     parser: str | None = None
     quantize: str | None = None
     insecure: bool = False
+    # Ollama's config overrides (``info`` in /api/create): capabilities, model_family, base_name,
+    # quantization_level, parameter_size, context_length, embedding_length (checked by the caller).
+    info: dict[str, Any] = field(default_factory=dict)
+    draft_files: Mapping[str, Digest] = field(default_factory=dict)
+    draft_quantize: str | None = None
 
 
 @dataclass
@@ -113,11 +131,18 @@ def create(
     store: Store, settings: ClientSettings, request: CreateRequest, progress: ProgressCallback = no_progress
 ) -> CreateResult:
     store.ensure()
+    # Checks that need no work come first: nothing has been reported yet when they fail.
     name = _parse_name(store, settings, request.name)
     wanted = quantize_type(request.quantize) if request.quantize else None
     if not request.base and not request.files:
         raise CreateError("neither 'from' or 'files' was specified")
-    template_check(request.template)
+    if request.draft_files or request.draft_quantize:
+        what = "draft_files" if request.draft_files else "draft_quantize"
+        raise CreateError(f"{what}: draft models (DRAFT, --draft-quantize) are not supported yet")
+    if request.template:
+        template_check(request.template)
+    parameters = _typed(request.parameters)
+    messages = [normalise_message(m, f"messages[{i}]") for i, m in enumerate(request.messages)]
     in_use = store.referenced_digests()  # layers some model already has are "existing"
 
     layers: list[Descriptor] = []
@@ -128,7 +153,7 @@ def create(
     files = dict(request.files)
     for file_name, digest in files.items():
         if not store.has_blob(digest):
-            raise CreateError(f"{file_name}: no blob {digest} in the store (upload it first)")
+            raise CreateError(f"{file_name}: no blob {digest} in the store (upload it first)", 500)
     checkpoint = {k: v for k, v in files.items() if not k.endswith(".gguf") and _is_checkpoint_part(k)}
     if checkpoint:
         layers.append(_convert_checkpoint(store, checkpoint, progress))
@@ -137,19 +162,22 @@ def create(
             layers.append(_file_layer(store, file_name, digest, progress))
     if len([d for d in layers if d.media_type == mt.OLLAMA_MODEL]) > 1:
         raise CreateError("more than one model file: give one GGUF model (projectors and adapters are recognised)")
+    # Adapters are appended after the parent's: a child of a model with an adapter keeps it.
     adapters = dict(request.adapters)
     if any(file_name.endswith("adapter_config.json") for file_name in adapters):
         model = next((d for d in layers if d.media_type == mt.OLLAMA_MODEL), None)
         if model is None:
             raise CreateError("an adapter needs a model to adapt")
-        layers = [d for d in layers if d.media_type != mt.OLLAMA_ADAPTER]
         layers.append(_convert_adapter(store, adapters, model, checkpoint, progress))
         adapters = {}
+    if len(adapters) > 1:
+        raise CreateError("only one adapter is currently supported")
     for file_name, digest in adapters.items():
+        if not store.has_blob(digest):
+            raise CreateError(f"{file_name}: no blob {digest} in the store (upload it first)", 500)
         kind = _gguf_kind(store, file_name, digest)
         if kind != mt.OLLAMA_ADAPTER:
             raise CreateError(f"{file_name}: not a LoRA adapter GGUF (general.type is not 'adapter')")
-        layers = [d for d in layers if d.media_type != mt.OLLAMA_ADAPTER]  # one adapter, the latest
         layers.append(Descriptor(mt.OLLAMA_ADAPTER, digest, store.blob_path(digest).stat().st_size))
     model_layer = next((d for d in layers if d.media_type == mt.OLLAMA_MODEL), None)
     if model_layer is None:
@@ -159,25 +187,26 @@ def create(
         layers = [quantized if d is model_layer else d for d in layers]
         model_layer = quantized
 
-    def replace(media_type: str, data: bytes | None) -> None:
+    def replace(media_type: str, data: bytes) -> None:
         nonlocal layers
-        if data is None:
-            return
         layers = [d for d in layers if d.media_type != media_type]
         layers.append(_bytes_layer(store, media_type, data))
 
-    replace(mt.OLLAMA_TEMPLATE, request.template.encode() if request.template is not None else None)
-    replace(mt.OLLAMA_SYSTEM, request.system.encode() if request.system is not None else None)
+    # Empty values leave the parent's in place, as in Ollama (TEMPLATE "" is no template change).
+    if request.template:
+        replace(mt.OLLAMA_TEMPLATE, request.template.encode())
+    if request.system:
+        replace(mt.OLLAMA_SYSTEM, request.system.encode())
     for text in request.licenses:
         layers.append(_bytes_layer(store, mt.OLLAMA_LICENSE, text.encode()))
-    if request.parameters:
-        merged = {**parent_params, **_typed(request.parameters)}
-        replace(mt.OLLAMA_PARAMS, json.dumps(merged).encode())
-    if request.messages:
-        replace(mt.OLLAMA_MESSAGES, json.dumps(request.messages).encode())
+    merged = {**parent_params, **parameters}
+    if merged:  # Ollama re-encodes the merged parameters even when none are new
+        replace(mt.OLLAMA_PARAMS, go_json(dict(sorted(merged.items()))))
+    if messages:
+        replace(mt.OLLAMA_MESSAGES, go_json(messages))
 
-    config = _config(store, model_layer, layers, parent_config, request)
-    config_layer = _bytes_layer(store, mt.DOCKER_CONFIG, json.dumps(config).encode() + b"\n")
+    config = _config(store, model_layer, parent_config, request)
+    config_layer = _bytes_layer(store, mt.DOCKER_CONFIG, go_json(config))
     new_layers = 0
     for layer in [*layers, config_layer]:
         reused = layer.digest in in_use
@@ -185,10 +214,111 @@ def create(
         verb = "using existing layer" if reused else "creating new layer"
         progress(Progress(f"{verb} {layer.digest}"))
     progress(Progress("writing manifest"))
-    manifest = Manifest.build(config_layer, layers)
-    store.put_manifest(name, manifest.raw)
+    manifest = Manifest.parse(_manifest_bytes(config_layer, layers))
+    _write_and_prune(store, name, manifest)
     progress(Progress("success"))
     return CreateResult(name, manifest, new_layers)
+
+
+def _manifest_bytes(config: Descriptor, layers: list[Descriptor]) -> bytes:
+    """The manifest as Ollama's WriteManifest encodes it (descriptor keys: mediaType, digest,
+    size, then from and name when set)."""
+
+    def descriptor(d: Descriptor) -> dict[str, Any]:
+        out: dict[str, Any] = {"mediaType": d.media_type, "digest": str(d.digest), "size": d.size}
+        out.update({k: d.extra[k] for k in ("from", "name") if d.extra.get(k)})
+        return out
+
+    return go_json(
+        {
+            "schemaVersion": 2,
+            "mediaType": mt.DOCKER_MANIFEST,
+            "config": descriptor(config),
+            "layers": [descriptor(d) for d in layers],
+        }
+    )
+
+
+def _write_and_prune(store: Store, name: ModelName, manifest: Manifest) -> None:
+    """Write the manifest, then delete the blobs of the version it replaces that no model uses
+    any more (§8.6 step 6), under the lock pulls and removals take for the same work."""
+    from client.manage import delete_unused_blobs
+
+    with store.lock("manifests"):
+        try:
+            old = {d.digest for d in store.get(name).manifest.blobs()}
+        except errors.ModelNotFound:
+            old = set()
+        store.put_manifest(name, manifest.raw)
+        delete_unused_blobs(store, old - {d.digest for d in manifest.blobs()})
+
+
+# Message roles a create request may seed (the Modelfile's MESSAGE takes the first three).
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+
+
+def normalise_message(raw: Any, where: str) -> dict[str, Any]:
+    """A seed message as Ollama stores it: role (lower-cased), content, then thinking, images
+    (base64, re-encoded padded), tool_calls, tool_name and tool_call_id when set."""
+    if not isinstance(raw, Mapping):
+        raise CreateError(f"{where}: a message must be an object")
+    role = raw.get("role")
+    role = role.lower() if isinstance(role, str) else role
+    if role not in MESSAGE_ROLES:
+        raise CreateError(f"{where}: needs a role (system, user, assistant or tool)")
+    out: dict[str, Any] = {"role": role, "content": _text_field(raw, "content", where)}
+    if thinking := _text_field(raw, "thinking", where):
+        out["thinking"] = thinking
+    images = raw.get("images") or []
+    if not isinstance(images, list):
+        raise CreateError(f"{where}: images must be an array of base64 strings")
+    if images:
+        out["images"] = [_base64(image, f"{where}.images[{j}]") for j, image in enumerate(images)]
+    tool_calls = raw.get("tool_calls") or []
+    if not isinstance(tool_calls, list):
+        raise CreateError(f"{where}: tool_calls must be an array")
+    if tool_calls:
+        out["tool_calls"] = [_tool_call(call, f"{where}.tool_calls[{j}]") for j, call in enumerate(tool_calls)]
+    for key in ("tool_name", "tool_call_id"):
+        if value := _text_field(raw, key, where):
+            out[key] = value
+    return out
+
+
+def _text_field(raw: Mapping[str, Any], key: str, where: str) -> str:
+    value = raw.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise CreateError(f"{where}: {key} must be a string")
+    return value
+
+
+def _base64(value: Any, where: str) -> str:
+    import base64
+    import binascii
+
+    if not isinstance(value, str):
+        raise CreateError(f"{where}: an image must be a base64 string")
+    try:
+        return base64.b64encode(base64.b64decode(value, validate=True)).decode()
+    except (binascii.Error, ValueError):
+        raise CreateError(f"{where}: illegal base64 data") from None
+
+
+def _tool_call(raw: Any, where: str) -> dict[str, Any]:
+    function = raw.get("function") if isinstance(raw, Mapping) else None
+    if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+        raise CreateError(f"{where}: needs a function with a name")
+    index = function.get("index", 0)
+    arguments = function.get("arguments") or {}
+    if not isinstance(index, int) or isinstance(index, bool) or not isinstance(arguments, Mapping):
+        raise CreateError(f"{where}: function.index must be an integer and function.arguments an object")
+    out: dict[str, Any] = {}
+    if isinstance(raw.get("id"), str) and raw["id"]:
+        out["id"] = raw["id"]
+    out["function"] = {"index": index, "name": function["name"], "arguments": dict(arguments)}
+    return out
 
 
 def template_check(template: str | None) -> None:
@@ -228,10 +358,12 @@ def _parent_layers(
         parent = store.get(parent_name)
     info = inspect(store, parent, read_gguf=False)
     shortest = parent_name.display()
-    layers = [
-        Descriptor(d.media_type, d.digest, d.size, {**d.extra, "from": d.extra.get("from") or shortest})
-        for d in parent.manifest.layers
-    ]
+    # Each inherited layer names the model it was taken from, the immediate parent (as Ollama's
+    # NewLayerFromLayer): push mounts it from there.
+    layers = []
+    for d in parent.manifest.layers:
+        extra = {"from": shortest, **({"name": d.extra["name"]} if d.extra.get("name") else {})}
+        layers.append(Descriptor(d.media_type, d.digest, d.size, extra))
     return layers, info.config, dict(info.parameters)
 
 
@@ -382,26 +514,39 @@ def _typed(parameters: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _config(
-    store: Store, model: Descriptor, layers: list[Descriptor], parent: dict[str, Any], request: CreateRequest
-) -> dict[str, Any]:
+def _config(store: Store, model: Descriptor, parent: dict[str, Any], request: CreateRequest) -> dict[str, Any]:
+    """The config blob, its keys in the order of Ollama's ConfigV2 (3.3): ``info`` overrides
+    first, then what the model layer's GGUF says; renderer, parser, requires, model_format and
+    capabilities inherited from the parent when not given."""
     meta, tensors, _ = _metadata(store.blob_path(model.digest), "the model")
-    family = str(meta.get("general.architecture") or parent.get("model_family") or "")
-    families = [family] if family else []
-    if any(d.media_type == mt.OLLAMA_PROJECTOR for d in layers):
-        families.append("clip")
-    count = meta.get("general.parameter_count") or sum(int(t["elements"]) for t in tensors)
+    info = request.info
+    renderer = request.renderer or parent.get("renderer") or ""
+    parser = request.parser or parent.get("parser") or ""
+    requires = request.requires or parent.get("requires") or ""
+    inherited = parent.get("capabilities")
+    capabilities = [c for c in inherited if isinstance(c, str)] if isinstance(inherited, list) else []
+    capabilities += list(info.get("capabilities") or [])  # info's are added to the parent's, as Ollama does
+    family = str(meta.get("general.architecture") or "")
+    families = [info["model_family"]] if info.get("model_family") else []
+    # Ollama counts the elements of every tensor (its GGUF reader overwrites parameter_count).
+    count = sum(int(t["elements"]) for t in tensors)
     config: dict[str, Any] = {
-        "model_format": "gguf",
-        "model_family": family,
-        "model_families": families or None,
-        "model_type": human_count(int(count)) if count else parent.get("model_type", ""),
-        "file_type": file_type_name(meta.get("general.file_type")) or parent.get("file_type", ""),
+        "model_format": str(parent.get("model_format") or "") or "gguf",
+        "model_family": info.get("model_family") or family,
+        "model_families": [*families, family],
+        "model_type": info.get("parameter_size") or human_count(count),
+        "file_type": info.get("quantization_level") or file_type_name(meta.get("general.file_type")),
     }
-    for key in ("renderer", "parser", "requires"):
-        value = getattr(request, key) or parent.get(key)
-        if value:
-            config[key] = value
+    optional = {
+        "renderer": renderer,
+        "parser": parser,
+        "requires": requires,
+        "capabilities": capabilities,
+        "context_length": info.get("context_length"),
+        "embedding_length": info.get("embedding_length"),
+        "base_name": info.get("base_name"),
+    }
+    config.update({key: value for key, value in optional.items() if value})  # Go's omitempty
     config.update(architecture="amd64", os="linux")
     return config
 
@@ -418,10 +563,12 @@ def _quantize(store: Store, model: Descriptor, wanted: str, progress: ProgressCa
     source = store.blob_path(model.digest)
     meta = _metadata(source, "the model")[0]
     current = file_type_name(meta.get("general.file_type")) or "F32"
+    # Ollama checks the source type first: a quantized model asked for its own type is an error
+    # too; an unquantized one asked for its own type is left as it is.
+    if current not in UNQUANTIZED:
+        raise CreateError(f"quantization is only supported for F16, BF16 and F32 models (this one is {current})", 500)
     if current == wanted:
         return model
-    if current not in UNQUANTIZED:
-        raise CreateError(f"quantization is only supported for F16, BF16 and F32 models (this one is {current})")
     status = f"quantizing {current} model to {wanted}"
     total = int(model.size * _BITS[wanted] / _BITS[current])
     params = llama_cpp.llama_model_quantize_default_params()
@@ -442,7 +589,7 @@ def _quantize(store: Store, model: Descriptor, wanted: str, progress: ProgressCa
             progress(Progress(status, "0000000000000000000", total, min(done, total)))
             worker.join(0.25)
         if not outcome or outcome[0] != 0:
-            raise CreateError(f"quantizing to {wanted} failed (llama.cpp returned {outcome[:1]})")
+            raise CreateError(f"quantizing to {wanted} failed (llama.cpp returned {outcome[:1]})", 500)
         progress(Progress(status, "0000000000000000000", total, total))
         progress(Progress("verifying conversion"))
         if file_type_name(_metadata(tmp, "the quantized model")[0].get("general.file_type")) != wanted:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import struct
 from collections.abc import Mapping
 from typing import Any
 
@@ -85,6 +86,8 @@ def coerce(name: str, value: Any) -> Any:
         return int(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise OptionError(f"option {name!r} must be a number")
+    if not math.isfinite(value):  # Python's JSON reader takes Infinity and NaN; JSON has neither
+        raise OptionError(f"option {name!r} must be a finite number")
     return float(value)
 
 
@@ -106,7 +109,12 @@ def parse_options(raw: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[s
 
 
 def parse_parameter(name: str, text: str) -> Any:
-    """A Modelfile ``PARAMETER name value`` typed (``stop`` gives one string to be accumulated)."""
+    """A Modelfile ``PARAMETER name value`` typed (``stop`` gives one string to be accumulated),
+    as strictly as Ollama's ``api.FormatParams``: names are case-sensitive, integers are Go's
+    ``ParseInt`` (decimal, optional sign), booleans Go's ``ParseBool`` (``1 t T TRUE true True``
+    and the same for false), floats Go's ``ParseFloat`` to float32 and kept as the float32 value
+    (its shortest decimal form, as the Ollama CLI sends it). Infinities and NaN are refused: Ollama
+    parses them but cannot then write them as JSON."""
     if name in DEPRECATED:
         return None
     kind = OPTION_TYPES.get(name)
@@ -114,19 +122,49 @@ def parse_parameter(name: str, text: str) -> Any:
         raise OptionError(f"unknown parameter '{name}'")
     if kind == "list":
         return text
+    value = text.strip()
+    invalid = OptionError(f"invalid {kind.__name__} value [{text}] for parameter '{name}'")
+    if kind is bool:
+        if value in _GO_TRUE:
+            return True
+        if value in _GO_FALSE:
+            return False
+        raise invalid
+    if kind is int:
+        if not _GO_INT_RE.fullmatch(value) or not -(2**63) <= int(value) < 2**63:
+            raise invalid
+        return int(value)
+    if not _GO_FLOAT_RE.fullmatch(value):
+        raise invalid
+    number = float.fromhex(value) if "x" in value.lower() else float(value)
     try:
-        if kind is bool:
-            lowered = text.strip().lower()
-            if lowered in ("true", "1", "t"):
-                return True
-            if lowered in ("false", "0", "f"):
-                return False
-            raise ValueError
-        if kind is int:
-            return int(text.strip())
-        return float(text.strip())
-    except ValueError:
-        raise OptionError(f"invalid {kind.__name__} value [{text}] for parameter '{name}'") from None
+        return float32(number)
+    except (OverflowError, ValueError):
+        raise invalid from None
+
+
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+_GO_INT_RE = re.compile(r"[+-]?[0-9]+", re.ASCII)
+_GO_FLOAT_RE = re.compile(
+    r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+    r"|0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)[pP][+-]?[0-9]+)",
+    re.ASCII,
+)
+
+
+def float32(number: float) -> float:
+    """``number`` rounded to float32, as the shortest decimal that reads back to that float32
+    (how Go prints a float32); OverflowError beyond float32's range, ValueError for NaN."""
+    if math.isnan(number) or math.isinf(number):
+        raise ValueError("not a finite number")
+    packed = struct.pack("<f", number)  # OverflowError when out of range
+    single = struct.unpack("<f", packed)[0]
+    for digits in range(1, 10):
+        shortest = float(f"{single:.{digits}g}")
+        if struct.pack("<f", shortest) == packed:
+            return shortest
+    return single
 
 
 _DURATION_RE = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")

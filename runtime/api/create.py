@@ -1,6 +1,10 @@
 """``HEAD/POST /api/blobs/<digest>`` and ``POST /api/create`` (§8.6 of the protocol spec): clients
 upload a Modelfile's files as blobs, then ask for a model made of them. The work is
-``client.create``; this module checks the request and streams its progress."""
+``client.create``; this module checks the request and streams its progress.
+
+As Ollama: an error found before any progress was reported is a plain HTTP error (400 for a bad
+request, 500 for a failure doing the work), one found later the stream's last line; with
+``stream: false`` the last object, an error answered with its status."""
 
 from __future__ import annotations
 
@@ -13,14 +17,13 @@ from typing import Any
 
 import anyio
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 
 from client import errors as client_errors
-from client.create import CreateError, CreateRequest, create, quantize_type
+from client.create import CreateError, CreateRequest, create, normalise_message, quantize_type
 from client.progress import Progress
 from registry.oci.digest import Digest, InvalidDigest
-from registry.oci.modelfile import ROLES
-from runtime.api.common import error, field, handle_errors, progress_response, read_json, service
+from runtime.api.common import JSON_TYPE, error, field, handle_errors, progress_response, read_json, service
 from runtime.service import ApiError
 
 WRITE_BATCH = 4 * 1024 * 1024
@@ -46,7 +49,7 @@ async def blob_upload(request: Request) -> Response:
     store = service(request).store.ensure()
     if store.has_blob(digest):
         await _drain(request)
-        return Response(status_code=201)
+        return Response(status_code=200)  # already present (201 is for a blob this request made)
     h = hashlib.sha256()
     with store.temp_file() as (tmp, f):
         pending = bytearray()
@@ -90,21 +93,41 @@ async def create_model(request: Request) -> Response:
     def work() -> None:
         try:
             create(svc.store, svc.client_settings, create_request, progress)
-        except (CreateError, client_errors.HangarError, ValueError) as e:
-            loop.call_soon_threadsafe(queue.put_nowait, {"error": str(e)})
+        except CreateError as e:
+            loop.call_soon_threadsafe(queue.put_nowait, {"error": str(e), "status": e.status})
+        except client_errors.InvalidName as e:
+            loop.call_soon_threadsafe(queue.put_nowait, {"error": str(e), "status": 400})
+        except (client_errors.HangarError, ValueError) as e:
+            loop.call_soon_threadsafe(queue.put_nowait, {"error": str(e), "status": 500})
         except Exception as e:  # surfaced to the client rather than lost in a thread
-            loop.call_soon_threadsafe(queue.put_nowait, {"error": f"create failed: {e}"})
+            loop.call_soon_threadsafe(queue.put_nowait, {"error": f"create failed: {e}", "status": 500})
         finally:
             loop.call_soon_threadsafe(queue.put_nowait, None)
 
     worker = asyncio.ensure_future(anyio.to_thread.run_sync(work))
+    first = await queue.get()
+    if first is not None and "error" in first:  # nothing was reported yet: a plain HTTP error
+        await worker
+        return error(first["status"], first["error"])
 
-    async def lines() -> AsyncIterator[dict[str, Any]]:
-        while (item := await queue.get()) is not None:
+    async def items() -> AsyncIterator[dict[str, Any]]:
+        item = first
+        while item is not None:
             yield item
+            item = await queue.get()
         await worker
 
-    return await progress_response(lines(), stream, error_status=400)
+    if stream:
+        # An error after progress began is the stream's last line (its status is gone: 200 was sent).
+        return await progress_response(
+            ({"error": item["error"]} if "error" in item else item async for item in items()), True, 500
+        )
+    last: dict[str, Any] = {}
+    async for item in items():
+        last = item
+    if "error" in last:
+        return error(last["status"], last["error"])
+    return JSONResponse(last, media_type=JSON_TYPE)
 
 
 def _parse(body: dict[str, Any]) -> CreateRequest:
@@ -114,18 +137,25 @@ def _parse(body: dict[str, Any]) -> CreateRequest:
     base = field(body, "from", str)
     files = _file_map(body, "files")
     adapters = _file_map(body, "adapters")
+    draft_files = _file_map(body, "draft_files")
+    draft_quantize = field(body, "draft_quantize", str)
+    if draft_quantize and not draft_files:
+        raise ApiError(400, "--draft-quantize requires a DRAFT model")
+    if draft_files:
+        raise ApiError(400, "draft_files: draft models (DRAFT) are not supported yet")
     if not base and not files:
         raise ApiError(400, "neither 'from' or 'files' was specified")
     licenses = body.get("license")
     if isinstance(licenses, str):
-        licenses = [licenses]
+        licenses = [licenses] if licenses else []  # Ollama skips an empty license string
     if licenses is not None and not (isinstance(licenses, list) and all(isinstance(x, str) for x in licenses)):
         raise ApiError(400, "license must be a string or an array of strings")
     parameters = field(body, "parameters", dict, {})
     messages = field(body, "messages", list, [])
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content", ""), str):
-            raise ApiError(400, f"messages[{i}]: needs a role (system, user or assistant) and string content")
+    try:
+        messages = [normalise_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
+    except CreateError as e:
+        raise ApiError(400, str(e)) from None
     quantize = field(body, "quantize", str) or field(body, "quantization", str)
     try:
         if quantize:
@@ -141,13 +171,43 @@ def _parse(body: dict[str, Any]) -> CreateRequest:
         system=field(body, "system", str),
         licenses=list(licenses or []),
         parameters=parameters,
-        messages=[{"role": m["role"], "content": m.get("content", "")} for m in messages],
+        messages=messages,
         requires=field(body, "requires", str),
         renderer=field(body, "renderer", str),
         parser=field(body, "parser", str),
         quantize=quantize,
         insecure=bool(field(body, "insecure", bool, False)),
+        info=_info(body),
     )
+
+
+_INFO_STRINGS = ("model_family", "base_name", "quantization_level", "parameter_size")
+_INFO_INTS = ("context_length", "embedding_length")
+
+
+def _info(body: dict[str, Any]) -> dict[str, Any]:
+    """Ollama's ``info`` overrides of the config, checked as its handler checks them."""
+    raw = field(body, "info", dict, {}) or {}
+    out: dict[str, Any] = {}
+    capabilities = raw.get("capabilities")
+    if capabilities is not None:
+        if not isinstance(capabilities, list) or not all(isinstance(c, str) for c in capabilities):
+            raise ApiError(400, 'info field "capabilities" must be an array of strings')
+        out["capabilities"] = list(capabilities)
+    for key in _INFO_STRINGS:
+        if key in raw:
+            if not isinstance(raw[key], str):
+                raise ApiError(400, f'info field "{key}" must be a string')
+            out[key] = raw[key]
+    for key in _INFO_INTS:
+        if key in raw:
+            value = raw[key]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ApiError(400, f'info field "{key}" must be a number')
+            if value < 0 or int(value) != value or value > 2**63 - 1:
+                raise ApiError(400, f'info field "{key}" must be a non-negative integer')
+            out[key] = int(value)
+    return out
 
 
 def _file_map(body: dict[str, Any], key: str) -> dict[str, Digest]:
