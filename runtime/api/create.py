@@ -143,6 +143,8 @@ def _parse(body: dict[str, Any]) -> CreateRequest:
         raise ApiError(400, "--draft-quantize requires a DRAFT model")
     if draft_files:
         raise ApiError(400, "draft_files: draft models (DRAFT) are not supported yet")
+    if field(body, "remote_host", str):
+        raise ApiError(400, "remote_host: remote models are not supported")
     if not base and not files:
         raise ApiError(400, "neither 'from' or 'files' was specified")
     licenses = body.get("license")

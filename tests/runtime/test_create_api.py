@@ -130,6 +130,7 @@ def test_create_errors_after_the_stream_began_arrive_as_an_error_line(runtime: R
         ({"from": "tiny", "template": "{{ .Prompt"}, 400, "template error"),
         ({"from": "tiny", "draft_files": {"d.gguf": "sha256:" + "3" * 64}}, 400, "draft models"),
         ({"from": "tiny", "draft_quantize": "q8_0"}, 400, "--draft-quantize requires a DRAFT model"),
+        ({"from": "tiny", "remote_host": "http://elsewhere:11434"}, 400, "remote models are not supported"),
         ({"from": "tiny", "info": {"capabilities": "tools"}}, 400, 'info field "capabilities" must be an array'),
         ({"from": "tiny", "info": {"context_length": -1}}, 400, 'info field "context_length" must be a non-negative'),
         ({"from": "tiny", "info": {"model_family": 3}}, 400, 'info field "model_family" must be a string'),
