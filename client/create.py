@@ -143,6 +143,12 @@ def create(
         template_check(request.template)
     parameters = _typed(request.parameters)
     messages = [normalise_message(m, f"messages[{i}]") for i, m in enumerate(request.messages)]
+    for file_name, digest in [*request.files.items(), *request.adapters.items()]:
+        if not store.has_blob(digest):
+            raise CreateError(f"{file_name}: no blob {digest} in the store (upload it first)", 500)
+    peft = any(file_name.endswith("adapter_config.json") for file_name in request.adapters)
+    if len(request.adapters) > 1 and not peft:  # a PEFT folder is several files, one adapter
+        raise CreateError("only one adapter is currently supported")
     in_use = store.referenced_digests()  # layers some model already has are "existing"
 
     layers: list[Descriptor] = []
@@ -151,9 +157,6 @@ def create(
     if request.base:
         layers, parent_config, parent_params = _parent_layers(store, settings, request, progress)
     files = dict(request.files)
-    for file_name, digest in files.items():
-        if not store.has_blob(digest):
-            raise CreateError(f"{file_name}: no blob {digest} in the store (upload it first)", 500)
     checkpoint = {k: v for k, v in files.items() if not k.endswith(".gguf") and _is_checkpoint_part(k)}
     if checkpoint:
         layers.append(_convert_checkpoint(store, checkpoint, progress))
@@ -164,17 +167,13 @@ def create(
         raise CreateError("more than one model file: give one GGUF model (projectors and adapters are recognised)")
     # Adapters are appended after the parent's: a child of a model with an adapter keeps it.
     adapters = dict(request.adapters)
-    if any(file_name.endswith("adapter_config.json") for file_name in adapters):
+    if peft:
         model = next((d for d in layers if d.media_type == mt.OLLAMA_MODEL), None)
         if model is None:
             raise CreateError("an adapter needs a model to adapt")
         layers.append(_convert_adapter(store, adapters, model, checkpoint, progress))
         adapters = {}
-    if len(adapters) > 1:
-        raise CreateError("only one adapter is currently supported")
     for file_name, digest in adapters.items():
-        if not store.has_blob(digest):
-            raise CreateError(f"{file_name}: no blob {digest} in the store (upload it first)", 500)
         kind = _gguf_kind(store, file_name, digest)
         if kind != mt.OLLAMA_ADAPTER:
             raise CreateError(f"{file_name}: not a LoRA adapter GGUF (general.type is not 'adapter')")

@@ -124,6 +124,7 @@ def test_create_errors_after_the_stream_began_arrive_as_an_error_line(runtime: R
     ("body", "status", "message"),
     [
         ({"files": {"a.gguf": "sha256:" + "2" * 64}}, 500, "no blob sha256:2222"),
+        ({"from": "tiny", "adapters": {"a.gguf": "sha256:" + "2" * 64}}, 500, "no blob sha256:2222"),
         ({"from": "tiny", "parameters": {"colour": 1}}, 400, "unknown parameter 'colour'"),
         ({"from": "tiny", "parameters": {"temperature": math.inf}}, 400, "must be a finite number"),
         ({"from": "tiny", "parameters": {"num_ctx": "big"}}, 400, "option 'num_ctx' must be an integer"),
