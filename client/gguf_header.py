@@ -34,6 +34,22 @@ MAX_KEPT_BYTES = 32 << 20  # text kept in all (chat templates are tens of KiB)
 CHUNK = 1 << 20
 
 STRING, ARRAY = 8, 9
+FLOAT32 = 6
+SHORT_FLOAT_ARRAY = 64  # float32 arrays up to this long are shortened too (scores of a vocabulary are not)
+
+
+def float32(value: float) -> float:
+    """The shortest decimal that is the same float32, as Go (and so Ollama's show) prints one:
+    1e-05, not the 9.999999747378752e-06 that widening to a double gives."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return value
+    for digits in range(1, 10):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.unpack("<f", struct.pack("<f", candidate))[0] == value:
+            return candidate
+    return value
+
+
 # GGUFValueType → struct format of one element.
 SCALARS: dict[int, str] = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
@@ -188,7 +204,7 @@ class _Reader:
         fmt = SCALARS.get(kind)
         if fmt is not None:
             s = struct.Struct(self.order + fmt)
-            return self.unpack(s)
+            return float32(self.unpack(s)) if kind == FLOAT32 else self.unpack(s)
         if kind == ARRAY:
             if depth >= MAX_NESTING:
                 raise GGUFError(f"arrays nested more than {MAX_NESTING} deep")
@@ -206,6 +222,8 @@ class _Reader:
                     self.skip(n * each)
                     return []
                 values = list(struct.unpack(f"{self.order}{n}{fmt}", self.take(n * each)))
+                if item == FLOAT32 and n <= SHORT_FLOAT_ARRAY:
+                    values = [float32(v) for v in values]
                 return [bool(v) for v in values] if item == 7 else values
             self.walked += n
             if self.walked > MAX_WALK:

@@ -25,7 +25,8 @@ class Progress:
     completed: int | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # Ollama's fields are ``omitempty``: a zero total or completed, an empty digest, is left out.
+        return {k: v for k, v in asdict(self).items() if k == "status" or v not in (None, 0, "")}
 
 
 ProgressCallback = Callable[[Progress], None]

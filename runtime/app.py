@@ -23,7 +23,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client.config import ClientSettings
 from client.config import load as load_client
@@ -126,7 +126,29 @@ class Guard:
                 message = f"unsupported content type {content_types[0] if content_types else '(none)'!r}: send JSON"
                 await _reply(scope, receive, send, 415, message, cors)
                 return
+        if scope["method"] == "OPTIONS":
+            # As Ollama: every OPTIONS that passes the guard is 204, a CORS preflight with the
+            # headers the CORS middleware wrote, any other without a body.
+            await self.app(scope, receive, _no_content(send))
+            return
         await self.app(scope, receive, send)
+
+
+def _no_content(send: Send) -> Send:
+    """``send`` for an answer turned into 204 No Content: same headers less the body's."""
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            body_headers = (b"content-length", b"content-type")
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in body_headers]
+            await send({**message, "status": 204, "headers": headers})
+        elif message["type"] == "http.response.body":
+            if not message.get("more_body", False):
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+        else:
+            await send(message)
+
+    return wrapped
 
 
 class ApiKey:

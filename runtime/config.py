@@ -14,6 +14,8 @@
 ``HANGAR_ORIGINS``              extra origins (web pages) allowed to call the API, comma-separated
                                 (``*`` in a name matches anything); any other Origin gets 403
 ``HANGAR_API_KEY``              if set, every request needs ``Authorization: Bearer <key>``
+``HANGAR_TEST_FAIL_AFTER``      for tests only: every generation fails (the engine raises)
+                                after this many tokens, to exercise errors mid-stream
 ==============================  =========================================================
 """
 
@@ -41,6 +43,7 @@ class RuntimeSettings:
     num_parallel: int = 1
     origins: tuple[str, ...] = field(default_factory=tuple)
     api_key: str = ""
+    test_fail_after: int = -1  # HANGAR_TEST_FAIL_AFTER, for tests only; -1: off
 
     @property
     def base_url(self) -> str:
@@ -97,6 +100,7 @@ def load(env: Mapping[str, str] | None = None) -> RuntimeSettings:
             num_parallel=max(1, int(get("HANGAR_NUM_PARALLEL") or 1)),
             origins=tuple(o.strip() for o in get("HANGAR_ORIGINS").split(",") if o.strip()),
             api_key=get("HANGAR_API_KEY"),
+            test_fail_after=int(get("HANGAR_TEST_FAIL_AFTER") or -1),
         )
     except ValueError as e:
         raise ValueError(f"runtime settings: {e}") from None

@@ -3,7 +3,12 @@
 Every llama.cpp call for a model happens on its own thread: the CPU build's OpenMP pool runs much
 slower when decode calls hop between threads (performance-notes.md). The async side submits jobs
 and reads events from an asyncio queue; generation streams one event per token and stops at the
-next token once its cancel flag is set (a client that went away)."""
+next token once its cancel flag is set (a client that went away).
+
+The context (§8.3 of the protocol): a prompt longer than the context is cut after its first
+``num_keep`` tokens, leaving room for the reply (``truncate``; without it a 400), and a reply that
+fills the context drops the older half of what follows ``num_keep`` and goes on (``shift``;
+without it the reply ends with ``done_reason: "length"``)."""
 
 from __future__ import annotations
 
@@ -56,6 +61,9 @@ class Sampling:
     grammar: str | None = None  # GBNF
     logprobs: bool = False
     top_logprobs: int = 0
+    truncate: bool = True  # cut a prompt longer than the context (else BadInput)
+    shift: bool = True  # shift the context when the reply fills it (else stop: "length")
+    fail_after: int = -1  # tests only (HANGAR_TEST_FAIL_AFTER): raise EngineError after this many tokens
 
 
 @dataclass
@@ -88,6 +96,10 @@ class EngineError(RuntimeError):
 
 class BadInput(EngineError):
     """The request, not the engine, is at fault (an unreadable image, a token out of range)."""
+
+
+TOO_LONG = "the input length exceeds the context length"  # Ollama's words
+REPLY_ROOM = 64  # tokens a cut prompt leaves free for the reply (fewer in a small context)
 
 
 def default_threads() -> int:
@@ -225,7 +237,11 @@ class Engine:
 
     @property
     def n_ctx(self) -> int:
-        return int(self.llm.n_ctx()) if self.llm is not None else self.spec.num_ctx
+        """Tokens the context holds. llama.cpp rounds a small context up (128 → 256) while
+        llama-cpp-python's token history keeps the size asked for: the smaller one is the limit."""
+        if self.llm is None:
+            return self.spec.num_ctx
+        return min(int(self.llm.n_ctx()), len(self.llm.input_ids))
 
     async def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return await self.run(lambda: list(self.llm.tokenize(text.encode(), add_bos=add_bos, special=True)))
@@ -288,24 +304,22 @@ class Engine:
         llm = self.llm
         n_ctx = self.n_ctx
         start = time.perf_counter_ns()
+        keep = _keep(s.num_keep, n_ctx)
         if isinstance(request, MediaPrompt):
-            prompt = self._evaluate_media(request)
+            prompt = self._evaluate_media(request)  # evaluated: its logits are ready
         else:
             n_vocab = llm.n_vocab()
             if any(t < 0 or t >= n_vocab for t in request):
                 raise BadInput("the context holds tokens this model does not have")
-            prompt = _fit(request, n_ctx, s.num_keep)
+            if len(request) > n_ctx and not s.truncate:
+                raise BadInput(TOO_LONG)
+            prompt = fit(request, n_ctx, keep, s.num_predict)
+            _prefill(llm, prompt)
         llm.set_seed(s.seed if s.seed >= 0 else random.randrange(2**31))
         llm.last_n_tokens_size = n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
         grammar = LlamaGrammar.from_string(s.grammar, verbose=False) if s.grammar else None
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
-        generated: list[int] = []
-        reason = "stop"
-        first = 0
-        limit = s.num_predict if s.num_predict >= 0 else math.inf
-        tokens_iter = llm.generate(
-            prompt,
+        # One sampler for the whole reply: a context shift must not restart the grammar.
+        sampler = llm._init_sampler(
             top_k=s.top_k,
             top_p=s.top_p,
             min_p=s.min_p,
@@ -315,12 +329,17 @@ class Engine:
             frequency_penalty=s.frequency_penalty,
             presence_penalty=s.presence_penalty,
             grammar=grammar,
-            reset=True,
         )
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = ""
+        generated: list[int] = []
+        reason = "stop"
+        first = 0
+        limit = s.num_predict if s.num_predict >= 0 else math.inf
         if limit == 0 or cancel.is_set():
             reason = "length" if limit == 0 else "cancel"
-            tokens_iter = iter(())
-        for token in tokens_iter:
+        while reason == "stop":
+            token = sampler.sample(llm._ctx, -1)
             if not first:
                 first = time.perf_counter_ns()
             if cancel.is_set():
@@ -328,6 +347,8 @@ class Engine:
                 break
             if llama_cpp.llama_vocab_is_eog(self.vocab, token):
                 break
+            if 0 <= s.fail_after <= len(generated):
+                raise EngineError(f"test fault: the engine failed after {len(generated)} tokens")
             logprob = self._logprob(token, s.top_logprobs) if s.logprobs else None
             # The tokens before this one (a few suffice) let SentencePiece pieces decode their spaces.
             previous = generated[-8:] if len(generated) >= 8 else [t for t in prompt[-8:] if t >= 0] + generated
@@ -338,17 +359,20 @@ class Engine:
                 cut = _find_stop(pending, s.stop)
                 if cut is not None:
                     pending = pending[:cut]
-                    reason = "stop"
                     break
-                keep = _stop_prefix_len(pending, s.stop)
-                ready, pending = pending[: len(pending) - keep], pending[len(pending) - keep :]
+                held = _stop_prefix_len(pending, s.stop)
+                ready, pending = pending[: len(pending) - held], pending[len(pending) - held :]
             else:
                 ready, pending = pending, ""
             if ready or logprob is not None:
                 emit(TokenEvent(ready, logprob))
-            if len(generated) >= limit or llm.n_tokens >= n_ctx - 1:
+            if len(generated) >= limit:
                 reason = "length"
                 break
+            if llm.n_tokens >= n_ctx and not (s.shift and _shift(llm, keep)):
+                reason = "length"  # the context is full (Ollama's shift: false)
+                break
+            llm.eval([token])
         tail = pending + decoder.decode(b"", final=True)
         if tail:
             emit(TokenEvent(tail))
@@ -399,12 +423,56 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
-def _fit(prompt: list[int], n_ctx: int, num_keep: int) -> list[int]:
-    """Drop the oldest tokens after the first ``num_keep`` when a prompt would fill the context."""
-    room = n_ctx - 64  # leave room to generate
-    if len(prompt) <= room or room <= num_keep:
+def _keep(num_keep: int, n_ctx: int) -> int:
+    """Tokens at the start of the context that truncation and shifting never drop (as Ollama:
+    negative keeps the whole prompt; at least one token must stay droppable)."""
+    return max(0, n_ctx - 1 if num_keep < 0 else min(num_keep, n_ctx - 1))
+
+
+def fit(prompt: list[int], n_ctx: int, keep: int, num_predict: int = -1) -> list[int]:
+    """The prompt cut to leave room for the reply: its first ``keep`` tokens and its newest ones.
+
+    The room is ``REPLY_ROOM`` tokens (or ``num_predict`` when smaller), at most a quarter of the
+    context, at least one token; ``keep`` gives way when it would leave none of the prompt's end
+    (num_keep 4 in a context of 4). A prompt that fits the context but not the room is left whole:
+    the reply then shifts the context."""
+    if len(prompt) <= n_ctx - 1:
         return prompt
-    return prompt[:num_keep] + prompt[len(prompt) - (room - num_keep) :]
+    want = REPLY_ROOM if num_predict < 0 else max(1, min(num_predict, REPLY_ROOM))
+    room = max(1, min(want, n_ctx // 4))
+    keep = min(keep, n_ctx - room - 1)
+    return prompt[:keep] + prompt[len(prompt) - (n_ctx - room - keep) :]
+
+
+def _prefill(llm: Any, prompt: list[int]) -> None:
+    """Evaluate ``prompt``, reusing what the context already holds of it (a conversation goes
+    on); at least its last token is evaluated again, for fresh logits to sample from."""
+    held = [int(t) for t in llm.input_ids[: llm.n_tokens]]
+    same = 0
+    for a, b in zip(held, prompt, strict=False):
+        if a != b:
+            break
+        same += 1
+    same = min(same, len(prompt) - 1)
+    if same > 0 and llm._ctx.kv_cache_seq_rm(-1, same, -1):
+        llm.n_tokens = same
+    else:
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+    llm.eval(prompt[llm.n_tokens :])
+
+
+def _shift(llm: Any, keep: int) -> bool:
+    """Make room in a full context as Ollama does: drop the older half of the tokens after the
+    first ``keep`` and move the rest down. False when the model's memory cannot shift."""
+    n = llm.n_tokens
+    discard = max(1, (n - keep) // 2)
+    if not llm._ctx.kv_cache_seq_rm(0, keep, keep + discard):  # one sequence: 0
+        return False
+    llm._ctx.kv_cache_seq_shift(0, keep + discard, n, -discard)
+    llm.input_ids[keep : n - discard] = llm.input_ids[keep + discard : n].copy()
+    llm.n_tokens = n - discard
+    return True
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:

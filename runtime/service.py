@@ -74,6 +74,15 @@ class Piece:
     logprobs: list[dict[str, Any]] = field(default_factory=list)
 
 
+async def collect(items: AsyncIterator[Piece | Result]) -> Result:
+    """The Result of a generation that is not streamed."""
+    result = Result()
+    async for item in items:
+        if isinstance(item, Result):
+            result = item
+    return result
+
+
 class Service:
     def __init__(self, settings: RuntimeSettings, client_settings: ClientSettings, scheduler: Scheduler) -> None:
         self.settings = settings
@@ -202,6 +211,8 @@ class Service:
         top_logprobs: int = 0,
         images: list[bytes] | None = None,
         cancel: threading.Event | None = None,
+        truncate: bool = True,
+        shift: bool = True,
     ) -> AsyncGenerator[Piece | Result, None]:
         """Stream the model's answer to ``prompt`` as Pieces; the last item is the Result.
 
@@ -212,6 +223,10 @@ class Service:
         start = time.perf_counter_ns()
         cancel = cancel or threading.Event()
         sampling = sampling_from(options, grammar, logprobs, top_logprobs)
+        # §8.3: a prompt longer than the context is cut (else a 400), a reply that fills the
+        # context shifts it (else it ends with "length"); see runtime.engine.
+        sampling.truncate, sampling.shift = truncate, shift
+        sampling.fail_after = self.settings.test_fail_after  # tests only: HANGAR_TEST_FAIL_AFTER
         result = Result()
         tool_names = {t.get("function", {}).get("name") for t in tools or [] if isinstance(t, dict)}
         held = ""
@@ -282,7 +297,9 @@ class Service:
         info = resolved.info
         seeded = [Message(m.get("role", "user"), str(m.get("content", ""))) for m in info.messages]
         convo = seeded + messages
-        if info.system and not any(m.role == "system" for m in convo[:1]):
+        # §8.4: the model's SYSTEM comes first unless the request's own first message is a system
+        # message (the MESSAGE seeds before it do not count).
+        if info.system and not (messages and messages[0].role == "system"):
             convo = [Message("system", info.system), *convo]
         return await self._render(resolved, convo, tools)
 

@@ -103,8 +103,10 @@ class Vision:
             count = mtmd.mtmd_input_chunks_size(chunks)
             parts = [mtmd.mtmd_input_chunks_get(chunks, i) for i in range(count)]
             needed = sum(mtmd.mtmd_input_chunk_get_n_tokens(part) for part in parts)
-            if needed >= llm.n_ctx():
-                raise BadImage(f"the prompt with its images needs {needed} tokens; the context holds {llm.n_ctx()}")
+            # llama.cpp may round the context up; the token history keeps the size asked for.
+            n_ctx = min(llm.n_ctx(), len(llm.input_ids))
+            if needed >= n_ctx:
+                raise BadImage(f"the prompt with its images needs {needed} tokens; the context holds {n_ctx}")
             llm.reset()
             llm._ctx.kv_cache_clear()
             last_is_text = False

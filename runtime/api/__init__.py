@@ -9,6 +9,7 @@ from runtime.api import create, ollama, openai
 routes = [
     Route("/", ollama.root, methods=["GET", "HEAD"]),
     Route("/api/version", ollama.version, methods=["GET", "HEAD"]),
+    Route("/api/status", ollama.status, methods=["GET"]),
     Route("/api/generate", ollama.generate, methods=["POST"]),
     Route("/api/chat", ollama.chat, methods=["POST"]),
     Route("/api/embed", ollama.embed, methods=["POST"]),

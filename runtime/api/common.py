@@ -1,24 +1,27 @@
-"""Helpers the API modules share: request bodies, Ollama-style errors, timestamps, streaming."""
+"""Helpers the API modules share: request bodies, Ollama-style errors, timestamps, progress answers
+(streams themselves: ``runtime.api.stream``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import random
+import string
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from registry.oci.options import OptionError, parse_keep_alive, parse_options
+from runtime.api.stream import ndjson
 from runtime.scheduler import Busy
 from runtime.service import ApiError, Service
 
 JSON_TYPE = "application/json; charset=utf-8"
-NDJSON_TYPE = "application/x-ndjson"
 DISCONNECT_POLL = 0.2
 
 
@@ -111,19 +114,11 @@ def iso(unix: float) -> str:
     return f"{local}.{frac}Z" if frac else f"{local}Z"
 
 
-def ndjson(lines: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    async def body() -> AsyncIterator[bytes]:
-        async for line in lines:
-            yield (json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
-
-    return StreamingResponse(body(), media_type=NDJSON_TYPE)
-
-
 async def progress_response(lines: AsyncIterator[dict[str, Any]], stream: bool, error_status: int) -> Response:
     """Progress objects as NDJSON, or (``stream`` false) only the last one, answered with
     ``error_status`` when it is an error (pull, push, create)."""
     if stream:
-        return ndjson(lines)
+        return ndjson(lines)  # runtime.api.stream: an exception still ends with an error line
     last: dict[str, Any] = {}
     async for item in lines:
         last = item
@@ -149,3 +144,12 @@ async def cancelled_on_disconnect(request: Request) -> AsyncIterator[threading.E
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
+
+
+def with_call_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tool calls as both APIs answer them: an id ``call_<8 of [a-z0-9]>`` and an index each."""
+    out = []
+    for index, call in enumerate(calls):
+        ident = "call_" + "".join(random.choices(string.ascii_lowercase + string.digits, k=8))
+        out.append({"id": ident, "function": {"index": index, **call["function"]}})
+    return out

@@ -9,10 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import random
-import string
+import threading
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -31,13 +30,14 @@ from runtime.api.common import (
     handle_errors,
     iso,
     keep_alive_of,
-    ndjson,
     options_of,
     progress_response,
     read_json,
     service,
     timestamp,
+    with_call_ids,
 )
+from runtime.api.stream import begin, ndjson
 from runtime.prompts import Message
 from runtime.service import (
     ApiError,
@@ -45,6 +45,7 @@ from runtime.service import (
     Resolved,
     Result,
     check_images,
+    collect,
     grammar_for,
     images_of,
     normalize,
@@ -62,6 +63,11 @@ async def root(request: Request) -> Response:
 
 async def version(request: Request) -> Response:
     return JSONResponse({"version": VERSION})
+
+
+async def status(request: Request) -> Response:
+    """Ollama's cloud switch (§8.2). Hangar has no cloud models: always off, by nothing's choice."""
+    return JSONResponse({"cloud": {"disabled": True, "source": "none"}})
 
 
 def _durations(result: Result) -> dict[str, Any]:
@@ -92,6 +98,11 @@ def _check_think(resolved: Resolved, body: dict[str, Any]) -> None:
         raise ApiError(400, "think must be a boolean or a level")
     if "thinking" not in resolved.info.capabilities:
         raise ApiError(400, f'"{resolved.requested}" does not support thinking')
+
+
+def _fit_fields(body: dict[str, Any]) -> dict[str, bool]:
+    """``truncate`` and ``shift`` (§8.3), both true unless the request says false."""
+    return {"truncate": field(body, "truncate", bool, True), "shift": field(body, "shift", bool, True)}
 
 
 def _logprob_fields(body: dict[str, Any]) -> tuple[bool, int]:
@@ -130,6 +141,7 @@ async def generate(request: Request) -> Response:
     context = field(body, "context", list)
     raw = field(body, "raw", bool, False)
     stream = field(body, "stream", bool, True)
+    fit = _fit_fields(body)
     if raw and (template is not None or system is not None or context):
         raise ApiError(400, "raw mode does not support template, system, or context")
     if context is not None and not all(isinstance(t, int) and not isinstance(t, bool) for t in context):
@@ -182,7 +194,7 @@ async def generate(request: Request) -> Response:
 
     if not stream:
         async with cancelled_on_disconnect(request) as cancel:
-            result = await _collect(
+            result = await collect(
                 svc.complete(
                     resolved,
                     text,
@@ -194,25 +206,30 @@ async def generate(request: Request) -> Response:
                     top_logprobs=top_logprobs,
                     images=images,
                     cancel=cancel,
+                    **fit,
                 )
             )
         return JSONResponse(final(result, result.text))
 
-    pieces = svc.complete(
-        resolved,
-        text,
-        options,
-        keep_alive=keep_alive,
-        grammar=grammar,
-        context=context,
-        logprobs=logprobs,
-        top_logprobs=top_logprobs,
-        images=images,
+    cancel = threading.Event()
+    pieces = await begin(
+        svc.complete(
+            resolved,
+            text,
+            options,
+            keep_alive=keep_alive,
+            grammar=grammar,
+            context=context,
+            logprobs=logprobs,
+            top_logprobs=top_logprobs,
+            images=images,
+            cancel=cancel,
+            **fit,
+        )
     )
-    first = await _first(pieces)
 
     async def lines() -> AsyncIterator[dict[str, Any]]:
-        async for item in _chain(first, pieces, request):
+        async for item in pieces:
             if isinstance(item, Piece):
                 line: dict[str, Any] = {"model": model, "created_at": timestamp(), "response": item.text, "done": False}
                 if logprobs and item.logprobs:
@@ -221,7 +238,7 @@ async def generate(request: Request) -> Response:
             else:
                 yield final(item, "")
 
-    return ndjson(lines())
+    return ndjson(lines(), request, pieces, cancel)
 
 
 # -- chat ---------------------------------------------------------------------------------------------
@@ -293,14 +310,6 @@ def parse_tools(raw: Any) -> list[dict[str, Any]]:
     return list(raw)
 
 
-def with_call_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    out = []
-    for index, call in enumerate(calls):
-        ident = "call_" + "".join(random.choices(string.ascii_lowercase + string.digits, k=8))
-        out.append({"id": ident, "function": {"index": index, **call["function"]}})
-    return out
-
-
 @handle_errors
 async def chat(request: Request) -> Response:
     svc = service(request)
@@ -310,6 +319,7 @@ async def chat(request: Request) -> Response:
     messages = parse_messages(body.get("messages"))
     tools = parse_tools(body.get("tools"))
     stream = field(body, "stream", bool, True)
+    fit = _fit_fields(body)
     if tools and "tools" not in resolved.info.capabilities:
         raise ApiError(400, f'"{resolved.requested}" does not support tools')
     if "completion" not in resolved.info.capabilities:
@@ -368,17 +378,18 @@ async def chat(request: Request) -> Response:
         "logprobs": logprobs,
         "top_logprobs": top_logprobs,
         "images": images_of(messages),
+        **fit,
     }
     if not stream:
         async with cancelled_on_disconnect(request) as cancel:
-            result = await _collect(svc.complete(resolved, text, options, cancel=cancel, **run))
+            result = await collect(svc.complete(resolved, text, options, cancel=cancel, **run))
         return JSONResponse(final(result, result.text))
 
-    pieces = svc.complete(resolved, text, options, **run)
-    first = await _first(pieces)
+    cancel = threading.Event()
+    pieces = await begin(svc.complete(resolved, text, options, cancel=cancel, **run))
 
     async def lines() -> AsyncIterator[dict[str, Any]]:
-        async for item in _chain(first, pieces, request):
+        async for item in pieces:
             if isinstance(item, Piece):
                 line: dict[str, Any] = {
                     "model": model,
@@ -392,46 +403,7 @@ async def chat(request: Request) -> Response:
             else:
                 yield final(item, "" if not item.tool_calls else item.text)
 
-    return ndjson(lines())
-
-
-async def _collect(items: AsyncIterator[Piece | Result]) -> Result:
-    result = Result()
-    async for item in items:
-        if isinstance(item, Result):
-            result = item
-    return result
-
-
-async def _first(items: AsyncGenerator[Piece | Result, None]) -> Piece | Result:
-    """The first item, awaited before the response starts, so loading errors are HTTP errors."""
-    try:
-        return await anext(items)
-    except StopAsyncIteration:  # pragma: no cover - complete() always ends with a Result
-        raise ApiError(500, "no output") from None
-
-
-async def _chain(
-    first: Piece | Result, rest: AsyncGenerator[Piece | Result, None], request: Request
-) -> AsyncIterator[Piece | Result]:
-    """Stream ``first`` then ``rest``, stopping generation if the client goes away."""
-    yield first
-    if isinstance(first, Result):
-        return
-    disconnected = asyncio.create_task(_wait_disconnect(request))
-    try:
-        async for item in rest:
-            if disconnected.done():
-                break
-            yield item
-    finally:
-        disconnected.cancel()
-        await rest.aclose()  # stops the engine at its next token
-
-
-async def _wait_disconnect(request: Request) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(0.2)
+    return ndjson(lines(), request, pieces, cancel)
 
 
 # -- embeddings ---------------------------------------------------------------------------------------
@@ -518,7 +490,14 @@ async def tags(request: Request) -> Response:
         # Reads every model's files the first time (a worker thread: the loop keeps serving); a
         # model that cannot be read is listed with details.error (see client.model_info).
         models = sorted(svc.store.models(), key=lambda m: m.modified, reverse=True)
-        return [_model_entry(svc, m) for m in models]
+        entries = []
+        for m in models:
+            entry = _model_entry(svc, m)
+            capabilities = svc.info(m).capabilities
+            if capabilities:  # omitted when empty, as Ollama's omitempty
+                entry["capabilities"] = capabilities
+            entries.append(entry)
+        return entries
 
     return JSONResponse({"models": await anyio.to_thread.run_sync(listing)})
 
@@ -558,7 +537,24 @@ async def show(request: Request) -> Response:
     }
     if info.messages:
         out["messages"] = info.messages
+    if info.projectors and not info.error:
+        out["projector_info"] = await _projector_info(info.projectors[0], verbose)
+    requires = info.config.get("requires")
+    if isinstance(requires, str) and requires:
+        out["requires"] = requires
     return JSONResponse(out)
+
+
+async def _projector_info(path: Any, verbose: bool) -> dict[str, Any]:
+    """The first projector's GGUF key/values (§8.7), read off the loop like the model's."""
+    from client.gguf_header import GGUFError
+    from client.model_info import read_gguf_metadata
+
+    try:
+        meta, _, _ = await anyio.to_thread.run_sync(read_gguf_metadata, path, (1 << 30) if verbose else 5)
+    except (GGUFError, OSError) as e:
+        raise ApiError(500, f"reading the projector file: {e}") from None
+    return meta
 
 
 @handle_errors

@@ -8,30 +8,37 @@ import base64
 import json
 import random
 import struct
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
-from runtime.api.common import cancelled_on_disconnect, handle_errors, read_json, service
-from runtime.api.ollama import _chain, _collect, _first, with_call_ids
+from runtime.api.common import cancelled_on_disconnect, handle_errors, read_json, service, with_call_ids
+from runtime.api.stream import begin, sse
 from runtime.prompts import Message
-from runtime.service import ApiError, Piece, Resolved, Result, grammar_for, images_of, normalize
+from runtime.service import ApiError, Piece, Resolved, Result, collect, grammar_for, images_of, normalize
+
+
+def error_body(status: int, message: str) -> dict[str, Any]:
+    """OpenAI's error object; also the last event of a stream that failed (``runtime.api.stream``)."""
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
 
 
 def openai_error(status: int, message: str) -> Response:
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
-    return JSONResponse({"error": {"message": message, "type": kind, "param": None, "code": None}}, status_code=status)
+    return JSONResponse(error_body(status, message), status_code=status)
 
 
 def openai_errors(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
     return handle_errors(fn, openai_error)
 
 
-def _sampling_options(body: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI request fields as native options (temperature and top_p default to 1.0, as Ollama)."""
+def _sampling_options(body: dict[str, Any], zero_top_p_is_default: bool = False) -> dict[str, Any]:
+    """OpenAI request fields as native options (temperature and top_p default to 1.0, as Ollama).
+    A ``top_p`` of 0 is kept on chat and means "absent" on ``/v1/completions`` (§9.1, §9.2)."""
     options: dict[str, Any] = {}
     for name, target in (
         ("temperature", "temperature"),
@@ -46,7 +53,7 @@ def _sampling_options(body: dict[str, Any]) -> dict[str, Any]:
                 raise ApiError(400, f"{name} must be a number")
             options[target] = value
     options.setdefault("temperature", 1.0)
-    if not options.get("top_p"):
+    if "top_p" not in options or (zero_top_p_is_default and not options["top_p"]):
         options["top_p"] = 1.0
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None:
@@ -83,7 +90,7 @@ def _format(body: dict[str, Any]) -> Any:
     raise ApiError(400, f"invalid response_format type: {kind!r}")
 
 
-def _messages(raw: Any) -> list[Message]:
+def _messages(raw: Any, model: Any = None) -> list[Message]:
     if not isinstance(raw, list) or not raw:
         raise ApiError(400, "[] is too short - 'messages'")
     out: list[Message] = []
@@ -131,6 +138,12 @@ def _messages(raw: Any) -> list[Message]:
                 if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
                     raise ApiError(400, "invalid image input: only base64 data URLs are supported")
                 out.append(Message(role, "", images=[url.split(";base64,", 1)[1]]))
+            elif kind == "input_audio":
+                audio = part.get("input_audio")
+                if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
+                    raise ApiError(400, "invalid input_audio part: input_audio.data (base64) is required")
+                # No model Hangar runs hears: say so rather than drop the audio silently.
+                raise ApiError(400, f'"{model}" does not support audio input')
             else:
                 raise ApiError(400, f"invalid message content part type: {kind!r}")
     return out
@@ -161,15 +174,6 @@ def _openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
-def _sse(chunks: AsyncIterator[dict[str, Any]]) -> StreamingResponse:
-    async def body() -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
-        yield b"data: [DONE]\n\n"
-
-    return StreamingResponse(body(), media_type="text/event-stream")
-
-
 def _include_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and bool(options.get("include_usage"))
@@ -177,11 +181,29 @@ def _include_usage(body: dict[str, Any]) -> bool:
 
 def _logprob_request(body: dict[str, Any]) -> tuple[bool, int]:
     top = body.get("top_logprobs") or 0
+    wanted = bool(body.get("logprobs"))
     if isinstance(body.get("logprobs"), int) and not isinstance(body.get("logprobs"), bool):  # completions
-        top = body["logprobs"]
+        top, wanted = body["logprobs"], True  # an int: that many alternatives, 0 included
     if not isinstance(top, int) or not 0 <= top <= 20:
         raise ApiError(400, "top_logprobs must be between 0 and 20")
-    return bool(body.get("logprobs")) or top > 0, top
+    return wanted or top > 0, top
+
+
+def _completion_logprobs(entries: list[dict[str, Any]], top: int) -> dict[str, Any]:
+    """Logprobs in the legacy completions shape (``tokens``, ``token_logprobs``, ``top_logprobs``
+    as token → logprob maps, ``text_offset`` within the completion), as the OpenAI SDKs read it."""
+    offsets, at = [], 0
+    for e in entries:
+        offsets.append(at)
+        at += len(e["token"])
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top_logprobs", [])} for e in entries]
+        if top
+        else None,
+        "text_offset": offsets,
+    }
 
 
 @openai_errors
@@ -190,7 +212,7 @@ async def chat_completions(request: Request) -> Response:
     body = await read_json(request)
     model = body.get("model")
     resolved: Resolved = await svc.resolve(model, missing='model "{name}" not found, try pulling it first')
-    messages = _messages(body.get("messages"))
+    messages = _messages(body.get("messages"), model)
     tools = body.get("tools") or []
     if not isinstance(tools, list):
         raise ApiError(400, "tools must be an array")
@@ -215,7 +237,7 @@ async def chat_completions(request: Request) -> Response:
 
     if not body.get("stream"):
         async with cancelled_on_disconnect(request) as cancel:
-            result = await _collect(svc.complete(resolved, text, options, cancel=cancel, **run))
+            result = await collect(svc.complete(resolved, text, options, cancel=cancel, **run))
         message: dict[str, Any] = {"role": "assistant", "content": result.text}
         if result.tool_calls:
             message["tool_calls"] = _openai_tool_calls(result.tool_calls)
@@ -234,8 +256,8 @@ async def chat_completions(request: Request) -> Response:
             }
         )
 
-    pieces = svc.complete(resolved, text, options, **run)
-    first = await _first(pieces)
+    cancel = threading.Event()
+    pieces = await begin(svc.complete(resolved, text, options, cancel=cancel, **run))
     include_usage = _include_usage(body)
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -251,7 +273,7 @@ async def chat_completions(request: Request) -> Response:
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
         sent_role = False
-        async for item in _chain(first, pieces, request):
+        async for item in pieces:
             if isinstance(item, Piece):
                 delta: dict[str, Any] = (
                     {"role": "assistant", "content": item.text} if not sent_role else {"content": item.text}
@@ -275,7 +297,7 @@ async def chat_completions(request: Request) -> Response:
             if include_usage:
                 yield chunk([], usage=_usage(item))
 
-    return _sse(chunks())
+    return sse(chunks(), error_body, request, pieces, cancel)
 
 
 @openai_errors
@@ -288,7 +310,7 @@ async def completions(request: Request) -> Response:
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string")
     suffix = body.get("suffix") or ""
-    options = svc.options(resolved, _sampling_options(body))
+    options = svc.options(resolved, _sampling_options(body, zero_top_p_is_default=True))
     logprobs, top = _logprob_request(body)
     text = await svc.generate_prompt(resolved, prompt, None, None, suffix) if prompt or suffix else ""
     ident, created = f"cmpl-{random.randrange(999)}", int(time.time())
@@ -305,28 +327,49 @@ async def completions(request: Request) -> Response:
             **extra,
         }
 
+    def choice_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return _completion_logprobs(entries, top) if logprobs else None
+
+    if not prompt and not suffix:  # as /api/generate: an empty prompt only loads the model
+        await svc.load_only(resolved, options, None)
+        empty = {"text": "", "index": 0, "finish_reason": "stop", "logprobs": None}
+        loaded = chunk_obj([empty], usage=_usage(Result()))
+        if not body.get("stream"):
+            return JSONResponse(loaded)
+
+        async def once() -> AsyncIterator[dict[str, Any]]:
+            yield loaded
+
+        return sse(once(), error_body)
+
     if not body.get("stream"):
         async with cancelled_on_disconnect(request) as cancel:
-            result = await _collect(svc.complete(resolved, text, options, cancel=cancel, **run))
-        choice = {"text": result.text, "index": 0, "finish_reason": _finish(result), "logprobs": None}
+            result = await collect(svc.complete(resolved, text, options, cancel=cancel, **run))
+        choice = {
+            "text": result.text,
+            "index": 0,
+            "finish_reason": _finish(result),
+            "logprobs": choice_logprobs(result.logprobs),
+        }
         return JSONResponse(chunk_obj([choice], usage=_usage(result)))
 
-    pieces = svc.complete(resolved, text, options, **run)
-    first = await _first(pieces)
+    cancel = threading.Event()
+    pieces = await begin(svc.complete(resolved, text, options, cancel=cancel, **run))
     include_usage = _include_usage(body)
     zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
     async def chunks() -> AsyncIterator[dict[str, Any]]:
-        async for item in _chain(first, pieces, request):
+        async for item in pieces:
             extra = {"usage": zero} if include_usage else {}
             if isinstance(item, Piece):
-                yield chunk_obj([{"text": item.text, "index": 0, "finish_reason": None, "logprobs": None}], **extra)
+                logprob = choice_logprobs(item.logprobs)
+                yield chunk_obj([{"text": item.text, "index": 0, "finish_reason": None, "logprobs": logprob}], **extra)
             else:
                 yield chunk_obj([{"text": "", "index": 0, "finish_reason": _finish(item), "logprobs": None}], **extra)
                 if include_usage:
                     yield chunk_obj([], usage=_usage(item))
 
-    return _sse(chunks())
+    return sse(chunks(), error_body, request, pieces, cancel)
 
 
 @openai_errors
