@@ -26,6 +26,8 @@ from client.progress import human_size, print_table
 REPL_HELP = """Available commands:
   /set parameter NAME VALUE   set a parameter (temperature, num_ctx, top_k, …)
   /set system TEXT            set the system message
+  /set think [LEVEL]          think before answering (a thinking model; LEVEL: low, medium, high, max)
+  /set nothink                answer without thinking
   /show info|parameters|system|template|modelfile|license
   /clear                      clear the conversation
   /bye                        exit
@@ -63,6 +65,15 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     run.add_argument("--keepalive", help="how long the model stays loaded after this, e.g. 10m, 0, -1")
     run.add_argument("--insecure", action="store_true", help="plain http if the model must be pulled")
     run.add_argument("--nowordwrap", action="store_true", help="accepted for compatibility; output is not wrapped")
+    run.add_argument(
+        "--think",
+        nargs="?",
+        const="true",
+        action=_ThinkFlag,
+        metavar="true|false|low|medium|high|max",
+        help="think before answering (thinking models think unless --think=false); the thinking goes to stderr",
+    )
+    run.add_argument("--hidethinking", action="store_true", help="do not show a thinking model's thinking")
     run.set_defaults(handler=_run, trailing_words="prompt")
 
     ps = commands.add_parser("ps", help="list the models the runtime has loaded")
@@ -71,6 +82,24 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     stop = commands.add_parser("stop", help="unload a model from the runtime")
     stop.add_argument("model")
     stop.set_defaults(handler=_stop)
+
+
+THINK_VALUES: dict[str, Any] = {"true": True, "false": False, "low": "low", "medium": "medium", "high": "high"}
+THINK_VALUES["max"] = "max"  # Ollama 0.33's fourth level
+
+
+class _ThinkFlag(argparse.Action):
+    """``--think``, ``--think=VALUE``: as in Ollama, a bare ``--think`` followed by the prompt
+    does not take the prompt's first word as its value."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option: Any = None
+    ) -> None:
+        if value in THINK_VALUES:
+            setattr(namespace, self.dest, THINK_VALUES[value])
+            return
+        setattr(namespace, self.dest, True)
+        namespace.think_spill = [*getattr(namespace, "think_spill", []), value]  # a word of the prompt
 
 
 def daemon_url() -> str:
@@ -209,7 +238,7 @@ def _run(args: argparse.Namespace) -> int:
     keep_alive: Any = args.keepalive
     if keep_alive is not None and keep_alive.lstrip("-").replace(".", "", 1).isdigit():
         keep_alive = float(keep_alive)
-    prompt = " ".join(args.prompt)
+    prompt = " ".join([*getattr(args, "think_spill", []), *args.prompt])
     if not sys.stdin.isatty():
         # As Ollama: piped input first, then the arguments, joined by a space.
         prompt = " ".join(part for part in (sys.stdin.read(), prompt) if part)
@@ -236,17 +265,43 @@ def _run(args: argparse.Namespace) -> int:
             body["format"] = args.format
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
-        final = _stream_answer(base, "/api/generate", body, lambda item: item.get("response", ""))
+        if args.think is not None:
+            body["think"] = args.think
+        final = _stream_answer(
+            base,
+            "/api/generate",
+            body,
+            lambda item: item.get("response", ""),
+            lambda item: item.get("thinking", ""),
+            show_thinking=not args.hidethinking,
+        )
         if args.verbose:
             _timings(final)
         return 0
     return _repl(base, args, info, keep_alive)
 
 
-def _stream_answer(base: str, path: str, body: dict[str, Any], text: Any) -> dict[str, Any]:
+def _stream_answer(
+    base: str, path: str, body: dict[str, Any], text: Any, thinking: Any = None, show_thinking: bool = True
+) -> dict[str, Any]:
+    """Print the answer as it streams; a thinking model's thinking goes to stderr (framed as
+    Ollama frames it), so stdout holds just the answer."""
     final: dict[str, Any] = {}
+    thinking_shown = False
     for item in _post_stream(base, path, body):
-        sys.stdout.write(text(item))
+        thought = thinking(item) if thinking is not None else ""
+        if thought and show_thinking:
+            if not thinking_shown:
+                sys.stderr.write("Thinking...\n")
+                thinking_shown = True
+            sys.stderr.write(thought)
+            sys.stderr.flush()
+        piece = text(item)
+        if thinking_shown and (piece or item.get("done")):
+            sys.stderr.write("\n...done thinking.\n\n")
+            sys.stderr.flush()
+            thinking_shown, show_thinking = False, False  # thinking comes first: once it is over, it is over
+        sys.stdout.write(piece)
         sys.stdout.flush()
         if item.get("done"):
             final = item
@@ -335,11 +390,17 @@ def _repl(base: str, args: argparse.Namespace, info: dict[str, Any], keep_alive:
                     continue
                 options[name] = [*options.get(name, []), value] if name == "stop" else value
                 print(f"Set parameter '{name}' to '{' '.join(parts[2:])}'")
+            elif parts and parts[0] == "think" and (len(parts) == 1 or parts[1] in THINK_VALUES):
+                args.think = THINK_VALUES[parts[1]] if len(parts) > 1 else True
+                print("Set 'think' mode." if args.think is not False else "Set 'nothink' mode.")
+            elif parts == ["nothink"]:
+                args.think = False
+                print("Set 'nothink' mode.")
             elif len(parts) >= 2 and parts[0] == "system":
                 system = command[5:].strip()[len("system") :].strip().strip('"')
                 print("Set system message.")
             else:
-                print("Usage: /set parameter NAME VALUE | /set system TEXT")
+                print("Usage: /set parameter NAME VALUE | /set system TEXT | /set think [LEVEL] | /set nothink")
             continue
         if command.startswith("/show"):
             what = command[5:].strip() or "info"
@@ -371,17 +432,31 @@ def _repl(base: str, args: argparse.Namespace, info: dict[str, Any], keep_alive:
             body["format"] = args.format
         if keep_alive is not None:
             body["keep_alive"] = keep_alive
+        if args.think is not None:
+            body["think"] = args.think
         answer: list[str] = []
-        final = _stream_answer(base, "/api/chat", body, lambda item, out=answer: _collect_piece(item, out))
-        messages.append({"role": "assistant", "content": "".join(answer)})
+        thought: list[str] = []
+        final = _stream_answer(
+            base,
+            "/api/chat",
+            body,
+            lambda item, out=answer: _collect_piece(item, out),
+            lambda item, out=thought: _collect_piece(item, out, "thinking"),
+            show_thinking=not args.hidethinking,
+        )
+        reply: dict[str, Any] = {"role": "assistant", "content": "".join(answer)}
+        if thought:  # the template may write earlier thinking back (.Thinking)
+            reply["thinking"] = "".join(thought)
+        messages.append(reply)
         if args.verbose:
             _timings(final)
         print()
 
 
-def _collect_piece(item: dict[str, Any], out: list[str]) -> str:
-    piece = str(item.get("message", {}).get("content", ""))
-    out.append(piece)
+def _collect_piece(item: dict[str, Any], out: list[str], key: str = "content") -> str:
+    piece = str(item.get("message", {}).get(key) or "")
+    if piece:
+        out.append(piece)
     return piece
 
 

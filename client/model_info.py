@@ -72,6 +72,16 @@ class ModelInfo:
             caps.append("insert")
         if self.projectors:
             caps.append("vision")
+        from runtime.thinking import model_thinks
+
+        jinja = self.gguf.get("tokenizer.chat_template") if self.template is None else None
+        if model_thinks(self.config, self.template, jinja if isinstance(jinja, str) else None):
+            caps.append("thinking")
+        # What the config lists (a create's `info`, a converted model) counts too.
+        listed = self.config.get("capabilities")
+        for cap in listed if isinstance(listed, list) else []:
+            if isinstance(cap, str) and cap not in caps:
+                caps.append(cap)
         return caps
 
     def details(self) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime.gotemplate import MAX_OUTPUT, MAX_STEPS, Template, TemplateError
+from runtime.thinking import Think
 
 RESPONSE_MARK = "\x00hangar-response\x00"
 
@@ -78,19 +79,27 @@ class PromptTemplate:
     def uses_messages(self) -> bool:
         return self.jinja is not None or (self.go is not None and self.go.uses("Messages"))
 
-    def render(self, messages: list[Message], tools: list[dict[str, Any]] | None = None, suffix: str = "") -> str:
+    def render(
+        self,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None = None,
+        suffix: str = "",
+        think: Think | None = None,
+    ) -> str:
         # A long conversation may take more steps and make more text than the fixed budgets allow.
         size = sum(len(m.content) for m in messages) + len(suffix) + len(json.dumps(tools or []))
         self.max_steps = MAX_STEPS + 64 * (len(messages) + len(tools or []))
         self.max_output = MAX_OUTPUT + 4 * size
+        think = think or Think()
         if self.jinja is not None:
-            return self._render_jinja(messages, tools)
+            return self._render_jinja(messages, tools, think)
         assert self.go is not None
         system, turns = collate(messages)
+        thinking = think.template_values()  # .Think, .ThinkLevel, .IsThinkSet
         try:
             if suffix:
                 prompt = turns[-1].content if turns and turns[-1].role == "user" else ""
-                return self._go({"Prompt": prompt, "Suffix": suffix, "Response": ""})
+                return self._go({"Prompt": prompt, "Suffix": suffix, "Response": "", **thinking})
             if self.go.uses("Messages"):
                 data = {
                     "System": system,
@@ -99,9 +108,10 @@ class PromptTemplate:
                     "Response": "",
                     "Prompt": "",
                     "Suffix": "",
+                    **thinking,
                 }
                 return self._go(data)
-            return self._render_legacy(turns)
+            return self._render_legacy(turns, thinking)
         except TemplateError:
             raise
         except (TypeError, ValueError, KeyError) as e:
@@ -111,11 +121,11 @@ class PromptTemplate:
         assert self.go is not None
         return self.go.render(data, self.max_steps, self.max_output)
 
-    def _render_legacy(self, turns: list[Message]) -> str:
+    def _render_legacy(self, turns: list[Message], thinking: dict[str, Any]) -> str:
         """Turn by turn, as Ollama does for templates without .Messages."""
         assert self.go is not None
         out: list[str] = []
-        values = {"System": "", "Prompt": "", "Response": ""}
+        values: dict[str, Any] = {"System": "", "Prompt": "", "Response": "", **thinking}
 
         def flush() -> None:
             out.append(self._go(values))
@@ -138,7 +148,7 @@ class PromptTemplate:
         out.append(text.split(RESPONSE_MARK, 1)[0])
         return "".join(out)
 
-    def _render_jinja(self, messages: list[Message], tools: list[dict[str, Any]] | None) -> str:
+    def _render_jinja(self, messages: list[Message], tools: list[dict[str, Any]] | None, think: Think) -> str:
         from jinja2.exceptions import TemplateError as JinjaError
 
         assert self.jinja is not None
@@ -146,6 +156,12 @@ class PromptTemplate:
         for m in data:  # HF templates expect arguments as objects and tool calls typed
             for call in m.get("tool_calls", []):
                 call.setdefault("type", "function")
+            if m.get("thinking"):  # Hugging Face's name for it (Qwen3, DeepSeek-R1 templates)
+                m["reasoning_content"] = m["thinking"]
+        # What Hugging Face thinking templates read: Qwen3's enable_thinking, gpt-oss's reasoning_effort.
+        extra: dict[str, Any] = {"enable_thinking": think.on} if think.explicit else {}
+        if think.level:
+            extra["reasoning_effort"] = think.level
         env: Any = self.jinja.environment
         env.budget.steps_left, env.budget.max_output = self.max_steps, self.max_output
         out: list[str] = []
@@ -157,6 +173,7 @@ class PromptTemplate:
                 add_generation_prompt=True,
                 bos_token=self.bos,
                 eos_token=self.eos,
+                **extra,
             ):
                 env.step()
                 left -= len(piece)

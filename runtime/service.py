@@ -33,6 +33,7 @@ from runtime.engine import BadInput, DoneEvent, EngineError, LoadSpec, MediaProm
 from runtime.gotemplate import TemplateError
 from runtime.prompts import Message, PromptTemplate, looks_like_tool_call, parse_tool_calls
 from runtime.scheduler import Runner, Scheduler
+from runtime.thinking import Think, ThinkError, ThinkingParser, parser_for, request_think
 
 
 class ApiError(Exception):
@@ -59,6 +60,7 @@ class Result:
     """What a generation produced, filled in as it streams."""
 
     text: str = ""
+    thinking: str = ""  # what a thinking model thought (runtime.thinking), apart from ``text``
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     done: DoneEvent | None = None
     load_ns: int = 0
@@ -72,6 +74,7 @@ class Piece:
 
     text: str
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    thinking: str = ""
 
 
 async def collect(items: AsyncIterator[Piece | Result]) -> Result:
@@ -211,18 +214,24 @@ class Service:
         top_logprobs: int = 0,
         images: list[bytes] | None = None,
         cancel: threading.Event | None = None,
+        think: Think | None = None,
         truncate: bool = True,
         shift: bool = True,
     ) -> AsyncGenerator[Piece | Result, None]:
         """Stream the model's answer to ``prompt`` as Pieces; the last item is the Result.
 
         ``images`` belong at the image markers in ``prompt`` (see ``with_image_markers``). With
-        ``tools``, output that looks like a tool call is held back and parsed at the end."""
+        ``tools``, output that looks like a tool call is held back and parsed at the end. With
+        ``think`` on, the output is split into thinking and content (``runtime.thinking``); a
+        ``grammar`` then applies only after the thinking (§8.4): the model thinks unconstrained
+        until its closing tag, and generation restarts from there with the grammar."""
         if images and context:
             raise ApiError(400, "context cannot be combined with images")
         start = time.perf_counter_ns()
         cancel = cancel or threading.Event()
-        sampling = sampling_from(options, grammar, logprobs, top_logprobs)
+        parser = self.thinking_parser(resolved, think, prompt)
+        deferred = grammar if parser is not None else None  # the grammar waits for the thinking to end
+        sampling = sampling_from(options, None if deferred else grammar, logprobs, top_logprobs)
         # §8.3: a prompt longer than the context is cut (else a 400), a reply that fills the
         # context shifts it (else it ends with "length"); see runtime.engine.
         sampling.truncate, sampling.shift = truncate, shift
@@ -236,25 +245,71 @@ class Service:
         ):
             result.load_ns = load_ns
             engine = runner.engine
-            request: list[int] | MediaPrompt
-            if images:
-                bos = _special_tokens(resolved.info)[0]
-                # mtmd adds the BOS token itself; a template that writes it would make two.
-                request = MediaPrompt(prompt[len(bos) :] if bos and prompt.startswith(bos) else prompt, images)
-            else:
-                request = list(context or []) + await engine.tokenize(prompt, add_bos=not context)
-                request = _drop_double_bos(request, engine)
-            async for event in engine.generate(request, sampling, cancel):
+
+            async def request_for(text: str) -> list[int] | MediaPrompt:
+                if images:
+                    bos = _special_tokens(resolved.info)[0]
+                    # mtmd adds the BOS token itself; a template that writes it would make two.
+                    return MediaPrompt(text[len(bos) :] if bos and text.startswith(bos) else text, images)
+                tokens = list(context or []) + await engine.tokenize(text, add_bos=not context)
+                return _drop_double_bos(tokens, engine)
+
+            def split(text: str, logprob: dict[str, Any] | None) -> Piece | None:
+                """One token's text as thinking and content (content held back while it may be a
+                tool call); None when there is nothing to send yet."""
+                nonlocal held
+                thinking, content = parser.feed(text) if parser is not None else ("", text)
+                if deferred and not constrained and parser is not None and parser.thinking_done:
+                    content = ""  # regenerated under the grammar
+                result.thinking += thinking
+                result.text += content
+                if logprob:
+                    result.logprobs.append(logprob)
+                if tools and content and (held or looks_like_tool_call(result.text)):
+                    held += content
+                    content = ""
+                if thinking or content or logprob:
+                    return Piece(content, [logprob] if logprob else [], thinking)
+                return None
+
+            raw = ""  # the model's own text, for the restart after thinking
+            constrained = False  # in the second pass, under the grammar
+            first_pass = _Either(cancel) if deferred else cancel
+            async for event in engine.generate(await request_for(prompt), sampling, first_pass):
                 if isinstance(event, TokenEvent):
-                    result.text += event.text
-                    if event.logprob:
-                        result.logprobs.append(event.logprob)
-                    if tools and (held or looks_like_tool_call(result.text)):
-                        held += event.text
-                        continue
-                    yield Piece(event.text, [event.logprob] if event.logprob else [])
+                    if deferred and first_pass.is_set():
+                        continue  # thinking is over: the rest is regenerated under the grammar
+                    raw += event.text
+                    piece = split(event.text, event.logprob)
+                    if piece is not None:
+                        yield piece
+                    if deferred and parser is not None and parser.thinking_done:
+                        first_pass.set()  # stops at the next token; its DoneEvent still comes
                 elif isinstance(event, DoneEvent):
                     result.done = event
+            if deferred and parser is not None and parser.thinking_done and not cancel.is_set():
+                # The thinking with its closing tag is now part of the prompt (none: the model
+                # went straight to its answer).
+                end = raw.find(parser.close_tag)
+                thought = raw[: end + len(parser.close_tag)] if end >= 0 else ""
+                constrained = True
+                with_grammar = dataclasses.replace(sampling, grammar=deferred)
+                before = result.done
+                async for event in engine.generate(await request_for(prompt + thought), with_grammar, _Either(cancel)):
+                    if isinstance(event, TokenEvent):
+                        piece = split(event.text, event.logprob)
+                        if piece is not None:
+                            yield piece
+                    elif isinstance(event, DoneEvent):
+                        result.done = _both_passes(before, event)
+        if parser is not None:
+            thinking, content = parser.finish()
+            result.thinking += thinking
+            result.text += content
+            if tools and content and (held or looks_like_tool_call(result.text)):
+                held += content
+            elif thinking or content:
+                yield Piece(content, [], thinking)
         if tools:
             result.tool_calls, leftover = parse_tool_calls(result.text, {n for n in tool_names if n})
             if not result.tool_calls and held:
@@ -284,9 +339,28 @@ class Service:
                 raise ApiError(400, str(e)) from None
         return vectors, count, load_ns
 
+    def think(self, resolved: Resolved, value: Any) -> Think:
+        """A request's ``think`` for this model (Ollama's default: on for a thinking model)."""
+        try:
+            return request_think(value, resolved.info.capabilities, resolved.requested)
+        except ThinkError as e:
+            raise ApiError(400, str(e)) from None
+
+    def thinking_parser(self, resolved: Resolved, think: Think | None, prompt: str) -> ThinkingParser | None:
+        info = resolved.info
+        jinja = info.gguf.get("tokenizer.chat_template") if info.template is None else None
+        jinja = jinja if isinstance(jinja, str) else None
+        return parser_for(think or Think(), info.config, info.template, jinja, prompt)
+
     # -- prompts -----------------------------------------------------------------------------------
 
-    async def chat_prompt(self, resolved: Resolved, messages: list[Message], tools: list[dict[str, Any]] | None) -> str:
+    async def chat_prompt(
+        self,
+        resolved: Resolved,
+        messages: list[Message],
+        tools: list[dict[str, Any]] | None,
+        think: Think | None = None,
+    ) -> str:
         """The conversation as prompt text; each message's images are marked in its content (pass
         ``images_of(messages)`` along to ``complete``)."""
         check_images(resolved, any(m.images for m in messages))
@@ -295,16 +369,25 @@ class Service:
             for m in messages
         ]
         info = resolved.info
-        seeded = [Message(m.get("role", "user"), str(m.get("content", ""))) for m in info.messages]
+        seeded = [
+            Message(m.get("role", "user"), str(m.get("content", "")), thinking=_text_or_none(m.get("thinking")))
+            for m in info.messages
+        ]
         convo = seeded + messages
         # §8.4: the model's SYSTEM comes first unless the request's own first message is a system
         # message (the MESSAGE seeds before it do not count).
         if info.system and not (messages and messages[0].role == "system"):
             convo = [Message("system", info.system), *convo]
-        return await self._render(resolved, convo, tools)
+        return await self._render(resolved, convo, tools, think=think)
 
     async def generate_prompt(
-        self, resolved: Resolved, prompt: str, system: str | None, template: str | None, suffix: str
+        self,
+        resolved: Resolved,
+        prompt: str,
+        system: str | None,
+        template: str | None,
+        suffix: str,
+        think: Think | None = None,
     ) -> str:
         info = resolved.info
         messages = []
@@ -312,7 +395,7 @@ class Service:
         if sys_text:
             messages.append(Message("system", sys_text))
         messages.append(Message("user", prompt))
-        return await self._render(resolved, messages, None, template, suffix)
+        return await self._render(resolved, messages, None, template, suffix, think)
 
     async def _render(
         self,
@@ -321,15 +404,41 @@ class Service:
         tools: list[dict[str, Any]] | None,
         template: str | None = None,
         suffix: str = "",
+        think: Think | None = None,
     ) -> str:
         def render() -> str:
             try:
-                return self.template_for(resolved, template).render(messages, tools, suffix)
+                return self.template_for(resolved, template).render(messages, tools, suffix, think)
             except TemplateError as e:
                 raise ApiError(400, f"template error: {e}") from None
 
         # In a worker thread: a template's budget (runtime.gotemplate) may take a second to spend.
         return await anyio.to_thread.run_sync(render)
+
+
+class _Either(threading.Event):
+    """A cancel flag of its own that also reads as set once ``outer`` is (the client left)."""
+
+    def __init__(self, outer: threading.Event) -> None:
+        super().__init__()
+        self.outer = outer
+
+    def is_set(self) -> bool:
+        return super().is_set() or self.outer.is_set()
+
+
+def _both_passes(first: DoneEvent | None, second: DoneEvent) -> DoneEvent:
+    """The counts of a generation that thought, then restarted under a grammar: the prompt as
+    first read, the tokens of both passes."""
+    if first is None:
+        return second
+    return dataclasses.replace(
+        second,
+        prompt_tokens=first.prompt_tokens,
+        prompt_ns=first.prompt_ns,
+        eval_tokens=first.eval_tokens + second.eval_tokens,
+        eval_ns=first.eval_ns + second.prompt_ns + second.eval_ns,
+    )
 
 
 def sampling_from(options: dict[str, Any], grammar: str | None, logprobs: bool, top_logprobs: int) -> Sampling:
@@ -399,6 +508,10 @@ def grammar_for(fmt: Any) -> str | None:
 def normalize(vector: list[float]) -> list[float]:
     norm = math.sqrt(sum(x * x for x in vector))
     return [x / norm for x in vector] if norm > 0 else vector
+
+
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _special_tokens(info: ModelInfo) -> tuple[str, str]:

@@ -117,8 +117,10 @@ def add_model(
     messages: list[dict[str, str]] | None = None,
     license: str | None = None,
     projector: Path | None = None,
+    config: dict[str, Any] | None = None,
 ) -> Any:
-    """Put a GGUF into a store as a model with the given layers (as ``hangar create`` would)."""
+    """Put a GGUF into a store as a model with the given layers (as ``hangar create`` would);
+    ``config`` adds to its config (``capabilities``, ``parser`` …)."""
     import json
 
     from registry.oci import mediatypes as mt
@@ -148,6 +150,7 @@ def add_model(
         "file_type": "F32",
         "architecture": "amd64",
         "os": "linux",
+        **(config or {}),
     }
     cd, cn = store.add_blob_bytes(json.dumps(config).encode() + b"\n")
     model_name = ModelName.parse(name)
@@ -236,6 +239,77 @@ def write_tiny_lora(path: Path, *, dim: int = 64, layers: int = 2, rank: int = 4
         for part in ("attn_q", "attn_v"):
             w.add_tensor(f"blk.{i}.{part}.weight.lora_a", (rng.standard_normal((rank, dim)) * 0.5).astype(np.float32))
             w.add_tensor(f"blk.{i}.{part}.weight.lora_b", (rng.standard_normal((dim, rank)) * 0.5).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+# A scripted thinker: the model's next token depends only on its last one (each script token has a
+# one-hot embedding, the layers add nothing, the output matrix maps it to its successor with a
+# large margin), so whatever the sampling, it writes a fixed text after a fixed last prompt token.
+# After <|assistant|> it thinks, then answers; after </think> (a template that turned thinking off)
+# it only answers. Its own closing tag comes in two tokens ("</", "think>"), so a streaming parser
+# sees the tag split across tokens.
+THINKER_SPECIAL = ["<|assistant|>", "<think>", "</think>"]
+THINKER_PIECES = ["The", "▁user", "▁said", "▁hi.", "</", "think>", "Hello", "!"]
+THINKER_SCRIPT = ["<|assistant|>", "<think>", *THINKER_PIECES[:6], "<0x0A>", "Hello", "!", "</s>"]
+THINKER_THINKING = "The user said hi."
+THINKER_ANSWER = "Hello!"
+THINKER_OUTPUT = "<think>The user said hi.</think>\nHello!"  # after <|assistant|>
+
+
+def write_tiny_thinker(path: Path, *, dim: int = 64) -> Path:
+    import itertools
+
+    import gguf
+
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + THINKER_PIECES + THINKER_SPECIAL
+    types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
+    types += [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * len(THINKER_PIECES)
+    types += [gguf.TokenType.USER_DEFINED] * len(THINKER_SPECIAL)
+    scores = [0.0] * 259 + [-float(i + 1) for i in range(len(THINKER_PIECES) + len(THINKER_SPECIAL))]
+    ids = {t: i for i, t in enumerate(tokens)}
+    successor = dict(itertools.pairwise(THINKER_SCRIPT))
+    successor["</think>"] = "Hello"  # thinking turned off by the template
+    vocab, heads, ff = len(tokens), 4, dim * 2
+    embeddings = np.zeros((vocab, dim), dtype=np.float32)
+    output = np.zeros((vocab, dim), dtype=np.float32)
+    for slot, (token, after) in enumerate(successor.items()):
+        embeddings[ids[token], slot] = 1.0
+        output[ids[after], slot] = 10.0  # logit 10·√dim: every other token is e^-80 as likely
+
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_name("tiny-thinker")
+    w.add_context_length(512)
+    w.add_embedding_length(dim)
+    w.add_block_count(1)
+    w.add_feed_forward_length(ff)
+    w.add_head_count(heads)
+    w.add_head_count_kv(heads)
+    w.add_rope_dimension_count(dim // heads)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores(scores)
+    w.add_token_types(types)
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_tensor("token_embd.weight", embeddings)
+    zero = np.zeros((dim, dim), dtype=np.float32)
+    for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
+        w.add_tensor(f"blk.0.{part}.weight", zero)
+    w.add_tensor("blk.0.ffn_gate.weight", np.zeros((ff, dim), dtype=np.float32))
+    w.add_tensor("blk.0.ffn_up.weight", np.zeros((ff, dim), dtype=np.float32))
+    w.add_tensor("blk.0.ffn_down.weight", np.zeros((dim, ff), dtype=np.float32))
+    w.add_tensor("blk.0.attn_norm.weight", np.ones(dim, dtype=np.float32))
+    w.add_tensor("blk.0.ffn_norm.weight", np.ones(dim, dtype=np.float32))
+    w.add_tensor("output_norm.weight", np.ones(dim, dtype=np.float32))
+    w.add_tensor("output.weight", output)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

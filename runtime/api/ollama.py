@@ -54,7 +54,6 @@ from runtime.service import (
 
 VERSION = "0.33.0"  # the Ollama API level this runtime speaks (clients check it)
 ROLES = ("system", "user", "assistant", "tool")
-THINK_LEVELS = ("low", "medium", "high", "max")
 
 
 async def root(request: Request) -> Response:
@@ -86,18 +85,6 @@ def _durations(result: Result) -> dict[str, Any]:
 def _done_reason(result: Result) -> str:
     reason = result.done.reason if result.done else "stop"
     return "stop" if reason == "cancel" else reason
-
-
-def _check_think(resolved: Resolved, body: dict[str, Any]) -> None:
-    think = body.get("think")
-    if think is None or think is False:
-        return
-    if isinstance(think, str) and think not in THINK_LEVELS:
-        raise ApiError(400, f"invalid think value: {think!r} (use true, false, or one of {', '.join(THINK_LEVELS)})")
-    if not isinstance(think, (bool, str)):
-        raise ApiError(400, "think must be a boolean or a level")
-    if "thinking" not in resolved.info.capabilities:
-        raise ApiError(400, f'"{resolved.requested}" does not support thinking')
 
 
 def _fit_fields(body: dict[str, Any]) -> dict[str, bool]:
@@ -150,7 +137,7 @@ async def generate(request: Request) -> Response:
         raise ApiError(400, f'"{resolved.requested}" does not support generate')
     if suffix and "insert" not in resolved.info.capabilities:
         raise ApiError(400, f'"{resolved.requested}" does not support insert')
-    _check_think(resolved, body)
+    think = svc.think(resolved, body.get("think"))  # runtime.thinking: on by default for a thinking model
     images = [base64.b64decode(image) for image in _images(body, resolved)]
     logprobs, top_logprobs = _logprob_fields(body)
     grammar = grammar_for(body.get("format"))
@@ -165,7 +152,7 @@ async def generate(request: Request) -> Response:
         )
 
     marked = with_image_markers(prompt, len(images)) if images else prompt
-    text = marked if raw else await svc.generate_prompt(resolved, marked, system, template, suffix)
+    text = marked if raw else await svc.generate_prompt(resolved, marked, system, template, suffix, think)
     if body.get("_debug_render_only"):
         return JSONResponse(
             {
@@ -177,11 +164,12 @@ async def generate(request: Request) -> Response:
             }
         )
 
-    def final(result: Result, response: str) -> dict[str, Any]:
+    def final(result: Result, response: str, thinking: str = "") -> dict[str, Any]:
         out: dict[str, Any] = {
             "model": model,
             "created_at": timestamp(),
             "response": response,
+            **({"thinking": thinking} if thinking else {}),
             "done": True,
             "done_reason": _done_reason(result),
         }
@@ -206,10 +194,11 @@ async def generate(request: Request) -> Response:
                     top_logprobs=top_logprobs,
                     images=images,
                     cancel=cancel,
+                    think=think,
                     **fit,
                 )
             )
-        return JSONResponse(final(result, result.text))
+        return JSONResponse(final(result, result.text, result.thinking))
 
     cancel = threading.Event()
     pieces = await begin(
@@ -224,6 +213,7 @@ async def generate(request: Request) -> Response:
             top_logprobs=top_logprobs,
             images=images,
             cancel=cancel,
+            think=think,
             **fit,
         )
     )
@@ -232,6 +222,8 @@ async def generate(request: Request) -> Response:
         async for item in pieces:
             if isinstance(item, Piece):
                 line: dict[str, Any] = {"model": model, "created_at": timestamp(), "response": item.text, "done": False}
+                if item.thinking:
+                    line["thinking"] = item.thinking
                 if logprobs and item.logprobs:
                     line["logprobs"] = item.logprobs
                 yield line
@@ -269,6 +261,8 @@ def parse_messages(raw: Any) -> list[Message]:
         images = m.get("images")
         if images is not None and (not isinstance(images, list) or not all(isinstance(x, str) for x in images)):
             raise ApiError(400, f"messages[{i}]: images must be base64 strings")
+        if m.get("thinking") is not None and not isinstance(m.get("thinking"), str):
+            raise ApiError(400, f"messages[{i}]: thinking must be a string")
         out.append(
             Message(
                 role.lower(),
@@ -325,7 +319,7 @@ async def chat(request: Request) -> Response:
     if "completion" not in resolved.info.capabilities:
         raise ApiError(400, f'"{resolved.requested}" does not support chat')
     check_images(resolved, any(m.images for m in messages))
-    _check_think(resolved, body)
+    think = svc.think(resolved, body.get("think"))  # runtime.thinking: on by default for a thinking model
     logprobs, top_logprobs = _logprob_fields(body)
     grammar = grammar_for(body.get("format"))
     options = svc.options(resolved, options_of(body))
@@ -343,7 +337,7 @@ async def chat(request: Request) -> Response:
             }
         )
 
-    text = await svc.chat_prompt(resolved, messages, tools or None)
+    text = await svc.chat_prompt(resolved, messages, tools or None, think)
     if body.get("_debug_render_only"):
         return JSONResponse(
             {
@@ -355,8 +349,10 @@ async def chat(request: Request) -> Response:
             }
         )
 
-    def final(result: Result, content: str) -> dict[str, Any]:
+    def final(result: Result, content: str, thinking: str = "") -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking:
+            message["thinking"] = thinking
         if result.tool_calls:
             message["tool_calls"] = with_call_ids(result.tool_calls)
         out: dict[str, Any] = {
@@ -378,12 +374,13 @@ async def chat(request: Request) -> Response:
         "logprobs": logprobs,
         "top_logprobs": top_logprobs,
         "images": images_of(messages),
+        "think": think,
         **fit,
     }
     if not stream:
         async with cancelled_on_disconnect(request) as cancel:
             result = await collect(svc.complete(resolved, text, options, cancel=cancel, **run))
-        return JSONResponse(final(result, result.text))
+        return JSONResponse(final(result, result.text, result.thinking))
 
     cancel = threading.Event()
     pieces = await begin(svc.complete(resolved, text, options, cancel=cancel, **run))
@@ -397,6 +394,8 @@ async def chat(request: Request) -> Response:
                     "message": {"role": "assistant", "content": item.text},
                     "done": False,
                 }
+                if item.thinking:
+                    line["message"]["thinking"] = item.thinking
                 if logprobs and item.logprobs:
                     line["logprobs"] = item.logprobs
                 yield line

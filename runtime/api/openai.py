@@ -20,6 +20,7 @@ from runtime.api.common import cancelled_on_disconnect, handle_errors, read_json
 from runtime.api.stream import begin, sse
 from runtime.prompts import Message
 from runtime.service import ApiError, Piece, Resolved, Result, collect, grammar_for, images_of, normalize
+from runtime.thinking import ThinkError, openai_think
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
@@ -123,7 +124,14 @@ def _messages(raw: Any, model: Any = None) -> list[Message]:
         tool_name = m.get("name") or call_names.get(m.get("tool_call_id") or "")
         if content is None or isinstance(content, str):
             out.append(
-                Message(role, content or "", tool_calls=calls, tool_name=tool_name, tool_call_id=m.get("tool_call_id"))
+                Message(
+                    role,
+                    content or "",
+                    tool_calls=calls,
+                    tool_name=tool_name,
+                    tool_call_id=m.get("tool_call_id"),
+                    thinking=_reasoning(m, i),
+                )
             )
             continue
         if not isinstance(content, list):
@@ -147,6 +155,15 @@ def _messages(raw: Any, model: Any = None) -> list[Message]:
             else:
                 raise ApiError(400, f"invalid message content part type: {kind!r}")
     return out
+
+
+def _reasoning(m: dict[str, Any], i: int) -> str | None:
+    """An assistant message's earlier thinking: Ollama's ``reasoning``, or ``reasoning_content``
+    as DeepSeek's and vLLM's APIs name it."""
+    value = m.get("reasoning", m.get("reasoning_content"))
+    if value is not None and not isinstance(value, str):
+        raise ApiError(400, f"messages[{i}]: reasoning must be a string")
+    return value or None
 
 
 def _finish(result: Result) -> str:
@@ -221,7 +238,11 @@ async def chat_completions(request: Request) -> Response:
     options = svc.options(resolved, _sampling_options(body))
     grammar = grammar_for(_format(body))
     logprobs, top = _logprob_request(body)
-    text = await svc.chat_prompt(resolved, messages, tools or None)
+    try:  # reasoning_effort / reasoning.effort as think; absent: on for a thinking model
+        think = svc.think(resolved, openai_think(body))
+    except ThinkError as e:
+        raise ApiError(400, str(e)) from None
+    text = await svc.chat_prompt(resolved, messages, tools or None, think)
     ident, created = f"chatcmpl-{random.randrange(999)}", int(time.time())
     run: dict[str, Any] = {
         "keep_alive": None,
@@ -230,6 +251,7 @@ async def chat_completions(request: Request) -> Response:
         "logprobs": logprobs,
         "top_logprobs": top,
         "images": images_of(messages),
+        "think": think,
     }
 
     def choice_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -239,6 +261,8 @@ async def chat_completions(request: Request) -> Response:
         async with cancelled_on_disconnect(request) as cancel:
             result = await collect(svc.complete(resolved, text, options, cancel=cancel, **run))
         message: dict[str, Any] = {"role": "assistant", "content": result.text}
+        if result.thinking:
+            message["reasoning"] = result.thinking
         if result.tool_calls:
             message["tool_calls"] = _openai_tool_calls(result.tool_calls)
         choice: dict[str, Any] = {"index": 0, "message": message, "finish_reason": _finish(result)}
@@ -275,14 +299,17 @@ async def chat_completions(request: Request) -> Response:
         sent_role = False
         async for item in pieces:
             if isinstance(item, Piece):
-                delta: dict[str, Any] = (
-                    {"role": "assistant", "content": item.text} if not sent_role else {"content": item.text}
-                )
-                sent_role = True
-                choice = {"index": 0, "delta": delta, "finish_reason": None}
-                if logprobs:
-                    choice["logprobs"] = choice_logprobs(item.logprobs)
-                yield chunk([choice])
+                # Thinking first, in a chunk of its own, as Ollama splits a piece with both.
+                parts: list[dict[str, Any]] = [{"content": "", "reasoning": item.thinking}] if item.thinking else []
+                if item.text or not item.thinking:
+                    parts.append({"content": item.text})
+                for n, delta in enumerate(parts):
+                    delta = {"role": "assistant", **delta} if not sent_role else delta
+                    sent_role = True
+                    choice = {"index": 0, "delta": delta, "finish_reason": None}
+                    if logprobs:
+                        choice["logprobs"] = choice_logprobs(item.logprobs if n == len(parts) - 1 else [])
+                    yield chunk([choice])
                 continue
             if item.tool_calls:
                 delta = {
@@ -312,9 +339,10 @@ async def completions(request: Request) -> Response:
     suffix = body.get("suffix") or ""
     options = svc.options(resolved, _sampling_options(body, zero_top_p_is_default=True))
     logprobs, top = _logprob_request(body)
-    text = await svc.generate_prompt(resolved, prompt, None, None, suffix) if prompt or suffix else ""
+    think = svc.think(resolved, None)  # as Ollama: a thinking model thinks; the text is its answer only
+    text = await svc.generate_prompt(resolved, prompt, None, None, suffix, think) if prompt or suffix else ""
     ident, created = f"cmpl-{random.randrange(999)}", int(time.time())
-    run: dict[str, Any] = {"keep_alive": None, "logprobs": logprobs, "top_logprobs": top}
+    run: dict[str, Any] = {"keep_alive": None, "logprobs": logprobs, "top_logprobs": top, "think": think}
 
     def chunk_obj(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
         return {
