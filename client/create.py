@@ -534,7 +534,9 @@ def _config(store: Store, model: Descriptor, parent: dict[str, Any], request: Cr
         "model_family": info.get("model_family") or family,
         "model_families": [*families, family],
         "model_type": info.get("parameter_size") or human_count(count),
-        "file_type": info.get("quantization_level") or file_type_name(meta.get("general.file_type")),
+        # Without general.file_type Ollama's config says "unknown" (it also does for 0, all-F32,
+        # where Hangar says F32: see docs/create.md).
+        "file_type": info.get("quantization_level") or file_type_name(meta.get("general.file_type")) or "unknown",
     }
     optional = {
         "renderer": renderer,

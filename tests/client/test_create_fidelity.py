@@ -226,3 +226,39 @@ def test_created_json_is_written_as_ollamas_go_encoder_writes_it(workdir: Path) 
     config = store.blob_path(model.manifest.config.digest).read_bytes()
     assert config.startswith(b'{"model_format":"gguf","model_family":"llama","model_families":["llama"],')
     assert config.endswith(b'"architecture":"amd64","os":"linux"}\n')
+
+
+def test_digests_are_those_ollamas_own_tests_expect(tmp_path: Path) -> None:
+    """The blobs Ollama's server/routes_create_test.go expects by digest, for a GGUF whose only
+    key is general.architecture = "test": the config, the template, the parameters (TestCreate-
+    MergeParameters: created, then merged over in a child FROM it)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(tmp_path / "test.gguf"), "test")
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    home = tmp_path / "home"
+    store = store_of(home).ensure()
+    digest, _ = store.add_blob_file(tmp_path / "test.gguf")
+    create_in(
+        home,
+        CreateRequest(
+            name="test",
+            files={"test.gguf": digest},
+            template="{{ .Prompt }}",
+            parameters={"temperature": 1, "top_k": 10, "stop": ["USER:", "ASSISTANT:"]},
+        ),
+    )
+    create_in(home, CreateRequest(name="test2", base="test", parameters={"temperature": 0.6, "top_p": 0.7}))
+    first = store.get(ModelName.parse("test")).manifest
+    second = store.get(ModelName.parse("test2")).manifest
+    assert first.config is not None and second.config is not None
+    config = "99759ad5b91e723db0393d698ffbb448b1b7df5ff6377a108c49254583b1bc8c"
+    assert first.config.digest.hex == second.config.digest.hex == config
+    by_type = {d.media_type: d.digest.hex for d in first.layers}
+    assert by_type[mt.OLLAMA_TEMPLATE] == "b507b9c2f6ca642bffcd06665ea7c91f235fd32daeefdf875a0f938db05fb315"
+    assert by_type[mt.OLLAMA_PARAMS] == "1d0ad71299d48c2fb7ae2b98e683643e771f8a5b72be34942af90d97a91c1e37"
+    merged = {d.media_type: d.digest.hex for d in second.layers}[mt.OLLAMA_PARAMS]
+    assert merged == "e29a7b3c47287a2489c895d21fe413c20f859a85d20e749492f52a838e36e1ba"
