@@ -231,7 +231,8 @@ def test_created_json_is_written_as_ollamas_go_encoder_writes_it(workdir: Path) 
 def test_digests_are_those_ollamas_own_tests_expect(tmp_path: Path) -> None:
     """The blobs Ollama's server/routes_create_test.go expects by digest, for a GGUF whose only
     key is general.architecture = "test": the config, the template, the parameters (TestCreate-
-    MergeParameters: created, then merged over in a child FROM it)."""
+    MergeParameters: created, then merged over in a child FROM it), the messages
+    (TestCreateReplacesMessages)."""
     import gguf
 
     writer = gguf.GGUFWriter(str(tmp_path / "test.gguf"), "test")
@@ -262,3 +263,11 @@ def test_digests_are_those_ollamas_own_tests_expect(tmp_path: Path) -> None:
     assert by_type[mt.OLLAMA_PARAMS] == "1d0ad71299d48c2fb7ae2b98e683643e771f8a5b72be34942af90d97a91c1e37"
     merged = {d.media_type: d.digest.hex for d in second.layers}[mt.OLLAMA_PARAMS]
     assert merged == "e29a7b3c47287a2489c895d21fe413c20f859a85d20e749492f52a838e36e1ba"
+    messages = [
+        {"role": "assistant", "content": "What is my purpose?"},
+        {"role": "user", "content": "You run tests."},
+        {"role": "assistant", "content": "Oh, my god."},
+    ]
+    create_in(home, CreateRequest(name="test3", base="test", messages=messages))
+    layers = {d.media_type: d.digest.hex for d in store.get(ModelName.parse("test3")).manifest.layers}
+    assert layers[mt.OLLAMA_MESSAGES] == "298baeaf6928a60cf666d88d64a1ba606feb43a2865687c39e40652e407bffc4"
