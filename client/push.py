@@ -135,7 +135,9 @@ class BlobUpload:
                 self.offset = end
                 self._save(location)
                 failures = 0
-            except (errors.RegistryUnreachable, errors.RequestFailed, httpx.TransportError) as e:
+            # StreamConsumed: the token expired under this part (401); the auth flow got a new
+            # one but cannot send a streamed part twice, so the part goes again from the offset.
+            except (errors.RegistryUnreachable, errors.RequestFailed, httpx.TransportError, httpx.StreamConsumed) as e:
                 if isinstance(e, errors.RequestFailed) and e.status < 500 and e.status != 416:
                     raise
                 failures += 1

@@ -4,6 +4,7 @@ Principals are anonymous, users (signed in with an ed25519 key) or robots (a nam
 token, presented with HTTP Basic at the token endpoint). What a principal may do to a repository:
 
 ==================================  =======================
+(the namespace is a repository name's first component; ``library`` for a one-part name)
 public repository                   anyone: pull
 user's own namespace                that user: everything
 organisation namespace              owner, writer: everything; reader: pull
@@ -35,7 +36,7 @@ import jwt
 from registry.accounts import Accounts
 from registry.db import utcnow
 from registry.oci.auth import ACTIONS, Scope
-from registry.oci.names import repository_key
+from registry.oci.names import repository_key, repository_namespace
 
 ALL = frozenset(ACTIONS)
 
@@ -78,7 +79,7 @@ class Authority:
 
     def allowed(self, principal: Principal, repository: str) -> frozenset[str]:
         """Every action ``principal`` may take on ``repository`` (reads the database)."""
-        namespace = repository_key(repository).split("/")[0]
+        namespace = repository_namespace(repository)  # a one-part name is library's
         actions: set[str] = set()
         if self.accounts.repository_visibility(repository) == "public":
             actions.add("pull")

@@ -1,8 +1,8 @@
 """Registry metadata: the only module that issues SQL.
 
 Every method is synchronous and runs one short transaction; the HTTP handlers call them through
-a thread pool, and command-line tools call them directly. Names passed in are repository paths
-(``namespace/model``) already validated by the caller."""
+a thread pool, and command-line tools call them directly. Names passed in are repository names
+(``namespace/model``, or any OCI name) already validated by the caller."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from registry.db import WRITE, utcnow
 from registry.models import Account, Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Secret, Tag, Upload
 from registry.oci.digest import Digest
 from registry.oci.manifest import Manifest as ParsedManifest
-from registry.oci.names import repository_key
+from registry.oci.names import DEFAULT_NAMESPACE, repository_key, repository_namespace
 from registry.storage import CHUNK_SIZE, BlobInfo
 
 _repository = cast(Table, Repository.__table__)
@@ -107,7 +107,7 @@ class Metadata:
         key = repository_key(name)
         # A new repository takes its namespace's default visibility.
         visibility = conn.execute(
-            select(_account.c.default_visibility).where(_account.c.key == key.split("/")[0])
+            select(_account.c.default_visibility).where(_account.c.key == repository_namespace(key))
         ).scalar()
         conn.execute(
             self._insert(conn, _repository)
@@ -138,12 +138,10 @@ class Metadata:
             if last:
                 query = query.where(key > repository_key(last))
             if namespaces is not None:
-                query = query.where(
-                    or_(
-                        _repository.c.visibility == "public",
-                        *(_repository.c.key.startswith(ns.lower() + "/", autoescape=True) for ns in namespaces),
-                    )
-                )
+                readable = [_repository.c.key.startswith(ns.lower() + "/", autoescape=True) for ns in namespaces]
+                if DEFAULT_NAMESPACE in {ns.lower() for ns in namespaces}:
+                    readable.append(~_repository.c.key.contains("/"))  # one-part names are library's
+                query = query.where(or_(_repository.c.visibility == "public", *readable))
             return list(conn.execute(query).scalars())
 
     # -- blobs -----------------------------------------------------------------------------
@@ -327,6 +325,7 @@ class Metadata:
                     refs,
                 )
             if tag is not None:
+                tag = self._tag_name(conn, repo_id, tag) or tag  # keep the spelling already there
                 conn.execute(
                     self._insert(conn, _tag)
                     .values(repository_id=repo_id, name=tag, manifest_id=manifest_id, updated_at=now)
@@ -335,22 +334,37 @@ class Metadata:
                     )
                 )
 
+    def _tag_name(self, conn: Connection, repo_id: int, tag: str) -> str | None:
+        """The stored spelling of ``tag``: itself, else the one equal to it ignoring case (the
+        byte-wise first, should an OCI client have pushed several). Tags compare as Ollama's
+        names do (protocol spec §1.4), so ``LATEST`` finds ``latest``."""
+        names = list(
+            conn.execute(
+                select(_tag.c.name).where(_tag.c.repository_id == repo_id, func.lower(_tag.c.name) == tag.lower())
+            ).scalars()
+        )
+        if tag in names:
+            return tag
+        return min(names) if names else None
+
     def get_manifest(self, name: str, reference: str) -> StoredManifest | None:
-        """A manifest by tag, or by digest when ``reference`` is one."""
+        """A manifest by tag (``_tag_name``), or by digest when ``reference`` is one."""
         cols = (_manifest.c.digest, _manifest.c.media_type, _manifest.c.content)
-        if reference.startswith("sha256:"):
-            query = (
-                select(*cols)
-                .select_from(_manifest.join(_repository))
-                .where(_repository.c.key == repository_key(name), _manifest.c.digest == reference)
-            )
-        else:
-            query = (
-                select(*cols)
-                .select_from(_tag.join(_manifest, _tag.c.manifest_id == _manifest.c.id).join(_repository))
-                .where(_repository.c.key == repository_key(name), _tag.c.name == reference)
-            )
         with self._read() as conn:
+            repo_id = self._repository_id(conn, name)
+            if repo_id is None:
+                return None
+            if reference.startswith("sha256:"):
+                query = select(*cols).where(_manifest.c.repository_id == repo_id, _manifest.c.digest == reference)
+            else:
+                tag = self._tag_name(conn, repo_id, reference)
+                if tag is None:
+                    return None
+                query = (
+                    select(*cols)
+                    .select_from(_tag.join(_manifest, _tag.c.manifest_id == _manifest.c.id))
+                    .where(_tag.c.repository_id == repo_id, _tag.c.name == tag)
+                )
             row = conn.execute(query).first()
         return StoredManifest(row[0], row[1], row[2]) if row else None
 
@@ -376,7 +390,10 @@ class Metadata:
             repo_id = self._repository_id(conn, name)
             if repo_id is None:
                 return False
-            result = conn.execute(delete(_tag).where(_tag.c.repository_id == repo_id, _tag.c.name == tag))
+            stored = self._tag_name(conn, repo_id, tag)
+            if stored is None:
+                return False
+            result = conn.execute(delete(_tag).where(_tag.c.repository_id == repo_id, _tag.c.name == stored))
             return result.rowcount > 0
 
     def list_tags(self, name: str, n: int, last: str | None) -> list[str] | None:

@@ -1,5 +1,6 @@
 """Small HTTP servers run in a thread for the tests: an Ollama-style front that redirects blob
-downloads to a "CDN" on another host name, and that CDN."""
+downloads to a "CDN" on another host name, and that CDN; a proxy that records what the registry
+received (and may lie about its answers)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -145,3 +146,41 @@ def digestless_front_app(registry_url: str, manifest_requests: list[str]) -> Sta
                         headers={k: v for k, v in r.headers.items() if k.lower() not in dropped})  # fmt: skip
 
     return Starlette(routes=[Route("/{path:path}", forward, methods=["GET", "HEAD"])])
+
+
+def recording_front_app(
+    registry_url: str,
+    received: list[tuple[str, str, int]],
+    rewrite: Callable[[Request, dict[str, str]], None] | None = None,
+) -> Starlette:
+    """Forwards everything to a registry as a plain reverse proxy (its own Host; the registry's
+    URLs in ``Location`` headers rewritten to the front's), recording ``(method, path with query,
+    request body bytes)`` of each request: what the registry received. ``rewrite(request,
+    headers)`` may change an answer's headers (a lying registry)."""
+    client = httpx.AsyncClient(timeout=60)
+
+    async def forward(request: Request) -> Response:
+        body = await request.body()
+        query = request.url.query
+        received.append((request.method, request.url.path + ("?" + query if query else ""), len(body)))
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        url = registry_url + request.url.path + ("?" + query if query else "")
+        r = await client.request(request.method, url, headers=headers, content=body)
+        front = str(request.base_url).rstrip("/")
+        out = {k: v for k, v in r.headers.items() if k.lower() not in _HOP}
+        for key in ("location", "docker-upload-location"):
+            if key in out:
+                out[key] = out[key].replace(registry_url, front)
+        if "www-authenticate" in out:
+            out["www-authenticate"] = out["www-authenticate"].replace(registry_url, front)
+        if rewrite is not None:
+            rewrite(request, out)
+        return Response(r.content, status_code=r.status_code, headers=out)
+
+    methods = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+    return Starlette(routes=[Route("/{path:path}", forward, methods=methods)])
+
+
+def blob_bytes_received(received: list[tuple[str, str, int]]) -> int:
+    """Request body bytes that went to blob uploads (POST, PATCH, PUT under ``/blobs/uploads``)."""
+    return sum(n for method, path, n in received if "/blobs/uploads" in path and method in ("POST", "PATCH", "PUT"))

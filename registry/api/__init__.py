@@ -15,10 +15,12 @@ from registry.oci.errors import RegistryError
 
 
 class RepositoryConvertor(Convertor[str]):
-    """``namespace/model``: exactly two segments (their characters are checked by the handler,
-    which answers NAME_INVALID rather than a bare 404)."""
+    """A repository name of one or more ``/``-separated segments (OCI names have any depth; the
+    handler checks the grammar and answers NAME_INVALID rather than a bare 404). The route's
+    anchored suffix (``/manifests/<ref>``, ``/blobs/uploads/<id>`` …, whose parameters are one
+    segment each) decides where the name ends, so ``a/b/c/manifests/v1`` names ``a/b/c``."""
 
-    regex = "[^/]+/[^/]+"
+    regex = "[^/]+(?:/[^/]+)*"
 
     def convert(self, value: str) -> str:
         return value
@@ -53,9 +55,7 @@ async def unmatched(request: Request) -> Response:
     m = _REPO_ROUTE_RE.match(request.url.path)
     if m:
         name = m.group("name")
-        raise RegistryError(
-            "NAME_INVALID", f"invalid repository name {name!r}: expected namespace/model", detail={"name": name}
-        )
+        raise RegistryError("NAME_INVALID", f"invalid repository name {name!r}", detail={"name": name})
     raise RegistryError("UNSUPPORTED", "no such endpoint", status=404)
 
 

@@ -16,7 +16,7 @@ from registry.meta import Metadata
 from registry.oci.auth import Scope, challenge
 from registry.oci.digest import Digest, InvalidDigest
 from registry.oci.errors import RegistryError
-from registry.oci.names import InvalidName, is_valid_tag, parse_repository
+from registry.oci.names import InvalidName, is_valid_tag, parse_registry_repository
 from registry.origins import Origins, origins
 from registry.ratelimit import AuditThrottle, TtlCache
 from registry.signing import UrlSigner
@@ -50,10 +50,10 @@ def services(request: Request) -> Services:
 
 
 def repository(request: Request) -> str:
-    """The ``namespace/model`` path parameter, validated."""
+    """The repository name path parameter, validated (``parse_registry_repository``)."""
     name: str = request.path_params["name"]
     try:
-        parse_repository(name)
+        parse_registry_repository(name)
     except InvalidName as e:
         raise RegistryError("NAME_INVALID", str(e), detail={"name": name}) from None
     return name
@@ -160,8 +160,12 @@ async def audit(request: Request, actor: str, action: str, target: str, outcome:
     await run_in_threadpool(svc.accounts.audit, actor, action, target, outcome, address, **detail)
 
 
-async def bearer_grant(request: Request) -> Grant | None:
-    """The grant of the request's bearer token; None without one; 401 for a bad one (audited)."""
+async def bearer_grant(request: Request, scope: Scope | None = None) -> Grant | None:
+    """The grant of the request's bearer token; None without one; 401 for a bad one (audited).
+
+    The 401 names ``scope``, the scope of the request being refused: a client whose token
+    expired mid-push asks for a new one with the challenge's scope, and Ollama's asks for an
+    empty scope (then fails) when the challenge names none."""
     header = request.headers.get("authorization", "")
     if not header.lower().startswith("bearer "):
         return None
@@ -170,7 +174,7 @@ async def bearer_grant(request: Request) -> Grant | None:
         return await run_in_threadpool(services(request).authority.verify, header[7:].strip(), audience)
     except InvalidToken as e:
         await audit(request, "unknown", "auth", request.url.path, "denied", reason=str(e))
-        raise unauthorized(request, message=str(e)) from None
+        raise unauthorized(request, scope, message=str(e)) from None
 
 
 async def authorize(request: Request, name: str, action: str) -> Principal:
@@ -182,12 +186,12 @@ async def authorize(request: Request, name: str, action: str) -> Principal:
     svc = services(request)
     if svc.settings.auth == "off":
         return ANONYMOUS
-    grant = await bearer_grant(request)
+    wanted = Scope(name, frozenset({"pull", action}))
+    grant = await bearer_grant(request, wanted)
     if grant is not None and grant.allows(name, action):
         return grant.principal
     principal = grant.principal if grant is not None else ANONYMOUS
     possible = await run_in_threadpool(svc.authority.allowed, principal, name)
-    wanted = Scope(name, frozenset({"pull", action}))
     if action in possible:
         if grant is None and action == "pull":
             return ANONYMOUS  # anonymous pulls of public repositories need no token
@@ -198,7 +202,9 @@ async def authorize(request: Request, name: str, action: str) -> Principal:
     await audit(request, principal.actor, action, name, "denied", reason="no permission")
     if action == "pull" and "pull" not in possible:
         raise RegistryError("NAME_UNKNOWN", detail={"name": name})
-    raise RegistryError("DENIED", f"{principal.actor} may not {action} {name}")
+    # Ollama's CLI explains a refused push ("you are not authorized to push to this namespace")
+    # only when the message says "access denied" or "unauthorized" (protocol spec §4.1).
+    raise RegistryError("DENIED", f"access denied: {principal.actor} may not {action} {name}")
 
 
 async def readable_namespaces(request: Request) -> set[str] | None:

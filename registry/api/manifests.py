@@ -1,7 +1,8 @@
 """``/v2/<name>/manifests/<reference>``: GET, HEAD, PUT and DELETE by tag or digest, and the
 OCI 1.1 referrers API (``/v2/<name>/referrers/<digest>``).
 
-Manifests are stored and served byte for byte with the media type they were pushed with."""
+Manifests are stored and served byte for byte with the media type they were pushed with, to
+clients whose ``Accept`` takes that type (``acceptable``); others get 404 MANIFEST_UNKNOWN."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ from registry.oci.errors import RegistryError
 from registry.oci.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
 
 
+def acceptable(request: Request, media_type: str) -> bool:
+    """Whether the request's ``Accept`` takes a manifest of ``media_type``: it names that type,
+    or ``*/*`` / ``application/*``, or there is no ``Accept`` at all (``q`` values ignored, as
+    distribution ignores them)."""
+    values = [v.split(";", 1)[0].strip().lower() for h in request.headers.getlist("accept") for v in h.split(",")]
+    values = [v for v in values if v]
+    return not values or any(v in (media_type.lower(), "*/*", "application/*") for v in values)
+
+
 async def _lookup(request: Request) -> StoredManifest:
     name = repository(request)
     reference = reference_param(request.path_params["reference"])
@@ -29,6 +39,13 @@ async def _lookup(request: Request) -> StoredManifest:
         if not await run_in_threadpool(svc.meta.repository_exists, name):
             raise RegistryError("NAME_UNKNOWN", detail={"name": name})
         raise RegistryError("MANIFEST_UNKNOWN", detail={"reference": str(reference)})
+    if not acceptable(request, stored.media_type):
+        # As distribution answers a client that cannot read what is stored (it never converts).
+        raise RegistryError(
+            "MANIFEST_UNKNOWN",
+            f"manifest of type {stored.media_type} found, but the Accept header does not take it",
+            detail={"reference": str(reference), "mediaType": stored.media_type},
+        )
     return stored
 
 

@@ -2,6 +2,8 @@
 
 - ``POST`` starts a session (202, absolute ``Location``), uploads a whole blob with
   ``?digest=`` (201), or mounts a blob from another repository with ``?mount=&from=`` (201).
+  ``?digest=`` without a body (Ollama's tensor-model push) is 201 when this repository has the
+  blob, else a new session (202).
 - ``PATCH`` appends a chunk. ``Content-Range`` may be ``a-b`` (Ollama) or ``bytes=a-b``; a
   chunk must start where the upload ends, otherwise 416 with the ``Range`` we have.
 - ``GET`` reports the ``Range`` received so far (204), so an interrupted upload resumes.
@@ -33,7 +35,7 @@ from registry.api.common import (
 )
 from registry.oci.digest import Digest
 from registry.oci.errors import RegistryError
-from registry.oci.names import InvalidName, parse_repository
+from registry.oci.names import InvalidName, parse_registry_repository
 from registry.storage import (
     DigestMismatch,
     IncompleteChunk,
@@ -44,6 +46,8 @@ from registry.storage import (
     put_blob,
 )
 
+# The one digest an empty monolithic upload can have.
+EMPTY_DIGEST = Digest.of_bytes(b"")
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[= ])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
 
 
@@ -144,7 +148,7 @@ async def start_upload(request: Request) -> Response:
         digest = digest_param(query["mount"])
         source = query.get("from", "")
         try:
-            parse_repository(source)
+            parse_registry_repository(source)
             readable = svc.settings.auth == "off" or "pull" in await run_in_threadpool(
                 svc.authority.allowed, principal, source
             )
@@ -153,7 +157,18 @@ async def start_upload(request: Request) -> Response:
         if readable and await run_in_threadpool(svc.meta.mount_blob, name, source, digest) is not None:
             return _created(request, name, digest)
 
-    if "digest" in query:  # monolithic upload
+    if "digest" in query and not has_body(request) and digest_param(query["digest"]) != EMPTY_DIGEST:
+        # Ollama's tensor-model push (protocol spec §7.5): ``?digest=`` with no body asks "have
+        # you got it? else give me a session" (``X-Redirect-Uploads: 2``, ``X-Content-Length``).
+        # Never the empty monolithic upload it looks like, which could only fail the digest.
+        # "Got it" means linked into this repository: elsewhere would let anyone who knows a
+        # digest link a blob they cannot read.
+        digest = digest_param(query["digest"])
+        if await run_in_threadpool(svc.meta.blob_size, name, digest) is not None:
+            return _created(request, name, digest)
+        # No X-Direct-Upload-URL (there is no object store to hand out): the client falls back
+        # to PATCHing the session and committing it with PUT ?digest=.
+    elif "digest" in query:  # monolithic upload
         digest = digest_param(query["digest"])
         upload_id = str(uuid.uuid4())
         try:

@@ -1,4 +1,4 @@
-"""Model and repository names, shared by the registry, the client and the runtime.
+r"""Model and repository names, shared by the registry, the client and the runtime.
 
 A model name has four parts, ``host/namespace/model:tag`` (Ollama's grammar):
 
@@ -11,8 +11,12 @@ model      (required)            first ``[A-Za-z0-9_]``, then ``[A-Za-z0-9_.-]``
 tag        ``latest``            first ``[A-Za-z0-9_]``, then ``[A-Za-z0-9_.-]``  1..80
 =========  ====================  =============================================  ======
 
-The registry's repository path is ``namespace/model``. Names keep their spelling but compare
-case-insensitively (``repository_key``), as Ollama looks them up.
+The registry's repository path is ``namespace/model`` for Ollama's names. On ``/v2/`` the registry
+also takes any OCI distribution repository name (``parse_registry_repository``): lower-case
+components ``[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`` joined by ``/``, any number of them, 255
+characters at most. Its first component is its namespace (who may push it); a one-part name such
+as ``alpine`` belongs to ``library`` (``repository_namespace``), as Docker Hub reads it. Names keep
+their spelling but compare case-insensitively (``repository_key``), as Ollama looks them up.
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ _HOST_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
 _NAMESPACE_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
 _MODEL_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 _TAG_RE = _MODEL_RE
+# OCI repository names (distribution-spec "Pulling manifests"; distribution's reference package
+# caps the whole name at 255 characters).
+_OCI_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+_OCI_REPOSITORY_RE = re.compile(rf"{_OCI_COMPONENT}(?:/{_OCI_COMPONENT})*")
+OCI_REPOSITORY_MAX = 255
 # OCI tags: Ollama's tag alphabet, up to the OCI limit of 128 characters.
 _OCI_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -62,6 +71,33 @@ def parse_repository(name: str) -> tuple[str, str]:
             "(letters, digits, '_', '-'; the model may also contain '.')"
         )
     return parts[0], parts[1]
+
+
+def is_oci_repository(name: str) -> bool:
+    """A repository name in the OCI distribution grammar (any depth, lower case)."""
+    return len(name) <= OCI_REPOSITORY_MAX and _OCI_REPOSITORY_RE.fullmatch(name) is not None
+
+
+def parse_registry_repository(name: str) -> str:
+    """A repository name the registry serves on ``/v2/``: Ollama's ``namespace/model`` (mixed
+    case allowed) or any OCI name; raise InvalidName otherwise."""
+    try:
+        parse_repository(name)
+    except InvalidName:
+        if not is_oci_repository(name):
+            raise InvalidName(
+                f"invalid repository name {name!r}: expected namespace/model, or an OCI name "
+                "(lower-case components of letters and digits joined by '.', '_', '__' or '-', "
+                "separated by '/', at most 255 characters)"
+            ) from None
+    return name
+
+
+def repository_namespace(name: str) -> str:
+    """The namespace a repository belongs to, lower case: its first component, or ``library``
+    for a one-part name."""
+    key = repository_key(name)
+    return key.split("/", 1)[0] if "/" in key else DEFAULT_NAMESPACE
 
 
 def repository_key(name: str) -> str:

@@ -15,8 +15,10 @@ from client.config import load
 from client.pull import pull
 from client.push import push
 from client.store import Store
+from registry.oci.names import ModelName
 from registry.storage import CHUNK_SIZE
 from tests.client.conftest import make_model
+from tests.frontends import ThreadedServer, recording_front_app
 
 
 def flip(path: Path, offset: int) -> int:
@@ -122,3 +124,27 @@ def test_prefix_hash_of_a_truncated_file_is_an_error_not_a_crash(tmp_path: Path)
             pull_module._sha256(fd, 0, 5000)
     finally:
         os.close(fd)
+
+
+def test_a_manifest_whose_docker_content_digest_disagrees_is_refused(registry, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A registry (or anything between) that says one digest and sends other bytes: the pull
+    stops before fetching a blob, and nothing is stored under the name."""
+    alice = load({"HANGAR_HOME": str(tmp_path / "alice")})
+    a = Store(alice.models).ensure()
+    name = make_model(a, f"{registry.host}/lying/model", os.urandom(50_000))
+    asyncio.run(push(name, a, alice))
+    wrong = "sha256:" + "0" * 64
+
+    def lie(request, headers: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+        if "/manifests/" in request.url.path:
+            headers["docker-content-digest"] = wrong
+
+    received: list[tuple[str, str, int]] = []
+    with ThreadedServer(recording_front_app(registry.url, received, rewrite=lie)) as front:
+        via_front = ModelName.parse(f"127.0.0.1:{front.port}/lying/model")
+        bob = load({"HANGAR_HOME": str(tmp_path / "bob")})
+        b = Store(bob.models).ensure()
+        with pytest.raises(errors.IntegrityError, match="manifest digest mismatch"):
+            asyncio.run(pull(via_front, b, bob))
+    assert not [p for m, p, _ in received if "/blobs/" in p]
+    assert not b.manifest_path(via_front).exists() and b.models() == []

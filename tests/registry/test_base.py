@@ -16,13 +16,18 @@ def test_api_version(client: httpx.Client) -> None:
 @pytest.mark.parametrize(
     "path",
     [
-        "/v2/a/b/c/manifests/latest",
-        "/v2/onlyone/manifests/latest",
-        "/v2/bad.ns/model/manifests/latest",
+        # Neither Ollama's namespace/model nor an OCI name (lower case, any depth, <= 255).
+        "/v2/a/B/c/manifests/latest",
+        "/v2/OnlyOne/manifests/latest",
+        "/v2/Bad.ns/model/manifests/latest",
         "/v2/ns/-model/tags/list",
         "/v2/ns/mo%20del/blobs/sha256:" + "0" * 64,
-        "/v2/" + "n" * 81 + "/m/tags/list",
-        "/v2/a/b/c/blobs/uploads/",
+        "/v2/" + "N" * 81 + "/m/tags/list",
+        "/v2/" + "/".join(["n" * 63] * 3 + ["n" * 64]) + "/tags/list",  # 256 characters: 255 is the most
+        "/v2/a/b/c..d/tags/list",
+        "/v2/a/b/c_/manifests/latest",
+        "/v2/a//b/manifests/latest",
+        "/v2/a/B/c/blobs/uploads/",
     ],
 )
 def test_invalid_repository_names(client: httpx.Client, path: str) -> None:
