@@ -253,26 +253,31 @@ def write_tiny_lora(path: Path, *, dim: int = 64, layers: int = 2, rank: int = 4
 # it only answers. Its own closing tag comes in two tokens ("</", "think>"), so a streaming parser
 # sees the tag split across tokens.
 THINKER_SPECIAL = ["<|assistant|>", "<think>", "</think>"]
-THINKER_PIECES = ["The", "▁user", "▁said", "▁hi.", "</", "think>", "Hello", "!"]
-THINKER_SCRIPT = ["<|assistant|>", "<think>", *THINKER_PIECES[:6], "<0x0A>", "Hello", "!", "</s>"]
+THINKER_THOUGHT = ["The", "▁user", "▁said", "▁hi.", "</", "think>"]
 THINKER_THINKING = "The user said hi."
 THINKER_ANSWER = "Hello!"
 THINKER_OUTPUT = "<think>The user said hi.</think>\nHello!"  # after <|assistant|>
+# A tool call in four tokens, for write_tiny_thinker(answer=…) (llama-cpp-python's detokenize
+# drops a token longer than 32 bytes).
+THINKER_CALL = ("<tool_call>", '{"name":"get_weather",', '"arguments":{"city":"Paris"}}', "</tool_call>")
 
 
-def write_tiny_thinker(path: Path, *, dim: int = 64) -> Path:
+def write_tiny_thinker(path: Path, *, dim: int = 64, answer: tuple[str, ...] = ("Hello", "!")) -> Path:
+    """The scripted thinker; ``answer`` is what it writes after thinking, one token per item."""
     import itertools
 
     import gguf
 
-    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + THINKER_PIECES + THINKER_SPECIAL
+    pieces = THINKER_THOUGHT + list(answer)
+    script = ["<|assistant|>", "<think>", *THINKER_THOUGHT, "<0x0A>", *answer, "</s>"]
+    tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces + THINKER_SPECIAL
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]
-    types += [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * len(THINKER_PIECES)
+    types += [gguf.TokenType.BYTE] * 256 + [gguf.TokenType.NORMAL] * len(pieces)
     types += [gguf.TokenType.USER_DEFINED] * len(THINKER_SPECIAL)
-    scores = [0.0] * 259 + [-float(i + 1) for i in range(len(THINKER_PIECES) + len(THINKER_SPECIAL))]
+    scores = [0.0] * 259 + [-float(i + 1) for i in range(len(pieces) + len(THINKER_SPECIAL))]
     ids = {t: i for i, t in enumerate(tokens)}
-    successor = dict(itertools.pairwise(THINKER_SCRIPT))
-    successor["</think>"] = "Hello"  # thinking turned off by the template
+    successor = dict(itertools.pairwise(script))
+    successor["</think>"] = answer[0]  # thinking turned off by the template
     vocab, heads, ff = len(tokens), 4, dim * 2
     embeddings = np.zeros((vocab, dim), dtype=np.float32)
     output = np.zeros((vocab, dim), dtype=np.float32)

@@ -33,7 +33,14 @@ from runtime.thinking import (
 )
 from tests.runtime.test_cli import cli_env, hangar
 from tests.servers import RuntimeProcess
-from tests.tinymodels import THINKER_ANSWER, THINKER_OUTPUT, THINKER_THINKING, add_model, write_tiny_thinker
+from tests.tinymodels import (
+    THINKER_ANSWER,
+    THINKER_CALL,
+    THINKER_OUTPUT,
+    THINKER_THINKING,
+    add_model,
+    write_tiny_thinker,
+)
 
 # A Qwen3-style template: earlier thinking written back, thinking turned off by an empty block.
 THINK_TEMPLATE = (
@@ -42,6 +49,21 @@ THINK_TEMPLATE = (
     "{{- if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}\n"
     "{{ end }}<|assistant|>{{ if and .IsThinkSet (not .Think) }}<think></think>{{ end }}"
 )
+TOOLS_TEMPLATE = (
+    "{{- if .Tools }}<|system|>{{ json .Tools }}\n{{ end }}"
+    "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}\n{{ end }}"
+    "<|assistant|>{{ if not .Think }}<think></think>{{ end }}"
+)
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 PLAIN_TEMPLATE = "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}\n{{ end }}<|assistant|>"
 HI: Any = [{"role": "user", "content": "hi"}]  # Any: the openai package types its messages
 
@@ -163,6 +185,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]
         store, "thinker-parser", gguf, template=PLAIN_TEMPLATE + "<think>", params=params, config={"parser": "qwen3"}
     )
     add_model(store, "thinker-plain", gguf, template=PLAIN_TEMPLATE, params=params)
+    caller = write_tiny_thinker(tmp_path_factory.mktemp("caller") / "caller.gguf", answer=THINKER_CALL)
+    add_model(store, "thinker-tools", caller, template=TOOLS_TEMPLATE, params=params)
     proc = RuntimeProcess(home).start()
     yield proc
     proc.stop()
@@ -254,6 +278,27 @@ def test_config_listed_and_parser_models(api: httpx.Client) -> None:
     streamed = lines(api.post("/api/generate", json={"model": "thinker-parser", "prompt": "hi"}))
     assert "".join(i.get("thinking", "") for i in streamed) == THINKER_THINKING
     assert "".join(i["response"] for i in streamed) == THINKER_ANSWER
+
+
+def test_thinking_then_a_tool_call(api: httpx.Client, served: RuntimeProcess) -> None:
+    """The parser separates the thinking, then the content is read for tool calls."""
+    body = {"model": "thinker-tools", "messages": HI, "tools": TOOLS}
+    caps = api.post("/api/show", json={"model": "thinker-tools"}).json()["capabilities"]
+    assert "tools" in caps and "thinking" in caps
+    r = api.post("/api/chat", json={**body, "stream": False}).json()
+    assert r["message"]["thinking"] == THINKER_THINKING and r["message"]["content"] == ""
+    call = {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}
+    assert [c["function"] for c in r["message"]["tool_calls"]] == [call]
+    streamed = lines(api.post("/api/chat", json=body))
+    assert "".join(i["message"].get("thinking", "") for i in streamed) == THINKER_THINKING
+    assert "".join(i["message"]["content"] for i in streamed) == ""  # the call was held back
+    assert [c["function"] for c in streamed[-1]["message"]["tool_calls"]] == [call]
+    oa = openai.OpenAI(base_url=served.url + "/v1", api_key="unused")
+    done = oa.chat.completions.create(model="thinker-tools", messages=HI, tools=TOOLS)
+    assert done.choices[0].finish_reason == "tool_calls"
+    assert (done.choices[0].message.model_extra or {})["reasoning"] == THINKER_THINKING
+    called = done.choices[0].message.tool_calls or []
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in called] == [("get_weather", {"city": "Paris"})]
 
 
 def test_structured_output_applies_after_the_thinking(api: httpx.Client) -> None:
