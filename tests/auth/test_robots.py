@@ -30,7 +30,10 @@ def test_skopeo_copies_a_private_model_out_with_a_robot_token(people, tmp_path: 
     refused = subprocess.run(
         ["skopeo", "inspect", "--raw", "--tls-verify=false", source], capture_output=True, text=True
     )
-    assert refused.returncode != 0
+    assert (
+        refused.returncode != 0
+        and f"reading manifest v1 in {host}/{alice.name}/private: unauthorized" in refused.stderr
+    )
 
     # A pull robot copies it out, byte for byte.
     robot = alice.account.create_robot(alice.name, "ci", "pull", 3600)
@@ -56,11 +59,13 @@ def test_skopeo_copies_a_private_model_out_with_a_robot_token(people, tmp_path: 
         capture_output=True, text=True,
     )  # fmt: skip
     assert denied.returncode != 0
+    assert f"denied: access denied: robot:{robot['username']} may not push {alice.name}/private" in denied.stderr
     elsewhere = subprocess.run(
         ["skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", push_creds, f"oci:{layout}:v1", f"docker://{host}/other/x:v1"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert elsewhere.returncode != 0
+    assert f"denied: access denied: robot:{pusher['username']} may not push other/x" in elsewhere.stderr
 
     # Deleted tokens stop working.
     alice.account.delete_robot(alice.name, "ci")
@@ -68,6 +73,7 @@ def test_skopeo_copies_a_private_model_out_with_a_robot_token(people, tmp_path: 
         ["skopeo", "inspect", "--raw", "--tls-verify=false", "--creds", creds, source], capture_output=True, text=True
     )
     assert gone.returncode != 0
+    assert f"invalid or expired robot credentials, or a disabled account, for '{robot['username']}'" in gone.stderr
     assert any(
         "robot" in r.detail.get("reason", "") for r in audit_rows(alice.registry, action="auth", outcome="denied")
     )

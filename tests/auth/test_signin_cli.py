@@ -80,7 +80,8 @@ def test_signup_signin_whoami_and_second_device(auth_registry: RegistryProcess, 
             break
     assert code, "".join(seen)
     # An unapproved key may not act for the account.
-    assert hangar(desktop, "whoami", auth_registry.host, check=False).returncode != 0
+    unapproved = hangar(desktop, "whoami", auth_registry.host, check=False)
+    assert unapproved.returncode != 0 and "this key is not bound to an account" in unapproved.stderr, unapproved
     assert "approved key SHA256:" in hangar(laptop, "keys", "approve", code, auth_registry.host).stdout
     rest, _ = waiting.communicate(timeout=30)
     assert waiting.returncode == 0 and f"as '{name}'" in rest
@@ -91,7 +92,8 @@ def test_signup_signin_whoami_and_second_device(auth_registry: RegistryProcess, 
 
     # Sign out on the desktop removes only its key.
     assert "Signed out" in hangar(desktop, "signout", auth_registry.host).stdout
-    assert hangar(desktop, "whoami", auth_registry.host, check=False).returncode != 0
+    signed_out = hangar(desktop, "whoami", auth_registry.host, check=False)
+    assert signed_out.returncode != 0 and "this key is not bound to an account" in signed_out.stderr, signed_out
     assert hangar(laptop, "keys", "list", auth_registry.host).stdout.count("SHA256:") == 1
 
     actions = {(r.action, r.outcome) for r in audit_rows(auth_registry, actor=name)}
