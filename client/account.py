@@ -22,6 +22,7 @@ from client import errors
 from client.config import ClientSettings
 from client.http import TIMEOUT, USER_AGENT, registry_url, tls_verify
 from client.keys import Identity
+from client.limits import ACCEPT_ENCODING, SMALL_BODY_LIMIT, read_body_sync
 from registry.oci.auth import API_SIGNATURE_HEADER, API_SIGNATURE_VERSION, api_signing_string, go_query
 from registry.oci.names import ModelName
 
@@ -61,11 +62,14 @@ class AccountClient:
             API_SIGNATURE_HEADER: API_SIGNATURE_VERSION,
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
+            "Accept-Encoding": ACCEPT_ENCODING,
         }
         try:
             verify = tls_verify(self.settings, httpx.URL(self.base).netloc.decode())
             with httpx.Client(timeout=TIMEOUT, verify=verify) as http:
-                response = http.request(method, self.base + path_and_query, content=raw, headers=headers)
+                request = http.build_request(method, self.base + path_and_query, content=raw, headers=headers)
+                response = http.send(request, stream=True)
+                read_body_sync(response, SMALL_BODY_LIMIT, f"{method} {path}")  # capped: client.limits
         except httpx.TransportError as e:
             raise errors.RegistryUnreachable(f"cannot reach {self.base}: {e}") from None
         try:

@@ -24,6 +24,7 @@ import httpx
 from client import errors
 from client.credentials import display, limit_scopes, refuse_downgrade, registry_host, same_origin
 from client.keys import Identity
+from client.limits import ERROR_BODY_LIMIT, TOKEN_LIMIT, read_body, read_body_sync
 from registry.oci.auth import go_query, parse_challenge, token_signing_string
 
 RENEW_BEFORE = 30.0  # seconds
@@ -128,7 +129,9 @@ class RegistryAuth(httpx.Auth):
         yield request
 
     # httpx reads response bodies only when told to; the token answers must be read, while
-    # blob bodies must not be, so the two flows below read exactly the token responses.
+    # blob bodies must not be, so the two flows below read exactly the token responses, within
+    # client.limits' caps. httpx itself reads the body of each response a flow goes on from (the
+    # 401): reading it first, capped, leaves httpx nothing to read.
 
     def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         flow = self._flow(request)
@@ -136,11 +139,12 @@ class RegistryAuth(httpx.Auth):
         while True:
             response = yield outgoing
             if outgoing.extensions.get(TOKEN_REQUEST):
-                response.read()
+                read_body_sync(response, TOKEN_LIMIT, "get a registry token")
             try:
                 outgoing = flow.send(response)
             except StopIteration:
                 return
+            read_body_sync(response, ERROR_BODY_LIMIT, "registry challenge", truncate=True)
 
     async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
         flow = self._flow(request)
@@ -148,11 +152,12 @@ class RegistryAuth(httpx.Auth):
         while True:
             response = yield outgoing
             if outgoing.extensions.get(TOKEN_REQUEST):
-                await response.aread()
+                await read_body(response, TOKEN_LIMIT, "get a registry token")
             try:
                 outgoing = flow.send(response)
             except StopIteration:
                 return
+            await read_body(response, ERROR_BODY_LIMIT, "registry challenge", truncate=True)
 
 
 def bearer_headers(http: httpx.AsyncClient, url: str | httpx.URL) -> dict[str, str]:

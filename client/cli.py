@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp = commands.add_parser("import", help="read a model from a tar file made by 'hangar export'")
     imp.add_argument("file")
     imp.add_argument("name", nargs="?", help="import under this name (default: the name in the archive)")
+    imp.add_argument("--force", action="store_true", help="replace a different model already stored under that name")
     imp.set_defaults(handler=_import)
 
     cli_remote.add_commands(commands)
@@ -285,7 +286,7 @@ def _import(args: argparse.Namespace) -> int:
 
     settings, store = _context()
     name = _name(store, settings, args.name) if args.name else None
-    result = import_model(store, Path(args.file), name)
+    result = import_model(store, Path(args.file), name, force=args.force)
     print(f"imported '{result.name.display()}' ({result.blobs_added} new blob(s), {human_size(result.bytes_added)})")
     return 0
 
@@ -308,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except errors.HangarError as e:
-        print(f"Error: {e}", file=sys.stderr)
+        print(f"Error: {errors.printable(str(e), newlines=True)}", file=sys.stderr)
         return 1
     except ValueError as e:
         print(f"Error: {e}", file=sys.stderr)

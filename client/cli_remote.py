@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from client.config import ClientSettings, load
+from client.errors import printable
 from client.store import LocalModel, Store
 
 
@@ -62,7 +63,8 @@ def _outdated(args: argparse.Namespace) -> int:
 
     settings, _, models = _local_models(args.models)
     checks = asyncio.run(check_updates(models, settings, insecure=args.insecure))
-    print_table([("NAME", "ID", "STATUS"), *((c.name.display(), c.local_id[:12], c.status) for c in checks)])
+    # Statuses hold registry error text: printable() keeps its escape sequences off the terminal.
+    print_table([("NAME", "ID", "STATUS"), *((c.name.display(), c.local_id[:12], printable(c.status)) for c in checks)])
     return 1 if any(c.error for c in checks) else 0
 
 
@@ -79,7 +81,7 @@ def _update(args: argparse.Namespace) -> int:
     failed = 0
     for check in checks:
         if check.error:
-            print(f"{check.name.display()}: cannot check: {check.error}", file=sys.stderr)
+            print(f"{check.name.display()}: cannot check: {printable(check.error)}", file=sys.stderr)
             failed += 1
     stale = [c for c in checks if c.outdated]
     if not stale:
@@ -98,7 +100,7 @@ def _update(args: argparse.Namespace) -> int:
             print("\nupdate interrupted; run it again to resume where it stopped", file=sys.stderr)
             return 130
         except errors.HangarError as e:
-            print(f"{shown}: {e}", file=sys.stderr)
+            print(f"{shown}: {printable(str(e))}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0
 
@@ -111,5 +113,5 @@ def _tags(args: argparse.Namespace) -> int:
     settings = load()
     name = Store(settings.models).parse_name(args.model, settings.default_host)
     for tag in asyncio.run(list_tags(name, settings, insecure=args.insecure)):
-        print(tag)
+        print(printable(tag))  # the registry's text: no escape sequences reach the terminal
     return 0

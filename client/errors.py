@@ -5,6 +5,7 @@
     ├── ModelNotFound               not in the local store
     ├── IntegrityError              bytes that do not match their digest
     ├── KeyFileError                a key file that is missing, unreadable or not ed25519
+    ├── NotEnoughSpace              a transfer that would fill the store's filesystem
     └── RegistryError               anything the registry side caused
         ├── RegistryUnreachable     connection refused, DNS, timeouts (also an OSError)
         ├── TLSError                certificate problems
@@ -21,6 +22,7 @@ Each message says what happened and what to do about it; the CLI prints it as is
 
 from __future__ import annotations
 
+import unicodedata
 from typing import TYPE_CHECKING
 
 from registry.oci.errors import parse_envelope
@@ -82,8 +84,31 @@ class RequestFailed(RegistryError):
         self.code = code
 
 
+class ResponseRejected(RegistryError):
+    pass
+
+
 class TransferFailed(RegistryError):
     pass
+
+
+class NotEnoughSpace(HangarError):
+    pass
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` with control and format characters (escape sequences, carriage returns, bidi
+    overrides) shown as ``\\xNN`` / ``\\uNNNN`` escapes, so that text from a registry cannot
+    move the cursor, retitle the terminal or forge lines. ``newlines`` keeps line feeds."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if (ch == "\n" and newlines) or ch.isprintable() or unicodedata.category(ch) == "Zs":
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
 
 
 class UnsafeRequest(RegistryError):
@@ -94,7 +119,7 @@ def from_response(status: int, body: bytes, what: str) -> RegistryError:
     """The error for a registry's error response; ``what`` names the operation for the message."""
     errors = parse_envelope(body)
     code, message = (errors[0][0], errors[0][1]) if errors else (None, body.decode(errors="replace").strip()[:300])
-    detail = f"{code}: {message}" if code else (message or f"HTTP {status}")
+    detail = printable(f"{code}: {message}" if code else (message or f"HTTP {status}"))
     if status == 401:
         return Unauthorized(f"{what}: unauthorized ({detail}); sign in with 'hangar signin' first")
     if status == 403:

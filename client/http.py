@@ -3,6 +3,7 @@ one function that sends a request and turns failures into the errors of ``client
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from client.auth import RegistryAuth
 from client.config import ClientSettings
 from client.credentials import signs_for
 from client.keys import Identity
+from client.limits import ACCEPT_ENCODING, ERROR_BODY_LIMIT, SMALL_BODY_LIMIT, read_body, request_deadline
 from registry.oci import mediatypes as mt
 from registry.oci.names import ModelName
 
@@ -46,7 +48,8 @@ def make_client(
     machine's key if it has one and the user signed in to that registry."""
     return httpx.AsyncClient(
         auth=RegistryAuth(base, _identity_loader(settings, base), scopes),
-        headers={"User-Agent": USER_AGENT},
+        # Only the encodings client.limits can unpack a bounded slice at a time.
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
         timeout=TIMEOUT,
         verify=tls_verify(settings, httpx.URL(base).netloc.decode()),
         limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
@@ -62,15 +65,24 @@ async def send(
     what: str,
     stream: bool = False,
     allow: tuple[int, ...] = (),
+    limit: int = SMALL_BODY_LIMIT,
     **kwargs: Any,
 ) -> httpx.Response:
     """Send a request; raise a ``client.errors`` error for transport failures and error statuses
     (except those in ``allow``, which are returned).
 
-    With ``stream=True`` the caller must close the response."""
+    The body is read through ``client.limits.read_body``: at most ``limit`` bytes unpacked (error
+    bodies 64 KiB), and the whole exchange within the request deadline (for uploads, whose
+    request body may take long, the answer's body only). With ``stream=True`` the body is not
+    read and the caller must close the response."""
+    uploading = "content" in kwargs and not isinstance(kwargs["content"], (bytes, str))
+    deadline = None if uploading else request_deadline()
     try:
         request = http.build_request(method, url, **{k: v for k, v in kwargs.items() if k != "auth"})
-        response = await http.send(request, stream=stream, auth=kwargs.get("auth", httpx.USE_CLIENT_DEFAULT))
+        async with asyncio.timeout(deadline):
+            response = await http.send(request, stream=True, auth=kwargs.get("auth", httpx.USE_CLIENT_DEFAULT))
+    except TimeoutError:
+        raise errors.RegistryUnreachable(f"{what}: {_origin(url)} did not answer within {deadline:.0f} s") from None
     except httpx.ConnectError as e:
         if isinstance(e.__cause__, ssl.SSLError) or "SSL" in str(e) or "CERTIFICATE" in str(e).upper():
             raise errors.TLSError(
@@ -83,9 +95,13 @@ async def send(
     except httpx.TransportError as e:
         raise errors.RegistryUnreachable(f"{what}: connection to {_origin(url)} failed: {e}") from None
     if response.status_code >= 400 and response.status_code not in allow:
-        body = await response.aread()
-        await response.aclose()
+        body = await read_body(response, ERROR_BODY_LIMIT, what, truncate=True)
         raise errors.from_response(response.status_code, body, what)
+    if not stream:
+        if response.status_code >= 400:  # an allowed error: its body is a message at most
+            await read_body(response, ERROR_BODY_LIMIT, what, truncate=True)
+        else:
+            await read_body(response, limit, what)
     return response
 
 

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client import errors
+from client.limits import check_blob_size, check_free_space
 from client.store import Store
 from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest, InvalidDigest
-from registry.oci.manifest import Manifest, ManifestError
+from registry.oci.manifest import Descriptor, Manifest, ManifestError
 from registry.oci.names import InvalidName, ModelName
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -72,8 +73,12 @@ def export_model(store: Store, name: ModelName, target: Path) -> int:
     return target.stat().st_size
 
 
-def import_model(store: Store, source: Path, name: ModelName | None = None) -> Imported:
-    """Read the (first) model of an OCI layout tar into the store, verifying every blob."""
+def import_model(store: Store, source: Path, name: ModelName | None = None, *, force: bool = False) -> Imported:
+    """Read the (first) model of an OCI layout tar into the store, verifying every blob.
+
+    An archive names its own model, so it could name one the user already trusts: a different
+    model already stored under the name is replaced only with ``force`` (the same manifest is a
+    no-op). Each blob is read no further than the size its manifest declares."""
     store.ensure()
     with _open_tar(source) as tar:
         members = {m.name.removeprefix("./"): m for m in tar.getmembers() if m.isfile()}
@@ -96,22 +101,47 @@ def import_model(store: Store, source: Path, name: ModelName | None = None) -> I
             raw = _read_member(tar, members, f"blobs/sha256/{manifest_digest.hex}")
             if Digest.of_bytes(raw) != manifest_digest:
                 raise errors.IntegrityError(f"the manifest in {source} does not match its digest")
-            manifest = Manifest.parse(raw, entry.get("mediaType"))
+            manifest = Manifest.parse(raw, entry.get("mediaType"), default=mt.OCI_MANIFEST)
         except (KeyError, InvalidDigest, ManifestError) as e:
             raise errors.IntegrityError(f"{source} holds an invalid manifest: {e}") from None
-        added = size = 0
-        for desc in manifest.blobs():
-            if store.has_blob(desc.digest, desc.size):
-                continue
+        if manifest.is_index:
+            raise errors.IntegrityError(f"{source} holds a multi-platform index; Hangar imports single models")
+        _refuse_replacing(store, name, raw, force)
+        missing = {d.digest: d for d in manifest.blobs() if not store.has_blob(d.digest, d.size)}
+        for desc in missing.values():
+            check_blob_size(desc.size, f"import {source}: blob {desc.digest.short}")
+        check_free_space(store.blobs_dir, sum(d.size for d in missing.values()), f"import {source}")
+        found = []
+        for desc in missing.values():  # every member checked before any is copied
             member = members.get(f"blobs/sha256/{desc.digest.hex}")
             if member is None:
                 raise errors.IntegrityError(f"{source} lacks blob {desc.digest}")
-            _copy_verified(store, tar, member, desc.digest)
+            if member.size != desc.size:
+                raise errors.IntegrityError(
+                    f"blob {desc.digest} in {source} is {member.size} bytes; its manifest says {desc.size}"
+                )
+            found.append((member, desc))
+        added = size = 0
+        for member, desc in found:
+            _copy_verified(store, tar, member, desc)
             added += 1
             size += desc.size
         with store.lock("manifests"):
+            _refuse_replacing(store, name, raw, force)  # again: another process may have imported meanwhile
             store.put_manifest(name, raw)
     return Imported(name, added, size)
+
+
+def _refuse_replacing(store: Store, name: ModelName, raw: bytes, force: bool) -> None:
+    try:
+        existing = store.manifest_path(name).read_bytes()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return
+    if existing != raw and not force:
+        raise errors.HangarError(
+            f"a different model named '{name.display()}' is already in the store; import it under another "
+            "name, or pass --force to replace it"
+        )
 
 
 def _open_tar(source: Path) -> tarfile.TarFile:
@@ -121,15 +151,19 @@ def _open_tar(source: Path) -> tarfile.TarFile:
         raise errors.IntegrityError(f"{source} is not a readable tar file: {e}") from None
 
 
-def _copy_verified(store: Store, tar: tarfile.TarFile, member: tarfile.TarInfo, digest: Digest) -> None:
+def _copy_verified(store: Store, tar: tarfile.TarFile, member: tarfile.TarInfo, desc: Descriptor) -> None:
+    """Copy a blob's member into the store, reading no more than its declared size."""
+    digest = desc.digest
     source = tar.extractfile(member)
     if source is None:
         raise errors.IntegrityError(f"cannot read {member.name}")
     h = hashlib.sha256()
+    left = desc.size
     with store.temp_file() as (tmp, out):
-        while chunk := source.read(COPY_CHUNK):
+        while left and (chunk := source.read(min(COPY_CHUNK, left))):
             h.update(chunk)
             out.write(chunk)
+            left -= len(chunk)
         out.flush()
         os.fsync(out.fileno())
         if h.hexdigest() != digest.hex:

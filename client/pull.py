@@ -36,6 +36,7 @@ import hashlib
 import json
 import mmap
 import os
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -50,6 +51,15 @@ from client.auth import bearer_headers
 from client.config import ClientSettings, FsyncMode
 from client.credentials import pull_scope, refuse_downgrade, same_origin
 from client.http import MANIFEST_ACCEPT, make_client, make_data_session, registry_url, send
+from client.limits import (
+    MANIFEST_LIMIT,
+    MAX_CHUNKS,
+    MIN_CHUNK_SIZE,
+    check_blob_size,
+    check_free_space,
+    chunk_sums_limit,
+    read_body,
+)
 from client.manage import delete_unused_blobs
 from client.progress import Progress, ProgressCallback, no_progress
 from client.store import LocalModel, Store
@@ -73,6 +83,13 @@ MAP_WINDOW = 16 * 1024 * 1024  # bytes of the file mapped at once to hash them
 MIN_SPLIT = 4 * 1024 * 1024  # a part in flight is halved for an idle worker while both halves are this big
 TAKE_OVER_POLL = 0.25  # seconds an idle worker waits before looking for a part to split again
 CHUNK_ATTEMPTS = 3  # a chunk that fails its digest this often is bad on the registry
+# A part whose bytes arrive slower than this over a window (a body dripping a byte every 20 s
+# passes every per-read timeout) is dropped and retried from where it stopped; after
+# MAX_ATTEMPTS the pull fails and a later run resumes it.
+MIN_RATE = 4 * 1024  # bytes/s (less under a --max-rate that makes it unreachable)
+MIN_RATE_WINDOW = 60.0  # seconds
+# However small the configured part size, a blob is planned in at most this many parts.
+MAX_PLANNED_PARTS = 65_536
 # Smaller blobs are flushed before they are published even when flushing is deferred: their
 # fsync costs no more than writing the marker would.
 DEFER_FLUSH_MIN = 1024 * 1024
@@ -131,7 +148,7 @@ async def _pull_from(
         progress(Progress("pulling manifest"))
         response = await send(
             http, "GET", f"{base}/v2/{name.repository}/manifests/{name.tag}",
-            headers={"Accept": MANIFEST_ACCEPT}, what="pull model manifest",
+            headers={"Accept": MANIFEST_ACCEPT}, what="pull model manifest", limit=MANIFEST_LIMIT,
         )  # fmt: skip
         raw = response.content
         try:
@@ -149,6 +166,7 @@ async def _pull_from(
         # Layers then config, as Ollama orders them.
         ordered = [*manifest.layers, *([manifest.config] if manifest.config else [])]
         blobs = list({d.digest: d for d in ordered}.values())
+        _check_space(store, blobs)
         while True:
             for desc in blobs:
                 if store.has_blob(desc.digest, desc.size):
@@ -174,6 +192,26 @@ async def _pull_from(
                     break
     progress(Progress("success"))
     return PullResult(store.get(name), fetched, base)
+
+
+def _check_space(store: Store, blobs: list[Descriptor]) -> None:
+    """Refuse, before anything is planned or written, a manifest whose layers declare absurd
+    sizes or more than the store's filesystem can hold (a hostile registry's lies cost an error,
+    not memory for billions of parts or a terabyte-sized sparse file)."""
+    needed = 0
+    for desc in blobs:
+        check_blob_size(desc.size, f"pull model manifest: layer {desc.digest.short}")
+        if not store.has_blob(desc.digest, desc.size):
+            needed += desc.size - _allocated(store.partial_path(desc.digest))
+    check_free_space(store.blobs_dir, needed, "pull")
+
+
+def _allocated(path: Path) -> int:
+    """Bytes a (sparse) partial download already holds on disk."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0
 
 
 def _blobs_of(store: Store, name: ModelName) -> set[Digest]:
@@ -253,6 +291,7 @@ class BlobDownload:
         return sum(p.completed for p in self.parts)
 
     async def run(self, concurrency: int, part_size: int) -> None:
+        check_blob_size(self.desc.size, f"pull {self.digest.short}")  # before anything is planned
         async with _locked(self.store, f"blob-{self.digest.hex}"):
             if self.store.has_blob(self.digest, self.desc.size):  # another process got it first
                 self.parts = [Part(0, self.desc.size, self.desc.size)]
@@ -263,7 +302,14 @@ class BlobDownload:
             fd = self._fd = os.open(self.partial, os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 if os.fstat(fd).st_size != self.desc.size:
-                    os.ftruncate(fd, self.desc.size)
+                    try:
+                        os.ftruncate(fd, self.desc.size)
+                    except OSError as e:  # EFBIG: past this filesystem's largest file
+                        self._discard()
+                        raise errors.NotEnoughSpace(
+                            f"pull {self.digest.short}: cannot make a {self.desc.size}-byte file in "
+                            f"{self.partial.parent}: {e.strerror}"
+                        ) from None
                 self._report(force=True)
                 self._hashed_parts = 0
                 with _PrefixHash(fd) as self._hashed:
@@ -322,6 +368,8 @@ class BlobDownload:
     def _plan(self, chunks: list[Chunk] | None, part_size: int) -> tuple[list[Part], list[Chunk] | None]:
         if chunks:
             return [Part(c.offset, c.size) for c in chunks], chunks
+        # However small the configured part size, a huge blob gets a bounded plan.
+        part_size = max(part_size, -(-self.desc.size // MAX_PLANNED_PARTS))
         return plan_parts(self.desc.size, part_size), None
 
     def _load_state(self, chunks: list[Chunk] | None) -> tuple[list[Part], list[Chunk] | None] | None:
@@ -381,20 +429,27 @@ class BlobDownload:
     async def _chunk_sums(self) -> tuple[list[Chunk] | None, str | None]:
         """``(chunks, direct URL)`` from a Hangar registry, else ``(None, None)``."""
         url = f"{self.base}/v2/{self.repository}/chunksums/{self.digest}"
+        what = f"pull {self.digest.short}: chunk sums"
         try:
-            response = await self.http.get(url)
-        except httpx.TransportError:
-            return None, None
-        if response.status_code != 200:
-            return None, None
+            response = await send(self.http, "GET", url, what=what, stream=True, allow=_ANY_ERROR)
+            if response.status_code != 200:
+                await response.aclose()
+                return None, None
+            # Sized by the blob: chunks under MIN_CHUNK_SIZE are refused below anyway, so a longer
+            # answer (two million one-byte chunks, an endless or gzip-bombed body) is not read.
+            body = await read_body(response, chunk_sums_limit(self.desc.size), what)
+        except errors.RegistryError:
+            return None, None  # optional: verify the blob whole instead
         chunks = []
         expected = 0
         try:
-            for line in response.text.splitlines():
+            for line in body.decode().splitlines():
                 digest, span = line.split(" ")
                 first, last = (int(x) for x in span.split("-"))
                 if first != expected or last < first:
                     return None, None
+                if (chunks and chunks[-1].size < MIN_CHUNK_SIZE) or len(chunks) >= MAX_CHUNKS:
+                    return None, None  # only the last chunk may be small
                 chunks.append(Chunk(Digest.parse(digest).hex, first, last - first + 1))
                 expected = last + 1
         except ValueError:
@@ -513,8 +568,8 @@ class BlobDownload:
                     raise errors.TransferFailed(f"pull {self.digest.short}: the registry keeps refusing") from None
                 await self._renew_source(generation)
             except (aiohttp.ClientError, TimeoutError, _Retryable, _BadRange) as e:
-                if part.completed > before:
-                    failures = 0  # progress refills the retry budget
+                if part.completed > before and not isinstance(e, _TooSlow):
+                    failures = 0  # progress refills the retry budget (a crawl is no progress)
                 failures += 1
                 if isinstance(e, _BadRange) or failures >= MAX_ATTEMPTS:
                     raise errors.TransferFailed(
@@ -552,8 +607,17 @@ class BlobDownload:
                 raise _Retryable("the response ended early")
 
     async def _receive(self, response: aiohttp.ClientResponse, part: Part) -> None:
-        """Write the body at the part's offsets until the part is done."""
+        """Write the body at the part's offsets until the part is done; give the part up for a
+        retry (which resumes it) when it crawls below the minimum rate."""
+        rate = MIN_RATE if not self.limiter.rate else min(MIN_RATE, self.limiter.rate // 16)
+        window_start, window_bytes = time.monotonic(), 0
         async for chunk in response.content.iter_any():
+            now = time.monotonic()
+            if now - window_start >= MIN_RATE_WINDOW:
+                if window_bytes < rate * (now - window_start):
+                    raise _TooSlow(f"the transfer crawls ({window_bytes} bytes in {now - window_start:.0f} s)")
+                window_start, window_bytes = now, 0
+            window_bytes += len(chunk)
             pos = part.next_byte
             n = min(len(chunk), part.offset + part.size - pos)  # the part may shrink meanwhile
             if self.limiter.rate:
@@ -641,6 +705,9 @@ class _PrefixHash:
         return Digest(self._h.hexdigest())
 
 
+_ANY_ERROR = tuple(range(400, 600))  # statuses send() returns instead of raising
+
+
 class _BadRange(Exception):
     pass
 
@@ -650,6 +717,10 @@ class _Retryable(Exception):
 
 
 class _SourceRefused(Exception):
+    pass
+
+
+class _TooSlow(_Retryable):
     pass
 
 

@@ -20,6 +20,7 @@ from client import errors
 from client.config import ClientSettings
 from client.credentials import pull_scope
 from client.http import MANIFEST_ACCEPT, make_client, registry_url, send
+from client.limits import MANIFEST_LIMIT, TAGS_MAX, TAGS_MAX_PAGES, TAGS_PAGE_LIMIT
 from client.store import LocalModel
 from registry.oci.names import ModelName
 
@@ -95,7 +96,7 @@ async def remote_manifest_id(http: httpx.AsyncClient, base: str, name: ModelName
     digest = str(head.headers.get("docker-content-digest", ""))
     if digest.startswith("sha256:") and len(digest) == 71:
         return digest.removeprefix("sha256:")
-    response = await send(http, "GET", url, headers=headers, what=what, allow=(404,))
+    response = await send(http, "GET", url, headers=headers, what=what, allow=(404,), limit=MANIFEST_LIMIT)
     return None if response.status_code == 404 else hashlib.sha256(response.content).hexdigest()
 
 
@@ -107,8 +108,15 @@ async def list_tags(
     tags: list[str] = []
     url: str | None = f"{base}/v2/{name.repository}/tags/list?n={page_size}"
     async with make_client(settings, base, scopes=[pull_scope(name.repository)]) as http:
+        seen: set[str] = set()
         while url:
-            response = await send(http, "GET", url, what=f"list tags of {name.repository}")
+            # A registry decides how many pages there are: a Link back to a page already read,
+            # or more pages or tags than any repository has, is a loop, not a listing.
+            if url in seen or len(seen) >= TAGS_MAX_PAGES or len(tags) > TAGS_MAX:
+                why = "links back to a page already read" if url in seen else f"goes on past {len(seen)} pages"
+                raise errors.ResponseRejected(f"list tags of {name.repository}: the registry's tag list {why}")
+            seen.add(url)
+            response = await send(http, "GET", url, what=f"list tags of {name.repository}", limit=TAGS_PAGE_LIMIT)
             try:
                 page = response.json()
                 tags.extend(str(tag) for tag in page.get("tags") or [])

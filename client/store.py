@@ -6,7 +6,7 @@
       blobs/sha256-<hex>-partial                   data of a download in progress (sparse)
       blobs/sha256-<hex>-partial.json              which parts of it are done (see client.pull)
       .hangar/tmp/                                 files being written, renamed into place when whole
-      .hangar/locks/                               flock files serialising work on one blob or name
+      .hangar/locks/                               flock files serialising work on one blob or name (removed on release)
       .hangar/push/                                upload sessions to resume (see client.push)
       .hangar/unflushed/sha256-<hex>               a blob published before it reached the disk
 
@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from client.errors import InvalidName, ModelNotFound
+from registry.oci import mediatypes as mt
 from registry.oci.digest import Digest
 from registry.oci.manifest import Manifest, ManifestError
 from registry.oci.names import InvalidName as _InvalidName
@@ -143,7 +144,10 @@ class Store:
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             raise ModelNotFound(name.display()) from None
         try:
-            manifest = Manifest.parse(raw)
+            # The store holds image manifests only (pull and import refuse indexes): one that does
+            # not name its media type is an image, whatever keys it has (a stray "manifests" must
+            # not make it an index with no blobs, which prune would then delete).
+            manifest = Manifest.parse(raw, default=mt.OCI_MANIFEST)
         except ManifestError as e:
             raise ModelNotFound(f"{name.display()} (its manifest is unreadable: {e})") from None
         return LocalModel(name, manifest, path)
@@ -342,14 +346,36 @@ class Store:
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
-        """An exclusive lock between processes (blocking)."""
+        """An exclusive lock between processes (blocking).
+
+        The lock file is removed on release (one per blob ever pulled would pile up otherwise),
+        while it is still held. A process that opened the file before that and was waiting for it
+        then holds a lock on a file no longer at the path, which excludes no one: so after
+        acquiring, a locker checks that the path still names the file it locked, and starts
+        over if not."""
         self.locks_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.locks_dir / f"{key}.lock", "a") as f:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        path = self.locks_dir / f"{key}.lock"
+        while True:
+            f = open(path, "a")  # noqa: SIM115 (closed below, or on release)
             try:
-                yield
-            finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+                held = os.fstat(f.fileno())
+                try:
+                    current = os.stat(path)
+                except FileNotFoundError:
+                    current = None
+            except BaseException:
+                f.close()
+                raise
+            if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+                break
+            f.close()  # unlinked (or replaced) by the holder we waited for: lock the new file
+        try:
+            yield
+        finally:
+            with contextlib.suppress(OSError):
+                path.unlink()  # still holding it: waiters on this file will start over
+            f.close()  # releases the flock
 
     def free_space(self) -> int:
         return shutil.disk_usage(self.blobs_dir if self.blobs_dir.exists() else self.root).free

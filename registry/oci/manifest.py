@@ -102,7 +102,10 @@ class Manifest:
         return self.config.media_type if self.config is not None else None
 
     @classmethod
-    def parse(cls, raw: bytes, content_type: str | None = None) -> Manifest:
+    def parse(cls, raw: bytes, content_type: str | None = None, *, default: str | None = None) -> Manifest:
+        """``default``: the media type when neither the document nor ``content_type`` names one
+        (a store that holds only images says so, rather than have an image with a stray
+        ``manifests`` key read back as an index); without it, the keys decide."""
         if len(raw) > MAX_MANIFEST_BYTES:
             raise ManifestError(f"manifest is {len(raw)} bytes; the limit is {MAX_MANIFEST_BYTES}")
         try:
@@ -113,7 +116,7 @@ class Manifest:
             raise ManifestError("manifest must be a JSON object")
         if doc.get("schemaVersion") != 2:
             raise ManifestError("schemaVersion must be 2")
-        media_type = _media_type(doc, content_type)
+        media_type = _media_type(doc, content_type, default)
         is_index = media_type in mt.INDEX_MANIFESTS
 
         config = None
@@ -158,7 +161,7 @@ def is_media_type(text: str) -> bool:
     return _MEDIA_TYPE_RE.fullmatch(text) is not None
 
 
-def _media_type(doc: dict[str, Any], content_type: str | None) -> str:
+def _media_type(doc: dict[str, Any], content_type: str | None, default: str | None = None) -> str:
     declared = doc.get("mediaType")
     if declared is not None and not isinstance(declared, str):
         raise ManifestError("mediaType must be a string")
@@ -167,7 +170,7 @@ def _media_type(doc: dict[str, Any], content_type: str | None) -> str:
         ctype = None
     if declared and ctype and declared != ctype:
         raise ManifestError(f"mediaType {declared!r} does not match Content-Type {ctype!r}")
-    media_type = declared or ctype or (mt.OCI_INDEX if "manifests" in doc else mt.OCI_MANIFEST)
+    media_type = declared or ctype or default or (mt.OCI_INDEX if "manifests" in doc else mt.OCI_MANIFEST)
     if media_type not in mt.ALL_MANIFESTS:
         raise ManifestError(f"unsupported manifest media type {media_type!r}")
     return media_type
