@@ -31,7 +31,7 @@ from runtime.thinking import (
     request_think,
     tags_for,
 )
-from tests.runtime.test_cli import cli_env, hangar
+from tests.runtime.test_cli import Terminal, cli_env, hangar
 from tests.servers import RuntimeProcess
 from tests.tinymodels import (
     THINKER_ANSWER,
@@ -387,3 +387,26 @@ def test_hangar_run(served: RuntimeProcess, tmp_path: Path) -> None:
     assert refused.returncode == 1 and '"thinker-plain" does not support thinking' in refused.stderr
     plain = hangar(env, "run", "thinker-plain", "hi")
     assert plain.stdout == THINKER_OUTPUT + "\n"
+
+
+def test_hangar_run_interactive(served: RuntimeProcess, tmp_path: Path) -> None:
+    term = Terminal(cli_env(tmp_path / "cli-home", f"127.0.0.1:{served.port}"), "run", "thinker")
+    try:
+        term.expect("Send a message (/? for help)\n")
+        term.expect(">>> ")
+        term.send("hi")
+        assert term.expect(">>> ").startswith(
+            f"Thinking...\n{THINKER_THINKING}\n...done thinking.\n\n{THINKER_ANSWER}\n"
+        )
+        term.send("/set nothink")
+        assert "Set 'nothink' mode." in term.expect(">>> ")
+        term.send("and again")
+        assert term.expect(">>> ") == f"{THINKER_ANSWER}\n\n>>> "
+        term.send("/set think high")
+        assert "Set 'think' mode." in term.expect(">>> ")
+        term.send("once more")
+        assert THINKER_THINKING in term.expect(">>> ")
+        term.send("/bye")
+        assert term.proc.wait(30) == 0
+    finally:
+        term.close()
