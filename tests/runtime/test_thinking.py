@@ -54,7 +54,7 @@ TOOLS_TEMPLATE = (
     "{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}\n{{ end }}"
     "<|assistant|>{{ if not .Think }}<think></think>{{ end }}"
 )
-TOOLS = [
+TOOLS: Any = [
     {
         "type": "function",
         "function": {
@@ -297,7 +297,7 @@ def test_thinking_then_a_tool_call(api: httpx.Client, served: RuntimeProcess) ->
     done = oa.chat.completions.create(model="thinker-tools", messages=HI, tools=TOOLS)
     assert done.choices[0].finish_reason == "tool_calls"
     assert (done.choices[0].message.model_extra or {})["reasoning"] == THINKER_THINKING
-    called = done.choices[0].message.tool_calls or []
+    called: Any = done.choices[0].message.tool_calls or []
     assert [(c.function.name, json.loads(c.function.arguments)) for c in called] == [("get_weather", {"city": "Paris"})]
 
 
