@@ -410,3 +410,18 @@ def test_hangar_run_interactive(served: RuntimeProcess, tmp_path: Path) -> None:
         assert term.proc.wait(30) == 0
     finally:
         term.close()
+
+
+def test_created_models_think_by_parser_or_info(api: httpx.Client) -> None:
+    """PARSER (the config's ``parser``) and /api/create's ``info.capabilities`` make a model a
+    thinking one; a child inherits them from its parent."""
+    for name, extra in (
+        ("made/parsed", {"from": "thinker-plain", "parser": "qwen3"}),
+        ("made/listed", {"from": "thinker-plain", "info": {"capabilities": ["completion", "thinking"]}}),
+        ("made/child", {"from": "thinker-listed"}),
+    ):
+        created = api.post("/api/create", json={"model": name, "stream": False, **extra})
+        assert created.status_code == 200, created.text
+        assert "thinking" in api.post("/api/show", json={"model": name}).json()["capabilities"], name
+        r = api.post("/api/chat", json={"model": name, "messages": HI, "stream": False}).json()
+        assert (r["message"].get("thinking"), r["message"]["content"]) == (THINKER_THINKING, THINKER_ANSWER), name
