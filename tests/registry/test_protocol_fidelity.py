@@ -20,7 +20,7 @@ from client.push import PushOptions, push
 from registry.oci import mediatypes as mt
 from tests.helpers import digest_of, error_codes, ollama_manifest, push_blob, push_model, random_bytes, write_oci_layout
 from tests.ollama_wire import OllamaWireClient, WireError
-from tests.people import Person, unique
+from tests.people import Person, audit_rows, unique
 from tests.registry.test_interop import skopeo
 from tests.registry.test_ollama_wire import model
 from tests.servers import REPO_ROOT, RegistryProcess
@@ -97,23 +97,32 @@ def test_an_ollama_push_longer_than_the_token_lifetime(short_tokens, tmp_path: P
     assert got == manifest and {d: p.read_bytes() for d, p in files.items()} == blobs
 
 
-def test_a_hangar_push_whose_token_expires_midway(
-    short_tokens, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("renew_ahead", [True, False], ids=["renewed-ahead", "expired-midway"])
+def test_a_hangar_push_longer_than_the_token_lifetime(
+    short_tokens, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, renew_ahead: bool
 ) -> None:  # type: ignore[no-untyped-def]
     """hangar renews a token before it expires; where it did not (a clock jump, a slow request),
-    the registry's challenge names the scope and the push goes on."""
+    the token expires under a part, the registry's challenge names the scope, and the part goes
+    again with a new token."""
     import client.auth
 
-    monkeypatch.setattr(client.auth, "RENEW_BEFORE", -3600.0)  # never renew ahead: let tokens expire
+    if not renew_ahead:
+        monkeypatch.setattr(client.auth, "RENEW_BEFORE", -3600.0)
     alice = Person(short_tokens, tmp_path / "alice", unique("alice")).signup()
-    name = alice.model(f"{alice.name}/slow", size=5_000_000)
+    name = alice.model(f"{alice.name}/slow", size=7_000_000)
     started = time.monotonic()
-    # 1 MB/s in 1 MB parts: about four seconds of PATCHes, more than one token lifetime.
+    # 1 MB/s in 1 MB parts: about six seconds of PATCHes, two token lifetimes.
     result = asyncio.run(push(name, alice.store, alice.settings, PushOptions(part_size=1_000_000, max_rate=1_000_000)))
-    assert time.monotonic() - started > TTL + 0.5 and result.bytes_sent >= 5_000_000
+    assert time.monotonic() - started > 2 * TTL and result.bytes_sent >= 7_000_000
     with alice.http(f"repository:{alice.name}/slow:pull") as c:
         r = c.get(f"/v2/{alice.name}/slow/manifests/latest")
         assert r.status_code == 200 and r.content == alice.store.get(name).manifest.raw
+    expired = [
+        r
+        for r in audit_rows(short_tokens, action="auth", outcome="denied")
+        if f"/{alice.name}/slow/" in r.target and "expired" in r.detail.get("reason", "")
+    ]
+    assert bool(expired) != renew_ahead  # the tokens did expire under the push, or never did
 
 
 # -- 2. OCI names of any depth ----------------------------------------------------------------
