@@ -146,6 +146,8 @@ def test_oci_names_of_one_three_parts_and_dots(client: httpx.Client, tmp_path: P
         out = tmp_path / name.replace("/", "_")
         skopeo("copy", "--src-tls-verify=false", "--preserve-digests", target, f"oci:{out}:v1")
         assert json.loads((out / "index.json").read_text())["manifests"][0]["digest"] == digest
+        r = client.get(f"/v2/{name}/referrers/{digest}")
+        assert r.status_code == 200 and r.json()["manifests"] == []
     catalog = client.get("/v2/_catalog").json()["repositories"]
     assert set(names) <= set(catalog)
     # Routes whose suffix looks like a name's part still split where the route says.
