@@ -67,6 +67,11 @@ class Scheduler:
         self._waiting = 0
         self._changed = asyncio.Condition()
 
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for a load or a free slot (at most ``HANGAR_MAX_QUEUE``)."""
+        return self._waiting
+
     @contextlib.asynccontextmanager
     async def use(self, model: str, spec: LoadSpec, keep_alive: float | None) -> AsyncIterator[Runner]:
         """Hold a loaded runner for one request."""

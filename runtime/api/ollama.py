@@ -579,7 +579,8 @@ async def ps(request: Request) -> Response:
             }
         )
         models.append(entry)
-    return JSONResponse({"models": models})
+    # Hangar's own: how many requests wait for a model (to watch a busy daemon; tests poll it).
+    return JSONResponse({"models": models}, headers={"X-Hangar-Waiting": str(svc.scheduler.waiting)})
 
 
 def _two_names(svc: Any, body: dict[str, Any]) -> tuple[ModelName, ModelName]:

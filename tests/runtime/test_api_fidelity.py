@@ -195,10 +195,11 @@ def test_truncate_false_refuses_a_prompt_longer_than_the_context(runtime: Runtim
 
 
 def test_shift_lets_a_reply_outgrow_the_context_and_shift_false_stops_it(runtime: RuntimeProcess) -> None:
-    options = {"num_ctx": 64, "num_predict": 150, "temperature": 0}
+    # More than llama.cpp's own context (it rounds 64 up to 256): only shifting gets this far.
+    options = {"num_ctx": 64, "num_predict": 300, "temperature": 0}
     body = {"model": "tiny-long", "prompt": "hello", "stream": False, "options": options}
     shifted = httpx.post(runtime.url + "/api/generate", json=body, timeout=120).json()
-    assert shifted["eval_count"] == 150 and shifted["done_reason"] == "length"
+    assert shifted["eval_count"] == 300 and shifted["done_reason"] == "length"
     stopped = httpx.post(runtime.url + "/api/generate", json={**body, "shift": False}, timeout=120).json()
     # The prompt and the reply fill the 64 tokens of the context, then it stops.
     assert stopped["done_reason"] == "length"

@@ -200,14 +200,18 @@ def test_chat_streaming_and_not(api: httpx.Client) -> None:
         "model": "tiny",
         "messages": [{"role": "system", "content": "s"}, {"role": "USER", "content": "hi"}],
         "options": {"num_predict": 6, "seed": 5},
+        "logprobs": True,  # one entry per generated token: the count to check eval_count against
     }
     items = lines(api.post("/api/chat", json=body))
     assert all(i["message"]["role"] == "assistant" for i in items)
     streamed = "".join(i["message"]["content"] for i in items)
     final = items[-1]
-    assert final["done"] and final["done_reason"] in ("stop", "length") and final["eval_count"] >= 0
+    tokens = sum(len(i.get("logprobs", [])) for i in items[:-1])
+    assert final["done"] and final["done_reason"] == ("length" if tokens == 6 else "stop")
+    assert final["eval_count"] == tokens > 0
     whole = api.post("/api/chat", json={**body, "stream": False}).json()
     assert whole["message"]["content"] == streamed and "context" not in whole
+    assert whole["eval_count"] == tokens == len(whole["logprobs"])
 
 
 def test_tool_calls_are_parsed(api: httpx.Client) -> None:

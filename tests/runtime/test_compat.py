@@ -19,6 +19,7 @@ import pytest
 from client.config import load
 from client.push import push
 from client.store import Store
+from registry.oci.names import ModelName
 from tests.servers import RegistryProcess, RuntimeProcess
 from tests.tinymodels import add_model, png
 
@@ -108,7 +109,16 @@ def test_ollama_pull_and_push_through_the_runtime(
         client.copy(f"{registry.host}/pkg/tiny:v1", f"{registry.host}/pkg/again:v2")
         pushed = list(client.push(f"{registry.host}/pkg/again:v2", insecure=True, stream=True))
         assert [p.status for p in pushed][-2:] == ["pushing manifest", "success"]
-        assert httpx.get(f"{registry.url}/v2/pkg/again/manifests/v2").status_code == 200
+        # What the registry now holds is byte for byte what the runtime's store holds.
+        pushed_store = Store(load({"HANGAR_HOME": str(home)}).models)
+        local = pushed_store.get(ModelName.parse(f"{registry.host}/pkg/again:v2"))
+        remote = httpx.get(f"{registry.url}/v2/pkg/again/manifests/v2", headers={"Accept": local.manifest.media_type})
+        assert remote.status_code == 200 and remote.content == local.manifest.raw
+        blobs = list(local.manifest.blobs())
+        assert len(blobs) >= 3  # config, model, system
+        for blob in blobs:
+            got = httpx.get(f"{registry.url}/v2/pkg/again/blobs/{blob.digest}", follow_redirects=True)
+            assert got.status_code == 200 and got.content == pushed_store.blob_path(blob.digest).read_bytes()
         with pytest.raises(ollama.ResponseError):
             client.pull(f"{registry.host}/pkg/missing:v1", insecure=True)
     finally:
