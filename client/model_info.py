@@ -75,7 +75,7 @@ class ModelInfo:
         from runtime.thinking import model_thinks
 
         jinja = self.gguf.get("tokenizer.chat_template") if self.template is None else None
-        if model_thinks(self.config, self.template, jinja if isinstance(jinja, str) else None):
+        if model_thinks(self.config, self.template, jinja if isinstance(jinja, str) else None, self.architecture):
             caps.append("thinking")
         # What the config lists (a create's `info`, a converted model) counts too.
         listed = self.config.get("capabilities")

@@ -33,7 +33,7 @@ from runtime.engine import BadInput, DoneEvent, EngineError, LoadSpec, MediaProm
 from runtime.gotemplate import TemplateError
 from runtime.prompts import Message, PromptTemplate, looks_like_tool_call, parse_tool_calls
 from runtime.scheduler import Runner, Scheduler
-from runtime.thinking import Think, ThinkError, ThinkingParser, parser_for, request_think
+from runtime.thinking import HarmonyParser, Think, ThinkError, ThinkingParser, parser_for, request_think
 
 
 class ApiError(Exception):
@@ -288,10 +288,8 @@ class Service:
                 elif isinstance(event, DoneEvent):
                     result.done = event
             if deferred and parser is not None and parser.thinking_done and not cancel.is_set():
-                # The thinking with its closing tag is now part of the prompt (none: the model
-                # went straight to its answer).
-                end = raw.find(parser.close_tag)
-                thought = raw[: end + len(parser.close_tag)] if end >= 0 else ""
+                # The thinking, through its end, is now part of the prompt.
+                thought = parser.restart(raw)
                 constrained = True
                 with_grammar = dataclasses.replace(sampling, grammar=deferred)
                 before = result.done
@@ -310,7 +308,8 @@ class Service:
                 held += content
             elif thinking or content:
                 yield Piece(content, [], thinking)
-        if tools:
+            result.tool_calls = list(parser.tool_calls)  # harmony's: calls are messages of their own
+        if tools and not result.tool_calls:
             result.tool_calls, leftover = parse_tool_calls(result.text, {n for n in tool_names if n})
             if not result.tool_calls and held:
                 yield Piece(held)
@@ -346,11 +345,13 @@ class Service:
         except ThinkError as e:
             raise ApiError(400, str(e)) from None
 
-    def thinking_parser(self, resolved: Resolved, think: Think | None, prompt: str) -> ThinkingParser | None:
+    def thinking_parser(
+        self, resolved: Resolved, think: Think | None, prompt: str
+    ) -> ThinkingParser | HarmonyParser | None:
         info = resolved.info
         jinja = info.gguf.get("tokenizer.chat_template") if info.template is None else None
         jinja = jinja if isinstance(jinja, str) else None
-        return parser_for(think or Think(), info.config, info.template, jinja, prompt)
+        return parser_for(think or Think(), info.config, info.template, jinja, prompt, info.architecture)
 
     # -- prompts -----------------------------------------------------------------------------------
 

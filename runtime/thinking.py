@@ -9,10 +9,14 @@ Such a model thinks unless the request says ``think: false``, as in Ollama. The 
 written between two tags (``<think>`` and ``</think>`` unless the template writes ``.Thinking``
 between others); a template that ends the prompt with the opening tag starts the model inside
 its thinking. Tags may arrive split across tokens: the parser holds back any tail that could be
-the start of one."""
+the start of one.
+
+gpt-oss models (family ``gptoss``, or ``PARSER harmony``) write OpenAI's harmony format instead:
+channels, not tags (``HarmonyParser``); they always think, so their output is always parsed."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +39,8 @@ THINKING_PARSERS: dict[str, tuple[str, str]] = {
     "glm-4.7": DEFAULT_TAGS,
     "ministral": ("[THINK]", "[/THINK]"),
 }
+
+HARMONY_FAMILIES = ("gptoss", "gpt-oss")
 
 _THINK_FIELD_RE = re.compile(r"\{\{-?[^}]*\.(?:Think|ThinkLevel|IsThinkSet)\b")
 _TAGGED_THINKING_RE = re.compile(
@@ -109,11 +115,19 @@ def template_thinks(go_template: str | None, jinja_template: str | None = None) 
     return False
 
 
-def model_thinks(config: dict[str, Any], go_template: str | None, jinja_template: str | None = None) -> bool:
+def uses_harmony(config: dict[str, Any], family: str = "") -> bool:
+    """Whether a model writes gpt-oss's harmony format (as Ollama decides: the parser, or the family)."""
+    parser = str(config.get("parser") or "")
+    return parser == "harmony" or (not parser and (family or config.get("model_family")) in HARMONY_FAMILIES)
+
+
+def model_thinks(
+    config: dict[str, Any], go_template: str | None, jinja_template: str | None = None, family: str = ""
+) -> bool:
     listed = config.get("capabilities")
     if isinstance(listed, list) and "thinking" in listed:
         return True
-    if str(config.get("parser") or "") in THINKING_PARSERS:
+    if str(config.get("parser") or "") in THINKING_PARSERS or uses_harmony(config, family):
         return True
     return template_thinks(go_template, jinja_template)
 
@@ -146,6 +160,13 @@ class ThinkingParser:
         self.open_tag, self.close_tag = open_tag, close_tag
         self.state = _OPENED if started else _LOOKING
         self.buffer = ""
+        self.tool_calls: list[dict[str, Any]] = []  # none here: the content is read for them afterwards
+
+    def restart(self, raw: str) -> str:
+        """For structured output after thinking: what of the model's own text ``raw`` goes after
+        the prompt when generation restarts under the grammar (through the closing tag)."""
+        end = raw.find(self.close_tag)
+        return raw[: end + len(self.close_tag)] if end >= 0 else ""  # none: it went straight to its answer
 
     @property
     def in_thinking(self) -> bool:
@@ -222,10 +243,131 @@ def _partial_suffix(text: str, tag: str) -> int:
     return 0
 
 
+# -- harmony (gpt-oss) ----------------------------------------------------------------------------------
+
+# Its markers are single tokens; llama.cpp writes <|start|>, <|channel|>, <|message|> and
+# <|constrain|> as text and drops <|end|> (a control token); <|return|> and <|call|> end generation.
+_H_START, _H_CHANNEL, _H_MESSAGE = "<|start|>", "<|channel|>", "<|message|>"
+_H_ENDS = (_H_START, _H_CHANNEL, "<|end|>", "<|return|>", "<|call|>")
+_H_MARKERS = (*_H_ENDS, _H_MESSAGE, "<|constrain|>")
+_H_RECIPIENT_RE = re.compile(r"to=(?:functions\.)?([^\s<]+)")
+MAX_HEADER = 1024  # characters of a message header before it is taken as plain text
+
+
+class HarmonyParser:
+    """gpt-oss's output: messages ``<|channel|>NAME[ to=functions.TOOL][ <|constrain|>json]<|message|>BODY``,
+    each ended by the next marker. The ``analysis`` channel is thinking, ``final`` (and
+    ``commentary`` without a recipient) content, a body addressed to a function a tool call
+    (its JSON arguments). Output that does not start with a marker is all content."""
+
+    open_tag, close_tag = _H_CHANNEL + "analysis" + _H_MESSAGE, "<|end|>"
+
+    def __init__(self) -> None:
+        self.state = "header"  # "header", "body" or "plain"
+        self.buffer = ""
+        self.channel = ""
+        self.recipient = ""
+        self.call_body = ""
+        self.tool_calls: list[dict[str, Any]] = []
+        self.seen_message = False
+        self.analysis_over = False
+
+    @property
+    def thinking_done(self) -> bool:
+        return self.analysis_over or (self.state == "body" and self.channel != "analysis") or self.state == "plain"
+
+    def feed(self, text: str) -> tuple[str, str]:
+        self.buffer += text
+        thinking: list[str] = []
+        content: list[str] = []
+        while self.buffer:
+            if self.state == "plain":
+                content.append(self.buffer)
+                self.buffer = ""
+            elif self.state == "header":
+                head = self.buffer.lstrip()
+                if (not self.seen_message and head and not head.startswith("<")) or len(self.buffer) > MAX_HEADER:
+                    self.state = "plain"  # not harmony after all
+                    continue
+                at = self.buffer.find(_H_MESSAGE)
+                if at < 0:
+                    break
+                header, self.buffer = self.buffer[:at], self.buffer[at + len(_H_MESSAGE) :]
+                channel = header.rsplit(_H_CHANNEL, 1)[-1] if _H_CHANNEL in header else ""
+                self.channel = channel.split()[0].split("<|")[0] if channel.split() else ""
+                recipient = _H_RECIPIENT_RE.search(header)
+                self.recipient = recipient.group(1) if recipient else ""
+                self.state, self.seen_message = "body", True
+            else:
+                ends = [i for i in (self.buffer.find(m) for m in _H_ENDS) if i >= 0]
+                cut = min(ends) if ends else len(self.buffer) - _held(self.buffer, _H_MARKERS)
+                self._body(self.buffer[:cut], thinking, content)
+                self.buffer = self.buffer[cut:]
+                if not ends:
+                    break
+                self._end_message()
+                for marker in ("<|end|>", "<|return|>", "<|call|>"):
+                    if self.buffer.startswith(marker):
+                        self.buffer = self.buffer[len(marker) :]
+                self.state = "header"
+        return "".join(thinking), "".join(content)
+
+    def _body(self, text: str, thinking: list[str], content: list[str]) -> None:
+        if self.recipient:
+            self.call_body += text
+        elif self.channel == "analysis":
+            thinking.append(text)
+        else:
+            content.append(text)
+
+    def _end_message(self) -> None:
+        if self.channel == "analysis":
+            self.analysis_over = True
+        if self.recipient:
+            try:
+                arguments = json.loads(self.call_body or "{}")
+            except ValueError:
+                arguments = None
+            if isinstance(arguments, dict):
+                self.tool_calls.append({"function": {"name": self.recipient, "arguments": arguments}})
+            self.recipient, self.call_body = "", ""
+
+    def finish(self) -> tuple[str, str]:
+        thinking: list[str] = []
+        content: list[str] = []
+        if self.state == "body":
+            self._body(self.buffer, thinking, content)
+            self._end_message()
+        elif self.state == "plain" or not self.seen_message:
+            content.append(self.buffer)  # text that never became a message
+        self.buffer = ""  # (a header left unfinished says nothing)
+        return "".join(thinking), "".join(content)
+
+    def restart(self, raw: str) -> str:
+        """Through the end of the analysis, then the start of the final message: the grammar
+        then shapes only the answer's body."""
+        ends = [i for i in (raw.find(m, raw.find(_H_MESSAGE) + 1) for m in _H_ENDS) if i >= 0]
+        thought = raw[: min(ends)] if ends else raw
+        self.state, self.channel, self.recipient, self.buffer = "body", "final", "", ""
+        return thought + "<|end|>" + _H_START + "assistant" + _H_CHANNEL + "final" + _H_MESSAGE
+
+
+def _held(text: str, markers: tuple[str, ...]) -> int:
+    """How much of the end of ``text`` may be the start of one of ``markers``."""
+    return max((_partial_suffix(text, m) for m in markers), default=0)
+
+
 def parser_for(
-    think: Think, config: dict[str, Any], go_template: str | None, jinja: str | None, prompt: str
-) -> ThinkingParser | None:
+    think: Think,
+    config: dict[str, Any],
+    go_template: str | None,
+    jinja: str | None,
+    prompt: str,
+    family: str = "",
+) -> ThinkingParser | HarmonyParser | None:
     """The parser for one generation, or None when thinking is off (output is all content)."""
+    if uses_harmony(config, family):
+        return HarmonyParser()  # gpt-oss thinks whatever it is told: its channels are always read
     if not think.on:
         return None
     open_tag, close_tag = tags_for(config, go_template, jinja)

@@ -23,6 +23,7 @@ from client.config import load
 from client.store import Store
 from runtime.prompts import Message, PromptTemplate
 from runtime.thinking import (
+    HarmonyParser,
     Think,
     ThinkError,
     ThinkingParser,
@@ -101,6 +102,39 @@ def test_parser_without_thinking_and_unfinished_thinking() -> None:
     assert ThinkingParser().feed("<think>a</think>") == ("a", "")
 
 
+def _harmony(text: str, step: int, cut: int) -> tuple[str, str, list[dict[str, Any]]]:
+    parser = HarmonyParser()
+    thinking, content = "", ""
+    for piece in [text[:cut]] + [text[i : i + step] for i in range(cut, len(text), step)]:
+        t, c = parser.feed(piece)
+        thinking, content = thinking + t, content + c
+    t, c = parser.finish()
+    return thinking + t, content + c, parser.tool_calls
+
+
+def test_harmony_channels_at_every_chunking() -> None:
+    """gpt-oss's output as llama.cpp writes it (<|end|> is a control token: not in the text)."""
+    answer = "<|channel|>analysis<|message|>User says hi.<|start|>assistant<|channel|>final<|message|>Hello <b>x</b>!"
+    call = (
+        "<|channel|>analysis<|message|>Need the weather.<|start|>assistant<|channel|>commentary "
+        'to=functions.get_weather <|constrain|>json<|message|>{"city":"Paris"}'
+    )
+    for cut in range(len(call) + 1):
+        for step in (1, 4):
+            assert _harmony(answer, step, min(cut, len(answer))) == ("User says hi.", "Hello <b>x</b>!", [])
+            weather = {"function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+            assert _harmony(call, step, cut) == ("Need the weather.", "", [weather])
+    assert _harmony("Just text", 3, 0) == ("", "Just text", [])
+    parser = HarmonyParser()
+    parser.feed("<|channel|>analysis<|message|>Hm")
+    assert not parser.thinking_done
+    parser.feed("m<|start|>assistant<|channel|>fin")
+    assert parser.thinking_done
+    restart = parser.restart("<|channel|>analysis<|message|>Hmm<|start|>assistant<|channel|>fin")
+    assert restart == "<|channel|>analysis<|message|>Hmm<|end|><|start|>assistant<|channel|>final<|message|>"
+    assert parser.feed('{"a": 1}') == ("", '{"a": 1}')  # the grammar's pass writes the final body
+
+
 def test_think_values_and_defaults() -> None:
     thinking, plain = ["completion", "thinking"], ["completion"]
     assert request_think(None, thinking, "m") == Think(on=True, explicit=True)  # Ollama's default
@@ -131,6 +165,8 @@ def test_which_models_think_and_their_tags() -> None:
     assert not model_thinks({}, PLAIN_TEMPLATE)
     assert model_thinks({"capabilities": ["completion", "thinking"]}, PLAIN_TEMPLATE)
     assert model_thinks({"parser": "qwen3"}, PLAIN_TEMPLATE)
+    assert model_thinks({"parser": "harmony"}, PLAIN_TEMPLATE)
+    assert model_thinks({}, PLAIN_TEMPLATE, family="gpt-oss") and model_thinks({"model_family": "gptoss"}, None)
     assert not model_thinks({"parser": "no-such-parser"}, PLAIN_TEMPLATE)
     assert model_thinks({}, None, "{% if enable_thinking %}<think>{% endif %}")
     assert tags_for({}, "{{ range .Messages }}<reasoning>{{ .Thinking }}</reasoning>{{ end }}") == (
@@ -185,6 +221,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RuntimeProcess]
         store, "thinker-parser", gguf, template=PLAIN_TEMPLATE + "<think>", params=params, config={"parser": "qwen3"}
     )
     add_model(store, "thinker-plain", gguf, template=PLAIN_TEMPLATE, params=params)
+    add_model(store, "thinker-harmony", gguf, template=PLAIN_TEMPLATE, params=params, config={"parser": "harmony"})
     caller = write_tiny_thinker(tmp_path_factory.mktemp("caller") / "caller.gguf", answer=THINKER_CALL)
     add_model(store, "thinker-tools", caller, template=TOOLS_TEMPLATE, params=params)
     proc = RuntimeProcess(home).start()
@@ -213,6 +250,10 @@ def test_capabilities_from_the_template_the_config_and_the_parser(api: httpx.Cli
         caps = api.post("/api/show", json={"model": model}).json()["capabilities"]
         assert ("thinking" in caps) is thinks, (model, caps)
         assert caps.count("thinking") <= 1
+    # A harmony model's output is read for channels; text without them (this model's) is content.
+    assert "thinking" in api.post("/api/show", json={"model": "thinker-harmony"}).json()["capabilities"]
+    r = api.post("/api/chat", json={"model": "thinker-harmony", "messages": HI, "stream": False}).json()
+    assert r["message"] == {"role": "assistant", "content": THINKER_OUTPUT}
 
 
 def test_chat_thinks_by_default_streaming_and_not(api: httpx.Client) -> None:
