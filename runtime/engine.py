@@ -414,6 +414,55 @@ class Engine:
         return out
 
 
+class Vocab:
+    """A model's tokenizer alone (llama.cpp loads the vocabulary, not the weights): counts the
+    tokens of a prompt before the model is loaded, to know which messages fit (runtime.service).
+    Safe from any thread: tokenizing reads the vocabulary only."""
+
+    def __init__(self, model_path: str) -> None:
+        import llama_cpp
+        from llama_cpp._utils import suppress_stdout_stderr
+
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        with suppress_stdout_stderr(disable=False):
+            self._model = llama_cpp.llama_model_load_from_file(model_path.encode(), params)
+        if not self._model:
+            raise EngineError(f"failed to read the vocabulary of {os.path.basename(model_path)}")
+        self._vocab = llama_cpp.llama_model_get_vocab(self._model)
+
+    def count(self, text: str) -> int:
+        import llama_cpp
+
+        raw = text.encode()
+        room = len(raw) + 16
+        buffer = (llama_cpp.llama_token * room)()
+        n = llama_cpp.llama_tokenize(self._vocab, raw, len(raw), buffer, room, True, True)
+        return int(n if n >= 0 else -n)
+
+    def __del__(self) -> None:  # not close(): a thread may still be counting with it
+        import llama_cpp
+
+        if getattr(self, "_model", None):
+            llama_cpp.llama_model_free(self._model)
+            self._model = None
+
+
+_vocabs: dict[str, Vocab] = {}
+_vocabs_lock = threading.Lock()
+MAX_VOCABS = 8
+
+
+def vocab_for(model_path: str) -> Vocab:
+    """The model file's Vocab, loaded once (the few most recent kept); blocking."""
+    with _vocabs_lock:
+        vocab = _vocabs.pop(model_path, None) or Vocab(model_path)
+        _vocabs[model_path] = vocab  # most recent last
+        while len(_vocabs) > MAX_VOCABS:
+            del _vocabs[next(iter(_vocabs))]
+        return vocab
+
+
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():
         return

@@ -29,7 +29,7 @@ from client.store import LocalModel, Store
 from registry.oci.names import ModelName
 from registry.oci.options import DEFAULTS
 from runtime.config import RuntimeSettings
-from runtime.engine import BadInput, DoneEvent, EngineError, LoadSpec, MediaPrompt, Sampling, TokenEvent
+from runtime.engine import BadInput, DoneEvent, EngineError, LoadSpec, MediaPrompt, Sampling, TokenEvent, vocab_for
 from runtime.gotemplate import TemplateError
 from runtime.prompts import Message, PromptTemplate, looks_like_tool_call, parse_tool_calls
 from runtime.scheduler import Runner, Scheduler
@@ -361,9 +361,13 @@ class Service:
         messages: list[Message],
         tools: list[dict[str, Any]] | None,
         think: Think | None = None,
+        *,
+        truncate: bool = False,
+        num_ctx: int = 0,
     ) -> str:
         """The conversation as prompt text; each message's images are marked in its content (pass
-        ``images_of(messages)`` along to ``complete``)."""
+        ``images_of(messages)`` along to ``complete``). With ``truncate``, the oldest messages
+        that do not fit ``num_ctx`` tokens are left out (``_fit_messages``)."""
         check_images(resolved, any(m.images for m in messages))
         messages = [
             dataclasses.replace(m, content=with_image_markers(m.content, len(m.images))) if m.images else m
@@ -379,7 +383,43 @@ class Service:
         # message (the MESSAGE seeds before it do not count).
         if info.system and not (messages and messages[0].role == "system"):
             convo = [Message("system", info.system), *convo]
+        if truncate and num_ctx > 0 and len(convo) > 1 and resolved.info.model_path and not resolved.info.error:
+            return await self._fit_messages(resolved, convo, tools, think, num_ctx)
         return await self._render(resolved, convo, tools, think=think)
+
+    async def _fit_messages(
+        self,
+        resolved: Resolved,
+        convo: list[Message],
+        tools: list[dict[str, Any]] | None,
+        think: Think | None,
+        num_ctx: int,
+    ) -> str:
+        """The prompt of the newest messages that fit ``num_ctx`` tokens, as Ollama's chat
+        truncation: the last message always, the system messages before the cut always, older
+        turns dropped oldest first (an image counts 768 tokens, as Ollama counts it). What is
+        still too long is cut token by token by the engine (``runtime.engine.fit``)."""
+        path = str(resolved.info.model_path)
+
+        def tokens(part: list[Message], text: str) -> int:
+            return vocab_for(path).count(text) + 768 * sum(len(m.images or []) for m in part)
+
+        def keep_from(i: int) -> list[Message]:
+            return [m for m in convo[:i] if m.role == "system"] + convo[i:]
+
+        whole = await self._render(resolved, convo, tools, think=think)
+        try:
+            if await anyio.to_thread.run_sync(tokens, convo, whole) <= num_ctx:
+                return whole
+            start, text = len(convo) - 1, ""
+            for i in range(len(convo) - 2, -1, -1):  # newest first, until one more does not fit
+                candidate = await self._render(resolved, keep_from(i), tools, think=think)
+                if await anyio.to_thread.run_sync(tokens, keep_from(i), candidate) > num_ctx:
+                    break
+                start, text = i, candidate
+        except EngineError as e:
+            raise ApiError(500, str(e)) from None
+        return text or await self._render(resolved, keep_from(start), tools, think=think)
 
     async def generate_prompt(
         self,

@@ -337,7 +337,9 @@ async def chat(request: Request) -> Response:
             }
         )
 
-    text = await svc.chat_prompt(resolved, messages, tools or None, think)
+    text = await svc.chat_prompt(
+        resolved, messages, tools or None, think, truncate=fit["truncate"], num_ctx=int(options["num_ctx"])
+    )
     if body.get("_debug_render_only"):
         return JSONResponse(
             {

@@ -242,7 +242,9 @@ async def chat_completions(request: Request) -> Response:
         think = svc.think(resolved, openai_think(body))
     except ThinkError as e:
         raise ApiError(400, str(e)) from None
-    text = await svc.chat_prompt(resolved, messages, tools or None, think)
+    text = await svc.chat_prompt(
+        resolved, messages, tools or None, think, truncate=True, num_ctx=int(options["num_ctx"])
+    )
     ident, created = f"chatcmpl-{random.randrange(999)}", int(time.time())
     run: dict[str, Any] = {
         "keep_alive": None,

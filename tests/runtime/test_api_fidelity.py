@@ -214,6 +214,34 @@ def test_shift_lets_a_reply_outgrow_the_context_and_shift_false_stops_it(runtime
     assert chat["prompt_eval_count"] + chat["eval_count"] == 65
 
 
+def test_chat_drops_the_oldest_messages_that_do_not_fit(runtime: RuntimeProcess) -> None:
+    """As Ollama: the newest turns that fit the context, with the system messages before the
+    cut and always the last message; truncate:false keeps everything."""
+    history: list[dict] = [{"role": "system", "content": "Be brief."}]  # type: ignore[type-arg]
+    for i in range(6):
+        history += [
+            {"role": "user", "content": f"question {i} " + "word " * 8},
+            {"role": "assistant", "content": f"answer {i}"},
+        ]
+    history.append({"role": "user", "content": "last question"})
+
+    def chat(**extra: object) -> httpx.Response:
+        body = {"model": "tiny-go", "messages": history, "options": {"num_ctx": 256, "num_predict": 1}}
+        return httpx.post(runtime.url + "/api/chat", json={**body, **extra}, timeout=120)
+
+    text = chat(_debug_render_only=True).json()["_debug_info"]["rendered_template"]
+    assert text.startswith("<|system|>Be brief.<|end|>") and text.endswith("<|user|>last question<|end|><|assistant|>")
+    kept = [i for i in range(6) if f"question {i} " in text]
+    assert kept and kept == list(range(kept[0], 6)) and kept[0] > 0, text  # the newest turns, in one piece
+    assert "seed question" not in text and "You are a test model." not in text
+    run = chat(stream=False).json()
+    assert run["prompt_eval_count"] <= 256
+    everything = chat(_debug_render_only=True, truncate=False).json()["_debug_info"]["rendered_template"]
+    assert all(f"question {i} " in everything for i in range(6)) and "seed question" in everything
+    refused = chat(truncate=False)
+    assert refused.status_code == 400 and refused.json() == {"error": "the input length exceeds the context length"}
+
+
 # -- smaller ---------------------------------------------------------------------------------------------
 
 
