@@ -1,9 +1,13 @@
 """Interrupted uploads, restarts, kill -9, concurrency, several workers, purging."""
 
+import contextlib
+import http.client
+import os
+import signal
 import socket
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
@@ -117,17 +121,77 @@ def test_concurrent_uploads_of_the_same_blob(make_registry, repo: str) -> None: 
             assert client.get(f"/v2/{repo}{i}/blobs/{digest_of(data)}").content == data
 
 
+def worker_pids(main_pid: int) -> list[int]:
+    """The uvicorn worker processes of a registry (its children started by multiprocessing)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("PPid:"))
+        if ppid == main_pid and b"spawn_main" in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def serving_pid(server_port: int, client_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the server end of our connection (from /proc/net/tcp and the fds)."""
+    inode = None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+                if local == server_port and remote == client_port:
+                    inode = fields[9]
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) == f"socket:[{inode}]":
+                        return pid
+    return None
+
+
 def test_several_workers_share_upload_sessions(make_registry, repo: str) -> None:  # type: ignore[no-untyped-def]
+    """One upload session, its chunks served by both workers in turn: each worker is paused
+    (SIGSTOP) while the other takes its share, and /proc says which one held each connection."""
     registry = make_registry("--workers", "2")
+    assert registry.proc is not None
+    wait_until(lambda: len(worker_pids(registry.proc.pid)) == 2, 30, "two workers")
+    workers = worker_pids(registry.proc.pid)
     data = random_bytes(2_000_000)
-    url = start(httpx.Client(base_url=registry.url), repo)
+    url = urlsplit(start(httpx.Client(base_url=registry.url), repo))
+    served: list[int | None] = []
     for offset in range(0, len(data), 100_000):
-        # A new connection per chunk, so the kernel spreads them over both workers.
-        with httpx.Client() as fresh:
-            r = patch(fresh, url, data[offset : offset + 100_000], offset)
-            assert r.status_code == 202, r.text
+        paused = workers[(offset // 100_000) % 2]  # the other worker must take this chunk
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+            chunk = data[offset : offset + 100_000]
+            headers = {
+                "Content-Range": f"{offset}-{offset + len(chunk) - 1}",
+                "Content-Type": "application/octet-stream",
+            }
+            conn.request("PATCH", url.path + (f"?{url.query}" if url.query else ""), chunk, headers)
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 202, response.status
+            served.append(serving_pid(registry.port, conn.sock.getsockname()[1], workers))
+            location = response.getheader("Location")
+            assert location
+            url = urlsplit(location if "://" in location else registry.url + location)
+            conn.close()
+        finally:
+            os.kill(paused, signal.SIGCONT)
+    assert served == [workers[(i + 1) % 2] for i in range(len(served))], (served, workers)
     with httpx.Client() as fresh:
-        assert fresh.put(url, params={"digest": digest_of(data)}).status_code == 201
+        final = f"{registry.url}{url.path}"
+        assert fresh.put(final, params={**dict(parse_qsl(url.query)), "digest": digest_of(data)}).status_code == 201
         assert fresh.get(f"{registry.url}/v2/{repo}/blobs/{digest_of(data)}").content == data
 
 
