@@ -495,16 +495,21 @@ def fit(prompt: list[int], n_ctx: int, keep: int, num_predict: int = -1) -> list
 
 def _prefill(llm: Any, prompt: list[int]) -> None:
     """Evaluate ``prompt``, reusing what the context already holds of it (a conversation goes
-    on); at least its last token is evaluated again, for fresh logits to sample from."""
+    on). When it holds exactly the prompt and its logits are still there (the same request
+    again), nothing is evaluated: re-evaluating the last token alone would give logits that
+    differ in the last bits from the first time, and the same request must answer the same."""
     held = [int(t) for t in llm.input_ids[: llm.n_tokens]]
     same = 0
     for a, b in zip(held, prompt, strict=False):
         if a != b:
             break
         same += 1
-    same = min(same, len(prompt) - 1)
+    if same == len(prompt) == llm.n_tokens and not llm._requires_eval:
+        return
+    same = min(same, len(prompt) - 1)  # at least the last token, for logits to sample from
     if same > 0 and llm._ctx.kv_cache_seq_rm(-1, same, -1):
         llm.n_tokens = same
+        llm._requires_eval = True
     else:
         llm.reset()
         llm._ctx.kv_cache_clear()
