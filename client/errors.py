@@ -119,7 +119,9 @@ def from_response(status: int, body: bytes, what: str) -> RegistryError:
     """The error for a registry's error response; ``what`` names the operation for the message."""
     errors = parse_envelope(body)
     code, message = (errors[0][0], errors[0][1]) if errors else (None, body.decode(errors="replace").strip()[:300])
-    detail = printable(f"{code}: {message}" if code else (message or f"HTTP {status}"))
+    if "\x00" in message:
+        message = ""  # binary, not a message
+    detail = printable(f"{code}: {message}" if code else (message or f"HTTP {status}"))[:400]
     if status == 401:
         return Unauthorized(f"{what}: unauthorized ({detail}); sign in with 'hangar signin' first")
     if status == 403:

@@ -566,7 +566,10 @@ class BlobDownload:
                 failures += 1
                 if failures >= MAX_ATTEMPTS:
                     raise errors.TransferFailed(f"pull {self.digest.short}: the registry keeps refusing") from None
-                await self._renew_source(generation)
+                try:
+                    await self._renew_source(generation)
+                except errors.RegistryUnreachable:  # down for a moment (a restart): the next try asks again
+                    await asyncio.sleep(backoff(failures))
             except (aiohttp.ClientError, TimeoutError, _Retryable, _BadRange) as e:
                 if part.completed > before and not isinstance(e, _TooSlow):
                     failures = 0  # progress refills the retry budget (a crawl is no progress)

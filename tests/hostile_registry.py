@@ -201,6 +201,8 @@ class HostileRegistry:
         if rng := request.headers.get("range"):
             a, b = rng.removeprefix("bytes=").split("-")
             first, last = int(a), min(int(b), len(data) - 1)
+            if first >= len(data):  # past the real blob (its declared size lied)
+                return Response(status_code=416, headers={"Content-Range": f"bytes */{len(data)}"})
         headers = {"Content-Range": f"bytes {first}-{last}/{len(data)}", "Content-Length": str(last - first + 1)}
         body = data[first : last + 1]
         if attack == "drip-blob" and len(data) > 1000:
