@@ -195,7 +195,8 @@ async def generate(request: Request) -> Response:
                     images=images,
                     cancel=cancel,
                     think=think,
-                    **fit,
+                    truncate=fit["truncate"],
+                    shift=fit["shift"],
                 )
             )
         return JSONResponse(final(result, result.text, result.thinking))
@@ -214,7 +215,8 @@ async def generate(request: Request) -> Response:
             images=images,
             cancel=cancel,
             think=think,
-            **fit,
+            truncate=fit["truncate"],
+            shift=fit["shift"],
         )
     )
 

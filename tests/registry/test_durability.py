@@ -171,7 +171,7 @@ def test_several_workers_share_upload_sessions(make_registry, repo: str) -> None
         paused = workers[(offset // 100_000) % 2]  # the other worker must take this chunk
         os.kill(paused, signal.SIGSTOP)
         try:
-            conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+            conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30)
             chunk = data[offset : offset + 100_000]
             headers = {
                 "Content-Range": f"{offset}-{offset + len(chunk) - 1}",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import ollama
@@ -79,7 +80,8 @@ def test_error_mid_stream_ends_the_ndjson_stream_with_an_error_line(failing: Run
 
 def test_error_mid_stream_reaches_the_ollama_and_openai_packages(failing: RuntimeProcess) -> None:
     client = ollama.Client(host=failing.url)
-    stream = client.generate(model="tiny-long", prompt="hello", stream=True, options=GREEDY_LONG["options"])
+    greedy = {"temperature": 0, "num_predict": 40}
+    stream = client.generate(model="tiny-long", prompt="hello", stream=True, options=greedy)
     with pytest.raises(ollama.ResponseError, match="test fault"):
         for _ in stream:
             pass
@@ -92,7 +94,7 @@ def test_error_mid_stream_reaches_the_ollama_and_openai_packages(failing: Runtim
         for chunk in chunks:
             seen.append(chunk)
     assert seen and seen[0].choices[0].delta.role == "assistant"
-    assert info.value.body == {  # type: ignore[attr-defined]
+    assert info.value.body == {
         "message": "test fault: the engine failed after 3 tokens",
         "type": "api_error",
         "param": None,
@@ -350,7 +352,7 @@ def test_openai_text_parts_and_tool_names_reach_the_template(echo: RuntimeProces
     assert via_openai(parts) == count
 
     call = {"id": "call_abc", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}
-    history = [
+    history: list[dict[str, Any]] = [
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": "", "tool_calls": [call]},
         {"role": "tool", "tool_call_id": "call_abc", "content": "cold"},
@@ -403,16 +405,18 @@ def test_openai_input_audio_top_p_and_completions(echo: RuntimeProcess) -> None:
 
     c = oa.completions.create(model="tiny-long", prompt="hello", max_tokens=4, temperature=0, logprobs=2)
     lp = c.choices[0].logprobs
-    assert lp is not None and len(lp.tokens) == len(lp.token_logprobs) == 4 == c.usage.completion_tokens
+    assert lp is not None and lp.tokens is not None and lp.token_logprobs is not None and c.usage is not None
+    assert len(lp.tokens) == len(lp.token_logprobs) == 4 == c.usage.completion_tokens
     assert lp.top_logprobs is not None and all(len(t) <= 2 for t in lp.top_logprobs)
-    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+    assert lp.text_offset is not None and lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
     zero = oa.completions.create(model="tiny-long", prompt="hello", max_tokens=2, temperature=0, logprobs=0)
     assert zero.choices[0].logprobs is not None and zero.choices[0].logprobs.top_logprobs is None
     assert oa.completions.create(model="tiny-long", prompt="hello", max_tokens=2).choices[0].logprobs is None
     streamed = list(
         oa.completions.create(model="tiny-long", prompt="hello", max_tokens=4, temperature=0, logprobs=1, stream=True)
     )
-    assert sum(len(s.choices[0].logprobs.tokens) for s in streamed if s.choices and s.choices[0].logprobs) == 4
+    counts = [len(s.choices[0].logprobs.tokens or []) for s in streamed if s.choices and s.choices[0].logprobs]
+    assert sum(counts) == 4
 
     # An empty prompt loads the model and answers an empty completion.
     httpx.post(url + "/api/generate", json={"model": "tiny-greedy", "keep_alive": 0})
