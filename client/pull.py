@@ -440,7 +440,7 @@ class BlobDownload:
             body = await read_body(response, chunk_sums_limit(self.desc.size), what)
         except errors.RegistryError:
             return None, None  # optional: verify the blob whole instead
-        chunks = []
+        chunks: list[Chunk] = []
         expected = 0
         try:
             for line in body.decode().splitlines():

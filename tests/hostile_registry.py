@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -109,7 +110,7 @@ class HostileRegistry:
         self.server.__enter__()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
         self.server.__exit__(*exc)
 
     @property

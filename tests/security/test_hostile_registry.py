@@ -19,6 +19,7 @@ import multiprocessing
 import tarfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -45,7 +46,7 @@ DAEMON_MEMORY_BOUND = 400 * 1024 * 1024  # `hangar serve`: 60 MiB after one pull
 
 
 @pytest.fixture(scope="module")
-def hostile() -> HostileRegistry:
+def hostile() -> Iterator[HostileRegistry]:
     with HostileRegistry(drip=0.2) as server:
         yield server
 
