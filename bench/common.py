@@ -75,7 +75,7 @@ class Server:
 
 def hangar_registry(data: Path, workers: int = 1, auth: str = "required") -> tuple[Server, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "registry", "serve", "--listen", f"127.0.0.1:{port}", "--auth", auth,
+    cmd = [sys.executable, "-m", "cli", "registry", "serve", "--listen", f"127.0.0.1:{port}", "--auth", auth,
            "--data-dir", str(data), "--log-level", "warning", "--workers", str(workers)]  # fmt: skip
     return Server(cmd, f"http://127.0.0.1:{port}/v2/", data.parent / f"{data.name}.log"), f"http://127.0.0.1:{port}"
 

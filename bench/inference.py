@@ -49,9 +49,9 @@ class Sample:
 def create_model(home: Path, name: str, gguf: Path) -> None:
     from client.config import load
     from client.store import Store
-    from registry.oci import mediatypes as mt
-    from registry.oci.manifest import Descriptor, Manifest
-    from registry.oci.names import ModelName
+    from formats import mediatypes as mt
+    from formats.manifest import Descriptor, Manifest
+    from formats.names import ModelName
 
     store = Store(load({"HANGAR_HOME": str(home)}).models).ensure()
     digest, size = store.add_blob_file(gguf)
@@ -136,7 +136,7 @@ def main() -> int:
         env = {**os.environ, "HANGAR_HOME": str(home), "HANGAR_HOST": f"127.0.0.1:{port}", "HANGAR_KEEP_ALIVE": "-1"}
         env.pop("HANGAR_MODELS", None)
         server = Server(
-            [sys.executable, "-m", "client.cli", "serve", "--log-level", "warning"],
+            [sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"],
             f"http://127.0.0.1:{port}/",
             Path(tmp) / "serve.log",
             env,

@@ -46,16 +46,16 @@ def hangar(home: Path, *args: str) -> float:
     env.pop("HANGAR_MODELS", None)
     os.sync()
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "client.cli", *args], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
 def create_model(home: Path, name: str, blob: Path) -> None:
     from client.config import load
     from client.store import Store
-    from registry.oci import mediatypes as mt
-    from registry.oci.manifest import Descriptor, Manifest
-    from registry.oci.names import ModelName
+    from formats import mediatypes as mt
+    from formats.manifest import Descriptor, Manifest
+    from formats.names import ModelName
 
     store = Store(load({"HANGAR_HOME": str(home)}).models).ensure()
     digest, size = store.add_blob_file(blob)
@@ -148,8 +148,8 @@ def main() -> int:
     port = free_port()
     ours_url = f"http://127.0.0.1:{port}"
     ours = Server(
-        [sys.executable, "-m", "registry", "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(work / "ours"),
-         "--log-level", "warning", "--workers", "2", "--signup", "open"],
+        [sys.executable, "-m", "cli", "registry", "serve", "--listen", f"127.0.0.1:{port}",
+         "--data-dir", str(work / "ours"), "--log-level", "warning", "--workers", "2", "--signup", "open"],
         f"{ours_url}/v2/", work / "ours.log",
     )  # fmt: skip
     ref_server, ref_url = reference_registry(work / "reference")
@@ -157,7 +157,7 @@ def main() -> int:
     results: dict[str, list[float]] = {}
     with ours, ref_server:
         subprocess.run(
-            [sys.executable, "-m", "client.cli", "signin", f"127.0.0.1:{port}", "--username", "alice"],
+            [sys.executable, "-m", "cli.main", "signin", f"127.0.0.1:{port}", "--username", "alice"],
             env={**os.environ, "HANGAR_HOME": str(alice)}, check=True, stdout=subprocess.DEVNULL,
         )  # fmt: skip
         # skopeo's source: the same layer as an OCI artifact on the reference registry.

@@ -3,7 +3,7 @@
 Each request carries ``ts`` and ``nonce`` in its query, ``Hangar-Signature-Version: 2`` and
 ``Authorization: <key>:<signature>`` over
 ``HANGAR2,<METHOD>,<registry origin><path>?<query>,<base64 of the hex sha256 of the body>`` (see
-``registry.oci.auth``): the origin binds the signature to the registry it is sent to, so that
+``formats.auth``): the origin binds the signature to the registry it is sent to, so that
 registry cannot replay it to another."""
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from client.config import ClientSettings
 from client.http import TIMEOUT, USER_AGENT, registry_url, tls_verify
 from client.keys import Identity
 from client.limits import ACCEPT_ENCODING, SMALL_BODY_LIMIT, read_body_sync
-from registry.oci.auth import API_SIGNATURE_HEADER, API_SIGNATURE_VERSION, api_signing_string, go_query
-from registry.oci.names import ModelName
+from formats.auth import API_SIGNATURE_HEADER, API_SIGNATURE_VERSION, api_signing_string, go_query
+from formats.names import ModelName
 
 
 @dataclass

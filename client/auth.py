@@ -2,7 +2,7 @@
 
 A request to the registry's origin goes out with the token held (if any). A ``401`` with a
 ``Bearer`` challenge sends a token request to the challenge's realm, signed with this machine's
-ed25519 key exactly as Ollama signs it (``registry.oci.auth``) when the user signed in to this
+ed25519 key exactly as Ollama signs it (``formats.auth``) when the user signed in to this
 registry, anonymously otherwise; then the request is sent once more with the new token. A token
 about to expire is renewed before the next request, so long pushes keep going.
 
@@ -25,7 +25,7 @@ from client import errors
 from client.credentials import display, limit_scopes, refuse_downgrade, registry_host, same_origin
 from client.keys import Identity
 from client.limits import ERROR_BODY_LIMIT, TOKEN_LIMIT, read_body, read_body_sync
-from registry.oci.auth import go_query, parse_challenge, token_signing_string
+from formats.auth import go_query, parse_challenge, token_signing_string
 
 RENEW_BEFORE = 30.0  # seconds
 TOKEN_REQUEST = "hangar_token_request"  # marks the requests this flow makes to the token endpoint

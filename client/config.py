@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from registry.oci.names import DEFAULT_HOST
+from formats.names import DEFAULT_HOST
 
 DEFAULT_CONCURRENCY = 4
 DEFAULT_PART_SIZE = 64 * 1024 * 1024

@@ -41,11 +41,11 @@ from client.gojson import dumps as go_json
 from client.model_info import file_type_name, human_count, inspect, read_gguf_metadata
 from client.progress import Progress, ProgressCallback, no_progress
 from client.store import Store
-from registry.oci import mediatypes as mt
-from registry.oci.digest import Digest
-from registry.oci.manifest import Descriptor, Manifest
-from registry.oci.names import ModelName
-from registry.oci.options import OPTION_TYPES, OptionError, coerce
+from formats import mediatypes as mt
+from formats.digest import Digest
+from formats.manifest import Descriptor, Manifest
+from formats.names import ModelName
+from formats.options import OPTION_TYPES, OptionError, coerce
 
 # The types llama.cpp's quantizer writes, by the names people use (case-insensitive).
 QUANTIZE_TYPES = {
@@ -241,7 +241,7 @@ def _manifest_bytes(config: Descriptor, layers: list[Descriptor]) -> bytes:
 def _write_and_prune(store: Store, name: ModelName, manifest: Manifest) -> None:
     """Write the manifest, then delete the blobs of the version it replaces that no model uses
     any more (§8.6 step 6), under the lock pulls and removals take for the same work."""
-    from client.manage import delete_unused_blobs
+    from client.store_ops import delete_unused_blobs
 
     with store.lock("manifests"):
         try:
@@ -323,7 +323,7 @@ def _tool_call(raw: Any, where: str) -> dict[str, Any]:
 def template_check(template: str | None) -> None:
     if template is None:
         return
-    from runtime.gotemplate import Template, TemplateError
+    from formats.gotemplate import Template, TemplateError
 
     try:
         Template(template)

@@ -33,7 +33,7 @@ import httpx
 
 from client import errors
 from client.config import ClientSettings
-from registry.oci.auth import Scope
+from formats.auth import Scope
 
 SIGNED_IN_FILE = "signed-in.json"  # in HANGAR_HOME
 _DEFAULT_PORTS = {"http": 80, "https": 443}

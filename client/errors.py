@@ -25,7 +25,7 @@ from __future__ import annotations
 import unicodedata
 from typing import TYPE_CHECKING
 
-from registry.oci.errors import parse_envelope
+from formats.errorcodes import parse_envelope
 
 if TYPE_CHECKING:
     import httpx

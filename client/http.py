@@ -16,8 +16,8 @@ from client.config import ClientSettings
 from client.credentials import signs_for
 from client.keys import Identity
 from client.limits import ACCEPT_ENCODING, ERROR_BODY_LIMIT, SMALL_BODY_LIMIT, read_body, request_deadline
-from registry.oci import mediatypes as mt
-from registry.oci.names import ModelName
+from formats import mediatypes as mt
+from formats.names import ModelName
 
 if TYPE_CHECKING:
     import aiohttp

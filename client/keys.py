@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from client.errors import KeyFileError
-from registry.oci.auth import authorization, encode_public_key, fingerprint
+from formats.auth import authorization, encode_public_key, fingerprint
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from client import errors
-from registry.oci.manifest import MAX_MANIFEST_BYTES
+from formats.manifest import MAX_MANIFEST_BYTES
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -18,8 +18,8 @@ from typing import Any
 
 from client.gguf_header import GGUFError, is_gguf, read_header
 from client.store import LocalModel, Store
-from registry.oci import mediatypes as mt
-from registry.oci.modelfile import quote_exact
+from formats import mediatypes as mt
+from formats.modelfile import quote_exact
 
 
 @dataclass
@@ -72,7 +72,7 @@ class ModelInfo:
             caps.append("insert")
         if self.projectors:
             caps.append("vision")
-        from runtime.thinking import model_thinks
+        from formats.thinking import model_thinks
 
         jinja = self.gguf.get("tokenizer.chat_template") if self.template is None else None
         if model_thinks(self.config, self.template, jinja if isinstance(jinja, str) else None, self.architecture):
@@ -270,7 +270,7 @@ def parameter_lines(params: dict[str, Any]) -> list[str]:
 def render_modelfile(info: ModelInfo) -> str:
     """The model as a Modelfile (Ollama's ``show --modelfile``). Every value is written so that
     ``hangar create`` reads it back unchanged; the few that the grammar cannot hold (a line ending
-    in three quotes inside a value, see registry.oci.modelfile.quote_exact) are written all the
+    in three quotes inside a value, see formats.modelfile.quote_exact) are written all the
     same, after a comment saying so: ``show`` always answers."""
     display = info.model.name.display()
     lines = [

@@ -60,9 +60,9 @@ from client.limits import (
     chunk_sums_limit,
     read_body,
 )
-from client.manage import delete_unused_blobs
 from client.progress import Progress, ProgressCallback, no_progress
 from client.store import LocalModel, Store
+from client.store_ops import delete_unused_blobs
 from client.transfer import (
     MAX_ATTEMPTS,
     STALL_SECONDS,
@@ -73,9 +73,9 @@ from client.transfer import (
     plan_parts,
     start_writeback,
 )
-from registry.oci.digest import Digest
-from registry.oci.manifest import Descriptor, Manifest, ManifestError
-from registry.oci.names import ModelName
+from formats.digest import Digest
+from formats.manifest import Descriptor, Manifest, ManifestError
+from formats.names import ModelName
 
 STATE_VERSION = 3  # 2 (one part per chunk) is still read
 SAVE_EVERY = 1.0  # seconds between part-state saves

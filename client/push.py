@@ -27,9 +27,9 @@ from client.http import make_client, registry_url, send
 from client.progress import Progress, ProgressCallback, no_progress
 from client.store import Store
 from client.transfer import MAX_ATTEMPTS, RateLimiter, Throttle, backoff
-from registry.oci.digest import Digest
-from registry.oci.manifest import Descriptor
-from registry.oci.names import InvalidName, ModelName
+from formats.digest import Digest
+from formats.manifest import Descriptor
+from formats.names import ModelName, NameParseError
 
 READ_CHUNK = 1024 * 1024
 
@@ -230,7 +230,7 @@ def _mount_source(desc: Descriptor, target: ModelName) -> str | None:
         return None
     try:
         parent = ModelName.parse(desc.parent, default_host=target.host)
-    except InvalidName:
+    except NameParseError:
         return None
     if parent.host.lower() != target.host.lower() or parent.repository.lower() == target.repository.lower():
         return None

@@ -22,7 +22,7 @@ from client.credentials import pull_scope
 from client.http import MANIFEST_ACCEPT, make_client, registry_url, send
 from client.limits import MANIFEST_LIMIT, TAGS_MAX, TAGS_MAX_PAGES, TAGS_PAGE_LIMIT
 from client.store import LocalModel
-from registry.oci.names import ModelName
+from formats.names import ModelName
 
 CHECKS_AT_ONCE = 8  # manifest requests in flight per registry
 

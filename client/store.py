@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from client.errors import InvalidName, ModelNotFound
-from registry.oci import mediatypes as mt
-from registry.oci.digest import Digest
-from registry.oci.manifest import Manifest, ManifestError
-from registry.oci.names import InvalidName as _InvalidName
-from registry.oci.names import ModelName
+from formats import mediatypes as mt
+from formats.digest import Digest
+from formats.manifest import Manifest, ManifestError
+from formats.names import ModelName, NameParseError
 
 COPY_CHUNK = 4 * 1024 * 1024
 # Linux writes dirty pages back after 30 s (vm.dirty_expire_centisecs); by this age flushing a
@@ -113,7 +112,7 @@ class Store:
         case-insensitively (as Ollama does)."""
         try:
             name = ModelName.parse(text, default_host=default_host)
-        except _InvalidName as e:
+        except NameParseError as e:
             raise InvalidName(str(e)) from None
         return self.resolve(name)
 

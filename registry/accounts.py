@@ -19,10 +19,10 @@ from sqlalchemy import Engine, Table, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
+from formats.auth import fingerprint
+from formats.names import is_valid_namespace, repository_key
 from registry.db import WRITE, utcnow
 from registry.models import Account, Audit, Invite, Membership, Nonce, PendingKey, PublicKey, Repository, Robot
-from registry.oci.auth import fingerprint
-from registry.oci.names import is_valid_namespace, repository_key
 
 _account = cast(Table, Account.__table__)
 _membership = cast(Table, Membership.__table__)

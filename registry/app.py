@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from formats.errorcodes import DistributionError
 from registry import config
 from registry.accounts import Accounts
 from registry.api import routes
@@ -25,7 +26,6 @@ from registry.auth import Authority
 from registry.db import make_engine
 from registry.gc import purge_uploads_forever
 from registry.meta import Metadata
-from registry.oci.errors import RegistryError
 from registry.ratelimit import RateLimiter
 from registry.signing import UrlSigner
 from registry.storage import open_store
@@ -77,13 +77,13 @@ class RateLimit:
         message = "too many requests from this address; retry later"
         headers = {"Retry-After": RateLimiter.retry_after(wait)}
         if path == "/token":
-            response = _error_response(RegistryError("TOOMANYREQUESTS", message, headers=headers), request)
+            response = _error_response(DistributionError("TOOMANYREQUESTS", message, headers=headers), request)
         else:
             response = JSONResponse({"error": message}, status_code=429, headers=headers)
         await response(scope, receive, send)
 
 
-def _error_response(error: RegistryError, request: Request) -> Response:
+def _error_response(error: DistributionError, request: Request) -> Response:
     headers = dict(error.headers)
     headers["Content-Type"] = "application/json"
     body = b"" if request.method == "HEAD" else error.body()
@@ -91,19 +91,19 @@ def _error_response(error: RegistryError, request: Request) -> Response:
 
 
 async def _registry_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, RegistryError)
+    assert isinstance(exc, DistributionError)
     return _error_response(exc, request)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "UNSUPPORTED", 405: "UNSUPPORTED"}.get(exc.status_code, "UNKNOWN")
-    return _error_response(RegistryError(code, exc.detail, status=exc.status_code), request)
+    return _error_response(DistributionError(code, exc.detail, status=exc.status_code), request)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return _error_response(RegistryError("UNKNOWN", "internal server error"), request)
+    return _error_response(DistributionError("UNKNOWN", "internal server error"), request)
 
 
 def create_app(settings: config.Settings) -> Starlette:
@@ -132,7 +132,7 @@ def create_app(settings: config.Settings) -> Starlette:
         routes=routes,
         middleware=[Middleware(ApiVersionHeader), Middleware(RateLimit, per_minute=settings.rate_limit)],
         exception_handlers={
-            RegistryError: _registry_error,
+            DistributionError: _registry_error,
             HTTPException: _http_error,
             Exception: _unexpected_error,
         },

@@ -33,10 +33,10 @@ from typing import Any
 
 import jwt
 
+from formats.auth import ACTIONS, Scope
+from formats.names import repository_key, repository_namespace
 from registry.accounts import Accounts
 from registry.db import utcnow
-from registry.oci.auth import ACTIONS, Scope
-from registry.oci.names import repository_key, repository_namespace
 
 ALL = frozenset(ACTIONS)
 

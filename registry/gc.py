@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import anyio
 from starlette.concurrency import run_in_threadpool
 
+from formats.digest import Digest
 from registry.accounts import Accounts
 from registry.db import utcnow
 from registry.meta import Metadata
-from registry.oci.digest import Digest
 from registry.storage import BlobStore
 
 log = logging.getLogger("hangar.registry.gc")

@@ -17,11 +17,11 @@ from sqlalchemy import Engine, Table, delete, exists, func, insert, or_, select,
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
+from formats.digest import Digest
+from formats.manifest import Manifest as ParsedManifest
+from formats.names import DEFAULT_NAMESPACE, repository_key, repository_namespace
 from registry.db import WRITE, utcnow
 from registry.models import Account, Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Secret, Tag, Upload
-from registry.oci.digest import Digest
-from registry.oci.manifest import Manifest as ParsedManifest
-from registry.oci.names import DEFAULT_NAMESPACE, repository_key, repository_namespace
 from registry.storage import CHUNK_SIZE, BlobInfo
 
 _repository = cast(Table, Repository.__table__)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
-from registry.oci.auth import normalize_origin
+from formats.auth import normalize_origin
 
 if TYPE_CHECKING:
     from registry.config import Settings

@@ -27,8 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from client.config import ClientSettings
 from client.config import load as load_client
-from client.manage import settle_store
 from client.store import SETTLE_AFTER
+from client.store_ops import settle_store
 from runtime.api import routes
 from runtime.config import RuntimeSettings
 from runtime.config import load as load_runtime

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from client.config import parse_size
-from registry.oci.options import parse_keep_alive
+from formats.options import parse_keep_alive
 
 DEFAULT_PORT = 11434
 

@@ -1,7 +1,7 @@
 """Turning requests into prompt text, and model output back into tool calls.
 
 The template is, in order: the request's ``template``; the model's TEMPLATE layer (Go
-``text/template``, as ollama.com models ship them, rendered by ``runtime.gotemplate``); the GGUF's
+``text/template``, as ollama.com models ship them, rendered by ``formats.gotemplate``); the GGUF's
 ``tokenizer.chat_template`` (Jinja, sandboxed); else ``{{ .Prompt }}``. As in Ollama, a Go template
 that uses ``.Messages`` gets the whole conversation at once, an older one is rendered turn by turn
 with ``.System``/``.Prompt``/``.Response`` (the text after ``.Response`` dropped for the turn being
@@ -9,7 +9,7 @@ generated). The model's SYSTEM layer applies unless the conversation brings its 
 layer comes first.
 
 Templates come with models from any registry, so rendering is bounded: Go templates by
-``runtime.gotemplate``'s step and output budgets, Jinja ones by the sandbox plus the same budgets
+``formats.gotemplate``'s step and output budgets, Jinja ones by the sandbox plus the same budgets
 (attribute lookups, calls and ``range`` items count as steps; ``*``/``**``/``+`` may not build
 huge values). The budgets grow with the conversation. Callers render in a worker thread."""
 
@@ -23,8 +23,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from runtime.gotemplate import MAX_OUTPUT, MAX_STEPS, Template, TemplateError
-from runtime.thinking import Think
+from formats.gotemplate import MAX_OUTPUT, MAX_STEPS, Template, TemplateError
+from formats.thinking import Think
 
 RESPONSE_MARK = "\x00hangar-response\x00"
 

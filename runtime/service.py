@@ -26,14 +26,14 @@ from client.config import ClientSettings
 from client.errors import InvalidName, ModelNotFound
 from client.model_info import ModelInfo, inspect
 from client.store import LocalModel, Store
-from registry.oci.names import ModelName
-from registry.oci.options import DEFAULTS
+from formats.gotemplate import TemplateError
+from formats.names import ModelName
+from formats.options import DEFAULTS
+from formats.thinking import HarmonyParser, Think, ThinkError, ThinkingParser, parser_for, request_think
 from runtime.config import RuntimeSettings
 from runtime.engine import BadInput, DoneEvent, EngineError, LoadSpec, MediaPrompt, Sampling, TokenEvent, vocab_for
-from runtime.gotemplate import TemplateError
 from runtime.prompts import Message, PromptTemplate, looks_like_tool_call, parse_tool_calls
 from runtime.scheduler import Runner, Scheduler
-from runtime.thinking import HarmonyParser, Think, ThinkError, ThinkingParser, parser_for, request_think
 
 
 class ApiError(Exception):
@@ -60,7 +60,7 @@ class Result:
     """What a generation produced, filled in as it streams."""
 
     text: str = ""
-    thinking: str = ""  # what a thinking model thought (runtime.thinking), apart from ``text``
+    thinking: str = ""  # what a thinking model thought (formats.thinking), apart from ``text``
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     done: DoneEvent | None = None
     load_ns: int = 0
@@ -222,7 +222,7 @@ class Service:
 
         ``images`` belong at the image markers in ``prompt`` (see ``with_image_markers``). With
         ``tools``, output that looks like a tool call is held back and parsed at the end. With
-        ``think`` on, the output is split into thinking and content (``runtime.thinking``); a
+        ``think`` on, the output is split into thinking and content (``formats.thinking``); a
         ``grammar`` then applies only after the thinking (§8.4): the model thinks unconstrained
         until its closing tag, and generation restarts from there with the grammar."""
         if images and context:
@@ -453,7 +453,7 @@ class Service:
             except TemplateError as e:
                 raise ApiError(400, f"template error: {e}") from None
 
-        # In a worker thread: a template's budget (runtime.gotemplate) may take a second to spend.
+        # In a worker thread: a template's budget (formats.gotemplate) may take a second to spend.
         return await anyio.to_thread.run_sync(render)
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import gemma_gguf  # noqa: E402  (after the path, to run from anywhere)
 
 DEMO = ROOT / ".demo"
-HANGAR = [sys.executable, "-m", "client.cli"]
+HANGAR = [sys.executable, "-m", "cli.main"]
 
 # Gemma 3 270M is a base model: it completes text. The template frames a question so that the
 # completion is its answer, and the stop sequences (a newline, the next "Question:") end it there.

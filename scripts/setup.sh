@@ -51,6 +51,6 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
     echo "error: pip install failed; full log in $log" >&2
     exit 1
   fi
-  .venv/bin/python -c 'import registry.app, client.cli, runtime.app, llama_cpp'
+  .venv/bin/python -c 'import registry.app, cli.main, runtime.app, llama_cpp'
   echo "$want" > "$stamp"
 fi

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from registry.oci import mediatypes as mt
+from formats import mediatypes as mt
 
 EMPTY_SHA256 = "sha256:" + hashlib.sha256(b"").hexdigest()
 

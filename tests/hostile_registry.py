@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from registry.oci import mediatypes as mt
+from formats import mediatypes as mt
 from tests.frontends import ThreadedServer
 from tests.servers import REPO_ROOT
 
@@ -290,7 +290,7 @@ ADDRESS_SPACE_LIMIT = 3 * 1024**3  # a client gone wild dies here instead of tak
 def run_measured(
     args: Sequence[str], home: Path, *, timeout: float = 120, env: dict[str, str] | None = None
 ) -> Measured:
-    """Run ``python -m client.cli ARGS`` with ``HANGAR_HOME=home`` and measure its peak memory
+    """Run ``python -m cli.main ARGS`` with ``HANGAR_HOME=home`` and measure its peak memory
     (``wait4``'s rusage of that one child). Past ``timeout`` the child is killed: the result then
     says returncode -9."""
 
@@ -303,7 +303,7 @@ def run_measured(
     started = time.monotonic()
     with open(out, "wb") as o, open(err, "wb") as e:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "client.cli", *args], stdout=o, stderr=e, env=full_env, cwd=REPO_ROOT,
+            [sys.executable, "-m", "cli.main", *args], stdout=o, stderr=e, env=full_env, cwd=REPO_ROOT,
             preexec_fn=limit_memory,
         )  # fmt: skip
         while True:

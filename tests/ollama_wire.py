@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, quote_plus, urlsplit, urlunsplit
 
 import httpx
 
-from registry.oci import mediatypes as mt
+from formats import mediatypes as mt
 
 USER_AGENT = "ollama/0.33.0 (amd64 linux) Go/go1.24.1"
 MB = 1_000_000

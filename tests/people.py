@@ -18,10 +18,10 @@ from client.keys import Identity, load_or_create
 from client.pull import PullResult, pull
 from client.push import PushResult, push
 from client.store import Store
+from formats.auth import go_query, token_signing_string
+from formats.names import ModelName
 from registry import db
 from registry.accounts import Accounts, AuditRecord
-from registry.oci.auth import go_query, token_signing_string
-from registry.oci.names import ModelName
 from tests.client.conftest import make_model
 from tests.servers import RegistryProcess
 

@@ -109,6 +109,7 @@ class RegistryProcess:
         cmd = [
             sys.executable,
             "-m",
+            "cli",
             "registry",
             "serve",
             "--listen",
@@ -231,7 +232,7 @@ class RuntimeProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "client.cli", "serve", "--log-level", "warning"],
+                [sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"],
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -123,9 +123,9 @@ def add_model(
     ``config`` adds to its config (``capabilities``, ``parser`` …)."""
     import json
 
-    from registry.oci import mediatypes as mt
-    from registry.oci.manifest import Descriptor, Manifest
-    from registry.oci.names import ModelName
+    from formats import mediatypes as mt
+    from formats.manifest import Descriptor, Manifest
+    from formats.names import ModelName
 
     store.ensure()
     digest, size = store.add_blob_file(gguf_path)

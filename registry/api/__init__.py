@@ -9,9 +9,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Match, Route
 
+from formats.errorcodes import DistributionError
 from registry.api import accounts, blobs, listing, manifests, token, uploads
 from registry.api.common import bearer_grant, services, unauthorized
-from registry.oci.errors import RegistryError
 
 
 class RepositoryConvertor(Convertor[str]):
@@ -49,14 +49,14 @@ async def unmatched(request: Request) -> Response:
         {m for route in routes[:-1] if route.matches(request.scope)[0] == Match.PARTIAL for m in route.methods or ()}
     )
     if allowed:
-        raise RegistryError(
+        raise DistributionError(
             "UNSUPPORTED", f"method {request.method} not allowed", headers={"Allow": ", ".join(allowed)}
         )
     m = _REPO_ROUTE_RE.match(request.url.path)
     if m:
         name = m.group("name")
-        raise RegistryError("NAME_INVALID", f"invalid repository name {name!r}", detail={"name": name})
-    raise RegistryError("UNSUPPORTED", "no such endpoint", status=404)
+        raise DistributionError("NAME_INVALID", f"invalid repository name {name!r}", detail={"name": name})
+    raise DistributionError("UNSUPPORTED", "no such endpoint", status=404)
 
 
 R = "/v2/{name:repo}"

@@ -1,6 +1,6 @@
 """The account API, ``/hangar/v1/…``: sign-up, sign-in, keys, robots and settings.
 
-Every request is signed with the caller's ed25519 key (``registry.oci.auth``, scheme v2:
+Every request is signed with the caller's ed25519 key (``formats.auth``, scheme v2:
 ``HANGAR2,<METHOD>,<origin><path>?<query>,<hash of the body>`` with ``ts`` and ``nonce`` in the
 query and the header ``Hangar-Signature-Version: 2``). The origin is verified against this
 registry's own (``registry.origins``), so a request signed for another registry is refused here;
@@ -39,22 +39,22 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from registry.accounts import APPROVAL_CODE_ALPHABET, AccountError, AccountRecord, KeyTaken, NameReserved, NameTaken
-from registry.api.common import audit, registry_origins, request_host, services
-from registry.api.token import Refused, check_freshness, signature_mismatch, verify_signature
-from registry.oci.auth import (
+from formats.auth import (
     API_SIGNATURE_HEADER,
     API_SIGNATURE_VERSION,
     api_signing_string,
     fingerprint,
     parse_authorization,
 )
-from registry.oci.names import InvalidName, parse_repository
+from formats.names import NameParseError, parse_repository
+from registry.accounts import APPROVAL_CODE_ALPHABET, AccountError, AccountRecord, KeyTaken, NameReserved, NameTaken
+from registry.api.common import audit, registry_origins, request_host, services
+from registry.api.token import Refused, check_freshness, signature_mismatch, verify_signature
 
 MAX_BODY = 64 * 1024
 
 
-class ApiError(Exception):
+class AccountsApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status = status
@@ -73,15 +73,15 @@ class Caller:
 
     def require_user(self) -> AccountRecord:
         if self.user is None:
-            raise ApiError(401, "this key is not bound to an account: run 'hangar signin'")
+            raise AccountsApiError(401, "this key is not bound to an account: run 'hangar signin'")
         if self.user.disabled:
-            raise ApiError(403, f"the account {self.user.name!r} is disabled")
+            raise AccountsApiError(403, f"the account {self.user.name!r} is disabled")
         return self.user
 
     def field(self, name: str, default: Any = None, *, required: bool = False) -> Any:
         value = self.body.get(name, default)
         if required and (value is None or value == ""):
-            raise ApiError(400, f"missing field {name!r}")
+            raise AccountsApiError(400, f"missing field {name!r}")
         return value
 
 
@@ -104,7 +104,7 @@ def signed(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         try:
             caller = await _verify(request)
             return await handler(request, caller)
-        except ApiError as e:
+        except AccountsApiError as e:
             status, message = e.status, str(e)
         except (NameTaken, KeyTaken) as e:
             status, message = 409, str(e)
@@ -124,10 +124,10 @@ def signed(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
 async def _verify(request: Request) -> Caller:
     raw = await request.body()
     if len(raw) > MAX_BODY:
-        raise ApiError(413, "request body too large")
+        raise AccountsApiError(413, "request body too large")
     parsed = parse_authorization(request.headers.get("authorization", ""))
     if parsed is None:
-        raise ApiError(401, "sign this request with your key (Authorization: <public key>:<signature>)")
+        raise AccountsApiError(401, "sign this request with your key (Authorization: <public key>:<signature>)")
     key, signature = parsed
     path = request.scope.get("raw_path", request.url.path.encode()).decode("latin-1")
     query = request.scope.get("query_string", b"").decode("latin-1")
@@ -146,13 +146,13 @@ async def _verify(request: Request) -> Caller:
         await check_freshness(request)
     except Refused as e:
         await audit(request, "unknown", "auth", request.url.path, "denied", reason=str(e), key=fingerprint(key))
-        raise ApiError(401, str(e)) from None
+        raise AccountsApiError(401, str(e)) from None
     try:
         body = json.loads(raw) if raw else {}
     except ValueError:
-        raise ApiError(400, "the body is not JSON") from None
+        raise AccountsApiError(400, "the body is not JSON") from None
     if not isinstance(body, dict):
-        raise ApiError(400, "the body must be a JSON object")
+        raise AccountsApiError(400, "the body must be a JSON object")
     user = await run_in_threadpool(services(request).accounts.user_for_key, key)
     return Caller(key, body, user)
 
@@ -183,7 +183,7 @@ async def signup(request: Request, caller: Caller) -> Response:
     invite = caller.field("invite")
     if mode == "closed":  # invite codes too: closed means administrators create every account
         await audit(request, username, "signup", username, "denied", reason="sign-up is closed")
-        raise ApiError(403, "sign-up is closed on this registry; ask an administrator for an account")
+        raise AccountsApiError(403, "sign-up is closed on this registry; ask an administrator for an account")
     key_name = str(caller.field("key_name") or "")
     try:
         user = await run_in_threadpool(svc.accounts.signup, username, caller.key, key_name, invite, mode != "open")
@@ -200,12 +200,12 @@ async def signin(request: Request, caller: Caller) -> Response:
     username = str(caller.field("username") or "")
     if caller.user is not None:
         if username and username.lower() != caller.user.name.lower():
-            raise ApiError(409, f"this key belongs to {caller.user.name!r}, not {username!r}")
+            raise AccountsApiError(409, f"this key belongs to {caller.user.name!r}, not {username!r}")
         user = caller.require_user()
         await audit(request, user.name, "signin", user.name, "ok", key=fingerprint(caller.key))
         return JSONResponse({"status": "signed_in", **await _user_json(request, user)})
     if not username:
-        raise ApiError(404, "this key is not bound to an account; give --username to sign in or sign up")
+        raise AccountsApiError(404, "this key is not bound to an account; give --username to sign in or sign up")
     account = await run_in_threadpool(svc.accounts.get, username)
     if account is None or account.kind != "user" or account.disabled:
         # The same answer as for a real user, so that sign-in does not tell which names exist:
@@ -273,7 +273,7 @@ async def remove_key(request: Request, caller: Caller) -> Response:
     user = caller.require_user()
     fp = request.path_params["fingerprint"]
     if not await run_in_threadpool(services(request).accounts.remove_key, user.id, fp):
-        raise ApiError(404, f"no key {fp} on this account")
+        raise AccountsApiError(404, f"no key {fp} on this account")
     await audit(request, user.name, "key.remove", fp, "ok")
     return JSONResponse({"status": "removed", "fingerprint": fp})
 
@@ -285,7 +285,7 @@ async def approve_key(request: Request, caller: Caller) -> Response:
     key = await run_in_threadpool(services(request).accounts.approve, user.id, code)
     if key is None:
         await audit(request, user.name, "key.add", code, "denied", reason="unknown or expired code")
-        raise ApiError(404, "no key is waiting for approval under that code (codes expire after 15 minutes)")
+        raise AccountsApiError(404, "no key is waiting for approval under that code (codes expire after 15 minutes)")
     await audit(request, user.name, "key.add", key.fingerprint, "ok", approved_by=fingerprint(caller.key))
     return JSONResponse({"status": "approved", **_key_json(key)})
 
@@ -299,13 +299,13 @@ async def _owned_namespace(request: Request, caller: Caller, namespace: str) -> 
     svc = services(request)
     account = await run_in_threadpool(svc.accounts.get, namespace)
     if account is None:
-        raise ApiError(404, f"no namespace named {namespace!r}")
+        raise AccountsApiError(404, f"no namespace named {namespace!r}")
     if user.is_admin or account.id == user.id:
         return account.name
     if account.kind == "org" and await run_in_threadpool(svc.accounts.role, account.id, user.id) == "owner":
         return account.name
     await audit(request, user.name, "settings", namespace, "denied", reason="not an owner")
-    raise ApiError(403, f"only owners of {account.name!r} may change its settings")
+    raise AccountsApiError(403, f"only owners of {account.name!r} may change its settings")
 
 
 @signed
@@ -313,7 +313,7 @@ async def create_robot(request: Request, caller: Caller) -> Response:
     namespace = await _owned_namespace(request, caller, str(caller.field("namespace", required=True)))
     expires_in = caller.field("expires_in", 30 * 86400)
     if not isinstance(expires_in, int | float) or expires_in <= 0:
-        raise ApiError(400, "expires_in must be a positive number of seconds")
+        raise AccountsApiError(400, "expires_in must be a positive number of seconds")
     robot, value = await run_in_threadpool(
         services(request).accounts.create_robot,
         namespace,
@@ -342,7 +342,7 @@ async def delete_robot(request: Request, caller: Caller) -> Response:
     namespace = await _owned_namespace(request, caller, request.path_params["namespace"])
     name = request.path_params["name"]
     if not await run_in_threadpool(services(request).accounts.delete_robot, namespace, name):
-        raise ApiError(404, f"no robot {namespace}+{name}")
+        raise AccountsApiError(404, f"no robot {namespace}+{name}")
     await audit(request, caller.require_user().name, "robot.delete", f"{namespace}+{name}", "ok")
     return JSONResponse({"status": "deleted"})
 
@@ -352,12 +352,12 @@ async def set_repository(request: Request, caller: Caller) -> Response:
     name = f"{request.path_params['namespace']}/{request.path_params['model']}"
     try:
         parse_repository(name)
-    except InvalidName as e:
-        raise ApiError(400, str(e)) from None
+    except NameParseError as e:
+        raise AccountsApiError(400, str(e)) from None
     await _owned_namespace(request, caller, request.path_params["namespace"])
     visibility = str(caller.field("visibility", required=True))
     if not await run_in_threadpool(services(request).accounts.set_repository_visibility, name, visibility):
-        raise ApiError(404, f"no repository {name}")
+        raise AccountsApiError(404, f"no repository {name}")
     await audit(request, caller.require_user().name, "visibility", name, "ok", visibility=visibility)
     return JSONResponse({"repository": name, "visibility": visibility})
 
@@ -378,7 +378,7 @@ async def set_member(request: Request, caller: Caller) -> Response:
     svc = services(request)
     if request.method == "DELETE":
         if not await run_in_threadpool(svc.accounts.remove_member, org, user):
-            raise ApiError(404, f"{user!r} is not a member of {org!r}")
+            raise AccountsApiError(404, f"{user!r} is not a member of {org!r}")
         await audit(request, caller.require_user().name, "member.remove", f"{org}/{user}", "ok")
         return JSONResponse({"status": "removed"})
     role = str(caller.field("role", required=True))

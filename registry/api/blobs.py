@@ -15,19 +15,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
+from formats.digest import Digest
+from formats.errorcodes import DistributionError
 from registry.api.common import audit, authorize, digest_param, external_url, repository, services
 from registry.auth import ANONYMOUS, Principal
-from registry.oci.digest import Digest
-from registry.oci.errors import RegistryError
 from registry.storage import CHUNK_SIZE, BlobInfo, ContentHash
 
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
 
 def parse_range(header: str, size: int) -> tuple[int, int]:
-    """``(first, last)`` inclusive for a single ``bytes=`` range; RegistryError 416 otherwise."""
+    """``(first, last)`` inclusive for a single ``bytes=`` range; DistributionError 416 otherwise."""
     m = _RANGE_RE.fullmatch(header.strip())
-    unsatisfiable = RegistryError(
+    unsatisfiable = DistributionError(
         "RANGE_INVALID",
         f"range {header!r} not satisfiable for {size} bytes",
         headers={"Content-Range": f"bytes */{size}"},
@@ -51,8 +51,8 @@ async def _blob_size(request: Request, name: str, digest: Digest) -> int:
     size = await run_in_threadpool(svc.meta.blob_size, name, digest)
     if size is None:
         if not await run_in_threadpool(svc.meta.repository_exists, name):
-            raise RegistryError("NAME_UNKNOWN", detail={"name": name})
-        raise RegistryError("BLOB_UNKNOWN", detail={"digest": str(digest)})
+            raise DistributionError("NAME_UNKNOWN", detail={"name": name})
+        raise DistributionError("BLOB_UNKNOWN", detail={"digest": str(digest)})
     return size
 
 
@@ -111,7 +111,7 @@ async def _signed_request(request: Request, name: str) -> bool:
         reason = "the URL's holder may no longer read this repository"
     if reason is not None:
         await audit(request, "unknown", "signed-url", request.url.path, "denied", reason=reason, subject=subject)
-        raise RegistryError("DENIED", "the signed URL is invalid or has expired")
+        raise DistributionError("DENIED", "the signed URL is invalid or has expired")
     return True
 
 
@@ -177,14 +177,14 @@ async def chunk_sums(request: Request) -> Response:
     found = await run_in_threadpool(svc.meta.chunks, name, digest)
     if found is None:
         await _blob_size(request, name, digest)  # raises the right 404
-        raise RegistryError("BLOB_UNKNOWN", detail={"digest": str(digest)})
+        raise DistributionError("BLOB_UNKNOWN", detail={"digest": str(digest)})
     size, sums = found
     if sums is None:  # a blob stored before chunk sums existed: compute them once
         content = ContentHash()
         async for data in svc.store.read(digest):
             await run_in_threadpool(content.update, data)
         if content.digest() != digest:
-            raise RegistryError("UNKNOWN", f"stored blob {digest} does not match its digest")
+            raise DistributionError("UNKNOWN", f"stored blob {digest} does not match its digest")
         sums = list(content.chunk_sums())
         await run_in_threadpool(svc.meta.set_chunks, BlobInfo(digest, size, tuple(sums)))
     lines = []

@@ -9,14 +9,14 @@ from urllib.parse import urlencode
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from formats.auth import Scope, challenge
+from formats.digest import Digest, InvalidDigest
+from formats.errorcodes import DistributionError
+from formats.names import NameParseError, is_valid_tag, parse_registry_repository
 from registry.accounts import Accounts
 from registry.auth import ANONYMOUS, Authority, Grant, InvalidToken, Principal
 from registry.config import Settings
 from registry.meta import Metadata
-from registry.oci.auth import Scope, challenge
-from registry.oci.digest import Digest, InvalidDigest
-from registry.oci.errors import RegistryError
-from registry.oci.names import InvalidName, is_valid_tag, parse_registry_repository
 from registry.origins import Origins, origins
 from registry.ratelimit import AuditThrottle, TtlCache
 from registry.signing import UrlSigner
@@ -54,8 +54,8 @@ def repository(request: Request) -> str:
     name: str = request.path_params["name"]
     try:
         parse_registry_repository(name)
-    except InvalidName as e:
-        raise RegistryError("NAME_INVALID", str(e), detail={"name": name}) from None
+    except NameParseError as e:
+        raise DistributionError("NAME_INVALID", str(e), detail={"name": name}) from None
     return name
 
 
@@ -63,7 +63,7 @@ def digest_param(text: str) -> Digest:
     try:
         return Digest.parse(text)
     except InvalidDigest as e:
-        raise RegistryError("DIGEST_INVALID", str(e), detail={"digest": text}) from None
+        raise DistributionError("DIGEST_INVALID", str(e), detail={"digest": text}) from None
 
 
 def reference_param(text: str) -> Digest | str:
@@ -71,7 +71,7 @@ def reference_param(text: str) -> Digest | str:
     if ":" in text:
         return digest_param(text)
     if not is_valid_tag(text):
-        raise RegistryError("TAG_INVALID", f"invalid tag {text!r}", detail={"tag": text})
+        raise DistributionError("TAG_INVALID", f"invalid tag {text!r}", detail={"tag": text})
     return text
 
 
@@ -91,7 +91,7 @@ def page_params(request: Request) -> tuple[int, str | None]:
     except ValueError:
         n = -1
     if n < 0:
-        raise RegistryError("PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer, got {raw_n!r}")
+        raise DistributionError("PAGINATION_NUMBER_INVALID", f"n must be a non-negative integer, got {raw_n!r}")
     return min(n, MAX_PAGE), last
 
 
@@ -104,7 +104,7 @@ def content_length(request: Request) -> int | None:
     if raw is None:
         return None
     if not raw.isdigit():
-        raise RegistryError("SIZE_INVALID", f"invalid Content-Length {raw!r}")
+        raise DistributionError("SIZE_INVALID", f"invalid Content-Length {raw!r}")
     return int(raw)
 
 
@@ -136,14 +136,14 @@ def remote(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
-def unauthorized(request: Request, scope: Scope | None = None, message: str | None = None) -> RegistryError:
+def unauthorized(request: Request, scope: Scope | None = None, message: str | None = None) -> DistributionError:
     """401 with the challenge that tells a client where to get a token for ``scope``."""
     base = base_url(request)
     service = base.split("://", 1)[1]
     header = challenge(f"{base}/token", service, str(scope) if scope else None)
     if hint := registry_origins(request).hint(request_host(request)):
         message = (message or "authentication required") + hint
-    return RegistryError("UNAUTHORIZED", message, headers={"WWW-Authenticate": header})
+    return DistributionError("UNAUTHORIZED", message, headers={"WWW-Authenticate": header})
 
 
 async def audit(request: Request, actor: str, action: str, target: str, outcome: str, **detail: object) -> None:
@@ -201,10 +201,10 @@ async def authorize(request: Request, name: str, action: str) -> Principal:
     # Every refusal of a known principal is audited, reads included (they answer 404 below).
     await audit(request, principal.actor, action, name, "denied", reason="no permission")
     if action == "pull" and "pull" not in possible:
-        raise RegistryError("NAME_UNKNOWN", detail={"name": name})
+        raise DistributionError("NAME_UNKNOWN", detail={"name": name})
     # Ollama's CLI explains a refused push ("you are not authorized to push to this namespace")
     # only when the message says "access denied" or "unauthorized" (protocol spec §4.1).
-    raise RegistryError("DENIED", f"access denied: {principal.actor} may not {action} {name}")
+    raise DistributionError("DENIED", f"access denied: {principal.actor} may not {action} {name}")
 
 
 async def readable_namespaces(request: Request) -> set[str] | None:

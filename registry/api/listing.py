@@ -7,8 +7,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from formats.errorcodes import DistributionError
 from registry.api.common import authorize, next_link, page_params, readable_namespaces, repository, services
-from registry.oci.errors import RegistryError
 
 
 async def list_tags(request: Request) -> Response:
@@ -18,7 +18,7 @@ async def list_tags(request: Request) -> Response:
     # One extra row tells whether another page follows.
     tags = await run_in_threadpool(services(request).meta.list_tags, name, n + 1, last)
     if tags is None:
-        raise RegistryError("NAME_UNKNOWN", detail={"name": name})
+        raise DistributionError("NAME_UNKNOWN", detail={"name": name})
     headers = {}
     more, tags = len(tags) > n, tags[:n]
     if more and tags:

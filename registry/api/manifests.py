@@ -12,12 +12,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from formats import mediatypes as mt
+from formats.digest import Digest
+from formats.errorcodes import DistributionError
+from formats.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
 from registry.api.common import audit, authorize, digest_param, external_url, reference_param, repository, services
 from registry.meta import MissingReferences, SizeConflict, StoredManifest
-from registry.oci import mediatypes as mt
-from registry.oci.digest import Digest
-from registry.oci.errors import RegistryError
-from registry.oci.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
 
 
 def acceptable(request: Request, media_type: str) -> bool:
@@ -37,11 +37,11 @@ async def _lookup(request: Request) -> StoredManifest:
     stored = await run_in_threadpool(svc.meta.get_manifest, name, str(reference))
     if stored is None:
         if not await run_in_threadpool(svc.meta.repository_exists, name):
-            raise RegistryError("NAME_UNKNOWN", detail={"name": name})
-        raise RegistryError("MANIFEST_UNKNOWN", detail={"reference": str(reference)})
+            raise DistributionError("NAME_UNKNOWN", detail={"name": name})
+        raise DistributionError("MANIFEST_UNKNOWN", detail={"reference": str(reference)})
     if not acceptable(request, stored.media_type):
         # As distribution answers a client that cannot read what is stored (it never converts).
-        raise RegistryError(
+        raise DistributionError(
             "MANIFEST_UNKNOWN",
             f"manifest of type {stored.media_type} found, but the Accept header does not take it",
             detail={"reference": str(reference), "mediaType": stored.media_type},
@@ -70,7 +70,9 @@ async def head_manifest(request: Request) -> Response:
 
 async def _read_limited(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    too_large = RegistryError("SIZE_INVALID", f"manifest exceeds the {limit // (1024 * 1024)} MiB limit", status=413)
+    too_large = DistributionError(
+        "SIZE_INVALID", f"manifest exceeds the {limit // (1024 * 1024)} MiB limit", status=413
+    )
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large
     body = bytearray()
@@ -80,7 +82,7 @@ async def _read_limited(request: Request, limit: int) -> bytes:
             if len(body) > limit:
                 raise too_large
     except ClientDisconnect:
-        raise RegistryError("MANIFEST_INVALID", "the request body ended early") from None
+        raise DistributionError("MANIFEST_INVALID", "the request body ended early") from None
     return bytes(body)
 
 
@@ -92,19 +94,19 @@ async def put_manifest(request: Request) -> Response:
     try:
         manifest = Manifest.parse(raw, request.headers.get("content-type"))
     except ManifestError as e:
-        raise RegistryError("MANIFEST_INVALID", str(e)) from None
+        raise DistributionError("MANIFEST_INVALID", str(e)) from None
     digest = manifest.digest
     if isinstance(reference, Digest) and reference != digest:
-        raise RegistryError(
+        raise DistributionError(
             "DIGEST_INVALID", f"manifest digest is {digest}, not {reference}", detail={"digest": str(reference)}
         )
     tag = reference if isinstance(reference, str) else None
     try:
         await run_in_threadpool(services(request).meta.put_manifest, name, manifest, tag)
     except MissingReferences as e:
-        raise RegistryError("MANIFEST_BLOB_UNKNOWN", detail={"digests": e.digests}) from None
+        raise DistributionError("MANIFEST_BLOB_UNKNOWN", detail={"digests": e.digests}) from None
     except SizeConflict as e:
-        raise RegistryError("MANIFEST_INVALID", str(e), detail={"digest": e.digest}) from None
+        raise DistributionError("MANIFEST_INVALID", str(e), detail={"digest": e.digest}) from None
     headers = {
         "Location": external_url(request, f"/v2/{name}/manifests/{digest}"),
         "Docker-Content-Digest": str(digest),
@@ -128,8 +130,8 @@ async def delete_manifest(request: Request) -> Response:
         deleted = await run_in_threadpool(meta.delete_tag, name, reference)
     if not deleted:
         if not await run_in_threadpool(meta.repository_exists, name):
-            raise RegistryError("NAME_UNKNOWN", detail={"name": name})
-        raise RegistryError("MANIFEST_UNKNOWN", detail={"reference": str(reference)})
+            raise DistributionError("NAME_UNKNOWN", detail={"name": name})
+        raise DistributionError("MANIFEST_UNKNOWN", detail={"reference": str(reference)})
     target = f"{name}@{reference}" if isinstance(reference, Digest) else f"{name}:{reference}"
     await audit(request, principal.actor, "delete", target, "ok", kind="manifest")
     return Response(status_code=202, headers={"Content-Length": "0"})

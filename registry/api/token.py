@@ -1,6 +1,6 @@
 """``GET /token``: the token endpoint named by every challenge's realm.
 
-Three ways to ask (see ``registry.oci.auth`` for the formats):
+Three ways to ask (see ``formats.auth`` for the formats):
 
 - signed with an ed25519 key, as the Ollama client does: ``Authorization: <key>:<signature>``
   over ``GET,<token URL>,<hash of the empty body>``, with ``ts`` within five minutes and a
@@ -29,9 +29,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from registry.api.common import audit, registry_origins, request_host, services
-from registry.auth import ANONYMOUS, Principal
-from registry.oci.auth import (
+from formats.auth import (
     CLOCK_SKEW,
     InvalidKey,
     Scope,
@@ -39,7 +37,9 @@ from registry.oci.auth import (
     parse_authorization,
     token_signing_string,
 )
-from registry.oci.errors import RegistryError
+from formats.errorcodes import DistributionError
+from registry.api.common import audit, registry_origins, request_host, services
+from registry.auth import ANONYMOUS, Principal
 
 
 def requested_scopes(request: Request) -> list[Scope]:
@@ -144,7 +144,7 @@ async def token(request: Request) -> Response:
             raise _refuse("unsupported Authorization header")
     except Refused as e:
         await audit(request, "unknown", "auth", "/token", "denied", reason=str(e))
-        raise RegistryError("UNAUTHORIZED", str(e)) from None
+        raise DistributionError("UNAUTHORIZED", str(e)) from None
 
     scopes = requested_scopes(request)
     granted = await run_in_threadpool(svc.authority.grant, principal, scopes)

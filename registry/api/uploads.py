@@ -24,6 +24,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
+from formats.digest import Digest
+from formats.errorcodes import DistributionError
+from formats.names import NameParseError, parse_registry_repository
 from registry.api.common import (
     authorize,
     content_length,
@@ -33,9 +36,6 @@ from registry.api.common import (
     repository,
     services,
 )
-from registry.oci.digest import Digest
-from registry.oci.errors import RegistryError
-from registry.oci.names import InvalidName, parse_registry_repository
 from registry.storage import (
     DigestMismatch,
     IncompleteChunk,
@@ -55,7 +55,7 @@ def parse_content_range(header: str) -> tuple[int, int]:
     """``(first, last)`` inclusive from ``a-b``, ``bytes=a-b`` or ``bytes a-b/total``."""
     m = _CONTENT_RANGE_RE.fullmatch(header.strip())
     if m is None or int(m.group(2)) < int(m.group(1)):
-        raise RegistryError("RANGE_INVALID", f"invalid Content-Range {header!r}")
+        raise DistributionError("RANGE_INVALID", f"invalid Content-Range {header!r}")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -92,7 +92,7 @@ async def _session(request: Request, name: str) -> str:
     await authorize(request, name, "push")
     svc = services(request)
     if await run_in_threadpool(svc.meta.get_upload, name, upload_id) is None:
-        raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id})
+        raise DistributionError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id})
     return upload_id
 
 
@@ -102,32 +102,34 @@ async def _append(request: Request, name: str, upload_id: str) -> int:
     try:
         size = await svc.store.upload_size(upload_id)
     except UploadNotFound:
-        raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
+        raise DistributionError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
     length = content_length(request)
     offset = size
     raw_range = request.headers.get("content-range")
     if raw_range:
         first, last = parse_content_range(raw_range)
         if length is not None and length != last - first + 1:
-            raise RegistryError("RANGE_INVALID", f"Content-Range {raw_range!r} does not match Content-Length {length}")
+            raise DistributionError(
+                "RANGE_INVALID", f"Content-Range {raw_range!r} does not match Content-Length {length}"
+            )
         offset, length = first, last - first + 1
     try:
         new_size = await svc.store.append_upload(upload_id, offset, _body(request), length)
     except OffsetMismatch as e:
         headers = _progress_headers(request, name, upload_id, e.expected)
         del headers["Content-Length"]
-        raise RegistryError(
+        raise DistributionError(
             "RANGE_INVALID",
             f"chunk starts at byte {e.got}, but the upload has {e.expected} bytes",
             detail={"expected": e.expected, "got": e.got},
             headers=headers,
         ) from None
     except OversizedChunk as e:
-        raise RegistryError("SIZE_INVALID", str(e)) from None
+        raise DistributionError("SIZE_INVALID", str(e)) from None
     except (IncompleteChunk, ClientDisconnect) as e:
-        raise RegistryError("BLOB_UPLOAD_INVALID", f"incomplete chunk: {e}") from None
+        raise DistributionError("BLOB_UPLOAD_INVALID", f"incomplete chunk: {e}") from None
     except UploadNotFound:
-        raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
+        raise DistributionError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
     await run_in_threadpool(svc.meta.touch_upload, upload_id)
     return new_size
 
@@ -152,7 +154,7 @@ async def start_upload(request: Request) -> Response:
             readable = svc.settings.auth == "off" or "pull" in await run_in_threadpool(
                 svc.authority.allowed, principal, source
             )
-        except InvalidName:
+        except NameParseError:
             readable = False  # not mountable: fall through to a normal upload session, as the spec says
         if readable and await run_in_threadpool(svc.meta.mount_blob, name, source, digest) is not None:
             return _created(request, name, digest)
@@ -174,9 +176,9 @@ async def start_upload(request: Request) -> Response:
         try:
             info = await put_blob(svc.store, upload_id, digest, _body(request), content_length(request))
         except (DigestMismatch, SizeMismatch) as e:
-            raise RegistryError("DIGEST_INVALID", str(e), detail={"digest": str(digest)}) from None
+            raise DistributionError("DIGEST_INVALID", str(e), detail={"digest": str(digest)}) from None
         except (IncompleteChunk, OversizedChunk, ClientDisconnect) as e:
-            raise RegistryError("BLOB_UPLOAD_INVALID", f"incomplete upload: {e}") from None
+            raise DistributionError("BLOB_UPLOAD_INVALID", f"incomplete upload: {e}") from None
         await run_in_threadpool(svc.meta.link_blob, name, info)
         return _created(request, name, digest)
 
@@ -199,7 +201,7 @@ async def get_upload(request: Request) -> Response:
     try:
         size = await services(request).store.upload_size(upload_id)
     except UploadNotFound:
-        raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
+        raise DistributionError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
     return Response(status_code=204, headers=_progress_headers(request, name, upload_id, size))
 
 
@@ -207,7 +209,7 @@ async def finish_upload(request: Request) -> Response:
     name = repository(request)
     upload_id = await _session(request, name)
     if "digest" not in request.query_params:
-        raise RegistryError("DIGEST_INVALID", "the digest query parameter is required")
+        raise DistributionError("DIGEST_INVALID", "the digest query parameter is required")
     digest = digest_param(request.query_params["digest"])
     svc = services(request)
     if has_body(request):
@@ -216,9 +218,9 @@ async def finish_upload(request: Request) -> Response:
         info = await svc.store.commit_upload(upload_id, digest)
     except (DigestMismatch, SizeMismatch) as e:
         await run_in_threadpool(svc.meta.delete_upload, upload_id)
-        raise RegistryError("DIGEST_INVALID", str(e), detail={"digest": str(digest)}) from None
+        raise DistributionError("DIGEST_INVALID", str(e), detail={"digest": str(digest)}) from None
     except UploadNotFound:
-        raise RegistryError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
+        raise DistributionError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
     await run_in_threadpool(svc.meta.finish_upload, name, upload_id, info)
     return _created(request, name, digest)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from registry.oci.digest import Digest
+from formats.digest import Digest
 
 
 class StorageError(Exception):

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from registry.oci.digest import Digest
+from formats.digest import Digest
 from registry.storage import (
     BlobInfo,
     BlobNotFound,

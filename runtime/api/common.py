@@ -16,7 +16,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from registry.oci.options import OptionError, parse_keep_alive, parse_options
+from formats.options import OptionError, parse_keep_alive, parse_options
 from runtime.api.stream import ndjson
 from runtime.scheduler import Busy
 from runtime.service import ApiError, Service

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from client import errors as client_errors
 from client.create import CreateError, CreateRequest, create, normalise_message, quantize_type
 from client.progress import Progress
-from registry.oci.digest import Digest, InvalidDigest
+from formats.digest import Digest, InvalidDigest
 from runtime.api.common import JSON_TYPE, error, field, handle_errors, progress_response, read_json, service
 from runtime.service import ApiError
 

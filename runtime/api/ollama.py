@@ -19,10 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from client import errors as client_errors
-from client.manage import copy_model, remove_models
 from client.model_info import parameter_lines, render_modelfile
 from client.progress import Progress
-from registry.oci.names import InvalidName, ModelName
+from client.store_ops import copy_model, remove_models
+from formats.names import ModelName, NameParseError
 from runtime.api.common import (
     cancelled_on_disconnect,
     error,
@@ -137,7 +137,7 @@ async def generate(request: Request) -> Response:
         raise ApiError(400, f'"{resolved.requested}" does not support generate')
     if suffix and "insert" not in resolved.info.capabilities:
         raise ApiError(400, f'"{resolved.requested}" does not support insert')
-    think = svc.think(resolved, body.get("think"))  # runtime.thinking: on by default for a thinking model
+    think = svc.think(resolved, body.get("think"))  # formats.thinking: on by default for a thinking model
     images = [base64.b64decode(image) for image in _images(body, resolved)]
     logprobs, top_logprobs = _logprob_fields(body)
     grammar = grammar_for(body.get("format"))
@@ -321,7 +321,7 @@ async def chat(request: Request) -> Response:
     if "completion" not in resolved.info.capabilities:
         raise ApiError(400, f'"{resolved.requested}" does not support chat')
     check_images(resolved, any(m.images for m in messages))
-    think = svc.think(resolved, body.get("think"))  # runtime.thinking: on by default for a thinking model
+    think = svc.think(resolved, body.get("think"))  # formats.thinking: on by default for a thinking model
     logprobs, top_logprobs = _logprob_fields(body)
     grammar = grammar_for(body.get("format"))
     options = svc.options(resolved, options_of(body))
@@ -567,7 +567,7 @@ async def ps(request: Request) -> Response:
     for runner in svc.scheduler.loaded():
         try:
             model = svc.store.get(ModelName.parse(runner.model))
-        except (client_errors.ModelNotFound, InvalidName):
+        except (client_errors.ModelNotFound, NameParseError):
             continue
         await svc.info_async(model)  # read off the loop if this version was never read
         entry = _model_entry(svc, model)

@@ -16,11 +16,11 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from formats.thinking import ThinkError, openai_think
 from runtime.api.common import cancelled_on_disconnect, handle_errors, read_json, service, with_call_ids
 from runtime.api.stream import begin, sse
 from runtime.prompts import Message
 from runtime.service import ApiError, Piece, Resolved, Result, collect, grammar_for, images_of, normalize
-from runtime.thinking import ThinkError, openai_think
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import jwt
 import pytest
 
 from client import errors
-from registry.oci import mediatypes as mt
+from formats import mediatypes as mt
 from tests.helpers import error_codes, ollama_manifest
 from tests.people import accounts_of, audit_rows
 

@@ -18,7 +18,7 @@ def hangar(home: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
     env = {**os.environ, "HANGAR_HOME": str(home)}
     env.pop("HANGAR_KEY", None)
     result = subprocess.run(
-        [sys.executable, "-m", "client.cli", *args], env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+        [sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
     )
     if check and result.returncode != 0:
         raise AssertionError(f"hangar {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
@@ -31,7 +31,7 @@ def hangar_waiting(home: Path, *args: str, until: str) -> str:
     env = {**os.environ, "HANGAR_HOME": str(home)}
     env.pop("HANGAR_KEY", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
     )  # fmt: skip
     assert proc.stdout is not None
@@ -66,7 +66,7 @@ def test_signup_signin_whoami_and_second_device(auth_registry: RegistryProcess, 
     # A second device asks for approval and waits; the first device approves its code.
     env = {**os.environ, "HANGAR_HOME": str(desktop)}
     waiting = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "signin", auth_registry.host, "--username", name, "--key-name", "desktop"],
+        [sys.executable, "-m", "cli.main", "signin", auth_registry.host, "--username", name, "--key-name", "desktop"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO_ROOT,
     )  # fmt: skip
     assert waiting.stdout is not None
@@ -138,7 +138,7 @@ def test_invite_only_signup(invite_registry: RegistryProcess, tmp_path: Path) ->
     assert accounts_of(invite_registry).get(name) is None
 
     admin = subprocess.run(
-        [sys.executable, "-m", "registry", "admin", "invite", "--data-dir", str(invite_registry.data_dir),
+        [sys.executable, "-m", "cli", "registry", "admin", "invite", "--data-dir", str(invite_registry.data_dir),
          *(["--database-url", invite_registry.database_url] if invite_registry.database_url else [])],
         capture_output=True, text=True, check=True, cwd=REPO_ROOT,
     )  # fmt: skip
@@ -176,7 +176,7 @@ def test_closed_signup_and_admin_created_users(tmp_path: Path, database_factory)
 
         identity, _ = load_or_create(tmp_path / "gina" / "id_ed25519")
         subprocess.run(
-            [sys.executable, "-m", "registry", "admin", "user", "create", "gina", "--pubkey-file",
+            [sys.executable, "-m", "cli", "registry", "admin", "user", "create", "gina", "--pubkey-file",
              str(tmp_path / "gina" / "id_ed25519.pub"), "--data-dir", str(proc.data_dir)],
             check=True, capture_output=True, cwd=REPO_ROOT,
         )  # fmt: skip

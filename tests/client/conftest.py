@@ -8,9 +8,9 @@ import pytest
 
 from client.config import ClientSettings, load
 from client.store import Store
-from registry.oci import mediatypes as mt
-from registry.oci.manifest import Descriptor, Manifest
-from registry.oci.names import ModelName
+from formats import mediatypes as mt
+from formats.manifest import Descriptor, Manifest
+from formats.names import ModelName
 
 
 @pytest.fixture

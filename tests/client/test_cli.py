@@ -19,7 +19,7 @@ from tests.servers import REPO_ROOT, wait_until
 def hangar(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HANGAR_HOME": str(home)}
     r = subprocess.run(
-        [sys.executable, "-m", "client.cli", *args], env=env, capture_output=True, text=True, cwd=REPO_ROOT
+        [sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, cwd=REPO_ROOT
     )
     if check:
         assert r.returncode == 0, r.stdout + r.stderr
@@ -29,7 +29,7 @@ def hangar(home: Path, *args: str, check: bool = True) -> subprocess.CompletedPr
 def imported_by(home: Path, *args: str) -> set[str]:
     """The modules a hangar command imports (from ``python -X importtime``)."""
     r = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "client.cli", *args],
+        [sys.executable, "-X", "importtime", "-m", "cli.main", *args],
         env={**os.environ, "HANGAR_HOME": str(home)}, capture_output=True, text=True, cwd=REPO_ROOT,
     )  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
@@ -89,7 +89,7 @@ def test_ctrl_c_stops_a_pull_and_says_it_will_resume(registry, tmp_path: Path) -
     hangar(tmp_path / "a", "push", str(name))
     env = {**os.environ, "HANGAR_HOME": str(tmp_path / "b")}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "client.cli", "pull", str(name), "--max-rate", "1MB"], env=env, cwd=REPO_ROOT,
+        [sys.executable, "-m", "cli.main", "pull", str(name), "--max-rate", "1MB"], env=env, cwd=REPO_ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     partial = tmp_path / "b" / "models" / "blobs"

@@ -16,7 +16,7 @@ def test_two_concurrent_pulls_into_one_store(people, tmp_path: Path) -> None:  #
     name = alice.model(f"{alice.name}/shared", size=2 * CHUNK_SIZE)
     alice.push(name)
     env = {**os.environ, "HANGAR_HOME": str(tmp_path / "shared-home")}
-    command = [sys.executable, "-m", "client.cli", "pull", str(name)]
+    command = [sys.executable, "-m", "cli.main", "pull", str(name)]
     procs = [
         subprocess.Popen(command, env=env, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(2)

@@ -187,7 +187,7 @@ def test_hangar_create_from_a_checkpoint_folder(tmp_path: Path) -> None:
     env.pop("HANGAR_MODELS", None)
 
     def hangar(*args: str) -> subprocess.CompletedProcess[str]:
-        r = subprocess.run([sys.executable, "-m", "client.cli", *args], env=env, capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True,
                            cwd=REPO_ROOT)  # fmt: skip
         assert r.returncode == 0, r.stdout + r.stderr
         return r
@@ -201,7 +201,7 @@ def test_hangar_create_from_a_checkpoint_folder(tmp_path: Path) -> None:
     from client.config import load
     from client.model_info import inspect
     from client.store import Store
-    from registry.oci.names import ModelName
+    from formats.names import ModelName
 
     store = Store(load({"HANGAR_HOME": str(tmp_path / "home")}).models)
     info = inspect(store, store.get(ModelName.parse("converted")))
@@ -237,15 +237,15 @@ def test_hangar_create_converts_a_safetensors_adapter(tmp_path: Path) -> None:
     env = {**os.environ, "HANGAR_HOME": str(tmp_path / "home"), "HANGAR_HOST": "127.0.0.1:9"}
     env.pop("HANGAR_MODELS", None)
     r = subprocess.run(
-        [sys.executable, "-m", "client.cli", "create", "adapted", "-f", str(tmp_path / "Modelfile")],
+        [sys.executable, "-m", "cli.main", "create", "adapted", "-f", str(tmp_path / "Modelfile")],
         env=env, capture_output=True, text=True, cwd=REPO_ROOT,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "converting adapter" in r.stdout
     from client.config import load
     from client.store import Store
-    from registry.oci import mediatypes as mt
-    from registry.oci.names import ModelName
+    from formats import mediatypes as mt
+    from formats.names import ModelName
 
     store = Store(load({"HANGAR_HOME": str(tmp_path / "home")}).models)
     layers = store.get(ModelName.parse("adapted")).manifest.layers

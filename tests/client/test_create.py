@@ -14,8 +14,8 @@ import pytest
 
 from client.config import load
 from client.store import Store
-from registry.oci import mediatypes as mt
-from registry.oci.names import ModelName
+from formats import mediatypes as mt
+from formats.names import ModelName
 from tests.servers import REPO_ROOT
 from tests.tinymodels import CHAT_TEMPLATE, write_tiny_llama, write_tiny_projector
 
@@ -40,7 +40,7 @@ def hangar(home: Path, *args: str, cwd: Path | None = None, check: bool = True) 
     env = {**os.environ, "HANGAR_HOME": str(home), "HANGAR_HOST": "127.0.0.1:9"}
     env.pop("HANGAR_MODELS", None)
     r = subprocess.run(
-        [sys.executable, "-m", "client.cli", *args], env=env, capture_output=True, text=True, cwd=cwd or REPO_ROOT
+        [sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, cwd=cwd or REPO_ROOT
     )
     if check:
         assert r.returncode == 0, r.stdout + r.stderr

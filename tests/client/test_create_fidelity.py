@@ -13,8 +13,8 @@ import pytest
 from client.config import load
 from client.create import CreateRequest, create
 from client.store import Store
-from registry.oci import mediatypes as mt
-from registry.oci.names import ModelName
+from formats import mediatypes as mt
+from formats.names import ModelName
 from tests.client.test_create import MODELFILE, hangar, layers_of
 from tests.tinymodels import CHAT_TEMPLATE, write_tiny_llama, write_tiny_lora
 

@@ -15,14 +15,14 @@ import pytest
 from starlette.testclient import TestClient
 
 from client.config import load
-from client.manage import remove_models, settle_store
 from client.pull import DEFER_FLUSH_MIN, pull
 from client.push import push
 from client.store import SETTLE_AFTER, SettleReport, Store, current_boot_id
-from registry.oci import mediatypes as mt
-from registry.oci.digest import Digest
-from registry.oci.manifest import Descriptor, Manifest
-from registry.oci.names import ModelName
+from client.store_ops import remove_models, settle_store
+from formats import mediatypes as mt
+from formats.digest import Digest
+from formats.manifest import Descriptor, Manifest
+from formats.names import ModelName
 from runtime import app as runtime_app
 from runtime.config import load as load_runtime
 from tests.client.conftest import make_model

@@ -22,7 +22,7 @@ from client.config import load
 from client.pull import pull
 from client.push import push
 from client.store import Store
-from registry.oci.names import ModelName
+from formats.names import ModelName
 from tests.client.conftest import make_model
 from tests.servers import REPO_ROOT, RegistryProcess, free_port
 
@@ -108,7 +108,7 @@ def test_invalid_names(bad: str, tmp_path: Path) -> None:
     env = {**os.environ, "HANGAR_HOME": str(tmp_path)}
     for verb in ("pull", "push"):
         r = subprocess.run(
-            [sys.executable, "-m", "client.cli", verb, bad], env=env, capture_output=True, text=True, cwd=REPO_ROOT
+            [sys.executable, "-m", "cli.main", verb, bad], env=env, capture_output=True, text=True, cwd=REPO_ROOT
         )
         assert r.returncode == 1 and "invalid model name" in r.stderr, (verb, bad, r.stderr)
         assert "Traceback" not in r.stderr

@@ -15,7 +15,7 @@ from client.config import load
 from client.pull import pull
 from client.push import push
 from client.store import Store
-from registry.oci.names import ModelName
+from formats.names import ModelName
 from registry.storage import CHUNK_SIZE
 from tests.client.conftest import make_model
 from tests.frontends import ThreadedServer, recording_front_app

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from client import errors
+from client.archive import export_model, import_model
 from client.config import load
-from client.layout import export_model, import_model
 from client.store import Store
-from registry.oci.names import ModelName
+from formats.names import ModelName
 from tests.client.conftest import make_model
 
 

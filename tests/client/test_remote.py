@@ -10,13 +10,13 @@ import pytest
 
 from client import errors
 from client.config import load
-from client.manage import copy_model
 from client.pull import pull
 from client.push import push
 from client.remote import NOT_IN_REGISTRY, check_updates, list_tags
 from client.store import Store
-from registry.oci.digest import Digest
-from registry.oci.names import ModelName
+from client.store_ops import copy_model
+from formats.digest import Digest
+from formats.names import ModelName
 from tests.client.conftest import make_model
 from tests.client.test_cli import hangar
 from tests.frontends import ThreadedServer, digestless_front_app

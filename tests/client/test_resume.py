@@ -28,7 +28,7 @@ RATE = "6MB"  # slow enough to interrupt, fast enough for a test
 def hangar_background(home: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, "HANGAR_HOME": str(home)}
     return subprocess.Popen(
-        [sys.executable, "-m", "client.cli", *args], env=env, cwd=REPO_ROOT,
+        [sys.executable, "-m", "cli.main", *args], env=env, cwd=REPO_ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 

@@ -16,7 +16,7 @@ from client.config import load
 from client.pull import PullOptions, PullResult, pull
 from client.push import push
 from client.store import Store
-from registry.oci.names import ModelName
+from formats.names import ModelName
 from tests.client.conftest import make_model
 from tests.frontends import ThreadedServer, cdn_app, ollama_front_app, rangeless_cdn_app, slow_start_cdn_app
 from tests.people import Person, unique

@@ -3,10 +3,10 @@ from pathlib import Path
 import pytest
 
 from client.errors import InvalidName, ModelNotFound
-from client.manage import copy_model, remove_models
 from client.store import Store
-from registry.oci.digest import Digest
-from registry.oci.names import ModelName
+from client.store_ops import copy_model, remove_models
+from formats.digest import Digest
+from formats.names import ModelName
 from tests.client.conftest import make_model
 
 
@@ -75,7 +75,7 @@ def test_prune_keeps_exactly_the_referenced_blobs(store: Store) -> None:
     import os
     import time
 
-    from client.manage import plan_prune, prune
+    from client.store_ops import plan_prune, prune
 
     keep = make_model(store, "keep")
     gone = make_model(store, "gone")
@@ -103,7 +103,7 @@ def test_prune_keeps_exactly_the_referenced_blobs(store: Store) -> None:
 
 def test_prune_rechecks_references(store: Store) -> None:
     """A blob that a new manifest references between plan and execution is kept."""
-    from client.manage import plan_prune, prune
+    from client.store_ops import plan_prune, prune
 
     name = make_model(store, "m")
     model = store.get(name)

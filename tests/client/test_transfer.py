@@ -14,7 +14,7 @@ from client.progress import Progress
 from client.pull import pull
 from client.push import push
 from client.store import Store
-from registry.oci.names import ModelName
+from formats.names import ModelName
 from tests.client.conftest import make_model
 from tests.frontends import ThreadedServer, blob_bytes_received, recording_front_app
 

@@ -16,7 +16,7 @@ from tests.servers import REPO_ROOT
 
 
 def gc(registry, *args: str) -> str:  # type: ignore[no-untyped-def]
-    cmd = [sys.executable, "-m", "registry", "gc", "--data-dir", str(registry.data_dir), *args]
+    cmd = [sys.executable, "-m", "cli", "registry", "gc", "--data-dir", str(registry.data_dir), *args]
     if registry.database_url:
         cmd += ["--database-url", registry.database_url]
     return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout

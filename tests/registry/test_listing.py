@@ -4,7 +4,7 @@ import uuid
 
 import httpx
 
-from registry.oci import mediatypes as mt
+from formats import mediatypes as mt
 from tests.helpers import error_codes, ollama_manifest, push_blob
 
 

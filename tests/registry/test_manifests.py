@@ -5,7 +5,7 @@ import json
 import httpx
 import pytest
 
-from registry.oci import mediatypes as mt
+from formats import mediatypes as mt
 from tests.helpers import digest_of, error_codes, ollama_manifest, push_blob, push_model, random_bytes
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import httpx
 
-from registry.oci import mediatypes as mt
+from formats import mediatypes as mt
 from tests.helpers import digest_of, ollama_manifest, random_bytes
 from tests.ollama_wire import OllamaWireClient
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from client.push import PushOptions, push
-from registry.oci import mediatypes as mt
+from formats import mediatypes as mt
 from tests.helpers import digest_of, error_codes, ollama_manifest, push_blob, push_model, random_bytes, write_oci_layout
 from tests.ollama_wire import OllamaWireClient, WireError
 from tests.people import Person, audit_rows, unique
@@ -156,7 +156,7 @@ def test_oci_names_of_one_three_parts_and_dots(client: httpx.Client, tmp_path: P
 
 
 def _admin(registry: RegistryProcess, *args: str) -> None:
-    cmd = [sys.executable, "-m", "registry", "admin", *args, "--data-dir", str(registry.data_dir)]
+    cmd = [sys.executable, "-m", "cli", "registry", "admin", *args, "--data-dir", str(registry.data_dir)]
     if registry.database_url:
         cmd += ["--database-url", registry.database_url]
     subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=120, check=True)

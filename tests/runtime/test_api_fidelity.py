@@ -299,9 +299,9 @@ def test_status_options_tags_and_show(runtime: RuntimeProcess) -> None:
 def test_show_requires(tmp_path: Path, tiny_models: dict[str, Path]) -> None:
     from client.config import load
     from client.store import Store
-    from registry.oci import mediatypes as mt
-    from registry.oci.manifest import Descriptor, Manifest
-    from registry.oci.names import ModelName
+    from formats import mediatypes as mt
+    from formats.manifest import Descriptor, Manifest
+    from formats.names import ModelName
 
     home = tmp_path / "home"
     store = Store(load({"HANGAR_HOME": str(home)}).models)

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from client.cli_runtime import processor
+from cli.runtime import processor
 from tests.runtime.checks import is_json_prefix
 from tests.servers import REPO_ROOT, RuntimeProcess, free_port, wait_until
 
@@ -34,7 +34,7 @@ def hangar(
     env: dict[str, str], *args: str, stdin: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     r = subprocess.run(
-        [sys.executable, "-m", "client.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         env=env,
         input=stdin,
         stdin=None if stdin is not None else subprocess.DEVNULL,
@@ -158,7 +158,7 @@ class Terminal:
         master, slave = os.openpty()
         tty.setraw(slave, termios.TCSANOW)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "client.cli", *args],
+            [sys.executable, "-m", "cli.main", *args],
             stdin=slave,
             stdout=slave,
             stderr=slave,

@@ -19,7 +19,7 @@ import pytest
 from client.config import load
 from client.push import push
 from client.store import Store
-from registry.oci.names import ModelName
+from formats.names import ModelName
 from tests.servers import RegistryProcess, RuntimeProcess
 from tests.tinymodels import add_model, png
 

@@ -189,7 +189,7 @@ def test_messages_info_and_show_keep_what_ollama_keeps(runtime: RuntimeProcess) 
     home = runtime.home  # the daemon's store: the config as written
     from client.config import load
     from client.store import Store
-    from registry.oci.names import ModelName
+    from formats.names import ModelName
 
     store = Store(load({"HANGAR_HOME": str(home)}).models)
     model = store.get(ModelName.parse("kept/all"))
@@ -216,7 +216,7 @@ def test_hangar_create_uploads_to_a_running_daemon(runtime: RuntimeProcess, gguf
     (tmp_path / "Modelfile").write_text(f"FROM {gguf}\nSYSTEM Through the daemon.\n")
     env = {**os.environ, "HANGAR_HOME": str(tmp_path / "cli-home"), "HANGAR_HOST": f"127.0.0.1:{runtime.port}"}
     r = subprocess.run(
-        [sys.executable, "-m", "client.cli", "create", "cli/made", "-f", str(tmp_path / "Modelfile")],
+        [sys.executable, "-m", "cli.main", "create", "cli/made", "-f", str(tmp_path / "Modelfile")],
         env=env, capture_output=True, text=True, cwd=REPO_ROOT,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr

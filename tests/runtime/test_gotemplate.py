@@ -7,7 +7,7 @@ import datetime as dt
 
 import pytest
 
-from runtime.gotemplate import Template, TemplateError
+from formats.gotemplate import Template, TemplateError
 
 CONVO = {
     "System": "Be brief.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from runtime.gotemplate import TemplateError
+from formats.gotemplate import TemplateError
 from runtime.prompts import Message, PromptTemplate, collate, looks_like_tool_call, parse_tool_calls
 
 LEGACY = "{{ if .System }}<s>{{ .System }}</s>{{ end }}<u>{{ .Prompt }}</u><a>{{ .Response }}</a>"

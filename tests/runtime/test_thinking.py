@@ -21,8 +21,7 @@ import pytest
 
 from client.config import load
 from client.store import Store
-from runtime.prompts import Message, PromptTemplate
-from runtime.thinking import (
+from formats.thinking import (
     HarmonyParser,
     Think,
     ThinkError,
@@ -32,6 +31,7 @@ from runtime.thinking import (
     request_think,
     tags_for,
 )
+from runtime.prompts import Message, PromptTemplate
 from tests.runtime.test_cli import Terminal, cli_env, hangar
 from tests.servers import RuntimeProcess
 from tests.tinymodels import (

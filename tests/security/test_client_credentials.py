@@ -34,8 +34,8 @@ from client.pull import pull
 from client.push import push
 from client.remote import list_tags
 from client.store import Store
-from registry.oci import mediatypes as mt
-from registry.oci.names import ModelName
+from formats import mediatypes as mt
+from formats.names import ModelName
 from tests.client.conftest import make_model
 from tests.client.test_errors import _self_signed
 from tests.people import Person, unique
@@ -328,7 +328,7 @@ def test_signin_records_the_registry_and_signout_forgets_it(real: RegistryProces
     env.pop("HANGAR_SIGN_FOR", None)
 
     def hangar(*args: str) -> None:
-        subprocess.run([sys.executable, "-m", "client.cli", *args], env=env, cwd=REPO_ROOT, check=True,
+        subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, cwd=REPO_ROOT, check=True,
                        capture_output=True, timeout=120)  # fmt: skip
 
     hangar("signin", real.host, "--username", unique("carol"))

@@ -129,7 +129,7 @@ def hangar(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "HANGAR_HOME": str(home)}
     env.pop("HANGAR_MODELS", None)
     return subprocess.run(
-        [sys.executable, "-m", "client.cli", *args],
+        [sys.executable, "-m", "cli.main", *args],
         env=env,
         cwd=REPO_ROOT,
         capture_output=True,
@@ -275,9 +275,9 @@ def empty_strings_bomb(count: int = 2_000_000) -> bytes:
 
 def add_raw_model(store: Any, name: str, model: bytes | Path, config: bytes | None = None) -> None:
     """A model whose files are given as they are (as a hostile registry serves them)."""
-    from registry.oci import mediatypes as mt
-    from registry.oci.manifest import Descriptor, Manifest
-    from registry.oci.names import ModelName
+    from formats import mediatypes as mt
+    from formats.manifest import Descriptor, Manifest
+    from formats.names import ModelName
 
     store.ensure()
     digest, size = store.add_blob_file(model) if isinstance(model, Path) else store.add_blob_bytes(model)
@@ -458,7 +458,7 @@ def test_template_fields_are_data_not_python_attributes(template_daemon: Runtime
     ],
 )
 def test_go_template_budgets(source: str) -> None:
-    from runtime.gotemplate import TemplateError
+    from formats.gotemplate import TemplateError
     from runtime.prompts import Message, PromptTemplate
 
     messages = [Message("user" if i % 2 else "assistant", "x" * 100) for i in range(100)]
@@ -480,7 +480,7 @@ def test_go_template_budgets(source: str) -> None:
     ],
 )
 def test_jinja_template_budgets(source: str) -> None:
-    from runtime.gotemplate import TemplateError
+    from formats.gotemplate import TemplateError
     from runtime.prompts import Message, PromptTemplate
 
     messages = [Message("user" if i % 2 else "assistant", "x" * 100) for i in range(300)]

@@ -31,9 +31,9 @@ from client.config import load
 from client.limits import TAGS_MAX_PAGES
 from client.pull import pull
 from client.store import Store
-from registry.oci import mediatypes as mt
-from registry.oci.digest import Digest
-from registry.oci.names import ModelName
+from formats import mediatypes as mt
+from formats.digest import Digest
+from formats.names import ModelName
 from tests.client.conftest import make_model
 from tests.hostile_registry import HostileRegistry, Measured, blob_descriptor, peak_rss, run_measured
 from tests.servers import RuntimeProcess

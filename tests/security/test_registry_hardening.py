@@ -69,7 +69,7 @@ def test_reserved_names_are_refused_at_signup(start, tmp_path: Path) -> None:  #
 
 def _admin(registry_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "registry", "admin", *args, "--data-dir", str(registry_dir)],
+        [sys.executable, "-m", "cli", "registry", "admin", *args, "--data-dir", str(registry_dir)],
         capture_output=True, text=True, cwd=REPO_ROOT, timeout=120,
     )  # fmt: skip
 

@@ -22,9 +22,9 @@ import jwt
 import pytest
 
 from client.account import AccountClient
+from formats.auth import API_SIGNATURE_HEADER, body_hash, go_query, normalize_origin, token_signing_string
 from registry.config import Settings
 from registry.meta import Metadata
-from registry.oci.auth import API_SIGNATURE_HEADER, body_hash, go_query, normalize_origin, token_signing_string
 from registry.origins import origins
 from tests.ollama_wire import OllamaWireClient, WireError
 from tests.people import Person, accounts_of, audit_rows, unique

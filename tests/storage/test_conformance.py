@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from registry.oci.digest import Digest
+from formats.digest import Digest
 from registry.storage import (
     BlobNotFound,
     BlobStore,

@@ -45,7 +45,7 @@ OCI_REPOSITORY_MAX = 255
 _OCI_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
-class InvalidName(ValueError):
+class NameParseError(ValueError):
     """A model, repository or tag name that does not follow the grammar."""
 
 
@@ -63,10 +63,10 @@ def is_valid_tag(tag: str) -> bool:
 
 
 def parse_repository(name: str) -> tuple[str, str]:
-    """Split a registry repository path ``namespace/model``; raise InvalidName otherwise."""
+    """Split a registry repository path ``namespace/model``; raise NameParseError otherwise."""
     parts = name.split("/")
     if len(parts) != 2 or not is_valid_namespace(parts[0]) or not is_valid_model(parts[1]):
-        raise InvalidName(
+        raise NameParseError(
             f"invalid repository name {name!r}: expected namespace/model "
             "(letters, digits, '_', '-'; the model may also contain '.')"
         )
@@ -80,12 +80,12 @@ def is_oci_repository(name: str) -> bool:
 
 def parse_registry_repository(name: str) -> str:
     """A repository name the registry serves on ``/v2/``: Ollama's ``namespace/model`` (mixed
-    case allowed) or any OCI name; raise InvalidName otherwise."""
+    case allowed) or any OCI name; raise NameParseError otherwise."""
     try:
         parse_repository(name)
-    except InvalidName:
+    except NameParseError:
         if not is_oci_repository(name):
-            raise InvalidName(
+            raise NameParseError(
                 f"invalid repository name {name!r}: expected namespace/model, or an OCI name "
                 "(lower-case components of letters and digits joined by '.', '_', '__' or '-', "
                 "separated by '/', at most 255 characters)"
@@ -117,10 +117,10 @@ class ModelName:
 
     @classmethod
     def parse(cls, text: str, *, default_host: str = DEFAULT_HOST) -> ModelName:
-        """Parse right to left, fill defaults; raise InvalidName if any part is invalid."""
+        """Parse right to left, fill defaults; raise NameParseError if any part is invalid."""
         name = cls.parse_lenient(text, default_host=default_host)
         if not name.is_valid():
-            raise InvalidName(f"invalid model name {text!r}")
+            raise NameParseError(f"invalid model name {text!r}")
         return name
 
     @classmethod

@@ -5,7 +5,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from registry.oci.auth import (
+from formats.auth import (
     InvalidKey,
     Scope,
     authorization,

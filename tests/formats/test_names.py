@@ -1,6 +1,6 @@
 import pytest
 
-from registry.oci.names import MISSING, InvalidName, ModelName, is_valid_tag, parse_repository, repository_key
+from formats.names import MISSING, ModelName, NameParseError, is_valid_tag, parse_repository, repository_key
 
 
 @pytest.mark.parametrize(
@@ -44,7 +44,7 @@ def test_scheme_is_recorded() -> None:
     ],
 )
 def test_invalid_names(text: str) -> None:
-    with pytest.raises(InvalidName):
+    with pytest.raises(NameParseError):
         ModelName.parse(text)
 
 
@@ -70,7 +70,7 @@ def test_repository_paths() -> None:
     assert parse_repository("alice/llama3.2") == ("alice", "llama3.2")
     assert repository_key("Alice/Model") == "alice/model"
     for bad in ["alice", "a/b/c", "a./m", "a/m:t", "/m", "a/", "a/m/"]:
-        with pytest.raises(InvalidName):
+        with pytest.raises(NameParseError):
             parse_repository(bad)
 
 

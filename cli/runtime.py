@@ -145,7 +145,7 @@ def ensure_daemon(base: str, timeout: float = 60.0) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs / "serve.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "client.cli", "serve"],
+            [sys.executable, "-m", "cli.main", "serve"],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -356,7 +356,7 @@ def _read_message() -> str | None:
 
 
 def _repl(base: str, args: argparse.Namespace, info: dict[str, Any], keep_alive: Any) -> int:
-    from registry.oci.options import OPTION_TYPES, OptionError, parse_parameter
+    from formats.options import OPTION_TYPES, OptionError, parse_parameter
 
     messages: list[dict[str, Any]] = []
     options: dict[str, Any] = {}

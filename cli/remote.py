@@ -47,7 +47,7 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _local_models(names: list[str]) -> tuple[ClientSettings, Store, list[LocalModel]]:
-    from client.manage import settled_store
+    from client.store_ops import settled_store
 
     settings, store = settled_store(lambda line: print(line, file=sys.stderr))
     if not names:

@@ -1,7 +1,7 @@
 """The registry's error codes (OCI distribution spec plus Docker's), registered once each with
 their HTTP status and message, and the ``{"errors": [...]}`` envelope that carries them.
 
-The registry raises :class:`RegistryError`; one exception handler writes the envelope. The client
+The registry raises :class:`DistributionError`; one exception handler writes the envelope. The client
 reads the same table to turn an envelope back into a typed error."""
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ _CODES = [
 CODES: Mapping[str, ErrorCode] = {c.code: c for c in _CODES}
 
 
-class RegistryError(Exception):
+class DistributionError(Exception):
     """An error the registry reports in the distribution envelope."""
 
     def __init__(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry.oci.modelfile import ModelfileError, decode, parse, quote, quote_exact
+from formats.modelfile import ModelfileError, decode, parse, quote, quote_exact
 
 FULL = '''# a comment where an instruction could start
 FROM llama3.2

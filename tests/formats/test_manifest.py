@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from registry.oci import mediatypes as mt
-from registry.oci.digest import Digest
-from registry.oci.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest, ManifestError
+from formats import mediatypes as mt
+from formats.digest import Digest
+from formats.manifest import MAX_MANIFEST_BYTES, Descriptor, Manifest, ManifestError
 
 D1 = "sha256:" + "1" * 64
 D2 = "sha256:" + "2" * 64

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from registry.oci.options import (
+from formats.options import (
     OptionError,
     format_duration,
     parse_go_duration,

@@ -24,10 +24,10 @@ from pathlib import Path
 from client import errors
 from client.limits import check_blob_size, check_free_space
 from client.store import Store
-from registry.oci import mediatypes as mt
-from registry.oci.digest import Digest, InvalidDigest
-from registry.oci.manifest import Descriptor, Manifest, ManifestError
-from registry.oci.names import InvalidName, ModelName
+from formats import mediatypes as mt
+from formats.digest import Digest, InvalidDigest
+from formats.manifest import Descriptor, Manifest, ManifestError
+from formats.names import ModelName, NameParseError
 
 REF_NAME = "org.opencontainers.image.ref.name"
 MODEL_NAME = "io.hangar.model.name"  # the full host/namespace/model:tag
@@ -94,7 +94,7 @@ def import_model(store: Store, source: Path, name: ModelName | None = None, *, f
                 raise errors.InvalidName(f"{source} does not name its model; give a name to import it as")
             try:
                 name = ModelName.parse(label if MODEL_NAME in annotations else f"imported/{label}")
-            except InvalidName as e:
+            except NameParseError as e:
                 raise errors.InvalidName(str(e)) from None
         try:
             manifest_digest = Digest.parse(entry["digest"])

@@ -12,15 +12,18 @@ from typing import TYPE_CHECKING
 from client import errors
 from client.config import ClientSettings, parse_size
 from client.store import Store
-from registry.oci.names import ModelName
+from formats.names import ModelName
 
 if TYPE_CHECKING:
     from client.model_info import ModelInfo
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from client import cli_account, cli_create, cli_remote, cli_runtime
-    from registry import cli as registry_cli
+    from cli import account as cli_account
+    from cli import create as cli_create
+    from cli import registry as registry_cli
+    from cli import remote as cli_remote
+    from cli import runtime as cli_runtime
 
     parser = argparse.ArgumentParser(
         prog="hangar",
@@ -107,7 +110,7 @@ def _transfer_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _context() -> tuple[ClientSettings, Store]:
-    from client.manage import settled_store
+    from client.store_ops import settled_store
 
     return settled_store(lambda line: print(line, file=sys.stderr))
 
@@ -169,7 +172,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _rm(args: argparse.Namespace) -> int:
-    from client.manage import remove_models
+    from client.store_ops import remove_models
 
     settings, store = _context()
     names = [_name(store, settings, m) for m in args.models]
@@ -182,7 +185,7 @@ def _rm(args: argparse.Namespace) -> int:
 
 
 def _cp(args: argparse.Namespace) -> int:
-    from client.manage import copy_model
+    from client.store_ops import copy_model
 
     settings, store = _context()
     source, destination = _name(store, settings, args.source), _name(store, settings, args.destination)
@@ -249,8 +252,8 @@ def _short_params(info: ModelInfo) -> list[str]:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from client.manage import plan_prune, prune
     from client.progress import human_size
+    from client.store_ops import plan_prune, prune
     from registry.config import parse_duration
 
     _, store = _context()
@@ -268,7 +271,7 @@ def _prune(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from client.layout import export_model
+    from client.archive import export_model
     from client.progress import human_size
 
     settings, store = _context()
@@ -281,7 +284,7 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from client.layout import import_model
+    from client.archive import import_model
     from client.progress import human_size
 
     settings, store = _context()

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.oci.options import OptionError, parse_parameter
+from formats.options import OptionError, parse_parameter
 
 INSTRUCTIONS = (
     "from", "license", "template", "system", "adapter", "draft",

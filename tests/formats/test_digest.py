@@ -3,7 +3,7 @@ import io
 
 import pytest
 
-from registry.oci.digest import Digest, InvalidDigest
+from formats.digest import Digest, InvalidDigest
 
 HEX = hashlib.sha256(b"abc").hexdigest()
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from client.config import ClientSettings, load
 from client.progress import human_size
 from client.store import LocalModel, SettleReport, Store
-from registry.oci.digest import Digest, InvalidDigest
-from registry.oci.names import ModelName
+from formats.digest import Digest, InvalidDigest
+from formats.names import ModelName
 
 
 def copy_model(store: Store, source: ModelName, destination: ModelName) -> LocalModel:

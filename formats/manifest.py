@@ -12,8 +12,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.oci import mediatypes as mt
-from registry.oci.digest import Digest, InvalidDigest
+from formats import mediatypes as mt
+from formats.digest import Digest, InvalidDigest
 
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # RFC 6838 type/subtype (with +suffix and parameters-free), at most 255 characters.

@@ -19,8 +19,8 @@ from client.config import load
 from client.create import CreateError, CreateRequest, create, quantize_type
 from client.progress import Progress, ProgressCallback, ProgressView
 from client.store import Store
-from registry.oci.digest import Digest
-from registry.oci.modelfile import Modelfile, decode, parse
+from formats.digest import Digest
+from formats.modelfile import Modelfile, decode, parse
 
 UNSUPPORTED_PATTERNS = ("pytorch_model*.bin", "consolidated*.pth")
 
@@ -118,7 +118,7 @@ def _model_files(path: Path) -> list[Path]:
 
 
 def _create(args: argparse.Namespace) -> int:
-    from client.cli_runtime import _alive, _headers, daemon_url
+    from cli.runtime import _alive, _headers, daemon_url
 
     if args.quantize:
         quantize_type(args.quantize)

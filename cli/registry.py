@@ -240,7 +240,7 @@ def _accounts(args: argparse.Namespace) -> Accounts:
 def _admin_user_create(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from registry.oci.auth import decode_public_key, encode_public_key
+    from formats.auth import decode_public_key, encode_public_key
 
     key = None
     if args.pubkey_file:
