@@ -195,7 +195,8 @@ def _cp(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    from client.model_info import inspect, parameter_lines, render_modelfile
+    from client.model_info import inspect, render_modelfile
+    from formats.description import parameter_lines
 
     settings, store = _context()
     model = store.get(_name(store, settings, args.model))
@@ -245,7 +246,7 @@ def _print_summary(info: ModelInfo, verbose: bool) -> None:
 
 
 def _short_params(info: ModelInfo) -> list[str]:
-    from client.model_info import format_value
+    from formats.description import format_value
 
     return [f"{name:<14} {format_value(v)}" for name, value in info.parameters.items()
             for v in (value if isinstance(value, list) else [value])]  # fmt: skip

@@ -175,7 +175,8 @@ def _settings(args: argparse.Namespace) -> config.Settings:
              "ssl_keyfile", "rate_limit")  # fmt: skip
     values = {n: getattr(args, n, None) for n in names}
     for n in ("allowed_hosts", "trusted_proxies"):  # repeatable flags: one comma-separated setting
-        values[n] = ",".join(values[n]) if values[n] else None
+        items: list[str] | None = values[n]
+        values[n] = ",".join(items) if items else None
     return config.from_env(**values)
 
 

@@ -36,13 +36,14 @@ from typing import Any
 
 from client import errors
 from client.config import ClientSettings
-from client.gguf_header import GGUFError
 from client.gojson import dumps as go_json
-from client.model_info import file_type_name, human_count, inspect, read_gguf_metadata
+from client.model_info import inspect, read_gguf_metadata
 from client.progress import Progress, ProgressCallback, no_progress
 from client.store import Store
 from formats import mediatypes as mt
+from formats.description import file_type_name, human_count
 from formats.digest import Digest
+from formats.gguf import GGUFError
 from formats.manifest import Descriptor, Manifest
 from formats.names import ModelName
 from formats.options import OPTION_TYPES, OptionError, coerce
@@ -488,7 +489,7 @@ def _gguf_kind(store: Store, file_name: str, digest: Digest) -> str:
 
 
 def _metadata(path: Path, what: str) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
-    """A GGUF's header without its arrays, read within bounds (see client.gguf_header): a file
+    """A GGUF's header without its arrays, read within bounds (see formats.gguf): a file
     pulled from a registry may be hostile."""
     try:
         return read_gguf_metadata(path, max_array=0)

@@ -159,7 +159,7 @@ def float32(number: float) -> float:
     if math.isnan(number) or math.isinf(number):
         raise ValueError("not a finite number")
     packed = struct.pack("<f", number)  # OverflowError when out of range
-    single = struct.unpack("<f", packed)[0]
+    single: float = struct.unpack("<f", packed)[0]
     for digits in range(1, 10):
         shortest = float(f"{single:.{digits}g}")
         if struct.pack("<f", shortest) == packed:

@@ -118,7 +118,7 @@ class Service:
                 cached = inspect(self.store, model)
             except Exception as e:  # one unreadable model must not break the listing of the others
                 logging.getLogger("hangar.runtime").warning("cannot read model %s: %s", model.name, e)
-                cached = ModelInfo(model, {}, None, error=f"unreadable: {e}")
+                cached = ModelInfo(model=model, error=f"unreadable: {e}")
             self._info[key] = cached
         return cached
 

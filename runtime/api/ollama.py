@@ -19,9 +19,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from client import errors as client_errors
-from client.model_info import parameter_lines, render_modelfile
+from client.model_info import render_modelfile
 from client.progress import Progress
 from client.store_ops import copy_model, remove_models
+from formats.description import parameter_lines
 from formats.names import ModelName, NameParseError
 from runtime.api.common import (
     cancelled_on_disconnect,
@@ -517,11 +518,11 @@ async def show(request: Request) -> Response:
     model_info.pop("general.name", None)
     model_info.pop("tokenizer.chat_template", None)
     if verbose and info.model_path is not None and not info.error:
-        from client.gguf_header import GGUFError
         from client.model_info import read_gguf_metadata
+        from formats.gguf import GGUFError
 
         try:
-            # Whole arrays (the vocabulary): bounded by client.gguf_header, read off the loop.
+            # Whole arrays (the vocabulary): bounded by formats.gguf, read off the loop.
             full, _, _ = await anyio.to_thread.run_sync(read_gguf_metadata, info.model_path, 1 << 30)
         except (GGUFError, OSError) as e:
             raise ApiError(500, f"reading the model file: {e}") from None
@@ -550,8 +551,8 @@ async def show(request: Request) -> Response:
 
 async def _projector_info(path: Any, verbose: bool) -> dict[str, Any]:
     """The first projector's GGUF key/values (§8.7), read off the loop like the model's."""
-    from client.gguf_header import GGUFError
     from client.model_info import read_gguf_metadata
+    from formats.gguf import GGUFError
 
     try:
         meta, _, _ = await anyio.to_thread.run_sync(read_gguf_metadata, path, (1 << 30) if verbose else 5)

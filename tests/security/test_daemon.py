@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import pytest
 
-from client.gguf_header import MAX_ARRAY
+from formats.gguf import MAX_ARRAY
 from tests.servers import REPO_ROOT, RuntimeProcess
 from tests.tinymodels import add_model, write_tiny_llama
 
@@ -369,7 +369,7 @@ def test_header_reader_bounds_and_remembers(
     """The reader itself: counts checked against the bytes left, the same answers as gguf's
     GGUFReader on real files, each file read once."""
     from client import model_info
-    from client.gguf_header import GGUFError, read_header
+    from formats.gguf import GGUFError, read_header
 
     bomb = tmp_path / "bomb.gguf"
     bomb.write_bytes(array_count_bomb())
