@@ -31,6 +31,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         ),
     )
     _storage_args(serve)
+    serve.add_argument(
+        "--redirect",
+        choices=("on", "off"),
+        help="on (default): blob GETs answer 307 to the object store's presigned URL; off: stream them through",
+    )
     serve.add_argument("--listen", help=f"HOST:PORT to listen on (default {config.DEFAULT_LISTEN})")
     serve.add_argument(
         "--public-url",
@@ -167,12 +172,18 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 def _storage_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="blob storage and SQLite directory (default ~/.hangar/registry)")
     parser.add_argument("--database-url", help="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db")
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="where blobs live: file:///PATH (default DATA_DIR/blobs) or s3://BUCKET[/PREFIX] (endpoint, "
+        "region and credentials from the AWS environment variables and config files)",
+    )
 
 
 def _settings(args: argparse.Namespace) -> config.Settings:
     names = ("listen", "data_dir", "database_url", "public_url", "workers", "upload_max_age", "signed_url_ttl",
              "auth", "signup", "token_ttl", "log_level", "allowed_hosts", "trusted_proxies", "ssl_certfile",
-             "ssl_keyfile", "rate_limit")  # fmt: skip
+             "ssl_keyfile", "rate_limit", "storage", "redirect")  # fmt: skip
     values = {n: getattr(args, n, None) for n in names}
     for n in ("allowed_hosts", "trusted_proxies"):  # repeatable flags: one comma-separated setting
         items: list[str] | None = values[n]
@@ -208,7 +219,7 @@ def _gc(args: argparse.Namespace) -> int:
     grace = config.parse_duration(args.grace)
     db.upgrade(settings.resolved_database_url)
     meta = Metadata(db.make_engine(settings.resolved_database_url, pooled=False))
-    store = open_store(settings.resolved_data_dir)
+    store = open_store(settings.storage_location, settings.resolved_data_dir)
 
     async def run() -> tuple[gc.Plan, gc.Plan]:
         plan = await gc.plan_uploads(meta, store, settings.upload_max_age)

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -22,13 +22,24 @@ from registry import config
 from registry.accounts import Accounts
 from registry.api import routes
 from registry.api.common import API_VERSION_HEADER, Services, audit, remote
+from registry.api.uploads import progress_headers
 from registry.auth import Authority
 from registry.db import make_engine
 from registry.gc import purge_uploads_forever
 from registry.meta import Metadata
 from registry.ratelimit import RateLimiter
 from registry.signing import UrlSigner
-from registry.storage import open_store
+from registry.storage import (
+    BlobNotFound,
+    DigestMismatch,
+    IncompleteChunk,
+    OffsetMismatch,
+    OversizedChunk,
+    SizeMismatch,
+    StorageError,
+    UploadNotFound,
+    open_store,
+)
 
 log = logging.getLogger("hangar.registry")
 
@@ -101,6 +112,34 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error_response(DistributionError(code, exc.detail, status=exc.status_code), request)
 
 
+def storage_error(request: Request, exc: Exception) -> DistributionError:
+    """The one mapping of the blob store's errors (and a body cut short) to OCI errors."""
+    upload_id = request.path_params.get("upload_id", "")
+    if isinstance(exc, OffsetMismatch):
+        headers = progress_headers(request, request.path_params.get("name", ""), upload_id, exc.expected)
+        del headers["Content-Length"]
+        detail = {"expected": exc.expected, "got": exc.got}
+        return DistributionError("RANGE_INVALID", str(exc), detail=detail, headers=headers)
+    if isinstance(exc, (DigestMismatch, SizeMismatch)):
+        return DistributionError("DIGEST_INVALID", str(exc), detail={"digest": str(exc.expected)})
+    if isinstance(exc, UploadNotFound):
+        return DistributionError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id})
+    if isinstance(exc, BlobNotFound):
+        return DistributionError("BLOB_UNKNOWN", detail={"digest": request.path_params.get("digest", "")})
+    if isinstance(exc, OversizedChunk):
+        return DistributionError("SIZE_INVALID", str(exc))
+    if isinstance(exc, (IncompleteChunk, ClientDisconnect)):
+        return DistributionError("BLOB_UPLOAD_INVALID", f"incomplete chunk: {exc}")
+    # StorageUnavailable and anything a backend did not expect: the operator's problem, not the
+    # client's; the log says what it was.
+    log.error("blob store error on %s %s: %s", request.method, request.url.path, exc, exc_info=exc)
+    return DistributionError("UNAVAILABLE", "the blob store is unavailable; retry later")
+
+
+async def _storage_error(request: Request, exc: Exception) -> Response:
+    return _error_response(storage_error(request, exc), request)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _error_response(DistributionError("UNKNOWN", "internal server error"), request)
@@ -110,7 +149,7 @@ def create_app(settings: config.Settings) -> Starlette:
     engine = make_engine(settings.resolved_database_url)
     meta = Metadata(engine)
     accounts = Accounts(engine)
-    store = open_store(settings.resolved_data_dir)
+    store = open_store(settings.storage_location, settings.resolved_data_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -134,6 +173,8 @@ def create_app(settings: config.Settings) -> Starlette:
         exception_handlers={
             DistributionError: _registry_error,
             HTTPException: _http_error,
+            StorageError: _storage_error,
+            ClientDisconnect: _storage_error,
             Exception: _unexpected_error,
         },
         lifespan=lifespan,

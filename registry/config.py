@@ -20,6 +20,12 @@ class Settings:
     data_dir: Path = Path("~/.hangar/registry")
     # Empty means SQLite inside data_dir.
     database_url: str = ""
+    # Where blobs live: file:///PATH or s3://BUCKET[/PREFIX] (registry.storage.open_store).
+    # Empty means the folder DATA_DIR/blobs (uploads in DATA_DIR/uploads), as it always was.
+    storage: str = ""
+    # "on": a blob GET answers 307 to the object store's own presigned URL when the store has
+    # one; "off": the registry streams the bytes itself (an object store clients cannot reach).
+    redirect: str = "on"
     # The scheme://host[:port] clients reach us at: the canonical origin, named in challenges and
     # Location headers, and the one signed requests must be bound to (registry.origins). Empty:
     # the listen address and loopback names.
@@ -69,6 +75,11 @@ class Settings:
             return self.database_url
         return f"sqlite:///{self.resolved_data_dir / 'registry.db'}"
 
+    @property
+    def storage_location(self) -> str | Path:
+        """What ``registry.storage.open_store`` takes: the URL, or the data directory."""
+        return self.storage or self.resolved_data_dir
+
     def validate(self) -> Settings:
         if ":" not in self.listen:
             raise ValueError(f"--listen must be HOST:PORT, got {self.listen!r}")
@@ -92,6 +103,10 @@ class Settings:
             raise ValueError("--rate-limit must be 0 (off) or a positive number of requests a minute")
         if self.auth not in ("required", "off"):
             raise ValueError(f"--auth must be 'required' or 'off', got {self.auth!r}")
+        if self.storage and not self.storage.startswith(("file://", "s3://", "memory://")):
+            raise ValueError(f"--storage must be file:///PATH or s3://BUCKET[/PREFIX], got {self.storage!r}")
+        if self.redirect not in ("on", "off"):
+            raise ValueError(f"--redirect must be 'on' or 'off', got {self.redirect!r}")
         if self.signup not in ("open", "invite", "closed"):
             raise ValueError(f"--signup must be 'open', 'invite' or 'closed', got {self.signup!r}")
         return replace(self, public_url=self.public_url.rstrip("/"))

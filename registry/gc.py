@@ -19,7 +19,7 @@ from formats.digest import Digest
 from registry.accounts import Accounts
 from registry.db import utcnow
 from registry.meta import Metadata
-from registry.storage import BlobStore
+from registry.storage import VerifiedStore
 
 log = logging.getLogger("hangar.registry.gc")
 
@@ -30,7 +30,7 @@ class Plan:
     blobs: list[str] = field(default_factory=list)
 
 
-async def plan_uploads(meta: Metadata, store: BlobStore, max_age: float) -> Plan:
+async def plan_uploads(meta: Metadata, store: VerifiedStore, max_age: float) -> Plan:
     cutoff = utcnow() - dt.timedelta(seconds=max_age)
     plan = Plan(uploads=await run_in_threadpool(meta.stale_uploads, cutoff))
     known = await run_in_threadpool(meta.upload_ids)
@@ -46,7 +46,7 @@ async def plan_blobs(meta: Metadata, grace: float) -> Plan:
     return Plan(blobs=await run_in_threadpool(meta.unreferenced_blobs, cutoff))
 
 
-async def execute(meta: Metadata, store: BlobStore, plan: Plan) -> Plan:
+async def execute(meta: Metadata, store: VerifiedStore, plan: Plan) -> Plan:
     """Carry out a plan; returns what was actually removed."""
     done = Plan()
     for upload_id in plan.uploads:
@@ -60,7 +60,7 @@ async def execute(meta: Metadata, store: BlobStore, plan: Plan) -> Plan:
     return done
 
 
-async def purge_uploads_forever(meta: Metadata, accounts: Accounts, store: BlobStore, max_age: float) -> None:
+async def purge_uploads_forever(meta: Metadata, accounts: Accounts, store: VerifiedStore, max_age: float) -> None:
     """The background loop every worker runs (idempotent, so several may run at once): abandoned
     uploads, and nonces whose timestamp window has closed."""
     interval = min(max_age / 4, 600.0)

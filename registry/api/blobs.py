@@ -152,7 +152,9 @@ async def get_blob(request: Request) -> Response:
     size = await _blob_size(request, name, digest)
     headers = _headers(digest, size)
     if not signed:
-        direct = await svc.store.redirect_url(digest, svc.settings.signed_url_ttl)
+        direct = None
+        if svc.settings.redirect == "on":
+            direct = await svc.store.redirect_url(digest, svc.settings.signed_url_ttl)
         if direct is not None:
             return RedirectResponse(direct, status_code=307, headers={"Docker-Content-Digest": str(digest)})
         headers["Location"] = signed_blob_url(request, name, digest, principal)

@@ -20,7 +20,7 @@ from registry.meta import Metadata
 from registry.origins import Origins, origins
 from registry.ratelimit import AuditThrottle, TtlCache
 from registry.signing import UrlSigner
-from registry.storage import BlobStore
+from registry.storage import VerifiedStore
 
 MAX_PAGE = 1000
 # How stale the answer to "may this signed URL's holder still read the repository?" may be.
@@ -34,7 +34,7 @@ class Services:
     meta: Metadata
     accounts: Accounts
     authority: Authority
-    store: BlobStore
+    store: VerifiedStore
     signer: UrlSigner
     # Per worker: how many refusals per address reach the audit table, and whether a signed
     # URL's subject may still read a repository (a few seconds stale at most).

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import Response
 
 from formats.digest import Digest
@@ -36,15 +36,7 @@ from registry.api.common import (
     repository,
     services,
 )
-from registry.storage import (
-    DigestMismatch,
-    IncompleteChunk,
-    OffsetMismatch,
-    OversizedChunk,
-    SizeMismatch,
-    UploadNotFound,
-    put_blob,
-)
+from registry.storage import DigestMismatch, SizeMismatch, put_blob
 
 # The one digest an empty monolithic upload can have.
 EMPTY_DIGEST = Digest.of_bytes(b"")
@@ -63,7 +55,7 @@ def _session_path(name: str, upload_id: str) -> str:
     return f"/v2/{name}/blobs/uploads/{upload_id}"
 
 
-def _progress_headers(request: Request, name: str, upload_id: str, size: int) -> dict[str, str]:
+def progress_headers(request: Request, name: str, upload_id: str, size: int) -> dict[str, str]:
     location = external_url(request, _session_path(name, upload_id))
     return {
         "Location": location,
@@ -97,12 +89,10 @@ async def _session(request: Request, name: str) -> str:
 
 
 async def _append(request: Request, name: str, upload_id: str) -> int:
-    """Append the request body at the declared (or current) offset; the new size."""
+    """Append the request body at the declared (or current) offset; the new size. The store's
+    errors (an offset that is not the end, a short or long body) become OCI errors in registry.app."""
     svc = services(request)
-    try:
-        size = await svc.store.upload_size(upload_id)
-    except UploadNotFound:
-        raise DistributionError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
+    size = await svc.store.upload_size(upload_id)
     length = content_length(request)
     offset = size
     raw_range = request.headers.get("content-range")
@@ -113,23 +103,7 @@ async def _append(request: Request, name: str, upload_id: str) -> int:
                 "RANGE_INVALID", f"Content-Range {raw_range!r} does not match Content-Length {length}"
             )
         offset, length = first, last - first + 1
-    try:
-        new_size = await svc.store.append_upload(upload_id, offset, _body(request), length)
-    except OffsetMismatch as e:
-        headers = _progress_headers(request, name, upload_id, e.expected)
-        del headers["Content-Length"]
-        raise DistributionError(
-            "RANGE_INVALID",
-            f"chunk starts at byte {e.got}, but the upload has {e.expected} bytes",
-            detail={"expected": e.expected, "got": e.got},
-            headers=headers,
-        ) from None
-    except OversizedChunk as e:
-        raise DistributionError("SIZE_INVALID", str(e)) from None
-    except (IncompleteChunk, ClientDisconnect) as e:
-        raise DistributionError("BLOB_UPLOAD_INVALID", f"incomplete chunk: {e}") from None
-    except UploadNotFound:
-        raise DistributionError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
+    new_size = await svc.store.append_upload(upload_id, offset, _body(request), length)
     await run_in_threadpool(svc.meta.touch_upload, upload_id)
     return new_size
 
@@ -173,36 +147,28 @@ async def start_upload(request: Request) -> Response:
     elif "digest" in query:  # monolithic upload
         digest = digest_param(query["digest"])
         upload_id = str(uuid.uuid4())
-        try:
-            info = await put_blob(svc.store, upload_id, digest, _body(request), content_length(request))
-        except (DigestMismatch, SizeMismatch) as e:
-            raise DistributionError("DIGEST_INVALID", str(e), detail={"digest": str(digest)}) from None
-        except (IncompleteChunk, OversizedChunk, ClientDisconnect) as e:
-            raise DistributionError("BLOB_UPLOAD_INVALID", f"incomplete upload: {e}") from None
+        info = await put_blob(svc.store, upload_id, digest, _body(request), content_length(request))
         await run_in_threadpool(svc.meta.link_blob, name, info)
         return _created(request, name, digest)
 
     upload_id = str(uuid.uuid4())
     await svc.store.start_upload(upload_id)
     await run_in_threadpool(svc.meta.start_upload, name, upload_id)
-    return Response(status_code=202, headers=_progress_headers(request, name, upload_id, 0))
+    return Response(status_code=202, headers=progress_headers(request, name, upload_id, 0))
 
 
 async def patch_upload(request: Request) -> Response:
     name = repository(request)
     upload_id = await _session(request, name)
     size = await _append(request, name, upload_id)
-    return Response(status_code=202, headers=_progress_headers(request, name, upload_id, size))
+    return Response(status_code=202, headers=progress_headers(request, name, upload_id, size))
 
 
 async def get_upload(request: Request) -> Response:
     name = repository(request)
     upload_id = await _session(request, name)
-    try:
-        size = await services(request).store.upload_size(upload_id)
-    except UploadNotFound:
-        raise DistributionError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
-    return Response(status_code=204, headers=_progress_headers(request, name, upload_id, size))
+    size = await services(request).store.upload_size(upload_id)
+    return Response(status_code=204, headers=progress_headers(request, name, upload_id, size))
 
 
 async def finish_upload(request: Request) -> Response:
@@ -216,11 +182,9 @@ async def finish_upload(request: Request) -> Response:
         await _append(request, name, upload_id)
     try:
         info = await svc.store.commit_upload(upload_id, digest)
-    except (DigestMismatch, SizeMismatch) as e:
-        await run_in_threadpool(svc.meta.delete_upload, upload_id)
-        raise DistributionError("DIGEST_INVALID", str(e), detail={"digest": str(digest)}) from None
-    except UploadNotFound:
-        raise DistributionError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id}) from None
+    except (DigestMismatch, SizeMismatch):
+        await run_in_threadpool(svc.meta.delete_upload, upload_id)  # the store discarded its bytes
+        raise
     await run_in_threadpool(svc.meta.finish_upload, name, upload_id, info)
     return _created(request, name, digest)
 

@@ -1,19 +1,17 @@
-"""The filesystem blob store (the embedded default).
+"""The filesystem backend (the embedded default).
 
-Layout under the registry's data directory::
+Layout (by default under the registry's data directory)::
 
     blobs/
       sha256/<first 2 hex>/<64 hex>     committed blob, immutable, 0644
-    uploads/
+    uploads/                            (``blobs/_uploads/`` for a ``--storage file://`` folder)
       <upload id>                       bytes received so far for one upload session
+      <upload id>.hash                  the running hash after the last chunk (registry.storage.verify)
 
-An upload is published by fsync, sha256 verification, then ``os.replace`` into ``blobs/``: the
-rename is atomic, so a reader sees either no blob or the whole verified blob. Writers of one upload
-take an exclusive ``flock`` on its file; several processes (uvicorn workers) can share the store.
-
-Hashing is done while bytes arrive. ``hashlib`` state cannot be saved, so each process keeps the
-running hash of the uploads it served last; if the next chunk lands on another process, or after a
-restart, the commit re-reads the file once to hash it (about a second per GiB).
+An upload is published by fsync, then ``os.replace`` into ``blobs/`` (``VerifiedStore`` verified
+it first): the rename is atomic, so a reader sees either no blob or the whole verified blob.
+Writers of one upload take an exclusive ``flock`` on its file; several processes (uvicorn workers)
+can share the store.
 """
 
 from __future__ import annotations
@@ -25,21 +23,19 @@ import fcntl
 import os
 import re
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from formats.digest import Digest
-from registry.storage import (
+from registry.storage.base import (
     BlobInfo,
     BlobNotFound,
-    ContentHash,
-    DigestMismatch,
     IncompleteChunk,
     OffsetMismatch,
     OversizedChunk,
     SizeMismatch,
+    StateAfter,
     UploadInfo,
     UploadNotFound,
 )
@@ -59,15 +55,14 @@ def _in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
 
 
 class FilesystemStore:
-    def __init__(self, root: Path, *, hash_cache_size: int = 1024) -> None:
+    def __init__(self, root: Path, *, uploads_dir: Path | None = None) -> None:
+        """Blobs under ``root/sha256``; uploads in ``uploads_dir`` (``root/_uploads`` by default),
+        which must be on the same filesystem (publishing is a rename)."""
         self.root = root
-        self.blobs_dir = root / "blobs" / "sha256"
-        self.uploads_dir = root / "uploads"
+        self.blobs_dir = root / "sha256"
+        self.uploads_dir = uploads_dir if uploads_dir is not None else root / "_uploads"
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
         self.uploads_dir.mkdir(parents=True, exist_ok=True)
-        # upload id -> running hash of the bytes received so far; see the module docstring.
-        self._hashes: OrderedDict[str, ContentHash] = OrderedDict()
-        self._hash_cache_size = hash_cache_size
 
     # -- paths ---------------------------------------------------------------------------
 
@@ -78,6 +73,9 @@ class FilesystemStore:
         if _UPLOAD_ID_RE.fullmatch(upload_id) is None:
             raise UploadNotFound(upload_id)
         return self.uploads_dir / upload_id
+
+    def _state_path(self, upload_id: str) -> Path:
+        return self._upload_path(upload_id).with_name(f"{upload_id}.hash")
 
     # -- blobs ---------------------------------------------------------------------------
 
@@ -128,10 +126,10 @@ class FilesystemStore:
 
     # -- uploads -------------------------------------------------------------------------
 
-    async def start_upload(self, upload_id: str) -> None:
+    async def start_upload(self, upload_id: str, state: bytes | None) -> None:
         fd = os.open(self._upload_path(upload_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         os.close(fd)
-        self._remember_hash(upload_id, ContentHash())
+        self._save_state(upload_id, state)
 
     async def upload_size(self, upload_id: str) -> int:
         try:
@@ -139,15 +137,15 @@ class FilesystemStore:
         except FileNotFoundError:
             raise UploadNotFound(upload_id) from None
 
-    async def append_upload(self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], length: int | None) -> int:
+    async def append_upload(
+        self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], length: int | None, state_after: StateAfter
+    ) -> int:
         fd = await _in_thread(self._open_locked, upload_id)
         try:
             size = os.fstat(fd).st_size
             if offset != size:
                 raise OffsetMismatch(size, offset)
-            hasher = self._take_hash(upload_id, size)
-            before = hasher.copy() if hasher is not None else None
-            writer = _PipelinedWriter(fd, offset, hasher)
+            writer = _PipelinedWriter(fd, offset)
             try:
                 async for chunk in chunks:
                     if length is not None and writer.received + len(chunk) > length:
@@ -161,25 +159,60 @@ class FilesystemStore:
                 if length is not None:
                     # All or nothing: the client may send this same chunk again.
                     os.ftruncate(fd, offset)
-                    if before is not None:
-                        self._remember_hash(upload_id, before)
+                elif writer.received:
+                    size = os.fstat(fd).st_size
+                    self._save_state(upload_id, await state_after(size))
                 raise
-            if hasher is not None:
-                self._remember_hash(upload_id, hasher)
+            # Saved under the lock, so that the record always describes the bytes before it.
+            self._save_state(upload_id, await state_after(offset + writer.received))
             return offset + writer.received
         finally:
             os.close(fd)  # also releases the flock
 
-    async def commit_upload(self, upload_id: str, digest: Digest, size: int | None = None) -> BlobInfo:
-        return await _in_thread(self._commit, upload_id, digest, size)
+    async def read_upload(self, upload_id: str) -> AsyncIterator[bytes]:
+        try:
+            fd = os.open(self._upload_path(upload_id), os.O_RDONLY)
+        except FileNotFoundError:
+            raise UploadNotFound(upload_id) from None
+        try:
+            pos = 0
+            while data := await _in_thread(os.pread, fd, WRITE_BATCH, pos):
+                pos += len(data)
+                yield data
+        finally:
+            os.close(fd)
+
+    async def load_state(self, upload_id: str) -> bytes | None:
+        try:
+            return self._state_path(upload_id).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _save_state(self, upload_id: str, state: bytes | None) -> None:
+        # Written aside and renamed, so a reader never sees half of it. Not fsynced: a state lost
+        # in a crash costs one re-read at the commit, never a wrong blob.
+        path = self._state_path(upload_id)
+        if state is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(state)
+        os.replace(tmp, path)
+
+    async def publish_upload(self, upload_id: str, digest: Digest, size: int) -> None:
+        await _in_thread(self._publish, upload_id, digest, size)
 
     async def abort_upload(self, upload_id: str) -> None:
-        self._hashes.pop(upload_id, None)
         with contextlib.suppress(FileNotFoundError, UploadNotFound):
             os.unlink(self._upload_path(upload_id))
+        with contextlib.suppress(FileNotFoundError, UploadNotFound):
+            os.unlink(self._state_path(upload_id))
 
     async def list_uploads(self) -> AsyncIterator[UploadInfo]:
         for entry in self.uploads_dir.iterdir():
+            if _UPLOAD_ID_RE.fullmatch(entry.name) is None:
+                continue  # a saved hash state, or a temporary file
             try:
                 st = entry.stat()
             except FileNotFoundError:
@@ -219,48 +252,31 @@ class FilesystemStore:
             os.close(fd)
             raise
 
-    def _commit(self, upload_id: str, digest: Digest, size: int | None) -> BlobInfo:
+    def _publish(self, upload_id: str, digest: Digest, size: int) -> None:
         fd = self._open_locked(upload_id)
         path = self._upload_path(upload_id)
         try:
-            cached = self._hashes.pop(upload_id, None)
             actual_size = os.fstat(fd).st_size
-            if size is not None and size != actual_size:
-                os.unlink(path)
+            if size != actual_size:
                 raise SizeMismatch(size, actual_size)
             os.fsync(fd)
-            content = cached if cached is not None and cached.size == actual_size else _hash_fd(fd)
-            actual = content.digest()
-            if actual != digest:
-                os.unlink(path)
-                raise DigestMismatch(digest, actual)
             target = self.blob_path(digest)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, target)
             _fsync_dir(target.parent)
-            return BlobInfo(digest, actual_size, content.chunk_sums())
         finally:
             os.close(fd)
-
-    def _take_hash(self, upload_id: str, size: int) -> ContentHash | None:
-        entry = self._hashes.pop(upload_id, None)
-        return entry if entry is not None and entry.size == size else None
-
-    def _remember_hash(self, upload_id: str, hasher: ContentHash) -> None:
-        self._hashes[upload_id] = hasher
-        self._hashes.move_to_end(upload_id)
-        while len(self._hashes) > self._hash_cache_size:
-            self._hashes.popitem(last=False)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._state_path(upload_id))
 
 
 class _PipelinedWriter:
-    """Batch incoming chunks; write each batch, hash it whole and hash it by chunk in three threads at
-    once, while the event loop receives the next one."""
+    """Batch incoming chunks; write each batch in a thread while the event loop receives the next
+    one (and ``VerifiedStore`` hashes it in two more)."""
 
-    def __init__(self, fd: int, offset: int, hasher: ContentHash | None) -> None:
+    def __init__(self, fd: int, offset: int) -> None:
         self.fd = fd
         self.pos = offset
-        self.hasher = hasher
         self.received = 0
         self._chunks: list[bytes] = []
         self._batched = 0
@@ -293,9 +309,6 @@ class _PipelinedWriter:
         pos = self.pos
         self.pos += len(data)
         self._pending = [_in_thread(_write_all, self.fd, data, pos)]
-        if self.hasher is not None:
-            self._pending.append(_in_thread(self.hasher.update_whole, data))
-            self._pending.append(_in_thread(self.hasher.update_chunks, data))
 
 
 def _write_all(fd: int, data: bytes, pos: int) -> None:
@@ -304,15 +317,6 @@ def _write_all(fd: int, data: bytes, pos: int) -> None:
         n = os.pwrite(fd, view, pos)
         view = view[n:]
         pos += n
-
-
-def _hash_fd(fd: int) -> ContentHash:
-    h = ContentHash()
-    pos = 0
-    while data := os.pread(fd, 4 * 1024 * 1024, pos):
-        h.update(data)
-        pos += len(data)
-    return h
 
 
 def _fsync_dir(path: Path) -> None:

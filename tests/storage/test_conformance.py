@@ -1,4 +1,5 @@
-"""One suite for every blob-store backend (the filesystem store today)."""
+"""One suite for every blob-store backend, each under the verifying layer the registry uses
+(filesystem, memory; S3 on a real Swift in tests/storage/test_s3.py)."""
 
 from __future__ import annotations
 
@@ -14,20 +15,47 @@ from formats.digest import Digest
 from registry.storage import (
     BlobNotFound,
     BlobStore,
+    ContentHash,
     DigestMismatch,
     IncompleteChunk,
     OffsetMismatch,
     OversizedChunk,
     SizeMismatch,
     UploadNotFound,
+    VerifiedStore,
     put_blob,
 )
 from registry.storage.filesystem import FilesystemStore
+from registry.storage.memory import MemoryStore
+
+BACKENDS = ["filesystem", "memory"]
 
 
-@pytest.fixture(params=["filesystem"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
-    return FilesystemStore(tmp_path)
+def make_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
+    if kind == "filesystem":
+        return FilesystemStore(tmp_path / "blobs", uploads_dir=tmp_path / "uploads")
+    if kind == "memory":
+        return MemoryStore()
+    if kind == "s3":
+        backend: BlobStore = request.getfixturevalue("s3_backend")
+        return backend
+    raise AssertionError(kind)
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> VerifiedStore:
+    return VerifiedStore(make_backend(request.param, tmp_path, request))
+
+
+def reopen(store: VerifiedStore) -> VerifiedStore:
+    """The same backing storage as another process (another worker or replica) sees it: nothing
+    shared in memory but what the backend keeps."""
+    backend = store.backend
+    if isinstance(backend, FilesystemStore):
+        return VerifiedStore(FilesystemStore(backend.root, uploads_dir=backend.uploads_dir))
+    if isinstance(backend, MemoryStore):
+        return VerifiedStore(backend)
+    return VerifiedStore(type(backend).from_url(backend.url))  # type: ignore[attr-defined]
 
 
 async def chunks(data: bytes, size: int = 65536) -> AsyncIterator[bytes]:
@@ -40,7 +68,7 @@ async def failing(data: bytes) -> AsyncIterator[bytes]:
     raise ConnectionError("client went away")
 
 
-async def read_all(store: BlobStore, digest: Digest, offset: int = 0, length: int | None = None) -> bytes:
+async def read_all(store: VerifiedStore, digest: Digest, offset: int = 0, length: int | None = None) -> bytes:
     return b"".join([c async for c in store.read(digest, offset, length)])
 
 
@@ -52,7 +80,7 @@ def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-def test_put_read_stat_delete(store: BlobStore) -> None:
+def test_put_read_stat_delete(store: VerifiedStore) -> None:
     data = os.urandom(5 * 1024 * 1024 + 7)  # spans several read and write batches
 
     async def go() -> None:
@@ -71,15 +99,15 @@ def test_put_read_stat_delete(store: BlobStore) -> None:
     run(go())
 
 
-def test_chunked_upload_resumes_from_reported_size(store: BlobStore) -> None:
+def test_chunked_upload_resumes_from_reported_size(store: VerifiedStore) -> None:
     data = os.urandom(300_000)
 
     async def go() -> None:
         await store.start_upload("u2")
         assert await store.upload_size("u2") == 0
         assert await store.append_upload("u2", 0, chunks(data[:100_000]), 100_000) == 100_000
-        # A new process (no cached hash) takes over: the commit re-hashes the file.
-        other = FilesystemStore(store.root) if isinstance(store, FilesystemStore) else store
+        # A new process takes over, from the running hash the backend keeps.
+        other = reopen(store)
         size = await other.upload_size("u2")
         assert size == 100_000
         assert await other.append_upload("u2", size, chunks(data[size:]), None) == len(data)
@@ -91,7 +119,7 @@ def test_chunked_upload_resumes_from_reported_size(store: BlobStore) -> None:
     run(go())
 
 
-def test_out_of_order_chunk_is_refused(store: BlobStore) -> None:
+def test_out_of_order_chunk_is_refused(store: VerifiedStore) -> None:
     async def go() -> None:
         await store.start_upload("u3")
         await store.append_upload("u3", 0, chunks(b"abc"), 3)
@@ -105,7 +133,7 @@ def test_out_of_order_chunk_is_refused(store: BlobStore) -> None:
     run(go())
 
 
-def test_declared_chunk_is_all_or_nothing(store: BlobStore) -> None:
+def test_declared_chunk_is_all_or_nothing(store: VerifiedStore) -> None:
     data = os.urandom(6 * 1024 * 1024)
 
     async def go() -> None:
@@ -127,7 +155,7 @@ def test_declared_chunk_is_all_or_nothing(store: BlobStore) -> None:
     run(go())
 
 
-def test_commit_verifies_and_discards_on_mismatch(store: BlobStore) -> None:
+def test_commit_verifies_and_discards_on_mismatch(store: VerifiedStore) -> None:
     async def go() -> None:
         await store.start_upload("u5")
         await store.append_upload("u5", 0, chunks(b"hello"), 5)
@@ -149,7 +177,7 @@ def test_commit_verifies_and_discards_on_mismatch(store: BlobStore) -> None:
     run(go())
 
 
-def test_concurrent_uploads_of_one_blob(store: BlobStore) -> None:
+def test_concurrent_uploads_of_one_blob(store: VerifiedStore) -> None:
     data = os.urandom(2_000_000)
 
     async def one(i: int) -> None:
@@ -163,7 +191,7 @@ def test_concurrent_uploads_of_one_blob(store: BlobStore) -> None:
     run(go())
 
 
-def test_abort_and_unknown_uploads(store: BlobStore) -> None:
+def test_abort_and_unknown_uploads(store: VerifiedStore) -> None:
     async def go() -> None:
         await store.start_upload("u7")
         await store.abort_upload("u7")
@@ -179,7 +207,7 @@ def test_abort_and_unknown_uploads(store: BlobStore) -> None:
     run(go())
 
 
-def test_commit_reports_chunk_sums(store: BlobStore) -> None:
+def test_commit_reports_chunk_sums(store: VerifiedStore) -> None:
     from registry.storage import CHUNK_SIZE
 
     data = os.urandom(2 * CHUNK_SIZE + 5)
@@ -187,8 +215,8 @@ def test_commit_reports_chunk_sums(store: BlobStore) -> None:
     async def go() -> None:
         await store.start_upload("cs")
         await store.append_upload("cs", 0, chunks(data[:1000]), 1000)
-        fresh = FilesystemStore(store.root) if isinstance(store, FilesystemStore) else store
-        await fresh.append_upload("cs", 1000, chunks(data[1000:], 3_000_000), None)  # no cached hash here
+        fresh = reopen(store)
+        await fresh.append_upload("cs", 1000, chunks(data[1000:], 3_000_000), None)
         info = await fresh.commit_upload("cs", digest(data))
         expected = tuple(hashlib.sha256(data[i : i + CHUNK_SIZE]).hexdigest() for i in range(0, len(data), CHUNK_SIZE))
         assert info.chunk_sums == expected
@@ -196,3 +224,73 @@ def test_commit_reports_chunk_sums(store: BlobStore) -> None:
         assert info2.chunk_sums == expected
 
     run(go())
+
+
+def test_another_process_continues_without_rereading(store: VerifiedStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The running hash travels with the session: a worker that did not see the first chunks
+    continues and commits without reading back what the store holds."""
+    from registry.storage import CHUNK_SIZE
+
+    data = os.urandom(CHUNK_SIZE + 3_000_000)
+
+    async def go() -> None:
+        await store.start_upload("hs")
+        await store.append_upload("hs", 0, chunks(data[:7_000_000], 1_000_000), 7_000_000)
+        other = reopen(store)
+
+        def no_reread(upload_id: str) -> AsyncIterator[bytes]:
+            raise AssertionError("the upload was read back")
+
+        monkeypatch.setattr(other.backend, "read_upload", no_reread)
+        await other.append_upload("hs", 7_000_000, chunks(data[7_000_000:12_000_000]), 5_000_000)
+        third = reopen(store)
+        monkeypatch.setattr(third.backend, "read_upload", no_reread)
+        await third.append_upload("hs", 12_000_000, chunks(data[12_000_000:]), None)
+        info = await third.commit_upload("hs", digest(data))
+        assert info.chunk_sums == (
+            hashlib.sha256(data[:CHUNK_SIZE]).hexdigest(),
+            hashlib.sha256(data[CHUNK_SIZE:]).hexdigest(),
+        )
+        assert await read_all(store, digest(data)) == data
+
+    run(go())
+
+
+@pytest.mark.parametrize("record", [None, b"not a state", b"{}"])
+def test_a_lost_or_damaged_hash_state_is_rebuilt_from_the_bytes(
+    store: VerifiedStore, monkeypatch: pytest.MonkeyPatch, record: bytes | None
+) -> None:
+    data = os.urandom(1_000_000)
+
+    async def go() -> None:
+        await store.start_upload("ls")
+        await store.append_upload("ls", 0, chunks(data[:400_000]), 400_000)
+        with monkeypatch.context() as m:
+            m.setattr(ContentHash, "state", lambda self: record)
+            await store.append_upload("ls", 400_000, chunks(data[400_000:700_000]), 300_000)
+        assert await store.backend.load_state("ls") == record
+        # The next chunk cannot continue a hash it does not have; the commit reads the bytes back.
+        await store.append_upload("ls", 700_000, chunks(data[700_000:]), None)
+        with pytest.raises(DigestMismatch):
+            await reopen(store).commit_upload("ls", digest(b"other"))
+        await store.start_upload("ls2")
+        with monkeypatch.context() as m:
+            m.setattr(ContentHash, "state", lambda self: record)
+            await store.append_upload("ls2", 0, chunks(data), len(data))
+        assert (await reopen(store).commit_upload("ls2", digest(data))).size == len(data)
+        assert await read_all(store, digest(data)) == data
+
+    run(go())
+
+
+def test_content_hash_state_round_trips() -> None:
+    data = os.urandom(3_000_000)
+    h = ContentHash(chunk_size=1_000_003)
+    h.update(data[:1_234_567])
+    again = ContentHash.restore(h.state())
+    assert again is not None and again.size == 1_234_567
+    again.update(data[1_234_567:])
+    assert again.digest() == digest(data)
+    assert again.chunk_sums() == tuple(
+        hashlib.sha256(data[i : i + 1_000_003]).hexdigest() for i in range(0, len(data), 1_000_003)
+    )
