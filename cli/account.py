@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from client import errors
 from client.config import load
-from registry.config import parse_duration
+from formats.units import parse_duration
 
 if TYPE_CHECKING:
     from client.account import AccountClient

@@ -10,9 +10,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from client import errors
-from client.config import ClientSettings, parse_size
+from client.config import ClientSettings
 from client.store import Store
 from formats.names import ModelName
+from formats.units import parse_size
 
 if TYPE_CHECKING:
     from client.model_info import ModelInfo
@@ -255,7 +256,7 @@ def _short_params(info: ModelInfo) -> list[str]:
 def _prune(args: argparse.Namespace) -> int:
     from client.progress import human_size
     from client.store_ops import plan_prune, prune
-    from registry.config import parse_duration
+    from formats.units import parse_duration
 
     _, store = _context()
     plan = plan_prune(store, parse_duration(args.grace))

@@ -7,6 +7,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from formats.units import parse_duration
 from registry import config
 
 if TYPE_CHECKING:
@@ -216,7 +217,7 @@ def _gc(args: argparse.Namespace) -> int:
     from registry.storage import open_store
 
     settings = _settings(args)
-    grace = config.parse_duration(args.grace)
+    grace = parse_duration(args.grace)
     db.upgrade(settings.resolved_database_url)
     meta = Metadata(db.make_engine(settings.resolved_database_url, pooled=False))
     store = open_store(settings.storage_location, settings.resolved_data_dir)
@@ -295,7 +296,7 @@ def _admin_org_add_member(args: argparse.Namespace) -> int:
 
 
 def _admin_invite(args: argparse.Namespace) -> int:
-    code = _accounts(args).create_invite(config.parse_duration(args.expires))
+    code = _accounts(args).create_invite(parse_duration(args.expires))
     print(code)
     return 0
 

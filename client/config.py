@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from formats.names import DEFAULT_HOST
+from formats.units import parse_size
 
 DEFAULT_CONCURRENCY = 4
 DEFAULT_PART_SIZE = 64 * 1024 * 1024
@@ -128,23 +129,3 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return {}
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: {e}") from None
-
-
-_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "KIB": 1024, "M": 10**6, "MB": 10**6, "MIB": 2**20,
-          "G": 10**9, "GB": 10**9, "GIB": 2**30}  # fmt: skip
-
-
-def parse_size(text: str) -> int:
-    """Bytes from ``1048576``, ``64MiB``, ``50MB``, ``1.5G``."""
-    s = text.strip().upper().replace(" ", "")
-    number = s.rstrip("KMGIB")
-    unit = s[len(number) :]
-    if unit not in _UNITS or not number:
-        raise ValueError(f"invalid size {text!r} (examples: 1048576, 64MiB, 50MB)")
-    try:
-        value = float(number) * _UNITS[unit]
-    except ValueError:
-        raise ValueError(f"invalid size {text!r}") from None
-    if value <= 0:
-        raise ValueError(f"size must be positive: {text!r}")
-    return int(value)

@@ -9,6 +9,8 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
+from formats.units import parse_go_duration
+
 # name -> type: int, float, bool or "list" (a list of strings)
 OPTION_TYPES: dict[str, Any] = {
     "num_ctx": int,
@@ -167,29 +169,6 @@ def float32(number: float) -> float:
     return single
 
 
-_DURATION_RE = re.compile(r"([0-9]*\.?[0-9]+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_go_duration(text: str) -> float:
-    """Seconds from a Go duration string: ``5m``, ``1h30m``, ``-1m``, ``0``."""
-    s = text.strip()
-    sign = -1.0 if s.startswith("-") else 1.0
-    s = s.lstrip("+-")
-    if s == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    while pos < len(s):
-        m = _DURATION_RE.match(s, pos)
-        if m is None:
-            raise OptionError(f"time: invalid duration {text!r}")
-        total += float(m.group(1)) * _UNITS[m.group(2)]
-        pos = m.end()
-    if pos == 0:
-        raise OptionError(f"time: invalid duration {text!r}")
-    return sign * total
-
-
 def parse_keep_alive(value: Any) -> float | None:
     """Seconds to keep a model loaded: a number (seconds) or a duration string; negative means
     forever (``inf``), 0 means unload now; None when absent."""
@@ -200,21 +179,10 @@ def parse_keep_alive(value: Any) -> float | None:
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
-        seconds = parse_go_duration(value)
+        try:
+            seconds = parse_go_duration(value)
+        except ValueError as e:
+            raise OptionError(str(e)) from None
     else:
         raise OptionError("keep_alive must be a number of seconds or a duration such as 5m")
     return math.inf if seconds < 0 else seconds
-
-
-def format_duration(seconds: float) -> str:
-    """Go's time.Duration.String for whole seconds and above (``5m0s``, ``1h0m0s``)."""
-    if math.isinf(seconds):
-        return "-1"
-    total = int(seconds)
-    h, rest = divmod(total, 3600)
-    m, s = divmod(rest, 60)
-    if h:
-        return f"{h}h{m}m{s}s"
-    if m:
-        return f"{m}m{s}s"
-    return f"{s}s"

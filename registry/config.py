@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from formats.units import parse_duration
 from registry.origins import check_allowed_hosts, check_trusted_proxies
 
 ENV_PREFIX = "HANGAR_REGISTRY_"
@@ -143,12 +144,3 @@ def _convert(name: str, raw: str) -> object:
     except ValueError as e:
         raise ValueError(f"{ENV_PREFIX}{name.upper()}: {e}") from None
     return raw
-
-
-def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``15m``, ``2h``, ``1d``."""
-    text = text.strip()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    if text and text[-1] in units:
-        return float(text[:-1]) * units[text[-1]]
-    return float(text)

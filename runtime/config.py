@@ -25,8 +25,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from client.config import parse_size
 from formats.options import parse_keep_alive
+from formats.units import parse_size
 
 DEFAULT_PORT = 11434
 

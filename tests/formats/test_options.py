@@ -1,4 +1,4 @@
-"""Model options, Modelfile parameters and keep-alive durations."""
+"""Model options, Modelfile parameters and keep_alive."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import pytest
 
 from formats.options import (
     OptionError,
-    format_duration,
-    parse_go_duration,
     parse_keep_alive,
     parse_options,
     parse_parameter,
@@ -66,20 +64,6 @@ def test_modelfile_parameter_errors_name_the_parameter() -> None:
         parse_parameter("colour", "red")
 
 
-@pytest.mark.parametrize(
-    ("text", "seconds"),
-    [("5m", 300.0), ("1h30m", 5400.0), ("-1m", -60.0), ("0", 0.0), ("1.5s", 1.5), ("250ms", 0.25), ("2h", 7200.0)],
-)
-def test_go_durations(text: str, seconds: float) -> None:
-    assert parse_go_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "5", "5 minutes", "m", "1d"])
-def test_bad_go_durations(text: str) -> None:
-    with pytest.raises(OptionError, match="invalid duration"):
-        parse_go_duration(text)
-
-
 def test_keep_alive_values() -> None:
     assert parse_keep_alive(None) is None
     assert parse_keep_alive(30) == 30.0
@@ -87,13 +71,8 @@ def test_keep_alive_values() -> None:
     assert parse_keep_alive(0) == 0.0
     assert parse_keep_alive(-1) == math.inf
     assert parse_keep_alive("-1s") == math.inf
+    with pytest.raises(OptionError, match="invalid duration"):
+        parse_keep_alive("1d")
     for bad in (True, [5], {"m": 5}):
         with pytest.raises(OptionError, match="keep_alive"):
             parse_keep_alive(bad)
-
-
-def test_durations_print_like_go() -> None:
-    assert format_duration(300) == "5m0s"
-    assert format_duration(3600) == "1h0m0s"
-    assert format_duration(59) == "59s"
-    assert format_duration(math.inf) == "-1"
