@@ -1,5 +1,5 @@
-"""``hangar outdated``, ``update`` and ``tags``: compare local models with their registries, pull
-the ones whose tag moved, and list a repository's tags."""
+"""``hangar outdated``, ``update``, ``tags`` and ``search``: compare local models with their
+registries, pull the ones whose tag moved, list a repository's tags, and search a registry."""
 
 from __future__ import annotations
 
@@ -44,6 +44,21 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     tags.add_argument("model", help="e.g. models.lan:5000/alice/model")
     tags.add_argument("--insecure", action="store_true", help="use plain http for this registry")
     tags.set_defaults(handler=_tags)
+
+    search = commands.add_parser(
+        "search",
+        help="search a Hangar registry's models",
+        description="List the public models of a Hangar registry whose name and description hold every "
+        "word of QUERY (the registry's GET /api/search, the search of its web site).",
+    )
+    search.add_argument("query", nargs="*", help="words to look for (none: the newest models)")
+    search.add_argument("-r", "--registry", help="the registry's host[:port] (default: HANGAR_REGISTRY)")
+    search.add_argument(
+        "-c", "--capability", action="append", default=[], choices=["embedding", "vision", "tools", "thinking"],
+        help="only models with this capability (repeatable: all must match)",
+    )  # fmt: skip
+    search.add_argument("--insecure", action="store_true", help="use plain http for this registry")
+    search.set_defaults(handler=_search)
 
 
 def _local_models(names: list[str]) -> tuple[ClientSettings, Store, list[LocalModel]]:
@@ -114,4 +129,41 @@ def _tags(args: argparse.Namespace) -> int:
     name = Store(settings.models).parse_name(args.model, settings.default_host)
     for tag in asyncio.run(list_tags(name, settings, insecure=args.insecure)):
         print(printable(tag))  # the registry's text: no escape sequences reach the terminal
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from client.progress import print_table
+    from client.remote import search
+
+    settings = load()
+    host = (args.registry or settings.default_host).strip().strip("/")
+    for prefix in ("https://", "http://"):
+        host = host.removeprefix(prefix)
+    hits = asyncio.run(
+        search(host, " ".join(args.query), settings, capabilities=args.capability, insecure=args.insecure)
+    )
+    if not hits:
+        print("no models found", file=sys.stderr)
+        return 0
+
+    def clip(text: str, width: int) -> str:
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    # Everything in a row is the registry's text: printable() keeps escape sequences off the terminal.
+    rows = [("NAME", "DESCRIPTION", "CAPABILITIES", "SIZES", "TAGS", "UPDATED")]
+    for h in hits:
+        rows.append(
+            (
+                printable(h.name),
+                printable(clip(h.description, 60)),
+                printable(",".join(h.capabilities)),
+                printable(",".join(h.sizes)),
+                str(h.tags),
+                printable(h.updated_at[:10]),
+            )
+        )
+    print_table(rows)
     return 0

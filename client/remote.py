@@ -133,3 +133,51 @@ def _next_page(response: httpx.Response, url: str) -> str | None:
     if 'rel="next"' not in link or "<" not in link:
         return None
     return urljoin(url, link[link.index("<") + 1 : link.index(">")])
+
+
+# A registry's search answer (20 models a page) is a few KiB; more is not a search result.
+SEARCH_LIMIT = 1 << 20
+
+
+@dataclass
+class SearchHit:
+    name: str
+    description: str
+    capabilities: list[str]
+    sizes: list[str]
+    tags: int
+    updated_at: str
+
+
+async def search(
+    host: str,
+    query: str,
+    settings: ClientSettings,
+    *,
+    capabilities: Sequence[str] = (),
+    order: str = "newest",
+    insecure: bool = False,
+) -> list[SearchHit]:
+    """The first page of a Hangar registry's ``GET /api/search`` (docs/web.md), anonymously: the
+    public models whose name and description hold every word of ``query``."""
+    base = registry_url(ModelName.parse(f"{host}/library/search"), settings, insecure)
+    params = [("q", query), ("o", order), *(("c", c) for c in capabilities)]
+    async with make_client(settings, base, scopes=[]) as http:
+        response = await send(
+            http, "GET", f"{base}/api/search", what=f"search {host}", limit=SEARCH_LIMIT, params=params
+        )
+    try:
+        models = response.json()["models"]
+        return [
+            SearchHit(
+                name=str(m["name"]),
+                description=str(m.get("description") or ""),
+                capabilities=[str(c) for c in m.get("capabilities") or []],
+                sizes=[str(s) for s in m.get("sizes") or []],
+                tags=int(m.get("tags") or 0),
+                updated_at=str(m.get("updated_at") or ""),
+            )
+            for m in models
+        ]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise errors.RequestFailed(f"search {host}: the registry's answer is not a search result", 502) from None

@@ -82,6 +82,13 @@ def read_header(path: Path, max_array: int = 5) -> Header:
         return _Reader(f, os.fstat(f.fileno()).st_size, max_array).read()
 
 
+def read_header_from(f: BinaryIO, size: int, max_array: int = 5) -> Header:
+    """The header of a GGUF of ``size`` bytes whose first bytes ``f`` holds (the registry's site
+    reads a blob's start from its store, not a file): a header that runs past what ``f`` holds
+    raises :class:`GGUFError` ("truncated") like one that runs past the end of the file."""
+    return _Reader(f, size, max_array).read()
+
+
 class _Reader:
     def __init__(self, f: BinaryIO, size: int, max_array: int) -> None:
         self.f = f

@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from formats.errorcodes import DistributionError
@@ -40,6 +41,7 @@ from registry.storage import (
     UploadNotFound,
     open_store,
 )
+from registry.web.pages import web_app
 
 log = logging.getLogger("hangar.registry")
 
@@ -150,12 +152,14 @@ def create_app(settings: config.Settings) -> Starlette:
     meta = Metadata(engine)
     accounts = Accounts(engine)
     store = open_store(settings.storage_location, settings.resolved_data_dir)
+    site = web_app()  # the web site, mounted after every API route with its own error pages
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         signer = UrlSigner(meta.secret("blob-url"))
         authority = Authority(accounts, meta.secret("token-signing"), settings.token_ttl)
         app.state.services = Services(settings, meta, accounts, authority, store, signer)
+        site.state.services = app.state.services
         if settings.auth == "off":
             log.warning("authentication is off: anyone who can reach this registry may push to it")
         purger = asyncio.create_task(purge_uploads_forever(meta, accounts, store, settings.upload_max_age))
@@ -168,7 +172,7 @@ def create_app(settings: config.Settings) -> Starlette:
             engine.dispose()
 
     return Starlette(
-        routes=routes,
+        routes=[*routes, Mount("/", app=site)],
         middleware=[Middleware(ApiVersionHeader), Middleware(RateLimit, per_minute=settings.rate_limit)],
         exception_handlers={
             DistributionError: _registry_error,

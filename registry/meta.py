@@ -41,6 +41,18 @@ def _bytewise(conn: Connection, column: Any) -> Any:
     return column.collate("C") if conn.dialect.name == "postgresql" else column
 
 
+def readable_repositories(namespaces: set[str]) -> Any:
+    """The SQL condition on ``repository`` for what a caller may read, given the namespaces whose
+    private repositories it may read (``registry.api.common.readable_namespaces``): public
+    repositories, and every repository in those namespaces. The catalog and the web site's
+    listings and search (``registry.web.catalog``) both filter with it."""
+    keys = {ns.lower() for ns in namespaces}
+    readable = [_repository.c.key.startswith(ns + "/", autoescape=True) for ns in keys]
+    if DEFAULT_NAMESPACE in keys:
+        readable.append(~_repository.c.key.contains("/"))  # one-part names are library's
+    return or_(_repository.c.visibility == "public", *readable)
+
+
 class MissingReferences(Exception):
     """A manifest names blobs or manifests its repository does not have."""
 
@@ -138,10 +150,7 @@ class Metadata:
             if last:
                 query = query.where(key > repository_key(last))
             if namespaces is not None:
-                readable = [_repository.c.key.startswith(ns.lower() + "/", autoescape=True) for ns in namespaces]
-                if DEFAULT_NAMESPACE in {ns.lower() for ns in namespaces}:
-                    readable.append(~_repository.c.key.contains("/"))  # one-part names are library's
-                query = query.where(or_(_repository.c.visibility == "public", *readable))
+                query = query.where(readable_repositories(namespaces))
             return list(conn.execute(query).scalars())
 
     # -- blobs -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything Hangar needs on a Debian/Ubuntu machine, idempotently:
-#   - system packages (python3-venv, PostgreSQL, skopeo, the reference docker-registry, wrk, hey, openssl)
+#   - system packages (python3-venv, PostgreSQL, skopeo, the reference docker-registry, wrk, hey, openssl,
+#     Chromium and its driver for the web site's browser tests)
 #     when they are missing, with apt-get (as root, or through sudo);
 #   - a virtual environment in .venv with Hangar installed (editable) and its test/dev extras.
 #     llama-cpp-python compiles from source the first time (about 5 minutes on 2 cores). The build is
@@ -22,6 +23,12 @@ command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)  # bench/pull_push.py: the native verified-file figure
 command -v gcc >/dev/null || need+=(build-essential)
 command -v cmake >/dev/null || need+=(cmake)
+# The S3 storage tests run against a real OpenStack Swift (its s3api) with memcached (tests/swift.py).
+command -v swift-proxy-server >/dev/null || need+=(swift swift-proxy swift-account swift-container swift-object)
+command -v memcached >/dev/null || need+=(memcached)
+# The web site's browser tests (tests/web) drive Debian's headless Chromium through its driver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing system packages: ${need[*]}"

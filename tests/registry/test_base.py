@@ -48,8 +48,11 @@ def test_method_not_allowed_uses_the_envelope(client: httpx.Client, repo: str) -
 def test_unknown_paths(client: httpx.Client) -> None:
     r = client.get("/v2/nothing-here")
     assert r.status_code == 404 and error_codes(r) == ["UNSUPPORTED"]
-    r = client.get("/elsewhere")
+    r = client.get("/hangar/v1/nothing-here")
     assert r.status_code == 404 and error_codes(r) == ["UNSUPPORTED"]
+    # Outside the API's roots, paths are the web site's (docs/web.md): a missing page is HTML.
+    r = client.get("/elsewhere")
+    assert r.status_code == 404 and r.headers["content-type"].startswith("text/html")
 
 
 def test_unknown_repository(client: httpx.Client) -> None:

@@ -1,0 +1,1 @@
+"""The registry's web site: server-rendered pages beside the API (``registry.web.pages``)."""
