@@ -103,11 +103,9 @@ class _ThinkFlag(argparse.Action):
 
 
 def daemon_url() -> str:
-    from runtime.config import parse_host
+    from runtime.config import local_url, parse_host
 
-    host, port = parse_host(os.environ.get("HANGAR_HOST") or "127.0.0.1:11434")
-    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-    return f"http://{host}:{port}"
+    return local_url(*parse_host(os.environ.get("HANGAR_HOST") or "127.0.0.1:11434"))
 
 
 def _headers() -> dict[str, str]:

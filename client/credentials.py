@@ -49,6 +49,12 @@ def origin(url: str | httpx.URL) -> tuple[str, str, int]:
     return scheme, u.host.lower(), u.port or _DEFAULT_PORTS.get(scheme, 0)
 
 
+def origin_text(url: str | httpx.URL) -> str:
+    """``scheme://host[:port]`` as the URL spells it, for messages."""
+    u = httpx.URL(url) if isinstance(url, str) else url
+    return f"{u.scheme}://{u.netloc.decode()}"
+
+
 def same_origin(a: str | httpx.URL, b: str | httpx.URL) -> bool:
     return origin(a) == origin(b)
 

@@ -13,7 +13,7 @@ import httpx
 from client import errors, keys
 from client.auth import RegistryAuth
 from client.config import ClientSettings
-from client.credentials import signs_for
+from client.credentials import origin_text, signs_for
 from client.keys import Identity
 from client.limits import ACCEPT_ENCODING, ERROR_BODY_LIMIT, SMALL_BODY_LIMIT, read_body, request_deadline
 from formats import mediatypes as mt
@@ -82,18 +82,18 @@ async def send(
         async with asyncio.timeout(deadline):
             response = await http.send(request, stream=True, auth=kwargs.get("auth", httpx.USE_CLIENT_DEFAULT))
     except TimeoutError:
-        raise errors.RegistryUnreachable(f"{what}: {_origin(url)} did not answer within {deadline:.0f} s") from None
+        raise errors.RegistryUnreachable(f"{what}: {origin_text(url)} did not answer within {deadline:.0f} s") from None
     except httpx.ConnectError as e:
         if isinstance(e.__cause__, ssl.SSLError) or "SSL" in str(e) or "CERTIFICATE" in str(e).upper():
             raise errors.TLSError(
                 f"{what}: TLS failed for {url}: {e}. For a registry with a private CA set ca_bundle in "
                 "~/.hangar/config.toml; for plain http use --insecure"
             ) from None
-        raise errors.RegistryUnreachable(f"{what}: cannot reach {_origin(url)}: {e or type(e).__name__}") from None
+        raise errors.RegistryUnreachable(f"{what}: cannot reach {origin_text(url)}: {e or type(e).__name__}") from None
     except httpx.TimeoutException as e:
-        raise errors.RegistryUnreachable(f"{what}: {_origin(url)} timed out ({type(e).__name__})") from None
+        raise errors.RegistryUnreachable(f"{what}: {origin_text(url)} timed out ({type(e).__name__})") from None
     except httpx.TransportError as e:
-        raise errors.RegistryUnreachable(f"{what}: connection to {_origin(url)} failed: {e}") from None
+        raise errors.RegistryUnreachable(f"{what}: connection to {origin_text(url)} failed: {e}") from None
     if response.status_code >= 400 and response.status_code not in allow:
         body = await read_body(response, ERROR_BODY_LIMIT, what, truncate=True)
         raise errors.from_response(response.status_code, body, what)
@@ -133,8 +133,3 @@ def _identity_loader(settings: ClientSettings, base: str) -> Callable[[], Identi
         return loaded[0]
 
     return identity
-
-
-def _origin(url: str) -> str:
-    u = httpx.URL(url)
-    return f"{u.scheme}://{u.netloc.decode()}"

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from client import errors
+from client.credentials import origin_text
 from formats.manifest import MAX_MANIFEST_BYTES
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def _finish(
     body = b"".join(parts)[: limit if truncate else None]
     if late and not truncate:
         raise errors.RegistryUnreachable(
-            f"{what}: {_origin(response)} is sending its answer too slowly (still unfinished after "
+            f"{what}: {origin_text(response.request.url)} is sending its answer too slowly (still unfinished after "
             f"{request_deadline():.0f} s)"
         )
     if over and not truncate:
@@ -178,7 +179,7 @@ async def read_body(response: httpx.Response, limit: int, what: str, *, truncate
     except httpx.TransportError as e:
         if not truncate:
             raise errors.RegistryUnreachable(
-                f"{what}: reading the answer from {_origin(response)} failed: {e}"
+                f"{what}: reading the answer from {origin_text(response.request.url)} failed: {e}"
             ) from None
     finally:
         await response.aclose()
@@ -205,7 +206,7 @@ def read_body_sync(response: httpx.Response, limit: int, what: str, *, truncate:
     except httpx.TransportError as e:
         if not truncate:
             raise errors.RegistryUnreachable(
-                f"{what}: reading the answer from {_origin(response)} failed: {e}"
+                f"{what}: reading the answer from {origin_text(response.request.url)} failed: {e}"
             ) from None
     finally:
         response.close()
@@ -245,8 +246,3 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}".replace(".0 ", " ")
     return f"{n} bytes"
-
-
-def _origin(response: httpx.Response) -> str:
-    u = response.request.url
-    return f"{u.scheme}://{u.netloc.decode()}"

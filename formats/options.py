@@ -35,6 +35,9 @@ OPTION_TYPES: dict[str, Any] = {
     "draft_num_predict": int,
 }
 
+# The default options: the only copy (the runtime's Sampling and LoadSpec take theirs from here).
+# num_ctx is not among them: its default is the runtime's HANGAR_CONTEXT_LENGTH, this unless set.
+DEFAULT_CONTEXT_LENGTH = 4096
 DEFAULTS: dict[str, Any] = {
     "num_batch": 512,
     "num_gpu": -1,

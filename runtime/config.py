@@ -25,7 +25,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from formats.options import parse_keep_alive
+from formats.options import DEFAULT_CONTEXT_LENGTH, parse_keep_alive
 from formats.units import parse_size
 
 DEFAULT_PORT = 11434
@@ -36,7 +36,7 @@ class RuntimeSettings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     keep_alive: float = 300.0
-    context_length: int = 4096
+    context_length: int = DEFAULT_CONTEXT_LENGTH
     max_loaded_models: int = 3
     max_memory: int = 0  # 0: 75% of physical memory
     max_queue: int = 512
@@ -47,8 +47,7 @@ class RuntimeSettings:
 
     @property
     def base_url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-        return f"http://{host}:{self.port}"
+        return local_url(self.host, self.port)
 
     @property
     def memory_budget(self) -> int:
@@ -58,6 +57,13 @@ class RuntimeSettings:
             return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.75)
         except (ValueError, OSError):
             return 8 * 1024**3
+
+
+def local_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses for a daemon listening on ``host:port`` (a wildcard
+    address is reached on loopback)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://{host}:{port}"
 
 
 def parse_host(text: str) -> tuple[str, int]:
@@ -93,7 +99,7 @@ def load(env: Mapping[str, str] | None = None) -> RuntimeSettings:
             host=host,
             port=port,
             keep_alive=300.0 if keep_alive is None else keep_alive,
-            context_length=int(get("HANGAR_CONTEXT_LENGTH") or 4096),
+            context_length=int(get("HANGAR_CONTEXT_LENGTH") or DEFAULT_CONTEXT_LENGTH),
             max_loaded_models=int(get("HANGAR_MAX_LOADED_MODELS") or 3),
             max_memory=parse_size(get("HANGAR_MAX_MEMORY")) if get("HANGAR_MAX_MEMORY") else 0,
             max_queue=int(get("HANGAR_MAX_QUEUE") or 512),

@@ -25,6 +25,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from formats.options import DEFAULT_CONTEXT_LENGTH, DEFAULTS
+
 T = TypeVar("T")
 
 
@@ -34,10 +36,10 @@ class LoadSpec:
 
     model_path: str
     adapters: tuple[str, ...] = ()
-    num_ctx: int = 4096
-    num_batch: int = 512
-    num_gpu: int = -1  # layers on the GPU; -1 all (when the build has a GPU backend)
-    num_thread: int = 0  # 0: llama.cpp's choice
+    num_ctx: int = DEFAULT_CONTEXT_LENGTH
+    num_batch: int = DEFAULTS["num_batch"]
+    num_gpu: int = DEFAULTS["num_gpu"]  # layers on the GPU; -1 all (when the build has a GPU backend)
+    num_thread: int = DEFAULTS["num_thread"]  # 0: llama.cpp's choice
     use_mmap: bool = True
     embedding: bool = False
     projector: str | None = None  # an mmproj GGUF: the model reads images
@@ -45,18 +47,18 @@ class LoadSpec:
 
 @dataclass
 class Sampling:
-    temperature: float = 0.8
-    top_k: int = 40
-    top_p: float = 0.9
-    min_p: float = 0.0
-    typical_p: float = 1.0
-    repeat_penalty: float = 1.0
-    repeat_last_n: int = 64
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int = -1
-    num_predict: int = -1
-    num_keep: int = 4
+    temperature: float = DEFAULTS["temperature"]
+    top_k: int = DEFAULTS["top_k"]
+    top_p: float = DEFAULTS["top_p"]
+    min_p: float = DEFAULTS["min_p"]
+    typical_p: float = DEFAULTS["typical_p"]
+    repeat_penalty: float = DEFAULTS["repeat_penalty"]
+    repeat_last_n: int = DEFAULTS["repeat_last_n"]
+    presence_penalty: float = DEFAULTS["presence_penalty"]
+    frequency_penalty: float = DEFAULTS["frequency_penalty"]
+    seed: int = DEFAULTS["seed"]
+    num_predict: int = DEFAULTS["num_predict"]
+    num_keep: int = DEFAULTS["num_keep"]
     stop: list[str] = field(default_factory=list)
     grammar: str | None = None  # GBNF
     logprobs: bool = False
