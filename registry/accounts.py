@@ -10,8 +10,7 @@ import hashlib
 import json
 import re
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,9 +19,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from formats.auth import fingerprint
-from formats.names import is_valid_namespace, repository_key
-from registry.db import WRITE, utcnow
-from registry.models import Account, Audit, Invite, Membership, Nonce, PendingKey, PublicKey, Repository, Robot
+from formats.names import is_valid_namespace
+from registry.db import read_transaction, utcnow, write_transaction
+from registry.models import Account, Audit, Invite, Membership, Nonce, PendingKey, PublicKey, Robot
 
 _account = cast(Table, Account.__table__)
 _membership = cast(Table, Membership.__table__)
@@ -32,7 +31,6 @@ _invite = cast(Table, Invite.__table__)
 _robot = cast(Table, Robot.__table__)
 _nonce = cast(Table, Nonce.__table__)
 _audit = cast(Table, Audit.__table__)
-_repository = cast(Table, Repository.__table__)
 
 ROLES = ("owner", "writer", "reader")
 VISIBILITIES = ("public", "private")
@@ -138,21 +136,24 @@ def _record(row: Any) -> AccountRecord:
     return AccountRecord(row.id, row.name, row.kind, bool(row.is_admin), bool(row.disabled), row.default_visibility)
 
 
+def default_visibility(conn: Connection, namespace: str) -> str | None:
+    """The visibility new repositories in ``namespace`` take; None when no account has that name.
+    For registry.meta, which creates repositories inside its own transactions."""
+    return cast(
+        "str | None",
+        conn.execute(select(_account.c.default_visibility).where(_account.c.key == namespace.lower())).scalar(),
+    )
+
+
 class Accounts:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+    def _read(self) -> AbstractContextManager[Connection]:
+        return read_transaction(self.engine)
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn.execution_options(**{WRITE: True})
-            with conn.begin():
-                yield conn
+    def _write(self) -> AbstractContextManager[Connection]:
+        return write_transaction(self.engine)
 
     # -- accounts --------------------------------------------------------------------------
 
@@ -478,24 +479,6 @@ class Accounts:
         if row is None or row.disabled or row.expires_at <= utcnow():
             return None
         return RobotRecord(row.namespace, row.name, row.scope, row.expires_at)
-
-    # -- repositories ------------------------------------------------------------------------
-
-    def repository_visibility(self, name: str) -> str | None:
-        """``public``/``private`` for an existing repository, None when there is none."""
-        with self._read() as conn:
-            return conn.execute(
-                select(_repository.c.visibility).where(_repository.c.key == repository_key(name))
-            ).scalar()
-
-    def set_repository_visibility(self, name: str, visibility: str) -> bool:
-        if visibility not in VISIBILITIES:
-            raise AccountError(f"visibility must be one of {', '.join(VISIBILITIES)}")
-        with self._write() as conn:
-            result = conn.execute(
-                update(_repository).where(_repository.c.key == repository_key(name)).values(visibility=visibility)
-            )
-            return result.rowcount > 0
 
     # -- nonces ------------------------------------------------------------------------------
 

@@ -157,7 +157,7 @@ def create_app(settings: config.Settings) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         signer = UrlSigner(meta.secret("blob-url"))
-        authority = Authority(accounts, meta.secret("token-signing"), settings.token_ttl)
+        authority = Authority(accounts, meta, meta.secret("token-signing"), settings.token_ttl)
         app.state.services = Services(settings, meta, accounts, authority, store, signer)
         site.state.services = app.state.services
         if settings.auth == "off":

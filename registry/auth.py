@@ -37,6 +37,7 @@ from formats.auth import ACTIONS, Scope
 from formats.names import repository_key, repository_namespace
 from registry.accounts import Accounts
 from registry.db import utcnow
+from registry.meta import Metadata
 
 ALL = frozenset(ACTIONS)
 
@@ -72,8 +73,9 @@ class Grant:
 
 
 class Authority:
-    def __init__(self, accounts: Accounts, signing_key: bytes, token_ttl: int = 300) -> None:
+    def __init__(self, accounts: Accounts, meta: Metadata, signing_key: bytes, token_ttl: int = 300) -> None:
         self.accounts = accounts
+        self.meta = meta  # a repository's visibility is the repository's (registry.meta)
         self._key = signing_key
         self.token_ttl = token_ttl
 
@@ -81,7 +83,7 @@ class Authority:
         """Every action ``principal`` may take on ``repository`` (reads the database)."""
         namespace = repository_namespace(repository)  # a one-part name is library's
         actions: set[str] = set()
-        if self.accounts.repository_visibility(repository) == "public":
+        if self.meta.repository_visibility(repository) == "public":
             actions.add("pull")
         if principal.is_admin:
             return ALL

@@ -8,6 +8,8 @@ failing on a lock upgrade. PostgreSQL needs nothing special."""
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,22 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """One short read transaction (registry.meta and registry.accounts run each method in one)."""
+    with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One short write transaction: on SQLite it begins with ``BEGIN IMMEDIATE`` (:data:`WRITE`)."""
+    with engine.connect() as conn:
+        conn.execution_options(**{WRITE: True})
+        with conn.begin():
+            yield conn
 
 
 def make_engine(url: str, *, pool_size: int = 20, pooled: bool = True) -> Engine:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -20,8 +20,9 @@ from sqlalchemy.engine import Connection
 from formats.digest import Digest
 from formats.manifest import Manifest as ParsedManifest
 from formats.names import DEFAULT_NAMESPACE, repository_key, repository_namespace
-from registry.db import WRITE, utcnow
-from registry.models import Account, Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Secret, Tag, Upload
+from registry.accounts import VISIBILITIES, AccountError, default_visibility
+from registry.db import read_transaction, utcnow, write_transaction
+from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Secret, Tag, Upload
 from registry.storage import CHUNK_SIZE, BlobInfo
 
 _repository = cast(Table, Repository.__table__)
@@ -32,7 +33,6 @@ _reference = cast(Table, ManifestReference.__table__)
 _tag = cast(Table, Tag.__table__)
 _upload = cast(Table, Upload.__table__)
 _secret = cast(Table, Secret.__table__)
-_account = cast(Table, Account.__table__)
 
 
 def _bytewise(conn: Connection, column: Any) -> Any:
@@ -90,17 +90,11 @@ class Metadata:
 
     # -- transactions --------------------------------------------------------------------
 
-    @contextmanager
-    def _read(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn, conn.begin():
-            yield conn
+    def _read(self) -> AbstractContextManager[Connection]:
+        return read_transaction(self.engine)
 
-    @contextmanager
-    def _write(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            conn.execution_options(**{WRITE: True})
-            with conn.begin():
-                yield conn
+    def _write(self) -> AbstractContextManager[Connection]:
+        return write_transaction(self.engine)
 
     def _insert(self, conn: Connection, table: Table) -> Any:
         """An INSERT that can take ON CONFLICT clauses on either backend."""
@@ -118,9 +112,7 @@ class Metadata:
     def _ensure_repository(self, conn: Connection, name: str) -> int:
         key = repository_key(name)
         # A new repository takes its namespace's default visibility.
-        visibility = conn.execute(
-            select(_account.c.default_visibility).where(_account.c.key == repository_namespace(key))
-        ).scalar()
+        visibility = default_visibility(conn, repository_namespace(key))
         conn.execute(
             self._insert(conn, _repository)
             .values(key=key, name=name, visibility=visibility or "public", created_at=utcnow())
@@ -129,6 +121,22 @@ class Metadata:
         repo_id = self._repository_id(conn, name)
         assert repo_id is not None
         return repo_id
+
+    def repository_visibility(self, name: str) -> str | None:
+        """``public``/``private`` for an existing repository, None when there is none."""
+        with self._read() as conn:
+            return conn.execute(
+                select(_repository.c.visibility).where(_repository.c.key == repository_key(name))
+            ).scalar()
+
+    def set_repository_visibility(self, name: str, visibility: str) -> bool:
+        if visibility not in VISIBILITIES:
+            raise AccountError(f"visibility must be one of {', '.join(VISIBILITIES)}")
+        with self._write() as conn:
+            result = conn.execute(
+                update(_repository).where(_repository.c.key == repository_key(name)).values(visibility=visibility)
+            )
+            return result.rowcount > 0
 
     def repository_exists(self, name: str) -> bool:
         with self._read() as conn:

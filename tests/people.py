@@ -22,6 +22,7 @@ from formats.auth import go_query, token_signing_string
 from formats.names import ModelName
 from registry import db
 from registry.accounts import Accounts, AuditRecord
+from registry.meta import Metadata
 from tests.client.conftest import make_model
 from tests.servers import RegistryProcess
 
@@ -32,6 +33,10 @@ def database_url(registry: RegistryProcess) -> str:
 
 def accounts_of(registry: RegistryProcess) -> Accounts:
     return Accounts(db.make_engine(database_url(registry), pooled=False))
+
+
+def meta_of(registry: RegistryProcess) -> Metadata:
+    return Metadata(db.make_engine(database_url(registry), pooled=False))
 
 
 def audit_rows(registry: RegistryProcess, **match: str) -> list[AuditRecord]:

@@ -356,7 +356,7 @@ async def set_repository(request: Request, caller: Caller) -> Response:
         raise AccountsApiError(400, str(e)) from None
     await _owned_namespace(request, caller, request.path_params["namespace"])
     visibility = str(caller.field("visibility", required=True))
-    if not await run_in_threadpool(services(request).accounts.set_repository_visibility, name, visibility):
+    if not await run_in_threadpool(services(request).meta.set_repository_visibility, name, visibility):
         raise AccountsApiError(404, f"no repository {name}")
     await audit(request, caller.require_user().name, "visibility", name, "ok", visibility=visibility)
     return JSONResponse({"repository": name, "visibility": visibility})

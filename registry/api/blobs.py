@@ -134,6 +134,14 @@ def _headers(digest: Digest, size: int) -> dict[str, str]:
     }
 
 
+async def _direct_url(request: Request, digest: Digest) -> str | None:
+    """The store's own URL for a blob (presigned, on an object store) unless ``--redirect off``."""
+    svc = services(request)
+    if svc.settings.redirect != "on":
+        return None
+    return await svc.store.redirect_url(digest, svc.settings.signed_url_ttl)
+
+
 async def head_blob(request: Request) -> Response:
     name, digest = repository(request), digest_param(request.path_params["digest"])
     if not await _signed_request(request, name):
@@ -151,12 +159,12 @@ async def get_blob(request: Request) -> Response:
     svc = services(request)
     size = await _blob_size(request, name, digest)
     headers = _headers(digest, size)
+    # An object store serves the bytes itself, from a presigned URL: a 307 there, also for our own
+    # signed URL (whose holder was just re-checked), so the bytes never cross the registry.
+    direct = await _direct_url(request, digest)
+    if direct is not None:
+        return RedirectResponse(direct, status_code=307, headers={"Docker-Content-Digest": str(digest)})
     if not signed:
-        direct = None
-        if svc.settings.redirect == "on":
-            direct = await svc.store.redirect_url(digest, svc.settings.signed_url_ttl)
-        if direct is not None:
-            return RedirectResponse(direct, status_code=307, headers={"Docker-Content-Digest": str(digest)})
         headers["Location"] = signed_blob_url(request, name, digest, principal)
 
     range_header = request.headers.get("range")
@@ -195,7 +203,7 @@ async def chunk_sums(request: Request) -> Response:
         lines.append(f"sha256:{value} {first}-{min(size, first + CHUNK_SIZE) - 1}\n")
     headers = {
         "Content-Type": "text/plain; charset=utf-8",
-        "Content-Location": signed_blob_url(request, name, digest, principal),
+        "Content-Location": await _direct_url(request, digest) or signed_blob_url(request, name, digest, principal),
         "Docker-Content-Digest": str(digest),
     }
     return Response("".join(lines).encode(), headers=headers)

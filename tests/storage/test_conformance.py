@@ -1,13 +1,14 @@
 """One suite for every blob-store backend, each under the verifying layer the registry uses
-(filesystem, memory; S3 on a real Swift in tests/storage/test_s3.py)."""
+(filesystem, memory, and S3 on a real Swift: tests/swift.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -28,7 +29,8 @@ from registry.storage import (
 from registry.storage.filesystem import FilesystemStore
 from registry.storage.memory import MemoryStore
 
-BACKENDS = ["filesystem", "memory"]
+T = TypeVar("T")
+BACKENDS = ["filesystem", "memory", "s3"]
 
 
 def make_backend(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> BlobStore:
@@ -76,7 +78,7 @@ def digest(data: bytes) -> Digest:
     return Digest(hashlib.sha256(data).hexdigest())
 
 
-def run(coro):  # type: ignore[no-untyped-def]
+def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 

@@ -1,0 +1,488 @@
+"""The S3 backend: blobs in an S3-compatible bucket (AWS S3, R2, MinIO, Ceph, Swift's s3api).
+
+Keys under ``s3://BUCKET[/PREFIX]``::
+
+    PREFIX/blobs/sha256/<first 2 hex>/<64 hex>   committed blob, immutable
+    PREFIX/uploads/<upload id>/data              the session's S3 multipart upload (completed at commit)
+    PREFIX/uploads/<upload id>/record            JSON: the multipart upload id, its parts (number, ETag,
+                                                 size), the tail object, the running hash, times
+    PREFIX/uploads/<upload id>/tail-<n>          bytes past the last part, fewer than S3's 5 MiB minimum
+
+Each upload session is one multipart upload. A chunk's bytes become parts of ``PART_SIZE`` as they
+arrive (uploaded while the next ones arrive); what is left at the end of a chunk becomes a part if
+it reaches S3's 5 MiB minimum, else the tail object, which the next chunk reads back and sends on
+first. The record is rewritten once per chunk, in one PUT, with the running hash of the layer
+above (``registry.storage.verify``), so it always describes bytes that are there: a chunk that
+fails leaves the old record, its parts are overwritten by the retry (same part numbers) and the
+parts a record does not list never join the blob.
+
+The commit completes the multipart upload at ``uploads/<id>/data`` (the tail as the last part) and
+copies it, server-side, to its content-addressed key (a multipart copy past 5 GiB); S3 names a
+multipart upload's key when it starts, before anyone knows the digest. Blob GETs are presigned
+URLs (``redirect_url``), which serve ``Range`` without credentials.
+
+The endpoint, region and credentials come from boto3's usual sources (``AWS_ENDPOINT_URL``,
+``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_PROFILE``, ``~/.aws/config``
+and ``credentials``); ``?addressing_style=path`` (or ``s3.addressing_style`` in the AWS config)
+asks for path-style URLs, which Swift and MinIO need. boto3 is synchronous: every call runs in a
+thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from formats.digest import Digest
+from registry.storage.base import (
+    BlobInfo,
+    BlobNotFound,
+    IncompleteChunk,
+    OffsetMismatch,
+    OversizedChunk,
+    SizeMismatch,
+    StateAfter,
+    StorageError,
+    StorageUnavailable,
+    UploadInfo,
+    UploadNotFound,
+)
+
+MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
+PART_SIZE = 16 * 1024 * 1024  # 10,000 parts (S3's most) of this: blobs up to 156 GiB
+MAX_COPY = 5 * 1024 * 1024 * 1024  # the largest single CopyObject
+COPY_PART = 512 * 1024 * 1024
+READ_CHUNK = 1024 * 1024
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
+
+T = TypeVar("T")
+
+
+def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
+    return asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
+
+
+def _code(e: ClientError) -> str:
+    return str(e.response.get("Error", {}).get("Code", ""))
+
+
+class S3Store:
+    def __init__(self, bucket: str, prefix: str = "", *, addressing_style: str | None = None, url: str = "") -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        self.url = url or f"s3://{bucket}/{prefix}"
+        s3: dict[str, Any] = {"addressing_style": addressing_style} if addressing_style else {}
+        config = Config(s3=s3 or None, max_pool_connections=32, retries={"mode": "standard", "max_attempts": 4})
+        # Endpoint, region and credentials: boto3's own resolution (environment, config files).
+        self.client = boto3.session.Session().client("s3", config=config)
+
+    @classmethod
+    def from_url(cls, url: str) -> S3Store:
+        """``s3://BUCKET[/PREFIX][?addressing_style=path|virtual]``."""
+        parts = urlsplit(url)
+        if parts.scheme != "s3" or not parts.netloc:
+            raise ValueError(f"not an s3://BUCKET[/PREFIX] URL: {url!r}")
+        style = parse_qs(parts.query).get("addressing_style", [None])[0]
+        if style not in (None, "path", "virtual", "auto"):
+            raise ValueError(f"addressing_style must be path, virtual or auto, got {style!r}")
+        return cls(parts.netloc, parts.path, addressing_style=style, url=url)
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def blob_key(self, digest: Digest) -> str:
+        return f"{self.prefix}blobs/sha256/{digest.hex[:2]}/{digest.hex}"
+
+    def _upload_key(self, upload_id: str, name: str) -> str:
+        if not upload_id or not all(c.isalnum() or c == "-" for c in upload_id) or len(upload_id) > 64:
+            raise UploadNotFound(upload_id)
+        return f"{self.prefix}uploads/{upload_id}/{name}"
+
+    async def _call(self, method: str, **kwargs: Any) -> Any:
+        """One S3 call in a thread; errors other than "not found" become StorageUnavailable."""
+        try:
+            return await _in_thread(getattr(self.client, method), Bucket=self.bucket, **kwargs)
+        except ClientError as e:
+            if _code(e) in _NOT_FOUND:
+                raise
+            raise StorageUnavailable(f"S3 {method}: {e}") from e
+        except BotoCoreError as e:
+            raise StorageUnavailable(f"S3 {method}: {e}") from e
+
+    # -- blobs ---------------------------------------------------------------------------
+
+    async def stat(self, digest: Digest) -> BlobInfo:
+        try:
+            head = await self._call("head_object", Key=self.blob_key(digest))
+        except ClientError:
+            raise BlobNotFound(str(digest)) from None
+        return BlobInfo(digest, int(head["ContentLength"]))
+
+    async def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        if length == 0:
+            return
+        kwargs: dict[str, Any] = {}
+        if offset or length is not None:
+            end = "" if length is None else str(offset + length - 1)
+            kwargs["Range"] = f"bytes={offset}-{end}"
+        try:
+            response = await self._call("get_object", Key=self.blob_key(digest), **kwargs)
+        except ClientError:
+            raise BlobNotFound(str(digest)) from None
+        body = response["Body"]
+        try:
+            while data := await _in_thread(body.read, READ_CHUNK):
+                yield data
+        finally:
+            body.close()
+
+    async def delete(self, digest: Digest) -> None:
+        with contextlib.suppress(ClientError):
+            await self._call("delete_object", Key=self.blob_key(digest))
+
+    async def list(self) -> AsyncIterator[BlobInfo]:
+        async for item in self._list(f"{self.prefix}blobs/sha256/"):
+            name = item["Key"].rsplit("/", 1)[-1]
+            try:
+                digest = Digest.parse(f"sha256:{name}")
+            except ValueError:
+                continue
+            yield BlobInfo(digest, int(item["Size"]))
+
+    async def redirect_url(self, digest: Digest, expires_in: int) -> str | None:
+        params = {"Bucket": self.bucket, "Key": self.blob_key(digest)}
+        url: str = await _in_thread(
+            self.client.generate_presigned_url, "get_object", Params=params, ExpiresIn=expires_in
+        )
+        return url
+
+    async def _list(self, prefix: str) -> AsyncIterator[dict[str, Any]]:
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix}
+            if token:
+                kwargs["ContinuationToken"] = token
+            page = await self._call("list_objects_v2", **kwargs)
+            for item in page.get("Contents", []):
+                yield item
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+
+    # -- the session record ----------------------------------------------------------------
+
+    async def _record(self, upload_id: str) -> dict[str, Any]:
+        try:
+            response = await self._call("get_object", Key=self._upload_key(upload_id, "record"))
+        except ClientError:
+            raise UploadNotFound(upload_id) from None
+        record: dict[str, Any] = json.loads(await _in_thread(response["Body"].read))
+        return record
+
+    async def _save_record(self, upload_id: str, record: dict[str, Any]) -> None:
+        record["modified"] = time.time()
+        body = json.dumps(record, separators=(",", ":")).encode()
+        await self._call("put_object", Key=self._upload_key(upload_id, "record"), Body=body)
+
+    @staticmethod
+    def _size(record: dict[str, Any]) -> int:
+        return sum(int(p[2]) for p in record["parts"]) + int(record["tail_size"])
+
+    # -- uploads -------------------------------------------------------------------------
+
+    async def start_upload(self, upload_id: str, state: bytes | None) -> None:
+        mpu = await self._call("create_multipart_upload", Key=self._upload_key(upload_id, "data"))
+        record = {"mpu": mpu["UploadId"], "parts": [], "tail": None, "tail_size": 0, "tail_md5": None}
+        record["hash"] = state.decode() if state is not None else None
+        record["started"] = time.time()
+        await self._save_record(upload_id, record)
+
+    async def upload_size(self, upload_id: str) -> int:
+        return self._size(await self._record(upload_id))
+
+    async def load_state(self, upload_id: str) -> bytes | None:
+        value = (await self._record(upload_id)).get("hash")
+        return value.encode() if isinstance(value, str) else None
+
+    async def append_upload(
+        self, upload_id: str, offset: int, chunks: AsyncIterator[bytes], length: int | None, state_after: StateAfter
+    ) -> int:
+        record = await self._record(upload_id)
+        if record.get("sealed"):
+            raise UploadNotFound(upload_id)  # being committed
+        size = self._size(record)
+        if offset != size:
+            raise OffsetMismatch(size, offset)
+        writer = _PartWriter(self, upload_id, record)
+        await writer.load_tail()
+        received = 0
+        try:
+            async for chunk in chunks:
+                if length is not None and received + len(chunk) > length:
+                    raise OversizedChunk(f"body is longer than the declared {length} bytes")
+                received += len(chunk)
+                await writer.feed(chunk)
+            if length is not None and received != length:
+                raise IncompleteChunk(f"got {received} of {length} bytes")
+            await writer.finish()
+        except BaseException:
+            await writer.settle()
+            if length is None and received and not writer.failed:
+                # A streamed chunk keeps what arrived: make it the parts and tail it would have been.
+                with contextlib.suppress(Exception):
+                    await writer.finish()
+                    await self._commit_record(upload_id, record, writer, state_after)
+            raise
+        return await self._commit_record(upload_id, record, writer, state_after)
+
+    async def _commit_record(
+        self, upload_id: str, record: dict[str, Any], writer: _PartWriter, state_after: StateAfter
+    ) -> int:
+        old_tail = record.get("tail")
+        record["parts"] = writer.parts
+        record["tail"], record["tail_size"], record["tail_md5"] = writer.tail_key, writer.tail_size, writer.tail_md5
+        size = self._size(record)
+        state = await state_after(size)
+        record["hash"] = state.decode() if state is not None else None
+        await self._save_record(upload_id, record)
+        if old_tail and old_tail != writer.tail_key:
+            with contextlib.suppress(StorageError, ClientError):
+                await self._call("delete_object", Key=old_tail)
+        return size
+
+    async def read_upload(self, upload_id: str) -> AsyncIterator[bytes]:
+        record = await self._seal(upload_id)
+        if self._size(record) == 0:
+            return
+        response = await self._call("get_object", Key=self._upload_key(upload_id, "data"))
+        body = response["Body"]
+        try:
+            while data := await _in_thread(body.read, READ_CHUNK):
+                yield data
+        finally:
+            body.close()
+
+    async def _seal(self, upload_id: str) -> dict[str, Any]:
+        """Complete the multipart upload (the tail as its last part), once: the session's bytes
+        are then one object, ``uploads/<id>/data``, and it takes no more chunks."""
+        record = await self._record(upload_id)
+        if record.get("sealed"):
+            return record
+        parts = list(record["parts"])
+        data_key = self._upload_key(upload_id, "data")
+        if record["tail"]:
+            tail = await self._call("get_object", Key=record["tail"])
+            body = await _in_thread(tail["Body"].read)
+            if hashlib.md5(body).hexdigest() != record["tail_md5"]:
+                raise StorageError(f"upload {upload_id}: its tail changed under it (two writers?)")
+            number = parts[-1][0] + 1 if parts else 1
+            part = await self._call("upload_part", Key=data_key, UploadId=record["mpu"], PartNumber=number, Body=body)
+            parts.append([number, part["ETag"], len(body)])
+        if parts:
+            listing = [{"PartNumber": n, "ETag": etag} for n, etag, _ in parts]
+            await self._call(
+                "complete_multipart_upload",
+                Key=data_key,
+                UploadId=record["mpu"],
+                MultipartUpload={"Parts": listing},
+            )
+        else:  # S3 completes nothing without a part: the empty blob is a plain object
+            await self._call("put_object", Key=data_key, Body=b"")
+            with contextlib.suppress(ClientError):
+                await self._call("abort_multipart_upload", Key=data_key, UploadId=record["mpu"])
+        record["sealed"] = True
+        await self._save_record(upload_id, record)
+        return record
+
+    async def publish_upload(self, upload_id: str, digest: Digest, size: int) -> None:
+        record = await self._record(upload_id)
+        actual = self._size(record)
+        if actual != size:
+            raise SizeMismatch(size, actual)
+        record = await self._seal(upload_id)
+        target = self.blob_key(digest)
+        source = self._upload_key(upload_id, "data")
+        try:
+            exists = int((await self._call("head_object", Key=target))["ContentLength"]) == size
+        except ClientError:
+            exists = False
+        if not exists:  # the same digest is the same bytes: a blob already there stays
+            await self._copy(source, target, size)
+        await self._remove_session(upload_id, record)
+
+    async def _copy(self, source: str, target: str, size: int) -> None:
+        """A server-side copy: one CopyObject, or a multipart copy in parallel parts past 5 GiB."""
+        copy_source = {"Bucket": self.bucket, "Key": source}
+        if size <= MAX_COPY:
+            await self._call("copy_object", Key=target, CopySource=copy_source)
+            return
+        mpu = (await self._call("create_multipart_upload", Key=target))["UploadId"]
+        try:
+
+            async def part(number: int, first: int) -> dict[str, Any]:
+                last = min(size, first + COPY_PART) - 1
+                result = await self._call(
+                    "upload_part_copy",
+                    Key=target,
+                    UploadId=mpu,
+                    PartNumber=number,
+                    CopySource=copy_source,
+                    CopySourceRange=f"bytes={first}-{last}",
+                )
+                return {"PartNumber": number, "ETag": result["CopyPartResult"]["ETag"]}
+
+            limit = asyncio.Semaphore(8)
+
+            async def bounded(number: int, first: int) -> dict[str, Any]:
+                async with limit:
+                    return await part(number, first)
+
+            listing = await asyncio.gather(
+                *(bounded(i + 1, first) for i, first in enumerate(range(0, size, COPY_PART)))
+            )
+            await self._call(
+                "complete_multipart_upload", Key=target, UploadId=mpu, MultipartUpload={"Parts": list(listing)}
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._call("abort_multipart_upload", Key=target, UploadId=mpu)
+            raise
+
+    async def abort_upload(self, upload_id: str) -> None:
+        try:
+            record: dict[str, Any] | None = await self._record(upload_id)
+        except UploadNotFound:
+            record = None
+        await self._remove_session(upload_id, record)
+
+    async def _remove_session(self, upload_id: str, record: dict[str, Any] | None) -> None:
+        try:
+            data_key = self._upload_key(upload_id, "data")
+        except UploadNotFound:
+            return
+        # Every multipart upload at this session's key: the recorded one, and any a crash left
+        # before its record was written.
+        uploads = await self._call("list_multipart_uploads", Prefix=data_key)
+        for mpu in uploads.get("Uploads", []):
+            if mpu["Key"] == data_key:
+                with contextlib.suppress(ClientError):
+                    await self._call("abort_multipart_upload", Key=data_key, UploadId=mpu["UploadId"])
+        async for item in self._list(f"{self.prefix}uploads/{upload_id}/"):
+            with contextlib.suppress(ClientError):
+                await self._call("delete_object", Key=item["Key"])
+
+    async def list_uploads(self) -> AsyncIterator[UploadInfo]:
+        seen: set[str] = set()
+        base = f"{self.prefix}uploads/"
+        async for item in self._list(base):
+            upload_id, _, name = item["Key"][len(base) :].partition("/")
+            if name != "record" or upload_id in seen:
+                continue
+            seen.add(upload_id)
+            try:
+                size = self._size(await self._record(upload_id))
+            except (UploadNotFound, KeyError, ValueError):
+                size = 0
+            yield UploadInfo(upload_id, size, item["LastModified"].timestamp())
+        # Multipart uploads whose record never got written (a crash between the two calls).
+        uploads = await self._call("list_multipart_uploads", Prefix=base)
+        for mpu in uploads.get("Uploads", []):
+            upload_id = mpu["Key"][len(base) :].partition("/")[0]
+            if upload_id not in seen:
+                seen.add(upload_id)
+                yield UploadInfo(upload_id, 0, mpu["Initiated"].timestamp())
+
+
+class _PartWriter:
+    """Turns a chunk's bytes into parts of the session's multipart upload, one part in flight
+    while the next one fills, and what is left into the tail."""
+
+    def __init__(self, store: S3Store, upload_id: str, record: dict[str, Any]) -> None:
+        self.store = store
+        self.upload_id = upload_id
+        self.mpu: str = record["mpu"]
+        self.data_key = store._upload_key(upload_id, "data")
+        self.parts: list[list[Any]] = [list(p) for p in record["parts"]]
+        self.old_tail: str | None = record["tail"]
+        self.old_tail_md5: str | None = record["tail_md5"]
+        self.tail_key: str | None = record["tail"]
+        self.tail_size: int = record["tail_size"]
+        self.tail_md5: str | None = record["tail_md5"]
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._pending: asyncio.Future[None] | None = None
+        self._next = (self.parts[-1][0] + 1) if self.parts else 1
+        self.failed = False  # a part did not make it: nothing of this chunk may be kept
+
+    async def load_tail(self) -> None:
+        if not self.old_tail:
+            return
+        response = await self.store._call("get_object", Key=self.old_tail)
+        body: bytes = await _in_thread(response["Body"].read)
+        if hashlib.md5(body).hexdigest() != self.old_tail_md5:
+            raise StorageError(f"upload {self.upload_id}: its tail changed under it (two writers?)")
+        self._buffer, self._buffered = [body], len(body)
+
+    async def feed(self, chunk: bytes) -> None:
+        self._buffer.append(chunk)
+        self._buffered += len(chunk)
+        if self._buffered >= PART_SIZE:
+            data = b"".join(self._buffer)
+            self._buffer, self._buffered = [], 0
+            for start in range(0, len(data) - PART_SIZE + 1, PART_SIZE):
+                await self._upload(data[start : start + PART_SIZE])
+            rest = data[len(data) - len(data) % PART_SIZE :] if len(data) % PART_SIZE else b""
+            if rest:
+                self._buffer, self._buffered = [rest], len(rest)
+
+    async def finish(self) -> None:
+        """The last bytes: a part if S3 takes one that small, else the new tail object."""
+        data = b"".join(self._buffer)
+        self._buffer, self._buffered = [], 0
+        if len(data) >= MIN_PART:
+            await self._upload(data)
+            data = b""
+        await self.settle(raise_errors=True)
+        if data:
+            key = self.store._upload_key(self.upload_id, f"tail-{uuid.uuid4().hex[:12]}")
+            await self.store._call("put_object", Key=key, Body=data)
+            self.tail_key, self.tail_size, self.tail_md5 = key, len(data), hashlib.md5(data).hexdigest()
+        else:
+            self.tail_key, self.tail_size, self.tail_md5 = None, 0, None
+
+    async def _upload(self, data: bytes) -> None:
+        await self.settle(raise_errors=True)
+        number = self._next
+        self._next += 1
+
+        async def send() -> None:
+            try:
+                result = await self.store._call(
+                    "upload_part", Key=self.data_key, UploadId=self.mpu, PartNumber=number, Body=data
+                )
+            except BaseException:
+                self.failed = True
+                raise
+            self.parts.append([number, result["ETag"], len(data)])
+
+        self._pending = asyncio.ensure_future(send())
+
+    async def settle(self, raise_errors: bool = False) -> None:
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        try:
+            await pending
+        except BaseException:
+            if raise_errors:
+                raise

@@ -1,0 +1,120 @@
+"""A registry on S3 (a real Swift, tests/swift.py): pushes and pulls by hangar and skopeo, blob GETs
+answered with a 307 to a presigned URL on the object store, and ``--redirect off``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from client.config import load
+from client.store import Store
+from tests.client.conftest import make_model
+from tests.helpers import digest_of, push_blob, write_oci_layout
+from tests.servers import REPO_ROOT, RegistryProcess
+from tests.swift import SwiftS3
+
+
+def hangar(home: Path, *args: str) -> str:
+    env = {**os.environ, "HANGAR_HOME": str(home)}
+    r = subprocess.run(
+        [sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, cwd=REPO_ROOT
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+@pytest.fixture
+def s3_registry(tmp_path: Path, s3_url: str) -> Iterator[RegistryProcess]:
+    """``hangar registry serve --storage s3://…`` (the AWS variables are set by s3_env)."""
+    proc = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def test_hangar_push_and_pull_through_s3_with_redirects(
+    s3_registry: RegistryProcess, swift: SwiftS3, s3_url: str, tmp_path: Path
+) -> None:
+    weights = os.urandom(21 * 1024 * 1024 + 11)  # parts of 16 MiB, a tail, two chunk sums
+    alice, bob = tmp_path / "alice", tmp_path / "bob"
+    store = Store(load({"HANGAR_HOME": str(alice)}).models).ensure()
+    name = make_model(store, f"{s3_registry.host}/team/model:v1", weights)
+    assert hangar(alice, "push", str(name)).splitlines()[-1] == "success"
+
+    # The bytes are in the bucket, under their digest; nothing is left of the upload sessions.
+    digest = digest_of(weights)
+    client = swift.client()
+    bucket = urlsplit(s3_url).netloc
+    head = client.head_object(Bucket=bucket, Key=f"registry/blobs/sha256/{digest[7:9]}/{digest[7:]}")
+    assert head["ContentLength"] == len(weights)
+    assert client.list_objects_v2(Bucket=bucket, Prefix="registry/uploads/").get("KeyCount", 0) == 0
+    assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+    # A blob GET is a 307 to a presigned URL on the object store, which serves ranges to anyone.
+    blob_url = f"{s3_registry.url}/v2/team/model/blobs/{digest}"
+    r = httpx.get(blob_url)
+    assert r.status_code == 307 and r.headers["docker-content-digest"] == digest
+    direct = r.headers["location"]
+    assert direct.startswith(swift.endpoint + "/")
+    part = httpx.get(direct, headers={"Range": "bytes=100-199"})
+    assert part.status_code == 206 and part.content == weights[100:200]
+    # HEAD and the chunk sums come from the database; the sums name the object store as the source.
+    assert httpx.head(blob_url).headers["content-length"] == str(len(weights))
+    sums = httpx.get(f"{s3_registry.url}/v2/team/model/chunksums/{digest}")
+    assert sums.headers["content-location"].startswith(swift.endpoint + "/")
+    first = sums.text.splitlines()[0].split(" ")[0]
+    assert first == "sha256:" + hashlib.sha256(weights[: 16 * 1024 * 1024]).hexdigest()
+
+    out = hangar(bob, "pull", f"{s3_registry.host}/team/model:v1").splitlines()
+    assert out[-1] == "success"
+    pulled = Store(load({"HANGAR_HOME": str(bob)}).models)
+    assert pulled.blob_path(pulled.get(name).manifest.layers[0].digest).read_bytes() == weights
+
+
+def test_skopeo_copies_in_and_out_of_an_s3_registry(s3_registry: RegistryProcess, tmp_path: Path) -> None:
+    exe = shutil.which("skopeo")
+    assert exe, "skopeo is not installed: run scripts/test.sh, which installs it"
+    layers = [("application/vnd.ollama.image.model", os.urandom(7_000_000))]
+    manifest_digest = write_oci_layout(tmp_path / "src", "v1", b'{"model_format":"gguf"}', layers)
+    target = f"docker://{s3_registry.host}/team/artifact:v1"
+
+    def skopeo(*args: str) -> None:
+        subprocess.run([exe, *args], capture_output=True, text=True, timeout=300, check=True)
+
+    skopeo("copy", "--dest-tls-verify=false", "--preserve-digests", f"oci:{tmp_path / 'src'}:v1", target)
+    skopeo("copy", "--src-tls-verify=false", "--preserve-digests", target, f"oci:{tmp_path / 'dst'}:v1")
+    index = json.loads((tmp_path / "dst" / "index.json").read_text())
+    assert index["manifests"][0]["digest"] == manifest_digest
+    for blob in (tmp_path / "src" / "blobs" / "sha256").iterdir():
+        assert (tmp_path / "dst" / "blobs" / "sha256" / blob.name).read_bytes() == blob.read_bytes()
+
+
+def test_redirect_off_streams_through_the_registry(tmp_path: Path, s3_url: str) -> None:
+    proc = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url, "--redirect", "off")
+    proc.start()
+    try:
+        data = os.urandom(6 * 1024 * 1024)
+        with httpx.Client(base_url=proc.url) as client:
+            blob = push_blob(client, "team/plain", data)
+            r = client.get(f"/v2/team/plain/blobs/{blob['digest']}")
+            assert r.status_code == 200 and r.content == data
+            signed = r.headers["location"]  # our own signed URL, as with the filesystem
+            assert signed.startswith(proc.url)
+            assert client.get(signed, headers={"Range": "bytes=5-9"}).content == data[5:10]
+            # Mounts and deletes are metadata: the bytes stay in the bucket for gc.
+            mounted = client.post(f"/v2/team/other/blobs/uploads/?mount={blob['digest']}&from=team/plain")
+            assert mounted.status_code == 201
+            assert client.delete(f"/v2/team/plain/blobs/{blob['digest']}").status_code == 202
+            assert client.get(f"/v2/team/other/blobs/{blob['digest']}").content == data
+    finally:
+        proc.stop()
