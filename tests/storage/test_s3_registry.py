@@ -9,17 +9,19 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from botocore.exceptions import ClientError
 
 from client.config import load
 from client.store import Store
 from tests.client.conftest import make_model
-from tests.helpers import digest_of, push_blob, write_oci_layout
+from tests.helpers import digest_of, push_blob, push_model, write_oci_layout
 from tests.servers import REPO_ROOT, RegistryProcess
 from tests.swift import SwiftS3
 
@@ -118,3 +120,34 @@ def test_redirect_off_streams_through_the_registry(tmp_path: Path, s3_url: str) 
             assert client.get(f"/v2/team/other/blobs/{blob['digest']}").content == data
     finally:
         proc.stop()
+
+
+def test_gc_deletes_unused_blobs_and_abandoned_uploads_in_the_bucket(
+    s3_registry: RegistryProcess, swift: SwiftS3, s3_url: str
+) -> None:
+    bucket = urlsplit(s3_url).netloc
+    client = swift.client()
+    with httpx.Client(base_url=s3_registry.url) as http:
+        _, used = push_model(http, "team/gc")
+        orphan = push_blob(http, "team/gc", os.urandom(1000))
+        assert http.delete(f"/v2/team/gc/blobs/{orphan['digest']}").status_code == 202
+        abandoned = http.post("/v2/team/gc/blobs/uploads/")
+        assert http.patch(abandoned.headers["location"], content=os.urandom(6_000_000)).status_code == 202
+
+        def gc(*args: str) -> str:
+            cmd = [sys.executable, "-m", "cli", "registry", "gc", "--data-dir", str(s3_registry.data_dir)]
+            cmd += ["--storage", s3_url, *args]
+            return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
+
+        key = f"registry/blobs/sha256/{orphan['digest'][7:9]}/{orphan['digest'][7:]}"
+        assert client.head_object(Bucket=bucket, Key=key)["ContentLength"] == 1000
+        time.sleep(1.5)  # the upload session is then older than --upload-max-age 1s
+        out = gc("--grace", "0s", "--upload-max-age", "1s")
+        assert f"deleted blob {orphan['digest']}" in out and "1 upload(s)" in out
+        with pytest.raises(ClientError):
+            client.head_object(Bucket=bucket, Key=key)
+        assert client.list_objects_v2(Bucket=bucket, Prefix="registry/uploads/").get("KeyCount", 0) == 0
+        assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+        for desc in used:  # what a manifest uses stays, and is still served
+            assert http.head(f"/v2/team/gc/blobs/{desc['digest']}").status_code == 200
+            assert http.get(f"/v2/team/gc/blobs/{desc['digest']}", follow_redirects=True).status_code == 200
