@@ -151,3 +151,39 @@ def test_gc_deletes_unused_blobs_and_abandoned_uploads_in_the_bucket(
         for desc in used:  # what a manifest uses stays, and is still served
             assert http.head(f"/v2/team/gc/blobs/{desc['digest']}").status_code == 200
             assert http.get(f"/v2/team/gc/blobs/{desc['digest']}", follow_redirects=True).status_code == 200
+
+
+def test_an_upload_survives_kill_9_and_continues_on_another_process(
+    tmp_path: Path, s3_url: str, swift: SwiftS3
+) -> None:
+    """One upload, two registry processes on the same database and bucket (as two replicas, or
+    one restarted): the first is killed mid-upload, the second resumes the session from what the
+    bucket's record holds, running hash included, so its commit reads nothing back."""
+    data = os.urandom(20 * 1024 * 1024 + 3)
+    cut = 9 * 1024 * 1024
+    first = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url).start()
+    try:
+        started = httpx.post(f"{first.url}/v2/team/resume/blobs/uploads/")
+        path = urlsplit(started.headers["location"]).path
+        r = httpx.patch(f"{first.url}{path}", content=data[:cut], headers={"Content-Range": f"0-{cut - 1}"})
+        assert r.status_code == 202
+    finally:
+        first.kill()
+    second = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url).start()
+    try:
+        status = httpx.get(f"{second.url}{path}")
+        assert status.status_code == 204 and status.headers["upload-offset"] == str(cut)
+        rest = data[cut:]
+        r = httpx.patch(f"{second.url}{path}", content=rest, headers={"Content-Range": f"{cut}-{len(data) - 1}"})
+        assert r.status_code == 202 and r.headers["upload-offset"] == str(len(data))
+        bucket, upload_id = urlsplit(s3_url).netloc, path.rsplit("/", 1)[1]
+        record = json.loads(
+            swift.client().get_object(Bucket=bucket, Key=f"registry/uploads/{upload_id}/record")["Body"].read()
+        )
+        assert json.loads(record["hash"])["size"] == len(data)  # the commit will not re-read
+        digest = digest_of(data)
+        assert httpx.put(f"{second.url}{path}?digest={digest}").status_code == 201
+        blob = httpx.get(f"{second.url}/v2/team/resume/blobs/{digest}", follow_redirects=True)
+        assert blob.content == data
+    finally:
+        second.stop()
