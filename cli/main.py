@@ -1,5 +1,7 @@
-"""The ``hangar`` command line. All human output of the client is here; the library modules
-return data and raise ``client.errors``."""
+"""The ``hangar`` command (``pyproject.toml``: ``hangar = "cli.main:main"``): assembles the
+client's commands (here and in ``cli.remote``, ``cli.create``, ``cli.account``), the runtime's
+(``cli.runtime``) and the registry's (``cli.registry``). All human output is in ``cli/``; the
+parts return data and raise their errors, and none of them imports this package."""
 
 from __future__ import annotations
 

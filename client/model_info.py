@@ -1,6 +1,7 @@
-"""What a local model is: its layers read back (template, system prompt, parameters, messages,
-licenses), its config, and what its GGUF says about itself. Shared by ``hangar show`` and the
-runtime's ``/api/show``.
+"""What a local model is: its layers read back from the store (template, system prompt,
+parameters, messages, licenses), its config, and what its GGUF says about itself, into a
+:class:`ModelInfo` (a ``formats.description.ModelDescription`` with its store entry). Shared by
+``hangar show`` and the runtime's ``/api/show``.
 
 Every file read here came from a registry, so it is read within bounds (sizes capped, JSON depth
 errors caught, the GGUF header by :mod:`formats.gguf`); a model whose files cannot be read

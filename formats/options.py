@@ -1,5 +1,6 @@
 """Model options (Ollama's ``options`` / Modelfile ``PARAMETER`` / the params layer), their types
-and defaults, and ``keep_alive`` durations. Shared by the runtime and by ``hangar create``."""
+and defaults (the only copy), and ``keep_alive`` (its grammar: ``formats.units``). Shared by the runtime
+and by ``hangar create``."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Identity in SQL: accounts (users and organisations), memberships, public keys, invites,
-robots, nonces and the audit log. Like ``registry.meta`` (repositories and manifests), every
-method is synchronous and runs one short transaction; the HTTP side calls them in a thread pool,
+robots, nonces and the audit log. These tables are this module's; the repository tables are
+``registry.meta``'s (a repository's visibility included). Like ``registry.meta``, every
+method is synchronous and runs one short transaction (``registry.db``); the HTTP side calls them in a thread pool,
 ``hangar registry admin`` calls them directly."""
 
 from __future__ import annotations
@@ -10,17 +11,16 @@ import hashlib
 import json
 import re
 import secrets
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, delete, insert, select, update
+from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from formats.auth import fingerprint
 from formats.names import is_valid_namespace
-from registry.db import read_transaction, utcnow, write_transaction
+from registry.db import Transactions, utcnow
 from registry.models import Account, Audit, Invite, Membership, Nonce, PendingKey, PublicKey, Robot
 
 _account = cast(Table, Account.__table__)
@@ -145,16 +145,7 @@ def default_visibility(conn: Connection, namespace: str) -> str | None:
     )
 
 
-class Accounts:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    def _read(self) -> AbstractContextManager[Connection]:
-        return read_transaction(self.engine)
-
-    def _write(self) -> AbstractContextManager[Connection]:
-        return write_transaction(self.engine)
-
+class Accounts(Transactions):
     # -- accounts --------------------------------------------------------------------------
 
     def _get(self, conn: Connection, name: str) -> AccountRecord | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,20 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         conn.execution_options(**{WRITE: True})
         with conn.begin():
             yield conn
+
+
+class Transactions:
+    """One engine, and a short transaction per method: the base of ``registry.meta.Metadata`` and
+    ``registry.accounts.Accounts``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _read(self) -> AbstractContextManager[Connection]:
+        return read_transaction(self.engine)
+
+    def _write(self) -> AbstractContextManager[Connection]:
+        return write_transaction(self.engine)
 
 
 def make_engine(url: str, *, pool_size: int = 20, pooled: bool = True) -> Engine:

@@ -1,4 +1,7 @@
-"""Registry metadata: the only module that issues SQL.
+"""Registry metadata in SQL: repositories (and their visibility), blobs, manifests, tags, uploads
+and secrets. These tables are this module's; the account tables are ``registry.accounts``', read
+here only through its functions (``default_visibility``). The two are the only modules that
+issue SQL, each in its own short transactions (``registry.db.read_transaction``/``write_transaction``).
 
 Every method is synchronous and runs one short transaction; the HTTP handlers call them through
 a thread pool, and command-line tools call them directly. Names passed in are repository names
@@ -9,11 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Engine, Table, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Table, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -21,7 +23,7 @@ from formats.digest import Digest
 from formats.manifest import Manifest as ParsedManifest
 from formats.names import DEFAULT_NAMESPACE, repository_key, repository_namespace
 from registry.accounts import VISIBILITIES, AccountError, default_visibility
-from registry.db import read_transaction, utcnow, write_transaction
+from registry.db import Transactions, utcnow
 from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Secret, Tag, Upload
 from registry.storage import CHUNK_SIZE, BlobInfo
 
@@ -84,18 +86,7 @@ class UploadRecord:
     started_at: dt.datetime
 
 
-class Metadata:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-
-    # -- transactions --------------------------------------------------------------------
-
-    def _read(self) -> AbstractContextManager[Connection]:
-        return read_transaction(self.engine)
-
-    def _write(self) -> AbstractContextManager[Connection]:
-        return write_transaction(self.engine)
-
+class Metadata(Transactions):
     def _insert(self, conn: Connection, table: Table) -> Any:
         """An INSERT that can take ON CONFLICT clauses on either backend."""
         if conn.dialect.name == "postgresql":

@@ -3,10 +3,12 @@ functions and under ``TYPE_CHECKING`` included): a cycle hidden in a function is
 
 The allowed graph (also drawn in the README's module map)::
 
-    cli ──────────► registry ──┐
-     │  └────────► runtime ──► client ──► formats ──► stdlib, declared dependencies
-     └────────────────────────────────────┘      ▲
-    migrations ──► registry ──────────────────────┘
+    formats     ─► (the standard library and pyproject.toml's dependencies only)
+    registry    ─► formats
+    client      ─► formats
+    runtime     ─► client, formats
+    cli         ─► registry, client, runtime, formats
+    migrations  ─► registry
 
 - ``formats`` holds the formats and units every part shares; it imports nothing of Hangar's but itself.
 - ``registry`` and ``client`` never import each other; ``runtime`` uses the client (store, pull, push).

@@ -3,12 +3,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import random
 import string
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -22,7 +19,6 @@ from runtime.scheduler import Busy
 from runtime.service import ApiError, Service
 
 JSON_TYPE = "application/json; charset=utf-8"
-DISCONNECT_POLL = 0.2
 
 
 def service(request: Request) -> Service:
@@ -123,27 +119,6 @@ async def progress_response(lines: AsyncIterator[dict[str, Any]], stream: bool, 
     async for item in lines:
         last = item
     return JSONResponse(last, status_code=error_status if "error" in last else 200, media_type=JSON_TYPE)
-
-
-async def watch_disconnect(request: Request, cancel: threading.Event) -> None:
-    """Set ``cancel`` when the client goes away (for requests that are not streaming)."""
-    while not cancel.is_set():
-        if await request.is_disconnected():
-            cancel.set()
-            return
-        await asyncio.sleep(DISCONNECT_POLL)
-
-
-@contextlib.asynccontextmanager
-async def cancelled_on_disconnect(request: Request) -> AsyncIterator[threading.Event]:
-    cancel = threading.Event()
-    watcher = asyncio.create_task(watch_disconnect(request, cancel))
-    try:
-        yield cancel
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await watcher
 
 
 def with_call_ids(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import threading
+import functools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -25,7 +25,6 @@ from client.store_ops import copy_model, remove_models
 from formats.description import parameter_lines
 from formats.names import ModelName, NameParseError
 from runtime.api.common import (
-    cancelled_on_disconnect,
     error,
     field,
     handle_errors,
@@ -38,7 +37,7 @@ from runtime.api.common import (
     timestamp,
     with_call_ids,
 )
-from runtime.api.stream import begin, ndjson
+from runtime.api.stream import ndjson, streamed, whole
 from runtime.prompts import Message
 from runtime.service import (
     ApiError,
@@ -46,7 +45,6 @@ from runtime.service import (
     Resolved,
     Result,
     check_images,
-    collect,
     grammar_for,
     images_of,
     normalize,
@@ -181,45 +179,23 @@ async def generate(request: Request) -> Response:
             out["logprobs"] = result.logprobs
         return out
 
+    run: dict[str, Any] = {
+        "keep_alive": keep_alive,
+        "grammar": grammar,
+        "context": context,
+        "logprobs": logprobs,
+        "top_logprobs": top_logprobs,
+        "images": images,
+        "think": think,
+        "truncate": fit["truncate"],
+        "shift": fit["shift"],
+    }
+    start = functools.partial(svc.complete, resolved, text, options, **run)
     if not stream:
-        async with cancelled_on_disconnect(request) as cancel:
-            result = await collect(
-                svc.complete(
-                    resolved,
-                    text,
-                    options,
-                    keep_alive=keep_alive,
-                    grammar=grammar,
-                    context=context,
-                    logprobs=logprobs,
-                    top_logprobs=top_logprobs,
-                    images=images,
-                    cancel=cancel,
-                    think=think,
-                    truncate=fit["truncate"],
-                    shift=fit["shift"],
-                )
-            )
+        result = await whole(request, start)
         return JSONResponse(final(result, result.text, result.thinking))
 
-    cancel = threading.Event()
-    pieces = await begin(
-        svc.complete(
-            resolved,
-            text,
-            options,
-            keep_alive=keep_alive,
-            grammar=grammar,
-            context=context,
-            logprobs=logprobs,
-            top_logprobs=top_logprobs,
-            images=images,
-            cancel=cancel,
-            think=think,
-            truncate=fit["truncate"],
-            shift=fit["shift"],
-        )
-    )
+    pieces, cancel = await streamed(start)
 
     async def lines() -> AsyncIterator[dict[str, Any]]:
         async for item in pieces:
@@ -382,13 +358,12 @@ async def chat(request: Request) -> Response:
         "think": think,
         **fit,
     }
+    start = functools.partial(svc.complete, resolved, text, options, **run)
     if not stream:
-        async with cancelled_on_disconnect(request) as cancel:
-            result = await collect(svc.complete(resolved, text, options, cancel=cancel, **run))
+        result = await whole(request, start)
         return JSONResponse(final(result, result.text, result.thinking))
 
-    cancel = threading.Event()
-    pieces = await begin(svc.complete(resolved, text, options, cancel=cancel, **run))
+    pieces, cancel = await streamed(start)
 
     async def lines() -> AsyncIterator[dict[str, Any]]:
         async for item in pieces:

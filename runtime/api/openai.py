@@ -5,10 +5,10 @@ errors in OpenAI's shape."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import random
 import struct
-import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from formats.thinking import ThinkError, openai_think
-from runtime.api.common import cancelled_on_disconnect, handle_errors, read_json, service, with_call_ids
-from runtime.api.stream import begin, sse
+from runtime.api.common import handle_errors, read_json, service, with_call_ids
+from runtime.api.stream import sse, streamed, whole
 from runtime.prompts import Message
-from runtime.service import ApiError, Piece, Resolved, Result, collect, grammar_for, images_of, normalize
+from runtime.service import ApiError, Piece, Resolved, Result, grammar_for, images_of, normalize
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
@@ -259,9 +259,9 @@ async def chat_completions(request: Request) -> Response:
     def choice_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
         return {"content": entries} if logprobs else None
 
+    start = functools.partial(svc.complete, resolved, text, options, **run)
     if not body.get("stream"):
-        async with cancelled_on_disconnect(request) as cancel:
-            result = await collect(svc.complete(resolved, text, options, cancel=cancel, **run))
+        result = await whole(request, start)
         message: dict[str, Any] = {"role": "assistant", "content": result.text}
         if result.thinking:
             message["reasoning"] = result.thinking
@@ -282,8 +282,7 @@ async def chat_completions(request: Request) -> Response:
             }
         )
 
-    cancel = threading.Event()
-    pieces = await begin(svc.complete(resolved, text, options, cancel=cancel, **run))
+    pieces, cancel = await streamed(start)
     include_usage = _include_usage(body)
 
     def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -372,9 +371,9 @@ async def completions(request: Request) -> Response:
 
         return sse(once(), error_body)
 
+    start = functools.partial(svc.complete, resolved, text, options, **run)
     if not body.get("stream"):
-        async with cancelled_on_disconnect(request) as cancel:
-            result = await collect(svc.complete(resolved, text, options, cancel=cancel, **run))
+        result = await whole(request, start)
         choice = {
             "text": result.text,
             "index": 0,
@@ -383,8 +382,7 @@ async def completions(request: Request) -> Response:
         }
         return JSONResponse(chunk_obj([choice], usage=_usage(result)))
 
-    cancel = threading.Event()
-    pieces = await begin(svc.complete(resolved, text, options, cancel=cancel, **run))
+    pieces, cancel = await streamed(start)
     include_usage = _include_usage(body)
     zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 

@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar
 from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from runtime.service import ApiError
+from runtime.service import ApiError, Result, collect
 
 T = TypeVar("T")
 NDJSON_TYPE = "application/x-ndjson"
@@ -53,6 +53,33 @@ class Started(Generic[T]):
 
     async def aclose(self) -> None:
         await self._rest.aclose()
+
+
+async def whole(request: Request, start: Callable[..., AsyncGenerator[Any, None]]) -> Result:
+    """The answer not streamed: the generation ``start(cancel=…)`` makes, collected; cancelled
+    when the client goes away meanwhile."""
+    async with cancelled_on_disconnect(request) as cancel:
+        return await collect(start(cancel=cancel))
+
+
+async def streamed(start: Callable[..., AsyncGenerator[T, None]]) -> tuple[Started[T], threading.Event]:
+    """The answer streamed: the generation ``start(cancel=…)`` makes, its first item awaited
+    (:func:`begin`), and its cancel flag (for :func:`ndjson` or :func:`sse`)."""
+    cancel = threading.Event()
+    return await begin(start(cancel=cancel)), cancel
+
+
+@contextlib.asynccontextmanager
+async def cancelled_on_disconnect(request: Request) -> AsyncIterator[threading.Event]:
+    """A cancel flag that is set when the client goes away (for answers not streamed)."""
+    cancel = threading.Event()
+    watcher = asyncio.create_task(_wait_disconnect(request, cancel))
+    try:
+        yield cancel
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
 
 
 async def begin(items: AsyncGenerator[T, None]) -> Started[T]:

@@ -22,7 +22,7 @@ from registry.api.common import SIGNED_URL_RECHECK_SECONDS
 from registry.models import Account, PendingKey
 from registry.ratelimit import AUDIT_REFUSALS_PER_MINUTE
 from tests.helpers import digest_of, error_codes, push_blob
-from tests.people import Person, accounts_of, audit_rows, unique
+from tests.people import Person, accounts_of, audit_rows, meta_of, unique
 from tests.servers import REPO_ROOT, RegistryProcess
 
 
@@ -100,7 +100,7 @@ def test_signed_url_closes_when_the_repository_goes_private(start, tmp_path: Pat
     with httpx.Client(base_url=registry.url) as anonymous:
         location = signed_location(anonymous, repo, digest)
     assert httpx.get(location).status_code == 200
-    accounts_of(registry).set_repository_visibility(repo, "private")
+    meta_of(registry).set_repository_visibility(repo, "private")
     time.sleep(SIGNED_URL_RECHECK_SECONDS + 0.5)
     r = httpx.get(location, headers={"Range": "bytes=0-99"})
     assert r.status_code == 403 and error_codes(r) == ["DENIED"]
@@ -121,7 +121,7 @@ def test_signed_url_closes_when_a_member_is_removed(start, tmp_path: Path) -> No
     repo = f"{org}/model"
     with owner.http(f"repository:{repo}:pull,push") as c:
         digest = push_blob(c, repo, os.urandom(5000))["digest"]
-    accounts.set_repository_visibility(repo, "private")
+    meta_of(registry).set_repository_visibility(repo, "private")
     with reader.http(f"repository:{repo}:pull") as c:
         location = signed_location(c, repo, digest)
         chunks = c.get(f"/v2/{repo}/chunksums/{digest}").headers["Content-Location"]
@@ -189,7 +189,7 @@ def test_refusals_are_audited(start, tmp_path: Path) -> None:  # type: ignore[no
     repo = f"{alice.name}/secret"
     with alice.http(f"repository:{repo}:pull,push") as c:
         digest = push_blob(c, repo, os.urandom(1000))["digest"]
-    accounts_of(registry).set_repository_visibility(repo, "private")
+    meta_of(registry).set_repository_visibility(repo, "private")
     with bob.http(f"repository:{repo}:pull") as c:
         r = c.get(f"/v2/{repo}/blobs/{digest}")
         assert r.status_code == 404 and error_codes(r) == ["NAME_UNKNOWN"]
@@ -332,7 +332,7 @@ def test_mount_from_a_private_repository_is_refused(start, tmp_path: Path) -> No
     private, theirs, copy = f"{alice.name}/private", f"{bob.name}/own", f"{bob.name}/copy"
     with alice.http(f"repository:{private}:pull,push") as c:
         secret = push_blob(c, private, os.urandom(3000))["digest"]
-    accounts_of(registry).set_repository_visibility(private, "private")
+    meta_of(registry).set_repository_visibility(private, "private")
     with bob.http(f"repository:{theirs}:pull,push", f"repository:{copy}:pull,push") as c:
         # Mounting works between bob's own repositories (so the refusal below is about access).
         mine = push_blob(c, theirs, os.urandom(3000))["digest"]

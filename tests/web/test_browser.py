@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.people import Person, accounts_of, unique
+from tests.people import Person, accounts_of, meta_of, unique
 from tests.servers import RegistryProcess
 from tests.web.conftest import publish, screenshot_dir
 
@@ -85,7 +85,7 @@ def published(site: RegistryProcess, tmp_path_factory: pytest.TempPathFactory, t
     accounts = accounts_of(site)
     accounts.create_org(org, owner.name)
     publish(owner, f"{org}/secret-llama", tiny_gguf, readme=f"The {word} secret.")
-    accounts.set_repository_visibility(f"{org}/secret-llama", "private")
+    meta_of(site).set_repository_visibility(f"{org}/secret-llama", "private")
     return {"alice": alice.name, "org": org, "word": word, "model": f"{alice.name}/tiny-llama"}
 
 

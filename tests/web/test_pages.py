@@ -14,7 +14,7 @@ import pytest
 
 from registry.accounts import RESERVED_NAMES, NameReserved, check_not_reserved
 from registry.web.pages import TOP_LEVEL
-from tests.people import accounts_of, unique
+from tests.people import accounts_of, meta_of, unique
 from tests.servers import REPO_ROOT
 from tests.web.conftest import publish
 
@@ -114,7 +114,7 @@ def test_private_models_are_absent_for_those_who_may_not_read_them(people, tiny_
     accounts.set_member(org, member.name, "reader")
     word = unique("secret")
     publish(owner, f"{org}/hidden", tiny_gguf, readme=f"Only for {word} eyes.")
-    accounts.set_repository_visibility(f"{org}/hidden", "private")
+    meta_of(owner.registry).set_repository_visibility(f"{org}/hidden", "private")
     accounts.set_default_visibility(org, "private")
 
     paths = [f"/{org}/hidden", f"/{org}/hidden/tags", f"/{org}/hidden:latest", f"/{org}", f"/{org.upper()}/HIDDEN"]
