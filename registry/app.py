@@ -28,6 +28,7 @@ from registry.auth import Authority
 from registry.db import make_engine
 from registry.gc import purge_uploads_forever
 from registry.meta import Metadata
+from registry.pulls import flush_pulls_forever
 from registry.ratelimit import RateLimiter
 from registry.signing import UrlSigner
 from registry.storage import (
@@ -163,12 +164,16 @@ def create_app(settings: config.Settings) -> Starlette:
         if settings.auth == "off":
             log.warning("authentication is off: anyone who can reach this registry may push to it")
         purger = asyncio.create_task(purge_uploads_forever(meta, accounts, store, settings.upload_max_age))
+        pull_counts = asyncio.create_task(flush_pulls_forever(meta, app.state.services.pulls))
         try:
             yield
         finally:
             purger.cancel()
+            pull_counts.cancel()  # writes what it counted since its last flush
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
+            with contextlib.suppress(asyncio.CancelledError):
+                await pull_counts
             engine.dispose()
 
     return Starlette(

@@ -24,7 +24,17 @@ from formats.manifest import Manifest as ParsedManifest
 from formats.names import DEFAULT_NAMESPACE, repository_key, repository_namespace
 from registry.accounts import VISIBILITIES, AccountError, default_visibility
 from registry.db import Transactions, utcnow
-from registry.models import Blob, Manifest, ManifestReference, Repository, RepositoryBlob, Secret, Tag, Upload
+from registry.models import (
+    Blob,
+    Manifest,
+    ManifestReference,
+    PullCount,
+    Repository,
+    RepositoryBlob,
+    Secret,
+    Tag,
+    Upload,
+)
 from registry.storage import CHUNK_SIZE, BlobInfo
 
 _repository = cast(Table, Repository.__table__)
@@ -35,6 +45,7 @@ _reference = cast(Table, ManifestReference.__table__)
 _tag = cast(Table, Tag.__table__)
 _upload = cast(Table, Upload.__table__)
 _secret = cast(Table, Secret.__table__)
+_pull_count = cast(Table, PullCount.__table__)
 
 
 def _bytewise(conn: Connection, column: Any) -> Any:
@@ -427,6 +438,33 @@ class Metadata(Transactions):
             query = query.where(_manifest.c.artifact_type == artifact_type)
         with self._read() as conn:
             return [StoredManifest(r[0], r[1], r[2], r[3]) for r in conn.execute(query)]
+
+    # -- pull counts -----------------------------------------------------------------------
+
+    def add_pulls(self, counts: dict[tuple[str, str], int]) -> None:
+        """Add ``{(repository, tag): pulls}`` to the counts, in one transaction (registry.pulls);
+        repositories deleted since are skipped."""
+        now = utcnow()
+        with self._write() as conn:
+            keys = {name.lower() for name, _ in counts}
+            ids = dict(
+                conn.execute(select(_repository.c.key, _repository.c.id).where(_repository.c.key.in_(keys))).all()
+            )
+            rows = [
+                {"repository_id": ids[name.lower()], "tag": tag.lower()[:128], "count": n, "updated_at": now}
+                for (name, tag), n in sorted(counts.items())
+                if name.lower() in ids
+            ]
+            if not rows:
+                return
+            stmt = self._insert(conn, _pull_count)
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["repository_id", "tag"],
+                    set_={"count": _pull_count.c.count + stmt.excluded.count, "updated_at": stmt.excluded.updated_at},
+                ),
+                rows,
+            )
 
     # -- garbage ---------------------------------------------------------------------------
 

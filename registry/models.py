@@ -6,6 +6,7 @@
 - ``manifest``: the pushed bytes, byte for byte, with what the referrers API needs.
 - ``manifest_reference``: the blobs and child manifests a manifest needs (for deletes and GC).
 - ``tag``: a name pointing at a manifest.
+- ``pull_count``: how many times each tag's manifest was fetched (the web site's pull counts).
 - ``upload``: an upload session; its bytes are in the blob store under the same id.
 - ``secret``: keys shared by every worker and replica (URL and token signing).
 
@@ -102,6 +103,18 @@ class Tag(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (Index("ix_tag_manifest_id", "manifest_id"),)
+
+
+class PullCount(Base):
+    """Manifest GETs by tag, per repository: added in batches (``registry.pulls``), never one
+    write per pull."""
+
+    __tablename__ = "pull_count"
+
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(128), primary_key=True)  # lower-cased
+    count: Mapped[int] = mapped_column(BigInteger, default=0)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Upload(Base):

@@ -18,6 +18,7 @@ from registry.auth import ANONYMOUS, Authority, Grant, InvalidToken, Principal
 from registry.config import Settings
 from registry.meta import Metadata
 from registry.origins import Origins, origins
+from registry.pulls import PullCounter
 from registry.ratelimit import AuditThrottle, TtlCache
 from registry.signing import UrlSigner
 from registry.storage import VerifiedStore
@@ -42,6 +43,8 @@ class Services:
     url_access: TtlCache = field(default_factory=lambda: TtlCache(ttl=SIGNED_URL_RECHECK_SECONDS))
     # The key behind sign-in's decoy approval codes (read from the database on first use).
     decoy_key: bytes | None = None
+    # Manifest GETs by tag, written in batches (registry.pulls).
+    pulls: PullCounter = field(default_factory=PullCounter)
 
 
 def services(request: Request) -> Services:

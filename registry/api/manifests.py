@@ -60,6 +60,9 @@ def _headers(stored: StoredManifest) -> dict[str, str]:
 
 async def get_manifest(request: Request) -> Response:
     stored = await _lookup(request)
+    reference = request.path_params["reference"]
+    if ":" not in reference:  # a pull by tag (a digest GET is a client's second look, or an index's child)
+        services(request).pulls.add(request.path_params["name"], reference)
     return Response(stored.content, headers=_headers(stored))
 
 

@@ -107,6 +107,7 @@ class Summary:
             "capabilities": self.capabilities,
             "sizes": self.sizes,
             "tags": self.repo.tag_count,
+            "pulls": self.repo.pulls,
             "updated_at": render.iso(self.repo.updated_at),
             "visibility": self.repo.visibility,
             "url": base + self.repo.path,
@@ -177,7 +178,7 @@ async def _search(request: Request) -> SearchResult:
     except ValueError:
         page = 1
     namespaces = await readable_namespaces(request)
-    rows = await run_in_threadpool(_catalog(request).repositories, namespaces)
+    rows = await run_in_threadpool(_catalog(request).repositories, namespaces, popular=order == "popular")
     words = query.lower().split()
     found: list[Summary] = []
     wanted = page * PAGE_SIZE + 1
@@ -188,7 +189,6 @@ async def _search(request: Request) -> SearchResult:
             found.append(summary)
             if len(found) >= wanted:
                 break
-    # Pull counts are not kept yet: "popular" orders as "newest" until they are.
     start = (page - 1) * PAGE_SIZE
     return SearchResult(query, caps, order, page, found[start : start + PAGE_SIZE], len(found) > start + PAGE_SIZE)
 
@@ -213,8 +213,13 @@ def _not_found() -> HTTPException:
 
 async def home(request: Request) -> Response:
     namespaces = await readable_namespaces(request)
-    rows = await run_in_threadpool(_catalog(request).repositories, namespaces, limit=HOME_SIZE)
-    return _page(request, "home.html", newest=await _summaries(request, rows))
+    catalog = _catalog(request)
+    newest = await run_in_threadpool(catalog.repositories, namespaces, limit=HOME_SIZE)
+    popular = await run_in_threadpool(catalog.repositories, namespaces, limit=HOME_SIZE, popular=True)
+    popular = [r for r in popular if r.pulls]
+    return _page(
+        request, "home.html", newest=await _summaries(request, newest), popular=await _summaries(request, popular)
+    )
 
 
 async def search_page(request: Request) -> Response:

@@ -60,6 +60,14 @@ def context(n: int | None) -> str:
     return f"{n // 1024}K" if n >= 1024 and n % 1024 == 0 else f"{round(n / 1000)}K" if n >= 1000 else str(n)
 
 
+def count(n: int) -> str:
+    """A pull count as ollama.com writes one: 999, 1.2K, 55.7M."""
+    for unit, scale in (("B", 10**9), ("M", 10**6), ("K", 10**3)):
+        if n >= scale:
+            return f"{n / scale:.1f}".removesuffix(".0") + unit
+    return str(n)
+
+
 def ago(when: dt.datetime | None, now: dt.datetime | None = None) -> str:
     if when is None:
         return ""
@@ -100,6 +108,7 @@ FILTERS: dict[str, Any] = {
     "markdown": markdown,
     "size": size,
     "context": context,
+    "count": count,
     "ago": ago,
     "utc": utc,
     "iso": iso,

@@ -83,3 +83,4 @@ def test_readme_markdown_carries_no_html_of_its_authors(markdown: str, absent: s
 def test_sizes_and_context_lengths_read_as_on_ollama_com() -> None:
     assert [render.size(n) for n in (45, 63_000_000, 3_800_000_000, 14_000_000_000)] == ["45B", "63MB", "3.8GB", "14GB"]
     assert [render.context(n) for n in (512, 2048, 131072, 40000)] == ["512", "2K", "128K", "40K"]
+    assert [render.count(n) for n in (0, 999, 1000, 1250, 55_700_000)] == ["0", "999", "1K", "1.2K", "55.7M"]

@@ -15,7 +15,7 @@ import pytest
 from registry.accounts import RESERVED_NAMES, NameReserved, check_not_reserved
 from registry.web.pages import TOP_LEVEL
 from tests.people import accounts_of, meta_of, unique
-from tests.servers import REPO_ROOT
+from tests.servers import REPO_ROOT, wait_until
 from tests.web.conftest import publish
 
 README = """# Heading
@@ -159,3 +159,30 @@ def test_hangar_search_prints_the_registrys_search_as_a_table(people, tiny_gguf,
         env=env, capture_output=True, text=True, cwd=REPO_ROOT,
     )  # fmt: skip
     assert r.returncode == 0 and r.stdout == "" and "no models found" in r.stderr
+
+
+def test_pulls_are_counted_in_batches_shown_and_sorted_by(people, tiny_gguf) -> None:  # type: ignore[no-untyped-def]
+    alice = people("alice")
+    word = unique("heron")
+    publish(alice, f"{alice.name}/pulled", tiny_gguf, readme=f"Pulled {word}.")
+    publish(alice, f"{alice.name}/fresh", tiny_gguf, readme=f"Fresh {word}.")  # newer, never pulled
+    accept = {"Accept": "application/vnd.docker.distribution.manifest.v2+json"}
+    base = f"{alice.registry.url}/v2/{alice.name}/pulled/manifests"
+    for _ in range(3):
+        assert httpx.get(f"{base}/latest", headers=accept).status_code == 200
+    digest = httpx.head(f"{base}/LATEST", headers=accept).headers["docker-content-digest"]  # a HEAD: not a pull
+    assert httpx.get(f"{base}/{digest}", headers=accept).status_code == 200  # by digest: not counted
+
+    def pulls() -> dict[str, int]:
+        found = get(alice, f"/api/search?q={word}&o=popular").json()["models"]
+        return {m["model"]: m["pulls"] for m in found}
+
+    wait_until(lambda: pulls()["pulled"] > 0, 30, "the pull counts to be written")
+    assert pulls() == {"pulled": 3, "fresh": 0}
+    order = [m["model"] for m in get(alice, f"/api/search?q={word}&o=popular").json()["models"]]
+    assert order == ["pulled", "fresh"]
+    order = [m["model"] for m in get(alice, f"/api/search?q={word}&o=newest").json()["models"]]
+    assert order == ["fresh", "pulled"]
+    page = get(alice, f"/{alice.name}/pulled").text
+    assert '<span data-pulls="3">3 pulls</span>' in page
+    assert f'data-model="{alice.name}/pulled"' in get(alice, "/").text.split('id="popular"')[1]
