@@ -11,7 +11,7 @@ import base64
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -190,26 +190,17 @@ async def generate(request: Request) -> Response:
         "truncate": fit["truncate"],
         "shift": fit["shift"],
     }
+
+    def piece(item: Piece) -> dict[str, Any]:
+        line: dict[str, Any] = {"model": model, "created_at": timestamp(), "response": item.text, "done": False}
+        if item.thinking:
+            line["thinking"] = item.thinking
+        if logprobs and item.logprobs:
+            line["logprobs"] = item.logprobs
+        return line
+
     start = functools.partial(svc.complete, resolved, text, options, **run)
-    if not stream:
-        result = await whole(request, start)
-        return JSONResponse(final(result, result.text, result.thinking))
-
-    pieces, cancel = await streamed(start)
-
-    async def lines() -> AsyncIterator[dict[str, Any]]:
-        async for item in pieces:
-            if isinstance(item, Piece):
-                line: dict[str, Any] = {"model": model, "created_at": timestamp(), "response": item.text, "done": False}
-                if item.thinking:
-                    line["thinking"] = item.thinking
-                if logprobs and item.logprobs:
-                    line["logprobs"] = item.logprobs
-                yield line
-            else:
-                yield final(item, "")
-
-    return ndjson(lines(), request, pieces, cancel)
+    return await _answer(request, start, stream, final, piece, lambda result: final(result, ""))
 
 
 # -- chat ---------------------------------------------------------------------------------------------
@@ -358,29 +349,39 @@ async def chat(request: Request) -> Response:
         "think": think,
         **fit,
     }
+
+    def piece(item: Piece) -> dict[str, Any]:
+        message = {"role": "assistant", "content": item.text, **({"thinking": item.thinking} if item.thinking else {})}
+        line: dict[str, Any] = {"model": model, "created_at": timestamp(), "message": message, "done": False}
+        if logprobs and item.logprobs:
+            line["logprobs"] = item.logprobs
+        return line
+
+    def last(result: Result) -> dict[str, Any]:
+        return final(result, "" if not result.tool_calls else result.text)
+
     start = functools.partial(svc.complete, resolved, text, options, **run)
+    return await _answer(request, start, stream, final, piece, last)
+
+
+async def _answer(
+    request: Request,
+    start: Callable[..., AsyncGenerator[Piece | Result, None]],
+    stream: bool,
+    final: Callable[[Result, str, str], dict[str, Any]],
+    piece: Callable[[Piece], dict[str, Any]],
+    last: Callable[[Result], dict[str, Any]],
+) -> Response:
+    """The answer of /api/generate and /api/chat: ``final(result, text, thinking)`` whole, or a
+    ``piece`` line per piece and the ``last`` line, streamed (runtime.api.stream)."""
     if not stream:
         result = await whole(request, start)
         return JSONResponse(final(result, result.text, result.thinking))
-
     pieces, cancel = await streamed(start)
 
     async def lines() -> AsyncIterator[dict[str, Any]]:
         async for item in pieces:
-            if isinstance(item, Piece):
-                line: dict[str, Any] = {
-                    "model": model,
-                    "created_at": timestamp(),
-                    "message": {"role": "assistant", "content": item.text},
-                    "done": False,
-                }
-                if item.thinking:
-                    line["message"]["thinking"] = item.thinking
-                if logprobs and item.logprobs:
-                    line["logprobs"] = item.logprobs
-                yield line
-            else:
-                yield final(item, "" if not item.tool_calls else item.text)
+            yield piece(item) if isinstance(item, Piece) else last(item)
 
     return ndjson(lines(), request, pieces, cancel)
 
