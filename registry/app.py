@@ -34,11 +34,13 @@ from registry.signing import UrlSigner
 from registry.storage import (
     BlobNotFound,
     DigestMismatch,
+    EtagMismatch,
     IncompleteChunk,
     OffsetMismatch,
     OversizedChunk,
     SizeMismatch,
     StorageError,
+    UploadModeConflict,
     UploadNotFound,
     open_store,
 )
@@ -123,7 +125,7 @@ def storage_error(request: Request, exc: Exception) -> DistributionError:
         del headers["Content-Length"]
         detail = {"expected": exc.expected, "got": exc.got}
         return DistributionError("RANGE_INVALID", str(exc), detail=detail, headers=headers)
-    if isinstance(exc, (DigestMismatch, SizeMismatch)):
+    if isinstance(exc, (DigestMismatch, SizeMismatch, EtagMismatch)):
         return DistributionError("DIGEST_INVALID", str(exc), detail={"digest": str(exc.expected)})
     if isinstance(exc, UploadNotFound):
         return DistributionError("BLOB_UPLOAD_UNKNOWN", detail={"upload": upload_id})
@@ -133,6 +135,8 @@ def storage_error(request: Request, exc: Exception) -> DistributionError:
         return DistributionError("SIZE_INVALID", str(exc))
     if isinstance(exc, (IncompleteChunk, ClientDisconnect)):
         return DistributionError("BLOB_UPLOAD_INVALID", f"incomplete chunk: {exc}")
+    if isinstance(exc, UploadModeConflict):
+        return DistributionError("BLOB_UPLOAD_INVALID", str(exc))
     # StorageUnavailable and anything a backend did not expect: the operator's problem, not the
     # client's; the log says what it was.
     log.error("blob store error on %s %s: %s", request.method, request.url.path, exc, exc_info=exc)

@@ -81,6 +81,7 @@ class OllamaWireClient:
         self.token: str | None = None
         self.http = httpx.Client(headers={"User-Agent": USER_AGENT}, timeout=60, follow_redirects=False)
         self.requests: list[tuple[str, str, dict[str, str]]] = []  # (method, url, headers) sent
+        self.redirected_parts = 0  # parts PUT straight to storage after a 307 (X-Redirect-Uploads)
 
     def close(self) -> None:
         self.http.close()
@@ -184,8 +185,20 @@ class OllamaWireClient:
                 },
             )
             if r.status_code == 307:
-                raise WireError("registry asked for a redirected part upload; not expected from ours")
-            location = r.headers.get("Docker-Upload-Location") or r.headers["Location"]
+                # The part's bytes go to the Location (the object store) without credentials;
+                # the next chunk goes to the session URL (Docker-Upload-Location).
+                put = httpx.put(
+                    r.headers["Location"],
+                    content=chunk,
+                    headers={"Content-Type": "application/octet-stream"},
+                    timeout=60,
+                )
+                if put.status_code >= 400:
+                    raise WireError(f"http status {put.status_code}: {put.text}")
+                self.redirected_parts += 1
+                location = r.headers["Docker-Upload-Location"]
+            else:
+                location = r.headers.get("Docker-Upload-Location") or r.headers["Location"]
             md5s += hashlib.md5(chunk).digest()
         etag = f"{hashlib.md5(md5s).hexdigest()}-{len(parts)}"
         self._send(

@@ -111,6 +111,9 @@ class SwiftS3:
             for kind in ("object", "container", "account", "proxy"):
                 self._spawn(run / f"{kind}.log", f"swift-{kind}-server", str(etc / f"{kind}-server.conf"), "-v")
             wait_until(self._healthy, 60, "Swift to start")
+            # The proxy's healthcheck does not ask the account and container servers: a bucket
+            # made before they listen is a 503 "Please reduce your request rate".
+            wait_until(self._can_create_buckets, 60, "Swift's account and container servers")
         except BaseException:
             self.stop()
             raise
@@ -129,6 +132,18 @@ class SwiftS3:
         try:
             return httpx.get(f"{self.endpoint}/healthcheck", timeout=1).status_code == 200
         except httpx.TransportError:
+            return False
+
+    def _can_create_buckets(self) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client().create_bucket(Bucket="hangar-ready")
+            return True
+        except ClientError as e:
+            if e.response["Error"]["Code"] in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                return True
+            time.sleep(0.2)
             return False
 
     def env(self, secret: str = SECRET_KEY) -> dict[str, str]:

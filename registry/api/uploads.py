@@ -5,7 +5,8 @@
   ``?digest=`` without a body (Ollama's tensor-model push) is 201 when this repository has the
   blob, else a new session (202).
 - ``PATCH`` appends a chunk. ``Content-Range`` may be ``a-b`` (Ollama) or ``bytes=a-b``; a
-  chunk must start where the upload ends, otherwise 416 with the ``Range`` we have.
+  chunk must start where the upload ends, otherwise 416 with the ``Range`` we have. With
+  ``X-Redirect-Uploads: 1`` on an object store, a 307 to a presigned URL for the chunk's part.
 - ``GET`` reports the ``Range`` received so far (204), so an interrupted upload resumes.
 - ``PUT ?digest=`` appends an optional last chunk, verifies and publishes the blob (201).
 - ``DELETE`` cancels the session.
@@ -36,7 +37,7 @@ from registry.api.common import (
     repository,
     services,
 )
-from registry.storage import DigestMismatch, SizeMismatch, put_blob
+from registry.storage import DigestMismatch, EtagMismatch, SizeMismatch, put_blob
 
 # The one digest an empty monolithic upload can have.
 EMPTY_DIGEST = Digest.of_bytes(b"")
@@ -160,8 +161,30 @@ async def start_upload(request: Request) -> Response:
 async def patch_upload(request: Request) -> Response:
     name = repository(request)
     upload_id = await _session(request, name)
+    redirected = await _redirect_part(request, name, upload_id)
+    if redirected is not None:
+        return redirected
     size = await _append(request, name, upload_id)
     return Response(status_code=202, headers=progress_headers(request, name, upload_id, size))
+
+
+async def _redirect_part(request: Request, name: str, upload_id: str) -> Response | None:
+    """Ollama's ``X-Redirect-Uploads: 1`` (protocol spec §7.3): on an object store, a 307 to a
+    presigned URL for this chunk's part, where the client PUTs the bytes itself (and, through
+    ``Docker-Upload-Location``, the session URL for its next chunk at once, so that several parts
+    travel in parallel). The body of this PATCH is left unread. None: take the bytes here."""
+    raw_range = request.headers.get("content-range")
+    svc = services(request)
+    if request.headers.get("x-redirect-uploads") != "1" or not raw_range or svc.settings.redirect != "on":
+        return None
+    first, last = parse_content_range(raw_range)
+    url = await svc.store.part_url(upload_id, first, last - first + 1, svc.settings.signed_url_ttl)
+    if url is None:
+        return None
+    await run_in_threadpool(svc.meta.touch_upload, upload_id)
+    headers = progress_headers(request, name, upload_id, last + 1)
+    headers["Location"] = url  # the part's URL; Docker-Upload-Location stays the session's
+    return Response(status_code=307, headers=headers)
 
 
 async def get_upload(request: Request) -> Response:
@@ -181,8 +204,9 @@ async def finish_upload(request: Request) -> Response:
     if has_body(request):
         await _append(request, name, upload_id)
     try:
-        info = await svc.store.commit_upload(upload_id, digest)
-    except (DigestMismatch, SizeMismatch):
+        # Ollama's etag (the S3 multipart ETag of its parts) is checked where they went to the store.
+        info = await svc.store.commit_upload(upload_id, digest, etag=request.query_params.get("etag"))
+    except (DigestMismatch, SizeMismatch, EtagMismatch):
         await run_in_threadpool(svc.meta.delete_upload, upload_id)  # the store discarded its bytes
         raise
     await run_in_threadpool(svc.meta.finish_upload, name, upload_id, info)

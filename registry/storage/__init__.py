@@ -23,6 +23,7 @@ from registry.storage.base import (
     BlobNotFound,
     BlobStore,
     DigestMismatch,
+    EtagMismatch,
     IncompleteChunk,
     OffsetMismatch,
     OversizedChunk,
@@ -30,6 +31,7 @@ from registry.storage.base import (
     StorageError,
     StorageUnavailable,
     UploadInfo,
+    UploadModeConflict,
     UploadNotFound,
 )
 from registry.storage.verify import ContentHash, VerifiedStore, put_blob
@@ -41,6 +43,7 @@ __all__ = [
     "BlobStore",
     "ContentHash",
     "DigestMismatch",
+    "EtagMismatch",
     "IncompleteChunk",
     "OffsetMismatch",
     "OversizedChunk",
@@ -48,6 +51,7 @@ __all__ = [
     "StorageError",
     "StorageUnavailable",
     "UploadInfo",
+    "UploadModeConflict",
     "UploadNotFound",
     "VerifiedStore",
     "open_store",

@@ -59,6 +59,20 @@ class SizeMismatch(StorageError):
         self.actual = actual
 
 
+class UploadModeConflict(StorageError):
+    """A chunk the session cannot take this way (its parts go straight to the object store, or
+    a part that does not fit the layout they started with)."""
+
+
+class EtagMismatch(StorageError):
+    """The client's S3-style etag of a redirected upload is not the one the object store computed."""
+
+    def __init__(self, expected: str, actual: str) -> None:
+        super().__init__(f"upload has etag {actual}, not {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
 class StorageUnavailable(StorageError):
     """The backend could not be reached or refused us (an object store down, bad credentials)."""
 
@@ -146,6 +160,17 @@ class BlobStore(Protocol):
 
     async def abort_upload(self, upload_id: str) -> None:
         """Discard an upload's data; a missing upload is not an error."""
+        ...
+
+    async def part_url(self, upload_id: str, offset: int, length: int, expires_in: int) -> str | None:
+        """A URL the client may PUT the chunk at ``offset`` to, without credentials (an object
+        store's presigned part upload), or None: send the bytes here. The bytes then bypass the
+        layer above, which reads the upload back once to verify it at the commit."""
+        ...
+
+    async def upload_etag(self, upload_id: str) -> str | None:
+        """For an upload whose parts went to the object store: its S3 multipart ETag (known once
+        the bytes were read back), to compare with the client's; None otherwise."""
         ...
 
     def list_uploads(self) -> AsyncIterator[UploadInfo]: ...

@@ -120,6 +120,12 @@ class MemoryStore:
     async def abort_upload(self, upload_id: str) -> None:
         self.uploads.pop(upload_id, None)
 
+    async def part_url(self, upload_id: str, offset: int, length: int, expires_in: int) -> str | None:
+        return None
+
+    async def upload_etag(self, upload_id: str) -> str | None:
+        return None
+
     async def list_uploads(self) -> AsyncIterator[UploadInfo]:
         for upload_id, upload in list(self.uploads.items()):
             yield UploadInfo(upload_id, len(upload.data), upload.modified)

@@ -16,6 +16,13 @@ above (``registry.storage.verify``), so it always describes bytes that are there
 fails leaves the old record, its parts are overwritten by the retry (same part numbers) and the
 parts a record does not list never join the blob.
 
+A client that sends ``X-Redirect-Uploads: 1`` (Ollama's) with a first chunk of at least 5 MiB gets
+each chunk's part as a presigned UploadPart URL instead (``part_url``): part ``offset / first
+chunk's length + 1``, the session marked so in its record and nothing else written per chunk, since
+up to 16 such chunks are in flight at once. The parts are then listed from S3 (ListParts), and the
+commit reads the completed upload back once to hash it, and checks the client's ``etag`` (the S3
+multipart ETag) against the store's.
+
 The commit completes the multipart upload at ``uploads/<id>/data`` (the tail as the last part) and
 copies it, server-side, to its content-addressed key (a multipart copy past 5 GiB); S3 names a
 multipart upload's key when it starts, before anyone knows the digest. Blob GETs are presigned
@@ -56,6 +63,7 @@ from registry.storage.base import (
     StorageError,
     StorageUnavailable,
     UploadInfo,
+    UploadModeConflict,
     UploadNotFound,
 )
 
@@ -67,6 +75,8 @@ READ_CHUNK = 1024 * 1024
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 
 T = TypeVar("T")
+# ``[number, etag, size]`` of each part (named here: inside S3Store, ``list`` is a method).
+Parts = list[list[Any]]
 
 
 def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
@@ -83,7 +93,13 @@ class S3Store:
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
         self.url = url or f"s3://{bucket}/{prefix}"
         s3: dict[str, Any] = {"addressing_style": addressing_style} if addressing_style else {}
-        config = Config(s3=s3 or None, max_pool_connections=32, retries={"mode": "standard", "max_attempts": 4})
+        # SigV4 for presigned URLs too: a V2 one signs the Content-Type, which Ollama's part PUT sets.
+        config = Config(
+            s3=s3 or None,
+            signature_version="s3v4",
+            max_pool_connections=32,
+            retries={"mode": "standard", "max_attempts": 4},
+        )
         # Endpoint, region and credentials: boto3's own resolution (environment, config files).
         self.client = boto3.session.Session().client("s3", config=config)
 
@@ -208,7 +224,62 @@ class S3Store:
         await self._save_record(upload_id, record)
 
     async def upload_size(self, upload_id: str) -> int:
-        return self._size(await self._record(upload_id))
+        record = await self._record(upload_id)
+        return sum(int(p[2]) for p in await self._parts(upload_id, record)) + int(record["tail_size"])
+
+    async def _parts(self, upload_id: str, record: dict[str, Any]) -> Parts:
+        """The session's parts ``[number, etag, size]`` in order: the record's, or for parts sent
+        straight to the store, those S3 lists that make one run from the start (each but the last
+        of the first part's size)."""
+        if not record.get("redirected") or record.get("sealed"):
+            return [list(p) for p in record["parts"]]
+        listed: Parts = []
+        marker = 0
+        while True:
+            page = await self._call(
+                "list_parts", Key=self._upload_key(upload_id, "data"), UploadId=record["mpu"], PartNumberMarker=marker
+            )
+            listed += [[p["PartNumber"], p["ETag"], int(p["Size"])] for p in page.get("Parts", [])]
+            if not page.get("IsTruncated"):
+                break
+            marker = int(page["NextPartNumberMarker"])
+        parts: Parts = []
+        for part in sorted(listed):
+            if part[0] != len(parts) + 1 or (parts and parts[-1][2] != record["part_size"]):
+                break
+            parts.append(part)
+        return parts
+
+    async def part_url(self, upload_id: str, offset: int, length: int, expires_in: int) -> str | None:
+        record = await self._record(upload_id)
+        if record.get("sealed"):
+            return None
+        if not record.get("redirected"):
+            # Only a session that starts this way: its first chunk fixes the part size, and must
+            # be a part S3 takes (a smaller one could only be the last).
+            if offset != 0 or length < MIN_PART or record["parts"] or record["tail"]:
+                return None
+            record.update(redirected=True, part_size=length, hash=None)
+            await self._save_record(upload_id, record)
+        part_size = int(record["part_size"])
+        number = offset // part_size + 1
+        if offset % part_size or length > part_size or number > 10000:
+            raise UploadModeConflict(f"a chunk at {offset} of {length} bytes does not fit parts of {part_size}")
+        params = {
+            "Bucket": self.bucket,
+            "Key": self._upload_key(upload_id, "data"),
+            "UploadId": record["mpu"],
+            "PartNumber": number,
+        }
+        url: str = await _in_thread(
+            self.client.generate_presigned_url, "upload_part", Params=params, ExpiresIn=expires_in
+        )
+        return url
+
+    async def upload_etag(self, upload_id: str) -> str | None:
+        record = await self._record(upload_id)
+        etag = record.get("etag") if record.get("redirected") else None
+        return str(etag) if etag else None
 
     async def load_state(self, upload_id: str) -> bytes | None:
         value = (await self._record(upload_id)).get("hash")
@@ -220,6 +291,8 @@ class S3Store:
         record = await self._record(upload_id)
         if record.get("sealed"):
             raise UploadNotFound(upload_id)  # being committed
+        if record.get("redirected"):
+            raise UploadModeConflict("this upload's chunks go to the object store (X-Redirect-Uploads: 1)")
         size = self._size(record)
         if offset != size:
             raise OffsetMismatch(size, offset)
@@ -278,7 +351,7 @@ class S3Store:
         record = await self._record(upload_id)
         if record.get("sealed"):
             return record
-        parts = list(record["parts"])
+        parts = await self._parts(upload_id, record)
         data_key = self._upload_key(upload_id, "data")
         if record["tail"]:
             tail = await self._call("get_object", Key=record["tail"])
@@ -290,23 +363,23 @@ class S3Store:
             parts.append([number, part["ETag"], len(body)])
         if parts:
             listing = [{"PartNumber": n, "ETag": etag} for n, etag, _ in parts]
-            await self._call(
+            done = await self._call(
                 "complete_multipart_upload",
                 Key=data_key,
                 UploadId=record["mpu"],
                 MultipartUpload={"Parts": listing},
             )
+            record["etag"] = str(done.get("ETag", "")).strip('"')
         else:  # S3 completes nothing without a part: the empty blob is a plain object
             await self._call("put_object", Key=data_key, Body=b"")
             with contextlib.suppress(ClientError):
                 await self._call("abort_multipart_upload", Key=data_key, UploadId=record["mpu"])
-        record["sealed"] = True
+        record.update(sealed=True, parts=parts, tail=None, tail_size=0)
         await self._save_record(upload_id, record)
         return record
 
     async def publish_upload(self, upload_id: str, digest: Digest, size: int) -> None:
-        record = await self._record(upload_id)
-        actual = self._size(record)
+        actual = await self.upload_size(upload_id)
         if actual != size:
             raise SizeMismatch(size, actual)
         record = await self._seal(upload_id)
@@ -390,8 +463,8 @@ class S3Store:
                 continue
             seen.add(upload_id)
             try:
-                size = self._size(await self._record(upload_id))
-            except (UploadNotFound, KeyError, ValueError):
+                size = await self.upload_size(upload_id)
+            except (UploadNotFound, KeyError, ValueError, StorageError):
                 size = 0
             yield UploadInfo(upload_id, size, item["LastModified"].timestamp())
         # Multipart uploads whose record never got written (a crash between the two calls).

@@ -30,6 +30,7 @@ from registry.storage.base import (
     BlobInfo,
     BlobStore,
     DigestMismatch,
+    EtagMismatch,
     SizeMismatch,
     UploadInfo,
 )
@@ -279,10 +280,18 @@ class VerifiedStore:
             await batches.aclose()
             await feed.settle()
 
-    async def commit_upload(self, upload_id: str, digest: Digest, size: int | None = None) -> BlobInfo:
-        """Verify the upload's bytes against ``digest`` (and ``size``) and publish them under it.
+    async def part_url(self, upload_id: str, offset: int, length: int, expires_in: int) -> str | None:
+        """Where the client may send this chunk itself (``BlobStore.part_url``), or None."""
+        return await self.backend.part_url(upload_id, offset, length, expires_in)
 
-        On DigestMismatch or SizeMismatch the upload is discarded and nothing is published."""
+    async def commit_upload(
+        self, upload_id: str, digest: Digest, size: int | None = None, etag: str | None = None
+    ) -> BlobInfo:
+        """Verify the upload's bytes against ``digest`` (and ``size``, and for parts sent to the
+        object store the client's S3-style ``etag``) and publish them under it.
+
+        On DigestMismatch, SizeMismatch or EtagMismatch the upload is discarded and nothing is
+        published."""
         actual_size = await self.backend.upload_size(upload_id)
         if size is not None and size != actual_size:
             await self.backend.abort_upload(upload_id)
@@ -294,6 +303,10 @@ class VerifiedStore:
         if actual != digest or content.size != actual_size:
             await self.backend.abort_upload(upload_id)
             raise DigestMismatch(digest, actual)
+        stored_etag = await self.backend.upload_etag(upload_id) if etag else None
+        if etag and stored_etag is not None and stored_etag != etag.strip('"'):
+            await self.backend.abort_upload(upload_id)
+            raise EtagMismatch(etag, stored_etag)
         await self.backend.publish_upload(upload_id, digest, actual_size)
         return BlobInfo(digest, actual_size, content.chunk_sums())
 

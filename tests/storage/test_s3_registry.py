@@ -187,3 +187,71 @@ def test_an_upload_survives_kill_9_and_continues_on_another_process(
         assert blob.content == data
     finally:
         second.stop()
+
+
+@pytest.fixture
+def s3_registry_elsewhere(
+    tmp_path: Path, s3_url: str, swift: SwiftS3, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RegistryProcess]:
+    """An S3-backed registry whose object store has another host name (``localhost``) than the
+    registry (``127.0.0.1``), as in any real deployment: Ollama follows a redirect to the
+    registry's own host name itself (port ignored) and then finds no Location."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{swift.port}")
+    proc = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url)
+    proc.start()
+    yield proc
+    proc.stop()
+
+
+def test_ollama_redirected_part_uploads_go_straight_to_the_object_store(
+    s3_registry_elsewhere: RegistryProcess, swift: SwiftS3, s3_url: str, tmp_path: Path
+) -> None:
+    """Ollama's X-Redirect-Uploads: 1: each PATCH is answered with a 307 to a presigned
+    UploadPart URL, the client PUTs the part there; the registry completes the multipart upload at
+    the final PUT, reads it back once to verify the sha256, and checks the client's etag. The pull
+    then reads its parts from presigned URLs on the store."""
+    from tests.ollama_wire import OllamaWireClient
+
+    s3_registry = s3_registry_elsewhere
+
+    weights = os.urandom(17 * 1024 * 1024 + 5)  # parts of 6 MiB: three, the last short
+    config = b'{"model_format":"gguf"}'
+    layers = [{"mediaType": "application/vnd.ollama.image.model", "digest": digest_of(weights), "size": len(weights)}]
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": digest_of(config),
+                "size": len(config),
+            },
+            "layers": layers,
+        }
+    ).encode()
+    blobs = {digest_of(weights): weights, digest_of(config): config}
+    pusher = OllamaWireClient(s3_registry.url, min_part=6 * 1024 * 1024)
+    pusher.push("team/ollama", "v1", manifest, blobs)
+    assert pusher.redirected_parts == 3  # the 23-byte config is too small a first part: sent here
+    puller = OllamaWireClient(s3_registry.url)
+    (tmp_path / "pulled").mkdir()
+    _, files = puller.pull("team/ollama", "v1", tmp_path / "pulled")
+    assert files[digest_of(weights)].read_bytes() == weights
+    bucket = urlsplit(s3_url).netloc
+    assert swift.client().list_objects_v2(Bucket=bucket, Prefix="registry/uploads/").get("KeyCount", 0) == 0
+
+    # A part that is not what the client says (its etag): refused, nothing published.
+    other = os.urandom(7 * 1024 * 1024)
+    with httpx.Client(base_url=s3_registry.url) as http:
+        location = http.post("/v2/team/ollama/blobs/uploads/").headers["location"]
+        headers = {"Content-Range": f"0-{len(other) - 1}", "X-Redirect-Uploads": "1"}
+        r = http.patch(location, content=other, headers=headers)
+        assert r.status_code == 307 and r.headers["location"].startswith(f"http://localhost:{swift.port}/")
+        assert httpx.put(r.headers["location"], content=other).status_code == 200
+        # A plain chunk cannot join an upload whose parts go to the store.
+        plain = http.patch(r.headers["docker-upload-location"], content=b"x")
+        assert plain.status_code == 400 and plain.json()["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+        wrong = f"{hashlib.md5(b'not it').hexdigest()}-1"
+        bad = http.put(f"{r.headers['docker-upload-location']}?digest={digest_of(other)}&etag={wrong}")
+        assert bad.status_code == 400 and bad.json()["errors"][0]["code"] == "DIGEST_INVALID"
+        assert http.head(f"/v2/team/ollama/blobs/{digest_of(other)}").status_code == 404
