@@ -20,6 +20,170 @@ CORPUS = [
     "The quick brown fox jumps over the lazy dog 1234567.",
     "Models are pushed, pulled and served; bytes are verified!",
 ] * 20
+# Text in several scripts, for tokenizers trained on it and compared on it (and on text they have
+# not seen: unseen characters fall back to bytes).
+MULTILINGUAL = [
+    "Hello world, this is a test of a tiny tokenizer.",
+    "Grüße aus Zürich: Äpfel, Öl und Übermut kosten 12,50 €.",
+    "Le cœur a ses raisons que la raison ne connaît point.",
+    "Привет, мир! Как дела у модели сегодня?",
+    "你好，世界！模型已经推送到注册表。",
+    "こんにちは世界、トークナイザーのテストです。",
+    "مرحبا بالعالم، هذا اختبار.",
+    "def f(x):\n    return x ** 2  # 12345678\n\n",
+    "Emoji 🚀🔥 and   spaced\ttabs\n\nlines it's we'll",
+]
+UNSEEN = ["Ελληνικά κείμενα και हिन्दी पाठ 🦙", "한국어 문장도 있습니다 98765", "  leading and trailing  "]
+
+# Chat templates written after the families' own (system prompt handling, turn markers, the
+# generation prompt), for checking that the runtime renders them as transformers does.
+QWEN2_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) or message.role == 'assistant' %}"
+    "{%- if not (message.role == 'system' and loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endif %}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+QWEN3_TEMPLATE = (
+    "{%- if messages[0].role == 'system' %}"
+    "{{- '<|im_start|>system\\n' + messages[0].content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- set ns = namespace(last_query_index=messages|length - 1) %}"
+    "{%- for message in messages[::-1] %}{%- set index = (messages|length - 1) - loop.index0 %}"
+    "{%- if message.role == 'user' and ns.last_query_index == messages|length - 1 %}"
+    "{%- set ns.last_query_index = index %}{%- endif %}{%- endfor %}"
+    "{%- for message in messages %}"
+    "{%- if message.role == 'user' or (message.role == 'system' and not loop.first) %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}"
+    "{%- elif message.role == 'assistant' %}"
+    "{%- set content = message.content %}{%- set reasoning_content = '' %}"
+    "{%- if '</think>' in content %}"
+    "{%- set reasoning_content = content.split('</think>')[0].rstrip('\\n').split('<think>')[-1].lstrip('\\n') %}"
+    "{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}"
+    "{%- if loop.index0 > ns.last_query_index and reasoning_content %}"
+    "{{- '<|im_start|>assistant\\n<think>\\n' + reasoning_content.strip('\\n') + '\\n</think>\\n\\n'"
+    " + content.lstrip('\\n') }}"
+    "{%- else %}{{- '<|im_start|>assistant\\n' + content }}{%- endif %}"
+    "{{- '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{%- endif -%}"
+    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}"
+)
+MIXTRAL_TEMPLATE = (
+    "{%- if messages[0]['role'] == 'system' %}{%- set system_message = messages[0]['content'] %}"
+    "{%- set loop_messages = messages[1:] %}{%- else %}{%- set loop_messages = messages %}{%- endif %}"
+    "{{- bos_token }}{%- for message in loop_messages %}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{- raise_exception('After the optional system message, conversation roles must alternate') }}"
+    "{%- endif %}{%- if message['role'] == 'user' %}"
+    "{%- if loop.last and system_message is defined %}"
+    "{{- ' [INST] ' + system_message + '\\n\\n' + message['content'] + ' [/INST]' }}"
+    "{%- else %}{{- ' [INST] ' + message['content'] + ' [/INST]' }}{%- endif %}"
+    "{%- elif message['role'] == 'assistant' %}{{- ' ' + message['content'] + eos_token }}"
+    "{%- endif %}{%- endfor %}"
+)
+
+
+def write_qwen_tokenizer(folder: Path, template: str, think: bool = False) -> int:
+    """Qwen2's tokenizer: byte-level BPE split by Qwen2's expression (digits one by one), NFC,
+    no BOS; ``<|endoftext|>``, ``<|im_start|>``, ``<|im_end|>`` special, and for Qwen3 the
+    non-special ``<think>``/``</think>``. Returns the vocabulary size."""
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    from client.convert.tokenizer import QWEN2_PATTERN
+
+    tok = Tokenizer(models.BPE())
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(CORPUS + MULTILINGUAL * 10, trainer)
+    if think:
+        tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
+                        AddedToken("</think>", special=False, normalized=False)])  # fmt: skip
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": None,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "chat_template": template,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            }
+        )
+    )
+    return int(tok.get_vocab_size())
+
+
+def write_spm_json_tokenizer(
+    folder: Path, specials: list[str], bos: str, eos: str, template: str, *, prepend: bool, added: list[str]
+) -> int:
+    """A SentencePiece BPE in tokenizer.json form (byte fallback; ``specials`` first, the 256
+    byte pieces, then pieces trained on the corpus), as Mixtral (``prepend``: "▁" before the
+    text) and Gemma 3 (no prefix; ``added`` chat tokens after the vocabulary) ship it."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    # Train with words split at spaces, as SentencePiece does, so that pieces start with "▁" at most.
+    trained = Tokenizer(models.BPE())
+    trained.normalizer = normalizers.Replace(" ", "▁")
+    trained.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never")
+    trainer = trainers.BpeTrainer(vocab_size=500, show_progress=False, limit_alphabet=120)
+    trained.train_from_iterator(CORPUS + MULTILINGUAL * 10, trainer)
+    state = json.loads(trained.to_str())["model"]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for t, _ in sorted(state["vocab"].items(), key=lambda kv: kv[1]):
+        vocab.setdefault(t, len(vocab))
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in state["merges"]]
+    tok = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    steps = [normalizers.Prepend("▁")] if prepend else []
+    tok.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in added])
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "bos_token": bos,
+                "eos_token": eos,
+                "unk_token": "<unk>",
+                "add_bos_token": True,
+                "chat_template": template,
+                "tokenizer_class": "PreTrainedTokenizerFast",
+            }
+        )
+    )
+    return int(tok.get_vocab_size())
 
 
 def sentencepiece_model(extra_pieces: int = 0) -> bytes:
@@ -57,17 +221,19 @@ SPM_SIZE = 3 + 256 + len(SPM_PIECES)
 def write_bpe_tokenizer(folder: Path, pre: str = "llama-bpe") -> int:
     """A byte-level BPE tokenizer.json, BOS added by the post processor; returns its vocabulary
     size. ``pre``, the pre-tokenizer (llama.cpp's name for it): Llama 3's regular expression
-    (``llama-bpe``), GPT-2's (``gpt-2``: a plain ByteLevel step), or a whitespace split that
+    (``llama-bpe``), Qwen2's (``qwen2``), GPT-2's (``gpt-2``: a plain ByteLevel step), or a whitespace split that
     llama.cpp has no name for (``default``)."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from client.convert.tokenizer import LLAMA3_PATTERN
+    from client.convert.tokenizer import LLAMA3_PATTERN, QWEN2_PATTERN
 
     tok = Tokenizer(models.BPE())
-    if pre == "llama-bpe":
+    if pre in ("llama-bpe", "qwen2"):
         tok.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
+                pre_tokenizers.Split(
+                    Regex(LLAMA3_PATTERN if pre == "llama-bpe" else QWEN2_PATTERN), behavior="isolated"
+                ),
                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
             ]
         )
@@ -133,7 +299,17 @@ def build(kind: str, folder: Path, *, dtype: str = "float32", seed: int = 0, pre
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     bpe = kind in ("llama3", "llama3.2")
-    vocab = write_bpe_tokenizer(folder, pre) if bpe else write_spm_tokenizer(folder)
+    if kind in ("qwen2", "qwen3"):
+        vocab = write_qwen_tokenizer(folder, QWEN2_TEMPLATE if kind == "qwen2" else QWEN3_TEMPLATE, kind == "qwen3")
+    elif kind == "gemma3":
+        specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+        vocab = write_spm_json_tokenizer(folder, specials, "<bos>", "<eos>", GEMMA3_TEMPLATE, prepend=False,
+                                         added=["<start_of_turn>", "<end_of_turn>"])  # fmt: skip
+    elif kind == "mixtral":
+        vocab = write_spm_json_tokenizer(folder, ["<unk>", "<s>", "</s>"], "<s>", "</s>", MIXTRAL_TEMPLATE,
+                                         prepend=True, added=[])  # fmt: skip
+    else:
+        vocab = write_bpe_tokenizer(folder, pre) if bpe else write_spm_tokenizer(folder)
     if kind == "phi3":  # Phi-3's chat tokens follow the SentencePiece vocabulary, as added tokens
         names = ["<|endoftext|>", "<|assistant|>", "<|system|>", "<|end|>", "<|user|>"]
         added = [{"id": vocab + i, "content": t, "special": True} for i, t in enumerate(names)]
@@ -168,6 +344,30 @@ def build(kind: str, folder: Path, *, dtype: str = "float32", seed: int = 0, pre
     elif kind == "phi3":
         config = transformers.Phi3Config(vocab_size=vocab_size, **COMMON, num_key_value_heads=4, pad_token_id=0)
         model = transformers.Phi3ForCausalLM(config)
+    elif kind == "qwen2":
+        config = transformers.Qwen2Config(vocab_size=vocab_size, **COMMON, num_key_value_heads=2,
+                                          rope_theta=1000000.0, tie_word_embeddings=False)  # fmt: skip
+        model = transformers.Qwen2ForCausalLM(config)
+    elif kind == "qwen3":  # head_dim other than hidden / heads, as in the real ones
+        config = transformers.Qwen3Config(vocab_size=vocab_size, **COMMON, num_key_value_heads=2, head_dim=32,
+                                          tie_word_embeddings=True)  # fmt: skip
+        model = transformers.Qwen3ForCausalLM(config)
+    elif kind == "gemma3":
+        # Six layers: five local (a window of 4 tokens, shorter than the prompts) and one global
+        # with its own rope base and linear scaling, as Gemma 3 4B+ has.
+        config = transformers.Gemma3TextConfig(
+            vocab_size=vocab_size, **{**COMMON, "num_hidden_layers": 6}, num_key_value_heads=2, head_dim=16,
+            query_pre_attn_scalar=16, sliding_window=4, attn_implementation="eager",
+            rope_parameters={
+                "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            },
+        )  # fmt: skip
+        model = transformers.Gemma3ForCausalLM(config)
+    elif kind == "mixtral":
+        config = transformers.MixtralConfig(vocab_size=vocab_size, **COMMON, num_key_value_heads=2,
+                                            num_local_experts=4, num_experts_per_tok=2)  # fmt: skip
+        model = transformers.MixtralForCausalLM(config)
     else:
         raise ValueError(kind)
     # Norm weights are ones (or zeros) at init: perturb them so that converting them is checked.

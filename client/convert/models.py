@@ -5,7 +5,13 @@ hyperparameters, tensor names and the few tensor transforms each family needs.
   permuted from Hugging Face's rotary layout to llama.cpp's; Llama 3.1 rope scaling becomes the
   ``rope_freqs`` factors.
 - Gemma and Gemma 2: norms store ``w`` where the model computes ``x * (1 + w)``: 1 is added.
-- Phi-3: fused qkv and gate/up projections kept fused; LongRoPE factors as tensors."""
+- Phi-3: fused qkv and gate/up projections kept fused; LongRoPE factors as tensors.
+- Qwen2/2.5 and Qwen3: as they are (llama.cpp rotates their q and k in Hugging Face's layout);
+  Qwen3's q/k norms.
+- Gemma 3 text: Gemma 2's layout plus q/k norms; the local/global layer pattern, the two rope
+  bases and the global layers' linear rope scaling as llama.cpp's keys.
+- Mixtral: Llama plus experts, stacked per layer into the 3-d ``ffn_*_exps`` tensors llama.cpp
+  expects, and the router as ``ffn_gate_inp``."""
 
 from __future__ import annotations
 
@@ -234,6 +240,53 @@ class Gemma2(Gemma):
             raise CheckpointError("query_pre_attn_scalar must equal head_dim or hidden_size / heads for llama.cpp")
 
 
+class Qwen2(Family):
+    """Qwen2/2.5 (biases on q, k and v) and, through Qwen3, Qwen3. llama.cpp runs them with NeoX
+    rotary embeddings, Hugging Face's layout: q and k are not permuted."""
+
+    arch = "qwen2"
+
+    def hparams(self, w: Any) -> None:
+        super().hparams(w)
+        w.add_rope_freq_base(self.rope_theta)
+        rope_hparams(w, self.rope_scaling, type(self).__name__)
+        if self.c.get("use_sliding_window") and self.c.get("sliding_window"):
+            raise CheckpointError("sliding-window attention is not supported for Qwen checkpoints by llama.cpp")
+
+
+class Qwen3(Qwen2):
+    arch = "qwen3"
+    parts: ClassVar[dict[str, str]] = {
+        **LAYER_PARTS,
+        "self_attn.q_norm": "attn_q_norm",
+        "self_attn.k_norm": "attn_k_norm",
+    }
+
+    def hparams(self, w: Any) -> None:
+        super().hparams(w)
+        # Qwen3's head_dim is its own (128 for a 1024-wide 0.6B): always written.
+        if self.head_dim == self.n_embd // self.n_head:
+            w.add_key_length(self.head_dim)
+            w.add_value_length(self.head_dim)
+
+
+def rope_hparams(w: Any, scaling: dict[str, Any], family: str) -> None:
+    """Linear and YaRN rope scaling as llama.cpp's keys; other kinds are refused."""
+    import gguf
+
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if kind == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+    elif kind == "yarn":
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+        if scaling.get("original_max_position_embeddings"):
+            w.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+    elif kind not in (None, "default"):
+        raise CheckpointError(f"rope scaling {kind!r} is not supported for {family} checkpoints")
+
+
 class Phi3(Family):
     arch = "phi3"
 
@@ -266,12 +319,128 @@ class Phi3(Family):
                 yield Tensor(name, values.shape, _constant(values))
 
 
+class Gemma3(Gemma2):
+    """Gemma 3 text models (``Gemma3ForCausalLM``). Local (sliding-window) and global layers
+    differ in their rope base, and only global layers have rope scaling; llama.cpp reads the
+    pattern per layer, the local base as ``rope.freq_base_swa`` and the scaling as the model's
+    (applied to global layers only). llama.cpp scales queries by 1/sqrt(head_dim) (by
+    1/sqrt(hidden/heads) for the 62-layer 27B): a checkpoint asking for another scale is refused."""
+
+    arch = "gemma3"
+    parts: ClassVar[dict[str, str]] = {
+        **Gemma2.parts,
+        "self_attn.q_norm": "attn_q_norm",
+        "self_attn.k_norm": "attn_k_norm",
+    }
+
+    def hparams(self, w: Any) -> None:
+        Gemma.hparams(self, w)
+        c = self.c
+        n_layer = int(c["num_hidden_layers"])
+        if c.get("attn_logit_softcapping") is not None:
+            raise CheckpointError("attention logit soft-capping is not supported for Gemma 3 by llama.cpp")
+        if c.get("final_logit_softcapping") is not None:
+            w.add_final_logit_softcapping(float(c["final_logit_softcapping"]))
+        scalar = c.get("query_pre_attn_scalar")
+        expected = self.n_embd // self.n_head if n_layer == 62 else self.head_dim
+        if scalar is not None and int(scalar) != expected:
+            raise CheckpointError(f"query_pre_attn_scalar {scalar}: llama.cpp scales queries by 1/sqrt({expected})")
+        global_theta, global_scaling, local_theta = self._rope()
+        w.add_rope_freq_base(global_theta)
+        w.add_rope_freq_base_swa(local_theta)
+        rope_hparams(w, global_scaling, "Gemma 3")
+        sliding = self._sliding_layers(n_layer)
+        # llama.cpp aborts on a sliding window that no layer uses: then none is written.
+        if c.get("sliding_window") and any(sliding):
+            w.add_sliding_window(int(c["sliding_window"]))
+            w.add_sliding_window_pattern(sliding)
+
+    def _sliding_layers(self, n_layer: int) -> list[bool]:
+        """Which layers use the sliding window: ``layer_types`` (transformers 5), else every
+        layer but each ``sliding_window_pattern``-th (the Hub's Gemma 3 configs: 6)."""
+        types = self.c.get("layer_types")
+        if isinstance(types, list) and len(types) == n_layer:
+            return [t == "sliding_attention" for t in types]
+        period = int(self.c.get("sliding_window_pattern") or self.c.get("_sliding_window_pattern") or 6)
+        return [(i + 1) % period != 0 for i in range(n_layer)]
+
+    def _rope(self) -> tuple[float, dict[str, Any], float]:
+        """(global base, global scaling, local base): from ``rope_parameters`` per layer type
+        (transformers 5), or ``rope_theta``, ``rope_scaling`` and ``rope_local_base_freq``."""
+        params = self.c.get("rope_parameters")
+        if isinstance(params, dict) and "full_attention" in params:
+            full, local = params["full_attention"], params.get("sliding_attention") or {}
+            if (local.get("rope_type") or "default") != "default":
+                raise CheckpointError("rope scaling on Gemma 3's local layers is not supported by llama.cpp")
+            kind = full.get("rope_type") or full.get("type")
+            return (float(full.get("rope_theta", 1e6)), full if kind not in (None, "default") else {},
+                    float(local.get("rope_theta", 10000.0)))  # fmt: skip
+        return self.rope_theta, self.rope_scaling, float(self.c.get("rope_local_base_freq", 10000.0))
+
+
+class Mixtral(Llama):
+    """Mixtral: Llama's attention, and per layer a router (``block_sparse_moe.gate``) and experts
+    ``experts.E.w1/w2/w3`` (gate, down, up), which llama.cpp wants stacked: one
+    ``[n_expert, rows, cols]`` tensor per projection and layer, made one layer at a time."""
+
+    EXPERT_PARTS: ClassVar[dict[str, str]] = {"w1": "ffn_gate_exps", "w2": "ffn_down_exps", "w3": "ffn_up_exps"}
+    parts: ClassVar[dict[str, str]] = {**LAYER_PARTS, "block_sparse_moe.gate": "ffn_gate_inp"}
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.n_expert = int(config["num_local_experts"])
+        self.n_expert_used = int(config["num_experts_per_tok"])
+
+    def hparams(self, w: Any) -> None:
+        super().hparams(w)
+        w.add_expert_count(self.n_expert)
+        w.add_expert_used_count(self.n_expert_used)
+
+    def tensors(self, refs: dict[str, TensorRef]) -> Iterator[Tensor]:
+        experts: dict[tuple[str, str], dict[int, TensorRef]] = {}
+        others: dict[str, TensorRef] = {}
+        for name, ref in refs.items():
+            pieces = name.split(".")
+            # model.layers.N.block_sparse_moe.experts.E.wK.weight
+            if len(pieces) == 8 and pieces[3:5] == ["block_sparse_moe", "experts"] and pieces[6] in self.EXPERT_PARTS:
+                if pieces[7] != "weight" or not pieces[5].isdigit():
+                    raise CheckpointError(f"unexpected tensor {name} for a Mixtral checkpoint")
+                experts.setdefault((pieces[2], pieces[6]), {})[int(pieces[5])] = ref
+            else:
+                others[name] = ref
+        yield from super().tensors(others)
+        for (layer, proj), by_expert in sorted(experts.items(), key=lambda kv: (int(kv[0][0]), kv[0][1])):
+            if sorted(by_expert) != list(range(self.n_expert)):
+                found = sorted(by_expert)
+                raise CheckpointError(f"layer {layer}: experts {found} of {proj}, not 0..{self.n_expert - 1}")
+            parts = [by_expert[e] for e in range(self.n_expert)]
+            if len({p.shape for p in parts}) != 1:
+                raise CheckpointError(f"layer {layer}: the experts' {proj} differ in shape")
+            shape = (self.n_expert, *parts[0].shape)
+            name = f"blk.{layer}.{self.EXPERT_PARTS[proj]}.weight"
+            yield Tensor(name, shape, _stacked(parts), parts[0].dtype)
+
+
+def _stacked(refs: list[TensorRef]) -> Callable[[], np.ndarray]:
+    def load() -> np.ndarray:
+        out = np.empty((len(refs), *refs[0].shape), dtype=np.float32)
+        for i, ref in enumerate(refs):  # one expert at a time: one layer's stack is held, no more
+            out[i] = ref.load()
+        return out
+
+    return load
+
+
 FAMILIES: dict[str, type[Family]] = {
     "LlamaForCausalLM": Llama,
     "MistralForCausalLM": Llama,
     "GemmaForCausalLM": Gemma,
     "Gemma2ForCausalLM": Gemma2,
     "Phi3ForCausalLM": Phi3,
+    "Qwen2ForCausalLM": Qwen2,
+    "Qwen3ForCausalLM": Qwen3,
+    "Gemma3ForCausalLM": Gemma3,
+    "MixtralForCausalLM": Mixtral,
 }
 
 

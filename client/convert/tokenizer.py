@@ -6,11 +6,13 @@ Two kinds:
   types are read from the protobuf directly (no sentencepiece library) and written as the
   ``llama`` tokenizer model. A ``tokenizer.json`` BPE with byte fallback (the fast-tokenizer form
   of the same thing) is read the same way, a piece's score being minus the rank of the merge that
-  makes it.
+  makes it; whether a space is prepended (``add_space_prefix``: Llama, Mistral yes, Gemma 3 no)
+  comes from its normalizer or pre-tokenizer.
 - byte-level BPE (``tokenizer.json``: Llama 3): tokens and merges as the ``gpt2`` tokenizer model,
   with the pre-tokenizer recognised from its regular expression and written under the name
-  llama.cpp knows it by (``PRE_TOKENIZERS``: ``llama-bpe``, ``gpt-2``, else ``default``;
-  llama.cpp refuses a model whose name it does not know).
+  llama.cpp knows it by (``PRE_TOKENIZERS``: ``llama-bpe``, ``qwen2`` (Qwen2/2.5/3: digits one by
+  one), ``gpt-2``, else ``default``; llama.cpp refuses a model whose name it does not know).
+  Without a BOS token (Qwen) none is added.
 
 Added tokens become control tokens when special, user-defined otherwise; the vocabulary is padded
 to the model's embedding rows. BOS/EOS, whether to add them, and the chat template come from
@@ -34,11 +36,16 @@ LLAMA3_PATTERN = (
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 
+# Qwen2's: Llama 3's with digits split one by one.
+QWEN2_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 # The ``tokenizer.ggml.pre`` names this converter writes: each must be one llama.cpp accepts
 # (llama-vocab.cpp: "gpt-2", not "gpt2", which is the name of the tokenizer *model*).
 # tests/client/test_convert.py loads a converted checkpoint for each.
-PRE_TOKENIZERS = ("llama-bpe", "gpt-2", "default")
+PRE_TOKENIZERS = ("llama-bpe", "qwen2", "gpt-2", "default")
 
 
 @dataclass
@@ -165,8 +172,26 @@ def _tokenizer_json(path: Path) -> Vocab:
         # SentencePiece BPE in fast-tokenizer form: a piece scores minus the rank of its merge.
         rank = {a.replace(" ", "", 1): -float(i) for i, a in enumerate(merges)}
         types = [BYTE if t.startswith("<0x") and t.endswith(">") and len(t) == 6 else NORMAL for t in tokens]
-        return Vocab("llama", tokens, types, [rank.get(t, 0.0) for t in tokens])
+        vocab = Vocab("llama", tokens, types, [rank.get(t, 0.0) for t in tokens])
+        vocab.add_space_prefix = _prepends_space(doc)
+        return vocab
     return Vocab("gpt2", tokens, [NORMAL] * len(tokens), None, merges, _pre_tokenizer(doc))
+
+
+def _prepends_space(doc: dict[str, Any]) -> bool:
+    """Whether a SentencePiece-style tokenizer.json puts "▁" before the text: a ``Prepend``
+    normalizer (Llama 2, Mistral) or a ``Metaspace`` pre-tokenizer that prepends (newer exports);
+    Gemma 3's only replaces spaces."""
+    steps: list[dict[str, Any]] = []
+    for key in ("normalizer", "pre_tokenizer"):
+        step = doc.get(key) or {}
+        steps += step.get("normalizers") or step.get("pretokenizers") or [step]
+    for step in steps:
+        if step.get("type") == "Prepend" and step.get("prepend") == "▁":
+            return True
+        if step.get("type") == "Metaspace" and step.get("prepend_scheme", "always") in ("always", "first"):
+            return bool(step.get("add_prefix_space", True))
+    return False
 
 
 def _pre_tokenizer(doc: dict[str, Any]) -> str:
@@ -177,6 +202,8 @@ def _pre_tokenizer(doc: dict[str, Any]) -> str:
         pattern = (step.get("pattern") or {}).get("Regex") if step.get("type") == "Split" else None
         if pattern == LLAMA3_PATTERN:
             return "llama-bpe"
+        if pattern == QWEN2_PATTERN:
+            return "qwen2"
         if step.get("type") == "ByteLevel" and step.get("use_regex", True):
             return "gpt-2"  # GPT-2's own regular expression, inside the ByteLevel step
     return "default"
@@ -221,6 +248,8 @@ def _special_tokens(folder: Path, vocab: Vocab) -> None:
         vocab.add_bos = True
     elif "bos" in vocab.special:
         vocab.add_bos = _post_processor_adds(folder, vocab.tokens[vocab.special["bos"]])
+    else:  # no BOS token (Qwen): none to add, whatever llama.cpp's default for the pre-tokenizer
+        vocab.add_bos = False
     if isinstance(tok_config.get("add_eos_token"), bool):
         vocab.add_eos = tok_config["add_eos_token"]
     template = tok_config.get("chat_template")

@@ -1,7 +1,11 @@
 """Safetensors checkpoints → GGUF, checked for real: tiny random Llama (2, 3.1 with its rope
-scaling, 3.2 with tied embeddings), Mistral, Gemma, Gemma 2 and Phi-3 checkpoints made with
-transformers are converted, and the logits llama.cpp computes from the GGUF are compared with the
-logits transformers computes from the checkpoint, for the same token ids.
+scaling, 3.2 with tied embeddings), Mistral, Gemma, Gemma 2, Phi-3, Qwen2, Qwen3, Gemma 3 (local
+and global layers) and Mixtral (experts) checkpoints made with transformers are converted, and the
+logits llama.cpp computes from the GGUF are compared with the logits transformers computes from
+the checkpoint, for the same token ids. For the families with their own tokenizer and chat
+template (Qwen2/3, Gemma 3, Mixtral), llama.cpp's token ids are compared with the checkpoint's
+tokenizer's on text in several scripts, and the runtime's rendering of the converted chat template
+with transformers' ``apply_chat_template``.
 
 Tolerance: every logit within 0.5% of the largest logit's magnitude (F32 weights; llama.cpp keeps
 its KV cache in F16, which is most of the difference), 2% for F16/BF16 checkpoints."""
@@ -20,7 +24,7 @@ import pytest
 from client.convert import CheckpointError, convert_adapter, convert_model
 from client.convert.tokenizer import PRE_TOKENIZERS
 from client.model_info import read_gguf_metadata
-from tests.checkpoints import CHAT_TEMPLATE, build, hf_logits, llama_cpp_logits
+from tests.checkpoints import MULTILINGUAL, UNSEEN, build, hf_logits, llama_cpp_logits
 from tests.servers import REPO_ROOT
 
 IDS = [1, 5, 9, 42, 100, 7, 3, 200, 17, 64, 250, 11]
@@ -41,6 +45,10 @@ def close(ours: np.ndarray, theirs: np.ndarray, relative: float) -> tuple[bool, 
         ("gemma", "gemma"),
         ("gemma2", "gemma2"),
         ("phi3", "phi3"),
+        ("qwen2", "qwen2"),
+        ("qwen3", "qwen3"),
+        ("gemma3", "gemma3"),
+        ("mixtral", "llama"),
     ],
 )
 def test_logits_match_transformers(kind: str, arch: str, tmp_path: Path) -> None:
@@ -51,8 +59,81 @@ def test_logits_match_transformers(kind: str, arch: str, tmp_path: Path) -> None
     assert ok, f"{kind}: largest logit difference {worst}"
     meta = read_gguf_metadata(out, max_array=0)[0]
     assert meta["general.architecture"] == arch
-    assert meta["tokenizer.chat_template"] == CHAT_TEMPLATE
+    template = json.loads((tmp_path / kind / "tokenizer_config.json").read_text())["chat_template"]
+    assert meta["tokenizer.chat_template"] == template
     assert meta["general.file_type"] == 0  # F32, as the checkpoint
+
+
+def test_family_metadata(tmp_path: Path) -> None:
+    """What llama.cpp reads besides the tensors: Gemma 3's layer pattern and rope bases, Mixtral's
+    expert counts and stacked expert tensors, Qwen3's head size."""
+    build("gemma3", tmp_path / "g")
+    convert_model(tmp_path / "g", tmp_path / "g.gguf")
+    meta = read_gguf_metadata(tmp_path / "g.gguf", max_array=10)[0]
+    assert meta["gemma3.attention.sliding_window"] == 4
+    assert meta["gemma3.attention.sliding_window_pattern"] == [True] * 5 + [False]
+    assert (meta["gemma3.rope.freq_base"], meta["gemma3.rope.freq_base_swa"]) == (1000000.0, 10000.0)
+    assert (meta["gemma3.rope.scaling.type"], meta["gemma3.rope.scaling.factor"]) == ("linear", 8.0)
+    build("mixtral", tmp_path / "m")
+    convert_model(tmp_path / "m", tmp_path / "m.gguf")
+    meta, tensors, _ = read_gguf_metadata(tmp_path / "m.gguf", max_array=0)
+    assert (meta["llama.expert_count"], meta["llama.expert_used_count"]) == (4, 2)
+    shapes = {t["name"]: t["shape"] for t in tensors}
+    assert shapes["blk.1.ffn_gate_exps.weight"] == shapes["blk.1.ffn_up_exps.weight"] == [64, 128, 4]
+    assert shapes["blk.1.ffn_down_exps.weight"] == [128, 64, 4]
+    assert shapes["blk.1.ffn_gate_inp.weight"] == [64, 4]
+    assert not any(".experts." in name or "ffn_gate.weight" in name for name in shapes)
+    build("qwen3", tmp_path / "q")
+    convert_model(tmp_path / "q", tmp_path / "q.gguf")
+    meta, tensors, _ = read_gguf_metadata(tmp_path / "q.gguf", max_array=0)
+    assert (meta["qwen3.attention.key_length"], meta["qwen3.attention.value_length"]) == (32, 32)
+    assert {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"} <= {t["name"] for t in tensors}
+    assert "output.weight" not in {t["name"] for t in tensors}  # tied: llama.cpp uses token_embd
+
+
+CONVERSATION = [
+    {"role": "system", "content": "You are a terse assistant. Answer in one line."},
+    {"role": "user", "content": "Wie heißt die Hauptstadt der Schweiz?"},
+    {"role": "assistant", "content": "Bern."},
+    {"role": "user", "content": "And of Japan? 日本の首都は？"},
+]
+
+
+@pytest.mark.parametrize(("kind", "pre"), [("qwen2", "qwen2"), ("qwen3", "qwen2"), ("gemma3", None), ("mixtral", None)])
+def test_tokenizer_and_chat_template_match_transformers(kind: str, pre: str | None, tmp_path: Path) -> None:
+    """Token ids equal to the checkpoint's tokenizer's on text in several scripts (and on scripts
+    it was not trained on: byte fallback), with BOS added or not as it does; the converted chat
+    template rendered by the runtime as transformers renders it, and that prompt tokenized alike
+    with its special tokens."""
+    import transformers
+    from llama_cpp import Llama
+
+    from formats.thinking import Think
+    from runtime.prompts import Message, PromptTemplate
+
+    build(kind, tmp_path / kind)
+    out = tmp_path / f"{kind}.gguf"
+    convert_model(tmp_path / kind, out)
+    meta, _, special = read_gguf_metadata(out, max_array=0)
+    assert meta.get("tokenizer.ggml.pre") == pre
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / kind)
+    llm = Llama(str(out), vocab_only=True, verbose=False)
+    try:
+        for text in MULTILINGUAL + UNSEEN:
+            assert llm.tokenize(text.encode(), add_bos=True) == theirs.encode(text), text
+        ours = PromptTemplate(None, meta["tokenizer.chat_template"], special.get("bos", ""), special.get("eos", ""))
+        rendered = ours.render([Message(m["role"], m["content"]) for m in CONVERSATION])
+        expected = theirs.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True)
+        assert rendered == expected
+        ids = llm.tokenize(rendered.encode(), add_bos=not rendered.startswith(special.get("bos") or "\0"), special=True)
+        assert ids == theirs.encode(rendered, add_special_tokens=False), rendered
+        if kind == "qwen3":  # think: false reaches the template as Qwen3's enable_thinking
+            off = ours.render([Message(m["role"], m["content"]) for m in CONVERSATION], think=Think(False, "", True))
+            assert off == theirs.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True,
+                                                     enable_thinking=False)  # fmt: skip
+            assert off.endswith("<think>\n\n</think>\n\n")
+    finally:
+        llm.close()
 
 
 @pytest.mark.parametrize(("dtype", "file_type"), [("float16", 1), ("bfloat16", 32)])
@@ -129,13 +210,14 @@ def test_sentencepiece_vocabulary_is_carried_over(tmp_path: Path) -> None:
         llm.close()
 
 
-def test_lora_adapter_matches_merged_weights(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["llama2", "qwen2", "qwen3", "gemma3", "mixtral"])
+def test_lora_adapter_matches_merged_weights(kind: str, tmp_path: Path) -> None:
     """A PEFT-style LoRA adapter on q, k and v: llama.cpp applying the converted adapter computes
     what transformers computes with the adapter merged into the weights."""
     import torch
     from safetensors.torch import save_file
 
-    model = build("llama2", tmp_path / "base")
+    model = build(kind, tmp_path / "base")
     base_gguf = tmp_path / "base.gguf"
     convert_model(tmp_path / "base", base_gguf)
     rank, alpha = 4, 8.0
@@ -179,9 +261,12 @@ def test_conversion_errors(tmp_path: Path) -> None:
         convert_model(tmp_path / "cut", tmp_path / "x.gguf")
 
 
-def test_hangar_create_from_a_checkpoint_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("kind", "arch"), [("llama3", "llama"), ("qwen3", "qwen3"), ("gemma3", "gemma3"), ("mixtral", "llama")]
+)
+def test_hangar_create_from_a_checkpoint_folder(kind: str, arch: str, tmp_path: Path) -> None:
     """`FROM ./folder` of safetensors: converted, quantized, and the model answers."""
-    build("llama3", tmp_path / "ckpt")
+    build(kind, tmp_path / "ckpt")
     (tmp_path / "Modelfile").write_text("FROM ./ckpt\nPARAMETER temperature 0\nPARAMETER num_predict 4\n")
     env = {**os.environ, "HANGAR_HOME": str(tmp_path / "home"), "HANGAR_HOST": "127.0.0.1:9"}
     env.pop("HANGAR_MODELS", None)
@@ -195,7 +280,7 @@ def test_hangar_create_from_a_checkpoint_folder(tmp_path: Path) -> None:
     out = hangar("create", "converted", "-f", str(tmp_path / "Modelfile"), "-q", "q8_0").stdout
     assert "converting model" in out and "quantizing F32 model to Q8_0" in out and out.rstrip().endswith("success")
     shown = hangar("show", "converted").stdout
-    assert "architecture        llama" in shown and "quantization        Q8_0" in shown
+    assert f"architecture        {arch}" in shown and "quantization        Q8_0" in shown
     from llama_cpp import Llama
 
     from client.config import load
@@ -205,11 +290,13 @@ def test_hangar_create_from_a_checkpoint_folder(tmp_path: Path) -> None:
 
     store = Store(load({"HANGAR_HOME": str(tmp_path / "home")}).models)
     info = inspect(store, store.get(ModelName.parse("converted")))
-    assert info.gguf["tokenizer.chat_template"] == CHAT_TEMPLATE  # the checkpoint's template came along
+    template = json.loads((tmp_path / "ckpt" / "tokenizer_config.json").read_text())["chat_template"]
+    assert info.gguf["tokenizer.chat_template"] == template  # the checkpoint's template came along
     llm = Llama(str(info.model_path), n_ctx=64, verbose=False)
     try:
         done = llm.create_completion("Hello", max_tokens=4, temperature=0)
-        assert done["usage"]["completion_tokens"] >= 1 and done["usage"]["prompt_tokens"] >= 2
+        bos = kind != "qwen3"  # Qwen adds no BOS
+        assert done["usage"]["completion_tokens"] >= 1 and done["usage"]["prompt_tokens"] >= 1 + bos
         assert llm.n_vocab() == json.loads((tmp_path / "ckpt" / "config.json").read_text())["vocab_size"]
     finally:
         llm.close()
