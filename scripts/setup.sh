@@ -36,7 +36,15 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "error: missing packages (${need[*]}) and no root or sudo to install them" >&2; exit 1
   fi
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Quiet unless it fails: postinst scripts (swift, memcached) talk about init systems on stderr.
+  apt_log=$(mktemp)
+  if ! DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >"$apt_log" 2>&1; then
+    tail -30 "$apt_log" >&2
+    echo "error: apt-get install failed (${need[*]})" >&2
+    rm -f "$apt_log"
+    exit 1
+  fi
+  rm -f "$apt_log"
 fi
 
 version=$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
