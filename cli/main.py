@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 def build_parser() -> argparse.ArgumentParser:
     from cli import account as cli_account
     from cli import create as cli_create
+    from cli import login as cli_login
     from cli import registry as registry_cli
     from cli import remote as cli_remote
     from cli import runtime as cli_runtime
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_runtime.add_commands(commands)
     cli_create.add_commands(commands)
     cli_account.add_commands(commands)
+    cli_login.add_commands(commands)
     registry_cli.add_commands(commands)
     return parser
 

@@ -14,10 +14,15 @@ The rules (issue #19, findings 11 and 15), all applied by ``client.auth.Registry
   its layers are mounted from). A token request carries the challenge's scopes cut down to that
   intent, and a challenge naming nothing of it is refused. The ``service`` is the registry's own
   host, whatever the challenge says.
-- **Where credentials go.** A bearer token, a signed token request and a realm are for the exact
-  origin (scheme, host and port) of the registry that issued the challenge. A request to any other
-  origin (a CDN or object-store URL in a redirect, a ``Link`` or upload ``Location`` on another
-  host) goes without them, and nothing that started on https continues on plain http.
+- **Where credentials go.** A bearer token, Basic credentials and a signed token request are for
+  the exact origin (scheme, host and port) of the registry that issued the challenge. A request to
+  any other origin (a CDN or object-store URL in a redirect, a ``Link`` or upload ``Location`` on
+  another host) goes without them, and nothing that started on https continues on plain http.
+- **A token realm on another origin** (Docker Hub's registry-1.docker.io names auth.docker.io) is
+  asked over https only (or plain http on loopback when the registry itself is on loopback), with
+  the username and password stored for the registry that named it (``hangar login``: the user
+  gave that registry these credentials, and it chose its token server) or anonymously; never with
+  the key's signature, which is for the registry's own origin only (``realm_allowed``).
 """
 
 from __future__ import annotations
@@ -75,6 +80,22 @@ def refuse_downgrade(registry: str | httpx.URL, url: str | httpx.URL, what: str)
             f"{what}: the registry {display(registry)} sent the client to {display(url)}, plain http: "
             "refusing to leave https (a registry behind a TLS proxy needs --public-url https://…)"
         )
+
+
+def realm_allowed(registry: str | httpx.URL, realm: str | httpx.URL) -> str:
+    """Why a token realm on another origin than ``registry``'s may not be asked ("" if it may):
+    it must be https, or plain http on loopback for a registry on loopback. Only the registry's
+    stored username and password (or nothing) go there, never a signature (client.auth)."""
+    realm_scheme, realm_host, _ = origin(realm)
+    if realm_scheme == "https":
+        return ""
+    if realm_scheme == "http" and _loopback(realm_host) and _loopback(origin(registry)[1]):
+        return ""
+    return "a token realm on another origin must be https"
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def display(url: str | httpx.URL) -> str:

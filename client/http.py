@@ -13,9 +13,10 @@ import httpx
 from client import errors, keys
 from client.auth import RegistryAuth
 from client.config import ClientSettings
-from client.credentials import origin_text, signs_for
+from client.credentials import origin_text, registry_host, signs_for
 from client.keys import Identity
 from client.limits import ACCEPT_ENCODING, ERROR_BODY_LIMIT, SMALL_BODY_LIMIT, read_body, request_deadline
+from client.logins import Login, find
 from formats import mediatypes as mt
 from formats.names import ModelName
 
@@ -41,13 +42,21 @@ def is_loopback(host: str) -> bool:
 
 
 def make_client(
-    settings: ClientSettings, base: str, *, scopes: Sequence[str], connections: int = 8
+    settings: ClientSettings,
+    base: str,
+    *,
+    scopes: Sequence[str],
+    connections: int = 8,
+    login: Login | None = None,
 ) -> httpx.AsyncClient:
     """A client for the registry at ``base`` (``scheme://host[:port]``) that will do ``scopes``
-    there (client.credentials: ``pull_scope``, ``push_scopes``), signing token requests with this
-    machine's key if it has one and the user signed in to that registry."""
+    there (client.credentials: ``pull_scope``, ``push_scopes``), with the username and password
+    stored for it (client.logins; ``login`` instead, for ``hangar login`` to check new ones), or
+    signing token requests with this machine's key if it has one and the user signed in to that
+    registry."""
+    logins = (lambda: login) if login is not None else _login_loader(settings, base)
     return httpx.AsyncClient(
-        auth=RegistryAuth(base, _identity_loader(settings, base), scopes),
+        auth=RegistryAuth(base, _identity_loader(settings, base), scopes, logins),
         # Only the encodings client.limits can unpack a bounded slice at a time.
         headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
         timeout=TIMEOUT,
@@ -133,3 +142,18 @@ def _identity_loader(settings: ClientSettings, base: str) -> Callable[[], Identi
         return loaded[0]
 
     return identity
+
+
+def _login_loader(settings: ClientSettings, base: str) -> Callable[[], Login | None]:
+    """The stored credentials for the registry, looked up when it first asks for some (a
+    credential helper may be slow, or prompt)."""
+    return lambda: find(settings.home, registry_host(base))
+
+
+async def check_login(settings: ClientSettings, base: str, username: str, password: str) -> None:
+    """Ask the registry at ``base`` whether it accepts ``username`` and ``password`` (``GET /v2/``
+    through the auth flow: Basic, or a token from its realm), as ``docker login`` does; raise
+    ``Unauthorized`` naming the registry if not."""
+    login = Login(username, password, "this login")
+    async with make_client(settings, base, scopes=[], login=login) as http:
+        await send(http, "GET", f"{base}/v2/", what=f"log in to {registry_host(base)}")

@@ -10,6 +10,7 @@ registry's own port, from the same database.
 ``/{namespace}/{model}``                the model page (``/library/{model}`` for one-part names)
 ``/{namespace}/{model}/tags``           every tag
 ``/{namespace}/{model}:{tag}``          one tag: its layers and the Modelfile that recreates it
+``/{namespace}/{model}:{tag}/blobs/{hex}``  one layer (12 or more hex digits of its digest), text in full
 ``/static/…``                           the stylesheet and the copy-button script
 ======================================  ==============================================================
 
@@ -52,6 +53,7 @@ HERE = Path(__file__).parent
 PAGE_SIZE = 20
 HOME_SIZE = 12
 MAX_QUERY = 200
+HEX = frozenset("0123456789abcdef")
 CAPABILITIES = ("embedding", "vision", "tools", "thinking")
 ORDERS = ("newest", "popular")
 # The first path segments the site itself takes; each is a reserved account name
@@ -316,18 +318,42 @@ async def tags_page(request: Request) -> Response:
     )  # fmt: skip
 
 
+def _find_tag(tags: list[TagRow], tag: str) -> TagRow | None:
+    """``tag`` as spelt, else ignoring case (tags compare as Ollama's names do)."""
+    exact = next((t for t in tags if t.name == tag), None)
+    return exact or next((t for t in tags if t.name.lower() == tag.lower()), None)
+
+
 async def tag_page(request: Request, namespace: str, model: str, tag: str) -> Response:
     if not is_valid_tag(tag):
         raise _not_found()
     row, tags = await _repository(request, namespace, model)
-    chosen = next((t for t in tags if t.name == tag), None) or next(
-        (t for t in tags if t.name.lower() == tag.lower()), None
-    )
+    chosen = _find_tag(tags, tag)
     if chosen is None:
         raise _not_found()
     return _page(
         request, "tag.html", title=f"{row.model}:{chosen.name}", repo=row, tag=chosen,
         card=await _card_of(request, row.name, chosen),
+    )  # fmt: skip
+
+
+async def blob_page(request: Request) -> Response:
+    """One layer of a tag: its text in full for text layers (template, system prompt, parameters,
+    licence, messages, README), what it is for the others. ``/ns/model:tag/blobs/<hex>``, the hex
+    at least 12 digits of the layer's digest, as ollama.com links them."""
+    model, _, tag = str(request.path_params["model"]).partition(":")
+    wanted = str(request.path_params["digest"]).removeprefix("sha256:").lower()
+    if not tag or not is_valid_tag(tag) or not 12 <= len(wanted) <= 64 or not all(c in HEX for c in wanted):
+        raise _not_found()
+    row, tags = await _repository(request, request.path_params["namespace"], model)
+    chosen = _find_tag(tags, tag)
+    card = await _card_of(request, row.name, chosen) if chosen is not None else None
+    layers = card.layers if card is not None else []
+    layer = next((la for la in layers if la.digest.removeprefix("sha256:").startswith(wanted)), None)
+    if chosen is None or layer is None:
+        raise _not_found()
+    return _page(
+        request, "blob.html", title=f"{layer.kind} · {row.model}:{chosen.name}", repo=row, tag=chosen, layer=layer,
     )  # fmt: skip
 
 
@@ -378,6 +404,7 @@ def web_app() -> Starlette:
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         Route("/{namespace}", namespace_page, methods=["GET"]),
         Route("/{namespace}/{model}/tags", tags_page, methods=["GET"]),
+        Route("/{namespace}/{model}/blobs/{digest}", blob_page, methods=["GET"]),
         Route("/{namespace}/{model}", model_page, methods=["GET"]),
     ]
     return Starlette(

@@ -90,6 +90,16 @@ def test_model_page_shows_what_the_gguf_and_layers_say(people, tiny_gguf) -> Non
     assert "SYSTEM You are a helpful assistant.\n" in modelfile
     assert "TEMPLATE {{ .System }} {{ .Prompt }}\n" in modelfile
     assert get(alice, f"/{alice.name}/tiny:nope").status_code == 404
+    # Each layer links to its blob page; a text layer is shown in full there.
+    template = re.search(rf'href="(/{alice.name}/tiny:v1/blobs/[0-9a-f]{{12}})">template<', tag.text)
+    assert template is not None
+    blob = get(alice, template.group(1))
+    assert blob.status_code == 200 and "{{ .System }} {{ .Prompt }}" in html.unescape(blob.text)
+    weights = re.search(rf'href="(/{alice.name}/tiny:v1/blobs/[0-9a-f]{{12}})">model<', tag.text)
+    assert weights is not None and "Not a text layer" in get(alice, weights.group(1)).text
+    for bad in ("/blobs/" + "0" * 12, "/blobs/abc", "/blobs/" + "z" * 12):
+        assert get(alice, f"/{alice.name}/tiny:v1{bad}").status_code == 404
+    assert get(alice, template.group(1).replace(":v1/", ":nope/")).status_code == 404
 
     tags = get(alice, f"/{alice.name}/tiny/tags")
     assert tags.status_code == 200 and 'data-tag="latest"' in tags.text and 'data-tag="v1"' in tags.text
@@ -117,7 +127,11 @@ def test_private_models_are_absent_for_those_who_may_not_read_them(people, tiny_
     meta_of(owner.registry).set_repository_visibility(f"{org}/hidden", "private")
     accounts.set_default_visibility(org, "private")
 
+    owners_view = get(owner, f"/{org}/hidden:latest", owner.token()).text
+    readme_digest = re.search(r'/blobs/([0-9a-f]{12})">readme<', owners_view)
+    assert readme_digest is not None
     paths = [f"/{org}/hidden", f"/{org}/hidden/tags", f"/{org}/hidden:latest", f"/{org}", f"/{org.upper()}/HIDDEN"]
+    paths.append(f"/{org}/hidden:latest/blobs/{readme_digest.group(1)}")
     for who in (None, stranger.token()):
         for path in paths:
             r = get(owner, path, who)
