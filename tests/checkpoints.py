@@ -299,8 +299,8 @@ def build(kind: str, folder: Path, *, dtype: str = "float32", seed: int = 0, pre
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     bpe = kind in ("llama3", "llama3.2")
-    if kind in ("qwen2", "qwen3"):
-        vocab = write_qwen_tokenizer(folder, QWEN2_TEMPLATE if kind == "qwen2" else QWEN3_TEMPLATE, kind == "qwen3")
+    if kind in ("qwen2", "qwen3", "qwen3moe"):
+        vocab = write_qwen_tokenizer(folder, QWEN2_TEMPLATE if kind == "qwen2" else QWEN3_TEMPLATE, kind != "qwen2")
     elif kind == "gemma3":
         specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
         vocab = write_spm_json_tokenizer(folder, specials, "<bos>", "<eos>", GEMMA3_TEMPLATE, prepend=False,
@@ -352,6 +352,11 @@ def build(kind: str, folder: Path, *, dtype: str = "float32", seed: int = 0, pre
         config = transformers.Qwen3Config(vocab_size=vocab_size, **COMMON, num_key_value_heads=2, head_dim=32,
                                           tie_word_embeddings=True)  # fmt: skip
         model = transformers.Qwen3ForCausalLM(config)
+    elif kind == "qwen3moe":
+        config = transformers.Qwen3MoeConfig(vocab_size=vocab_size, **COMMON, num_key_value_heads=2, head_dim=32,
+                                             num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                                             norm_topk_prob=True)  # fmt: skip
+        model = transformers.Qwen3MoeForCausalLM(config)
     elif kind == "gemma3":
         # Six layers: five local (a window of 4 tokens, shorter than the prompts) and one global
         # with its own rope base and linear scaling, as Gemma 3 4B+ has.

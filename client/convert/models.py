@@ -6,8 +6,8 @@ hyperparameters, tensor names and the few tensor transforms each family needs.
   ``rope_freqs`` factors.
 - Gemma and Gemma 2: norms store ``w`` where the model computes ``x * (1 + w)``: 1 is added.
 - Phi-3: fused qkv and gate/up projections kept fused; LongRoPE factors as tensors.
-- Qwen2/2.5 and Qwen3: as they are (llama.cpp rotates their q and k in Hugging Face's layout);
-  Qwen3's q/k norms.
+- Qwen2/2.5, Qwen3 and Qwen3 MoE: as they are (llama.cpp rotates their q and k in Hugging Face's
+  layout); Qwen3's q/k norms; Qwen3 MoE's experts stacked as Mixtral's.
 - Gemma 3 text: Gemma 2's layout plus q/k norms; the local/global layer pattern, the two rope
   bases and the global layers' linear rope scaling as llama.cpp's keys.
 - Mixtral: Llama plus experts, stacked per layer into the 3-d ``ffn_*_exps`` tensors llama.cpp
@@ -319,6 +319,39 @@ class Phi3(Family):
                 yield Tensor(name, values.shape, _constant(values))
 
 
+class Qwen3Moe(Qwen3):
+    """Qwen3 MoE (``Qwen3MoeForCausalLM``): Qwen3's attention; per layer a router (``mlp.gate``)
+    and experts ``mlp.experts.E.gate_proj/up_proj/down_proj``, stacked as for Mixtral. llama.cpp
+    renormalises the chosen experts' weights (``norm_topk_prob``) and wants every layer sparse."""
+
+    arch = "qwen3moe"
+    EXPERT_PARTS: ClassVar[dict[str, str]] = {
+        "gate_proj": "ffn_gate_exps",
+        "up_proj": "ffn_up_exps",
+        "down_proj": "ffn_down_exps",
+    }
+    parts: ClassVar[dict[str, str]] = {**Qwen3.parts, "mlp.gate": "ffn_gate_inp"}
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.n_expert = int(config.get("num_experts") or config["num_local_experts"])
+        if config.get("mlp_only_layers") or int(config.get("decoder_sparse_step", 1)) != 1:
+            raise CheckpointError("Qwen3 MoE checkpoints with dense layers are not supported by llama.cpp")
+        if config.get("norm_topk_prob") is False:
+            raise CheckpointError("Qwen3 MoE without norm_topk_prob is not supported by llama.cpp")
+
+    def hparams(self, w: Any) -> None:
+        super().hparams(w)
+        w.add_expert_count(self.n_expert)
+        w.add_expert_used_count(int(self.c["num_experts_per_tok"]))
+        w.add_expert_feed_forward_length(int(self.c["moe_intermediate_size"]))
+
+    def tensors(self, refs: dict[str, TensorRef]) -> Iterator[Tensor]:
+        others, stacked = stacked_experts(refs, "mlp", self.EXPERT_PARTS, self.n_expert)
+        yield from super().tensors(others)
+        yield from stacked
+
+
 class Gemma3(Gemma2):
     """Gemma 3 text models (``Gemma3ForCausalLM``). Local (sliding-window) and global layers
     differ in their rope base, and only global layers have rope scaling; llama.cpp reads the
@@ -397,28 +430,38 @@ class Mixtral(Llama):
         w.add_expert_used_count(self.n_expert_used)
 
     def tensors(self, refs: dict[str, TensorRef]) -> Iterator[Tensor]:
-        experts: dict[tuple[str, str], dict[int, TensorRef]] = {}
-        others: dict[str, TensorRef] = {}
-        for name, ref in refs.items():
-            pieces = name.split(".")
-            # model.layers.N.block_sparse_moe.experts.E.wK.weight
-            if len(pieces) == 8 and pieces[3:5] == ["block_sparse_moe", "experts"] and pieces[6] in self.EXPERT_PARTS:
-                if pieces[7] != "weight" or not pieces[5].isdigit():
-                    raise CheckpointError(f"unexpected tensor {name} for a Mixtral checkpoint")
-                experts.setdefault((pieces[2], pieces[6]), {})[int(pieces[5])] = ref
-            else:
-                others[name] = ref
+        others, stacked = stacked_experts(refs, "block_sparse_moe", self.EXPERT_PARTS, self.n_expert)
         yield from super().tensors(others)
-        for (layer, proj), by_expert in sorted(experts.items(), key=lambda kv: (int(kv[0][0]), kv[0][1])):
-            if sorted(by_expert) != list(range(self.n_expert)):
-                found = sorted(by_expert)
-                raise CheckpointError(f"layer {layer}: experts {found} of {proj}, not 0..{self.n_expert - 1}")
-            parts = [by_expert[e] for e in range(self.n_expert)]
-            if len({p.shape for p in parts}) != 1:
-                raise CheckpointError(f"layer {layer}: the experts' {proj} differ in shape")
-            shape = (self.n_expert, *parts[0].shape)
-            name = f"blk.{layer}.{self.EXPERT_PARTS[proj]}.weight"
-            yield Tensor(name, shape, _stacked(parts), parts[0].dtype)
+        yield from stacked
+
+
+def stacked_experts(
+    refs: dict[str, TensorRef], module: str, parts: dict[str, str], n_expert: int
+) -> tuple[dict[str, TensorRef], list[Tensor]]:
+    """The checkpoint's per-expert matrices ``model.layers.N.<module>.experts.E.<proj>.weight``
+    as llama.cpp's stacked ``blk.N.<part>.weight`` (``[n_expert, rows, cols]``, loaded when
+    written), and the other tensors."""
+    experts: dict[tuple[str, str], dict[int, TensorRef]] = {}
+    others: dict[str, TensorRef] = {}
+    for name, ref in refs.items():
+        pieces = name.split(".")
+        if len(pieces) == 8 and pieces[3:5] == [module, "experts"] and pieces[6] in parts:
+            if pieces[7] != "weight" or not pieces[5].isdigit():
+                raise CheckpointError(f"unexpected tensor {name} in a mixture of experts")
+            experts.setdefault((pieces[2], pieces[6]), {})[int(pieces[5])] = ref
+        else:
+            others[name] = ref
+    stacked = []
+    for (layer, proj), by_expert in sorted(experts.items(), key=lambda kv: (int(kv[0][0]), kv[0][1])):
+        if sorted(by_expert) != list(range(n_expert)):
+            found = sorted(by_expert)
+            raise CheckpointError(f"layer {layer}: experts {found} of {proj}, not 0..{n_expert - 1}")
+        matrices = [by_expert[e] for e in range(n_expert)]
+        if len({m.shape for m in matrices}) != 1:
+            raise CheckpointError(f"layer {layer}: the experts' {proj} differ in shape")
+        shape = (n_expert, *matrices[0].shape)
+        stacked.append(Tensor(f"blk.{layer}.{parts[proj]}.weight", shape, _stacked(matrices), matrices[0].dtype))
+    return others, stacked
 
 
 def _stacked(refs: list[TensorRef]) -> Callable[[], np.ndarray]:
@@ -439,6 +482,7 @@ FAMILIES: dict[str, type[Family]] = {
     "Phi3ForCausalLM": Phi3,
     "Qwen2ForCausalLM": Qwen2,
     "Qwen3ForCausalLM": Qwen3,
+    "Qwen3MoeForCausalLM": Qwen3Moe,
     "Gemma3ForCausalLM": Gemma3,
     "MixtralForCausalLM": Mixtral,
 }

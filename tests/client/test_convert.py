@@ -1,11 +1,11 @@
 """Safetensors checkpoints → GGUF, checked for real: tiny random Llama (2, 3.1 with its rope
-scaling, 3.2 with tied embeddings), Mistral, Gemma, Gemma 2, Phi-3, Qwen2, Qwen3, Gemma 3 (local
-and global layers) and Mixtral (experts) checkpoints made with transformers are converted, and the
-logits llama.cpp computes from the GGUF are compared with the logits transformers computes from
-the checkpoint, for the same token ids. For the families with their own tokenizer and chat
-template (Qwen2/3, Gemma 3, Mixtral), llama.cpp's token ids are compared with the checkpoint's
-tokenizer's on text in several scripts, and the runtime's rendering of the converted chat template
-with transformers' ``apply_chat_template``.
+scaling, 3.2 with tied embeddings), Mistral, Gemma, Gemma 2, Phi-3, Qwen2, Qwen3, Qwen3 MoE,
+Gemma 3 (local and global layers) and Mixtral (experts) checkpoints made with transformers are
+converted, and the logits llama.cpp computes from the GGUF are compared with the logits
+transformers computes from the checkpoint, for the same token ids. For the families with their
+own tokenizer and chat template (Qwen2/3, Qwen3 MoE, Gemma 3, Mixtral), llama.cpp's token ids are
+compared with the checkpoint's tokenizer's on text in several scripts, and the runtime's
+rendering of the converted chat template with transformers' ``apply_chat_template``.
 
 Tolerance: every logit within 0.5% of the largest logit's magnitude (F32 weights; llama.cpp keeps
 its KV cache in F16, which is most of the difference), 2% for F16/BF16 checkpoints."""
@@ -47,6 +47,7 @@ def close(ours: np.ndarray, theirs: np.ndarray, relative: float) -> tuple[bool, 
         ("phi3", "phi3"),
         ("qwen2", "qwen2"),
         ("qwen3", "qwen3"),
+        ("qwen3moe", "qwen3moe"),
         ("gemma3", "gemma3"),
         ("mixtral", "llama"),
     ],
@@ -65,8 +66,9 @@ def test_logits_match_transformers(kind: str, arch: str, tmp_path: Path) -> None
 
 
 def test_family_metadata(tmp_path: Path) -> None:
-    """What llama.cpp reads besides the tensors: Gemma 3's layer pattern and rope bases, Mixtral's
-    expert counts and stacked expert tensors, Qwen3's head size."""
+    """What llama.cpp reads besides the tensors: Gemma 3's layer pattern and rope bases (also from
+    the Hub's form of its config), Mixtral's and Qwen3 MoE's expert counts and stacked expert
+    tensors, Qwen3's head size."""
     build("gemma3", tmp_path / "g")
     convert_model(tmp_path / "g", tmp_path / "g.gguf")
     meta = read_gguf_metadata(tmp_path / "g.gguf", max_array=10)[0]
@@ -74,6 +76,18 @@ def test_family_metadata(tmp_path: Path) -> None:
     assert meta["gemma3.attention.sliding_window_pattern"] == [True] * 5 + [False]
     assert (meta["gemma3.rope.freq_base"], meta["gemma3.rope.freq_base_swa"]) == (1000000.0, 10000.0)
     assert (meta["gemma3.rope.scaling.type"], meta["gemma3.rope.scaling.factor"]) == ("linear", 8.0)
+    # The same settings as the Hub's Gemma 3 configs write them (transformers 4's keys).
+    config = json.loads((tmp_path / "g" / "config.json").read_text())
+    for key in ("rope_parameters", "layer_types", "_sliding_window_pattern"):
+        config.pop(key)
+    config.update(rope_theta=1000000.0, rope_local_base_freq=10000.0, sliding_window_pattern=6,
+                  rope_scaling={"factor": 8.0, "rope_type": "linear"})  # fmt: skip
+    (tmp_path / "g" / "config.json").write_text(json.dumps(config))
+    convert_model(tmp_path / "g", tmp_path / "hub.gguf")
+    hub = read_gguf_metadata(tmp_path / "hub.gguf", max_array=10)[0]
+    assert {k: v for k, v in hub.items() if k.startswith("gemma3.")} == {
+        k: v for k, v in meta.items() if k.startswith("gemma3.")
+    }
     build("mixtral", tmp_path / "m")
     convert_model(tmp_path / "m", tmp_path / "m.gguf")
     meta, tensors, _ = read_gguf_metadata(tmp_path / "m.gguf", max_array=0)
@@ -89,6 +103,14 @@ def test_family_metadata(tmp_path: Path) -> None:
     assert (meta["qwen3.attention.key_length"], meta["qwen3.attention.value_length"]) == (32, 32)
     assert {"blk.0.attn_q_norm.weight", "blk.0.attn_k_norm.weight"} <= {t["name"] for t in tensors}
     assert "output.weight" not in {t["name"] for t in tensors}  # tied: llama.cpp uses token_embd
+    build("qwen3moe", tmp_path / "qm")
+    convert_model(tmp_path / "qm", tmp_path / "qm.gguf")
+    meta, tensors, _ = read_gguf_metadata(tmp_path / "qm.gguf", max_array=0)
+    assert (meta["qwen3moe.expert_count"], meta["qwen3moe.expert_used_count"]) == (4, 2)
+    assert meta["qwen3moe.expert_feed_forward_length"] == 32
+    shapes = {t["name"]: t["shape"] for t in tensors}
+    assert shapes["blk.0.ffn_up_exps.weight"] == [64, 32, 4] and shapes["blk.0.ffn_down_exps.weight"] == [32, 64, 4]
+    assert shapes["blk.0.ffn_gate_inp.weight"] == [64, 4]
 
 
 CONVERSATION = [
@@ -99,7 +121,10 @@ CONVERSATION = [
 ]
 
 
-@pytest.mark.parametrize(("kind", "pre"), [("qwen2", "qwen2"), ("qwen3", "qwen2"), ("gemma3", None), ("mixtral", None)])
+TOKENIZER_KINDS = [("qwen2", "qwen2"), ("qwen3", "qwen2"), ("qwen3moe", "qwen2"), ("gemma3", None), ("mixtral", None)]
+
+
+@pytest.mark.parametrize(("kind", "pre"), TOKENIZER_KINDS)
 def test_tokenizer_and_chat_template_match_transformers(kind: str, pre: str | None, tmp_path: Path) -> None:
     """Token ids equal to the checkpoint's tokenizer's on text in several scripts (and on scripts
     it was not trained on: byte fallback), with BOS added or not as it does; the converted chat
@@ -127,7 +152,7 @@ def test_tokenizer_and_chat_template_match_transformers(kind: str, pre: str | No
         assert rendered == expected
         ids = llm.tokenize(rendered.encode(), add_bos=not rendered.startswith(special.get("bos") or "\0"), special=True)
         assert ids == theirs.encode(rendered, add_special_tokens=False), rendered
-        if kind == "qwen3":  # think: false reaches the template as Qwen3's enable_thinking
+        if kind.startswith("qwen3"):  # think: false reaches the template as Qwen3's enable_thinking
             off = ours.render([Message(m["role"], m["content"]) for m in CONVERSATION], think=Think(False, "", True))
             assert off == theirs.apply_chat_template(CONVERSATION, tokenize=False, add_generation_prompt=True,
                                                      enable_thinking=False)  # fmt: skip
@@ -210,7 +235,7 @@ def test_sentencepiece_vocabulary_is_carried_over(tmp_path: Path) -> None:
         llm.close()
 
 
-@pytest.mark.parametrize("kind", ["llama2", "qwen2", "qwen3", "gemma3", "mixtral"])
+@pytest.mark.parametrize("kind", ["llama2", "qwen2", "qwen3", "qwen3moe", "gemma3", "mixtral"])
 def test_lora_adapter_matches_merged_weights(kind: str, tmp_path: Path) -> None:
     """A PEFT-style LoRA adapter on q, k and v: llama.cpp applying the converted adapter computes
     what transformers computes with the adapter merged into the weights."""
