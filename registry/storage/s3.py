@@ -44,6 +44,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -79,8 +80,13 @@ T = TypeVar("T")
 Parts = list[list[Any]]
 
 
+# boto3 blocks: its calls run in threads of their own, as many as its connection pool, so that a
+# few slow transfers do not hold up everything else in asyncio's small default pool.
+_POOL = ThreadPoolExecutor(max_workers=32, thread_name_prefix="s3")
+
+
 def _in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> asyncio.Future[T]:
-    return asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
+    return asyncio.get_running_loop().run_in_executor(_POOL, lambda: fn(*args, **kwargs))
 
 
 def _code(e: ClientError) -> str:
