@@ -255,3 +255,80 @@ def test_ollama_redirected_part_uploads_go_straight_to_the_object_store(
         bad = http.put(f"{r.headers['docker-upload-location']}?digest={digest_of(other)}&etag={wrong}")
         assert bad.status_code == 400 and bad.json()["errors"][0]["code"] == "DIGEST_INVALID"
         assert http.head(f"/v2/team/ollama/blobs/{digest_of(other)}").status_code == 404
+
+
+class _RecordingProxy:
+    """A plain HTTP proxy in front of Swift that records each request's method, target and
+    Authorization, to see who sends what to the object store. Host headers pass unchanged, so
+    the signatures made for the proxy's address verify at Swift."""
+
+    def __init__(self, upstream: str) -> None:
+        import http.server
+        import threading
+
+        self.seen: list[tuple[str, str, str, str]] = []  # (method, path, Authorization, Range)
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "content-length")}
+                proxy.seen.append(
+                    (self.command, self.path, self.headers.get("Authorization", ""), self.headers.get("Range", ""))
+                )
+                r = httpx.request(self.command, upstream + self.path, headers=headers, content=body, timeout=60)
+                self.send_response(r.status_code)
+                for k, v in r.headers.items():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length", "content-encoding"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(r.content)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(r.content)
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_hangar_pull_reads_from_the_object_store_without_credentials(
+    tmp_path: Path, s3_url: str, swift: SwiftS3, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With authentication on, hangar pull holds a bearer token for the registry; its ranged
+    GETs go to the object store's presigned URLs, which see no token."""
+    from tests.people import Person
+
+    proxy = _RecordingProxy(swift.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{proxy.port}")
+    registry = RegistryProcess(tmp_path / "data", "", "--auth", "required", "--signup", "open", "--storage", s3_url)
+    registry.start()
+    try:
+        alice = Person(registry, tmp_path / "alice", "alice").signup()
+        name = alice.model("alice/model", size=18 * 1024 * 1024)
+        alice.push(name)
+        weights = alice.store.blob_path(alice.store.get(name).manifest.layers[0].digest).read_bytes()
+        bob = Person(registry, tmp_path / "bob", "bob").signup()
+        proxy.seen.clear()
+        bob.pull(name)
+        pulled = bob.store.blob_path(bob.store.get(name).manifest.layers[0].digest).read_bytes()
+        assert pulled == weights
+        digest = digest_of(weights)
+        reads = [s for s in proxy.seen if s[0] == "GET" and digest[7:] in s[1]]
+        assert reads and all("X-Amz-Signature=" in path for _, path, _, _ in reads)  # presigned
+        assert any(rng for *_, rng in reads)  # ranged parts
+        assert not [s for s in proxy.seen if s[2].lower().startswith("bearer")]  # no token left us
+    finally:
+        registry.stop()
+        proxy.stop()
