@@ -439,7 +439,8 @@ def _convert_adapter(
 
 # The Hugging Face architecture of each GGUF architecture the converter knows.
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM",
-                    "phi3": "Phi3ForCausalLM"}  # fmt: skip
+                    "phi3": "Phi3ForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                    "gemma3": "Gemma3ForCausalLM"}  # fmt: skip
 
 
 def _hf_config(store: Store, model: Descriptor, checkpoint: Mapping[str, Digest]) -> dict[str, Any]:

@@ -301,7 +301,7 @@ def build(kind: str, folder: Path, *, dtype: str = "float32", seed: int = 0, pre
     bpe = kind in ("llama3", "llama3.2")
     if kind in ("qwen2", "qwen3", "qwen3moe"):
         vocab = write_qwen_tokenizer(folder, QWEN2_TEMPLATE if kind == "qwen2" else QWEN3_TEMPLATE, kind != "qwen2")
-    elif kind == "gemma3":
+    elif kind in ("gemma3", "gemma3-vision"):
         specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
         vocab = write_spm_json_tokenizer(folder, specials, "<bos>", "<eos>", GEMMA3_TEMPLATE, prepend=False,
                                          added=["<start_of_turn>", "<end_of_turn>"])  # fmt: skip
@@ -357,18 +357,27 @@ def build(kind: str, folder: Path, *, dtype: str = "float32", seed: int = 0, pre
                                              num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                              norm_topk_prob=True)  # fmt: skip
         model = transformers.Qwen3MoeForCausalLM(config)
-    elif kind == "gemma3":
+    elif kind in ("gemma3", "gemma3-vision"):
         # Six layers: five local (a window of 4 tokens, shorter than the prompts) and one global
         # with its own rope base and linear scaling, as Gemma 3 4B+ has.
-        config = transformers.Gemma3TextConfig(
+        text = dict(
             vocab_size=vocab_size, **{**COMMON, "num_hidden_layers": 6}, num_key_value_heads=2, head_dim=16,
-            query_pre_attn_scalar=16, sliding_window=4, attn_implementation="eager",
+            query_pre_attn_scalar=16, sliding_window=4,
             rope_parameters={
                 "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
             },
         )  # fmt: skip
-        model = transformers.Gemma3ForCausalLM(config)
+        if kind == "gemma3":
+            config = transformers.Gemma3TextConfig(**text, attn_implementation="eager")
+            model = transformers.Gemma3ForCausalLM(config)
+        else:  # the multimodal checkpoint (4B and up), with a tiny SigLIP vision tower
+            vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                          image_size=32, patch_size=8)  # fmt: skip
+            config = transformers.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                               image_token_index=vocab_size - 1, boi_token_index=vocab_size - 3,
+                                               eoi_token_index=vocab_size - 2, attn_implementation="eager")  # fmt: skip
+            model = transformers.Gemma3ForConditionalGeneration(config)
     elif kind == "mixtral":
         config = transformers.MixtralConfig(vocab_size=vocab_size, **COMMON, num_key_value_heads=2,
                                             num_local_experts=4, num_experts_per_tok=2)  # fmt: skip

@@ -36,7 +36,7 @@ def convert_model(folder: Path, out: Path, progress: Progress | None = None) -> 
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         raise CheckpointError("no *.safetensors files next to config.json")
-    refs = read_checkpoint(shards)
+    refs = family.select(read_checkpoint(shards))
     embed = refs.get("model.embed_tokens.weight")
     if embed is None:
         raise CheckpointError("the checkpoint has no model.embed_tokens.weight")

@@ -8,8 +8,9 @@ hyperparameters, tensor names and the few tensor transforms each family needs.
 - Phi-3: fused qkv and gate/up projections kept fused; LongRoPE factors as tensors.
 - Qwen2/2.5, Qwen3 and Qwen3 MoE: as they are (llama.cpp rotates their q and k in Hugging Face's
   layout); Qwen3's q/k norms; Qwen3 MoE's experts stacked as Mixtral's.
-- Gemma 3 text: Gemma 2's layout plus q/k norms; the local/global layer pattern, the two rope
-  bases and the global layers' linear rope scaling as llama.cpp's keys.
+- Gemma 3 (text; of the multimodal checkpoints, the text model): Gemma 2's layout plus q/k norms;
+  the local/global layer pattern, the two rope bases and the global layers' linear rope scaling as
+  llama.cpp's keys.
 - Mixtral: Llama plus experts, stacked per layer into the 3-d ``ffn_*_exps`` tensors llama.cpp
   expects, and the router as ``ffn_gate_inp``."""
 
@@ -96,6 +97,10 @@ class Family:
 
     def transform(self, part: str) -> Transform | None:
         return None
+
+    def select(self, refs: dict[str, TensorRef]) -> dict[str, TensorRef]:
+        """The checkpoint's tensors that make the model, under the names ``_name`` knows."""
+        return refs
 
     def extra_tensors(self) -> Iterator[Tensor]:
         return iter(())
@@ -365,6 +370,17 @@ class Gemma3(Gemma2):
         "self_attn.q_norm": "attn_q_norm",
         "self_attn.k_norm": "attn_k_norm",
     }
+    # Gemma3TextConfig's defaults: the Hub's configs leave out what equals them (head_dim, heads…).
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "vocab_size": 262208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+        "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 131072,
+        "rms_norm_eps": 1e-6, "query_pre_attn_scalar": 256, "sliding_window": 4096,
+    }  # fmt: skip
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        if "rope_parameters" not in config:
+            config = {"rope_theta": 1000000.0, **config}
+        super().__init__({**self.DEFAULTS, **config})
 
     def hparams(self, w: Any) -> None:
         Gemma.hparams(self, w)
@@ -409,6 +425,35 @@ class Gemma3(Gemma2):
             return (float(full.get("rope_theta", 1e6)), full if kind not in (None, "default") else {},
                     float(local.get("rope_theta", 10000.0)))  # fmt: skip
         return self.rope_theta, self.rope_scaling, float(self.c.get("rope_local_base_freq", 10000.0))
+
+
+class Gemma3Vision(Gemma3):
+    """``Gemma3ForConditionalGeneration`` (Gemma 3 4B, 12B, 27B): its text model, as
+    ``Gemma3ForCausalLM`` would hold it (``text_config``; ``language_model.model.*`` tensors, or
+    ``model.language_model.*`` as transformers 5 names them). The vision tower and projector are
+    left out: llama.cpp runs them from a separate projector GGUF (a second ``FROM``)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        text = config.get("text_config")
+        if not isinstance(text, dict):
+            raise CheckpointError("a Gemma3ForConditionalGeneration config.json without text_config")
+        super().__init__({**text, "architectures": ["Gemma3ForCausalLM"]})
+
+    PREFIXES = (("language_model.model.", "model."), ("model.language_model.", "model."),
+                ("language_model.lm_head.", "lm_head."))  # fmt: skip
+    DROPPED = ("vision_tower.", "multi_modal_projector.", "model.vision_tower.", "model.multi_modal_projector.")
+
+    def select(self, refs: dict[str, TensorRef]) -> dict[str, TensorRef]:
+        return {self._text_name(name): ref for name, ref in refs.items() if not name.startswith(self.DROPPED)}
+
+    def _text_name(self, name: str) -> str:
+        for old, new in self.PREFIXES:
+            if name.startswith(old):
+                return new + name[len(old) :]
+        return name
+
+    def _name(self, name: str) -> tuple[str, str]:
+        return super()._name(self._text_name(name))  # also for a LoRA adapter's names
 
 
 class Mixtral(Llama):
@@ -484,6 +529,7 @@ FAMILIES: dict[str, type[Family]] = {
     "Qwen3ForCausalLM": Qwen3,
     "Qwen3MoeForCausalLM": Qwen3Moe,
     "Gemma3ForCausalLM": Gemma3,
+    "Gemma3ForConditionalGeneration": Gemma3Vision,
     "MixtralForCausalLM": Mixtral,
 }
 

@@ -49,6 +49,7 @@ def close(ours: np.ndarray, theirs: np.ndarray, relative: float) -> tuple[bool, 
         ("qwen3", "qwen3"),
         ("qwen3moe", "qwen3moe"),
         ("gemma3", "gemma3"),
+        ("gemma3-vision", "gemma3"),
         ("mixtral", "llama"),
     ],
 )
@@ -235,7 +236,7 @@ def test_sentencepiece_vocabulary_is_carried_over(tmp_path: Path) -> None:
         llm.close()
 
 
-@pytest.mark.parametrize("kind", ["llama2", "qwen2", "qwen3", "qwen3moe", "gemma3", "mixtral"])
+@pytest.mark.parametrize("kind", ["llama2", "qwen2", "qwen3", "qwen3moe", "gemma3", "gemma3-vision", "mixtral"])
 def test_lora_adapter_matches_merged_weights(kind: str, tmp_path: Path) -> None:
     """A PEFT-style LoRA adapter on q, k and v: llama.cpp applying the converted adapter computes
     what transformers computes with the adapter merged into the weights."""
@@ -250,13 +251,17 @@ def test_lora_adapter_matches_merged_weights(kind: str, tmp_path: Path) -> None:
     adapter.mkdir()
     weights = {}
     torch.manual_seed(1)
+    if kind == "gemma3-vision":  # PEFT's names for Gemma 3's multimodal model, as adapters on the Hub have them
+        layers, names = model.model.language_model.layers, "base_model.model.language_model.model.layers"
+    else:
+        layers, names = model.model.layers, "base_model.model.model.layers"
     with torch.no_grad():
-        for i, layer in enumerate(model.model.layers):
+        for i, layer in enumerate(layers):
             for proj in ("q_proj", "k_proj", "v_proj"):
                 linear = getattr(layer.self_attn, proj)
                 a = torch.randn(rank, linear.in_features) * 0.1
                 b = torch.randn(linear.out_features, rank) * 0.1
-                prefix = f"base_model.model.model.layers.{i}.self_attn.{proj}"
+                prefix = f"{names}.{i}.self_attn.{proj}"
                 weights[f"{prefix}.lora_A.weight"], weights[f"{prefix}.lora_B.weight"] = a, b
                 linear.weight += (alpha / rank) * (b @ a)  # the merged model
     save_file(weights, str(adapter / "adapter_model.safetensors"))
@@ -327,13 +332,14 @@ def test_hangar_create_from_a_checkpoint_folder(kind: str, arch: str, tmp_path: 
         llm.close()
 
 
-def test_hangar_create_converts_a_safetensors_adapter(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["mistral", "qwen3", "gemma3"])
+def test_hangar_create_converts_a_safetensors_adapter(kind: str, tmp_path: Path) -> None:
     """ADAPTER ./folder (PEFT safetensors) over a GGUF base: the adapter is converted using the base
     GGUF's shape, and becomes the model's adapter layer."""
     import torch
     from safetensors.torch import save_file
 
-    model = build("mistral", tmp_path / "ckpt")
+    model = build(kind, tmp_path / "ckpt")
     convert_model(tmp_path / "ckpt", tmp_path / "base.gguf")
     (tmp_path / "ad").mkdir()
     weights = {}
