@@ -189,6 +189,15 @@ def write_spm_json_tokenizer(
 def sentencepiece_model(extra_pieces: int = 0) -> bytes:
     """A SentencePiece ModelProto (the bytes of a tokenizer.model): <unk> <s> </s>, the 256 byte
     pieces and a few words, scored as SentencePiece BPE scores them."""
+    pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3)]
+    pieces += [(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
+    words = SPM_PIECES + [f"▁w{i}" for i in range(extra_pieces)]
+    pieces += [(w, -float(i + 1), 1) for i, w in enumerate(words)]
+    return sentencepiece_proto(pieces, add_dummy_prefix=True)
+
+
+def sentencepiece_proto(pieces: list[tuple[str, float, int]], add_dummy_prefix: bool) -> bytes:
+    """The ModelProto bytes of (piece, score, type) and the normalizer's add_dummy_prefix."""
 
     def varint(n: int) -> bytes:
         out = bytearray()
@@ -207,12 +216,31 @@ def sentencepiece_model(extra_pieces: int = 0) -> bytes:
         body += field(2, 5, struct.pack("<f", score)) + field(3, 0, varint(kind))
         return field(1, 2, varint(len(body)) + body)
 
-    pieces = [piece("<unk>", 0.0, 2), piece("<s>", 0.0, 3), piece("</s>", 0.0, 3)]
-    pieces += [piece(f"<0x{b:02X}>", 0.0, 6) for b in range(256)]
-    words = SPM_PIECES + [f"▁w{i}" for i in range(extra_pieces)]
-    pieces += [piece(w, -float(i + 1), 1) for i, w in enumerate(words)]
-    normalizer = field(3, 0, varint(1))  # add_dummy_prefix
-    return b"".join(pieces) + field(3, 2, varint(len(normalizer)) + normalizer)
+    normalizer = field(3, 0, varint(int(add_dummy_prefix)))
+    return b"".join(piece(*p) for p in pieces) + field(3, 2, varint(len(normalizer)) + normalizer)
+
+
+def tokenizer_model_from_json(folder: Path, add_dummy_prefix: bool) -> None:
+    """The tokenizer.model of a SentencePiece BPE written by ``write_spm_json_tokenizer``, as the
+    Hub's Gemma 3 folders have both: the same pieces, a merged piece scoring minus its merge's
+    rank (what SentencePiece's BPE picks by), specials as control and bytes as byte pieces."""
+    doc = json.loads((folder / "tokenizer.json").read_text())
+    model = doc["model"]
+    made = {
+        "".join(m if isinstance(m, list) else m.split(" ")): i for i, m in reversed(list(enumerate(model["merges"])))
+    }
+    specials = {t["content"] for t in doc["added_tokens"]}
+    pieces = []
+    for token, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1]):
+        if token == "<unk>":
+            pieces.append((token, 0.0, 2))
+        elif token in specials:
+            pieces.append((token, 0.0, 3))
+        elif token.startswith("<0x") and len(token) == 6:
+            pieces.append((token, 0.0, 6))
+        else:
+            pieces.append((token, -float(made[token]) if token in made else 0.0, 1))
+    (folder / "tokenizer.model").write_bytes(sentencepiece_proto(pieces, add_dummy_prefix))
 
 
 SPM_SIZE = 3 + 256 + len(SPM_PIECES)

@@ -256,6 +256,29 @@ def test_sentencepiece_vocabulary_is_carried_over(tmp_path: Path) -> None:
         llm.close()
 
 
+def test_gemma3_tokenizer_model_tokenizes_as_its_tokenizer_json(tmp_path: Path) -> None:
+    """The Hub's Gemma 3 folders hold tokenizer.model (which the converter reads) beside
+    tokenizer.json (which transformers reads): from the protobuf, with no space prefix
+    (add_dummy_prefix false), llama.cpp tokenizes as transformers does."""
+    import transformers
+    from llama_cpp import Llama
+
+    from tests.checkpoints import tokenizer_model_from_json
+
+    build("gemma3", tmp_path / "g")
+    tokenizer_model_from_json(tmp_path / "g", add_dummy_prefix=False)
+    convert_model(tmp_path / "g", tmp_path / "g.gguf")
+    meta = read_gguf_metadata(tmp_path / "g.gguf", max_array=0)[0]
+    assert (meta["tokenizer.ggml.model"], meta["tokenizer.ggml.add_space_prefix"]) == ("llama", False)
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path / "g")
+    llm = Llama(str(tmp_path / "g.gguf"), vocab_only=True, verbose=False)
+    try:
+        for text in MULTILINGUAL + UNSEEN + ["<start_of_turn>user\nhi<end_of_turn>\n"]:
+            assert llm.tokenize(text.encode(), add_bos=True, special=True) == theirs.encode(text), text
+    finally:
+        llm.close()
+
+
 @pytest.mark.parametrize("kind", ["llama2", "qwen2", "qwen3", "qwen3moe", "gemma3", "gemma3-vision", "mixtral"])
 def test_lora_adapter_matches_merged_weights(kind: str, tmp_path: Path) -> None:
     """A PEFT-style LoRA adapter on q, k and v: llama.cpp applying the converted adapter computes
