@@ -67,6 +67,26 @@ def test_logits_match_transformers(kind: str, arch: str, tmp_path: Path) -> None
     assert meta["general.file_type"] == 0  # F32, as the checkpoint
 
 
+def test_qwen2_yarn_rope_scaling(tmp_path: Path) -> None:
+    """Qwen2.5's long-context setting (YaRN, factor 4 over the original context) as llama.cpp's
+    rope scaling keys: the logits still match transformers' (without the scaling they differ by
+    about 19% of the largest)."""
+    import transformers
+
+    build("qwen2", tmp_path / "q")
+    config = json.loads((tmp_path / "q" / "config.json").read_text())
+    config["rope_parameters"] = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                                 "rope_theta": 1000000.0}  # fmt: skip
+    (tmp_path / "q" / "config.json").write_text(json.dumps(config))
+    model = transformers.Qwen2ForCausalLM.from_pretrained(tmp_path / "q").eval()
+    convert_model(tmp_path / "q", tmp_path / "q.gguf")
+    meta = read_gguf_metadata(tmp_path / "q.gguf", max_array=0)[0]
+    assert (meta["qwen2.rope.scaling.type"], meta["qwen2.rope.scaling.factor"]) == ("yarn", 4.0)
+    assert meta["qwen2.rope.scaling.original_context_length"] == 64
+    ok, worst = close(llama_cpp_logits(tmp_path / "q.gguf", IDS), hf_logits(model, IDS), 0.005)
+    assert ok, f"largest logit difference {worst}"
+
+
 def test_family_metadata(tmp_path: Path) -> None:
     """What llama.cpp reads besides the tensors: Gemma 3's layer pattern and rope bases (also from
     the Hub's form of its config), Mixtral's and Qwen3 MoE's expert counts and stacked expert
