@@ -87,6 +87,43 @@ def test_qwen2_yarn_rope_scaling(tmp_path: Path) -> None:
     assert ok, f"largest logit difference {worst}"
 
 
+def test_gemma3_hub_config_takes_transformers_defaults(tmp_path: Path) -> None:
+    """gemma-3-4b-it's config.json names only what differs from Gemma3TextConfig's defaults; the
+    keys written agree with the config transformers makes of it."""
+    import gguf
+    import transformers
+
+    from client.convert.models import family_for
+
+    hub = {
+        "architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "mm_tokens_per_image": 256,
+        "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                        "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                        "sliding_window": 1024},
+        "vision_config": {"model_type": "siglip_vision_model"},
+    }  # fmt: skip
+    w = gguf.GGUFWriter(str(tmp_path / "h.gguf"), "gemma3")
+    family_for(hub).hparams(w)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    meta = read_gguf_metadata(tmp_path / "h.gguf", max_array=100)[0]
+    text = transformers.Gemma3Config(**{k: v for k, v in hub.items() if k != "architectures"}).text_config
+    full, local = text.rope_parameters["full_attention"], text.rope_parameters["sliding_attention"]
+    assert meta["gemma3.attention.head_count"] == text.num_attention_heads
+    assert meta["gemma3.attention.head_count_kv"] == text.num_key_value_heads
+    assert meta["gemma3.attention.key_length"] == text.head_dim == text.query_pre_attn_scalar
+    assert meta["gemma3.context_length"] == text.max_position_embeddings
+    assert meta["gemma3.attention.layer_norm_rms_epsilon"] == pytest.approx(text.rms_norm_eps)
+    assert meta["gemma3.attention.sliding_window"] == text.sliding_window
+    assert meta["gemma3.attention.sliding_window_pattern"] == [t == "sliding_attention" for t in text.layer_types]
+    assert (meta["gemma3.rope.freq_base"], meta["gemma3.rope.freq_base_swa"]) == (
+        full["rope_theta"],
+        local["rope_theta"],
+    )
+    assert (meta["gemma3.rope.scaling.type"], meta["gemma3.rope.scaling.factor"]) == ("linear", full["factor"])
+
+
 def test_family_metadata(tmp_path: Path) -> None:
     """What llama.cpp reads besides the tensors: Gemma 3's layer pattern and rope bases (also from
     the Hub's form of its config), Mixtral's and Qwen3 MoE's expert counts and stacked expert
