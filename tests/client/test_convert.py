@@ -239,9 +239,11 @@ def test_q8_0_logits_stay_close(kind: str, tmp_path: Path) -> None:
     assert ok, f"{kind}: largest logit difference {worst}"
 
 
+@pytest.mark.parametrize("kind", ["llama2", "mixtral", "gemma3"])
 @pytest.mark.parametrize(("dtype", "file_type"), [("float16", 1), ("bfloat16", 32)])
-def test_half_precision_checkpoints_stay_half_precision(dtype: str, file_type: int, tmp_path: Path) -> None:
-    model = build("llama2", tmp_path / "ckpt", dtype=dtype)
+def test_half_precision_checkpoints_stay_half_precision(kind: str, dtype: str, file_type: int, tmp_path: Path) -> None:
+    """Half-precision checkpoints (the Hub's are BF16) stay so, Mixtral's stacked experts included."""
+    model = build(kind, tmp_path / "ckpt", dtype=dtype)
     out = tmp_path / "half.gguf"
     convert_model(tmp_path / "ckpt", out)
     meta, tensors, _ = read_gguf_metadata(out, max_array=0)
@@ -249,6 +251,8 @@ def test_half_precision_checkpoints_stay_half_precision(dtype: str, file_type: i
     kinds = {t["name"]: t["type"] for t in tensors}
     assert kinds["blk.0.attn_q.weight"] == ("F16" if dtype == "float16" else "BF16")
     assert kinds["blk.0.attn_norm.weight"] == "F32"
+    if kind == "mixtral":
+        assert kinds["blk.0.ffn_down_exps.weight"] == kinds["blk.0.attn_q.weight"]
     ok, worst = close(llama_cpp_logits(out, IDS), hf_logits(model, IDS), 0.02)
     assert ok, f"largest logit difference {worst}"
 
