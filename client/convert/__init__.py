@@ -78,9 +78,22 @@ def convert_adapter(folder: Path, out: Path, base_config: dict[str, Any], progre
 
 def _lora_tensors(family: Family, refs: dict[str, Any]) -> Any:
     """PEFT names (``base_model.model.model.layers.N.self_attn.q_proj.lora_A.weight``) → llama.cpp
-    names (``blk.N.attn_q.weight.lora_a``). B rows follow their projection's permutation."""
-    from client.convert.models import _loader
+    names (``blk.N.attn_q.weight.lora_a``). B rows follow their projection's permutation. The
+    experts' A and B matrices of a mixture of experts are stacked as their weights are
+    (``blk.N.ffn_gate_exps.weight.lora_a``: ``[n_expert, r, cols]``)."""
+    from client.convert.models import _loader, stacked_experts
 
+    if family.EXPERT_MODULE:
+        consumed: set[str] = set()
+        for marker, suffix in ((".lora_A.weight", "lora_a"), (".lora_B.weight", "lora_b")):
+            by_weight = {n.removeprefix("base_model.model.")[: -len(marker)] + ".weight": n
+                         for n in refs if n.endswith(marker)}  # fmt: skip
+            others, stacked = stacked_experts({w: refs[n] for w, n in by_weight.items()}, family.EXPERT_MODULE,
+                                              family.EXPERT_PARTS, family.n_expert)  # fmt: skip
+            consumed |= {n for w, n in by_weight.items() if w not in others}
+            for t in stacked:
+                yield Tensor(f"{t.name}.{suffix}", t.shape, t.load, t.source_dtype)
+        refs = {n: r for n, r in refs.items() if n not in consumed}
     for name, ref in refs.items():
         base = name.removeprefix("base_model.model.")
         for marker, suffix in ((".lora_A.weight", "lora_a"), (".lora_B.weight", "lora_b")):

@@ -73,6 +73,11 @@ class Family:
 
     arch = ""
     parts: ClassVar[dict[str, str]] = LAYER_PARTS
+    # A mixture of experts: the layer's module holding ``experts.E.<proj>``, the projections'
+    # stacked GGUF names, and how many experts.
+    EXPERT_MODULE = ""
+    EXPERT_PARTS: ClassVar[dict[str, str]] = {}
+    n_expert = 0
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.c = config
@@ -330,6 +335,7 @@ class Qwen3Moe(Qwen3):
     renormalises the chosen experts' weights (``norm_topk_prob``) and wants every layer sparse."""
 
     arch = "qwen3moe"
+    EXPERT_MODULE = "mlp"
     EXPERT_PARTS: ClassVar[dict[str, str]] = {
         "gate_proj": "ffn_gate_exps",
         "up_proj": "ffn_up_exps",
@@ -352,7 +358,7 @@ class Qwen3Moe(Qwen3):
         w.add_expert_feed_forward_length(int(self.c["moe_intermediate_size"]))
 
     def tensors(self, refs: dict[str, TensorRef]) -> Iterator[Tensor]:
-        others, stacked = stacked_experts(refs, "mlp", self.EXPERT_PARTS, self.n_expert)
+        others, stacked = stacked_experts(refs, self.EXPERT_MODULE, self.EXPERT_PARTS, self.n_expert)
         yield from super().tensors(others)
         yield from stacked
 
@@ -461,6 +467,7 @@ class Mixtral(Llama):
     ``experts.E.w1/w2/w3`` (gate, down, up), which llama.cpp wants stacked: one
     ``[n_expert, rows, cols]`` tensor per projection and layer, made one layer at a time."""
 
+    EXPERT_MODULE = "block_sparse_moe"
     EXPERT_PARTS: ClassVar[dict[str, str]] = {"w1": "ffn_gate_exps", "w2": "ffn_down_exps", "w3": "ffn_up_exps"}
     parts: ClassVar[dict[str, str]] = {**LAYER_PARTS, "block_sparse_moe.gate": "ffn_gate_inp"}
 
@@ -475,7 +482,7 @@ class Mixtral(Llama):
         w.add_expert_used_count(self.n_expert_used)
 
     def tensors(self, refs: dict[str, TensorRef]) -> Iterator[Tensor]:
-        others, stacked = stacked_experts(refs, "block_sparse_moe", self.EXPERT_PARTS, self.n_expert)
+        others, stacked = stacked_experts(refs, self.EXPERT_MODULE, self.EXPERT_PARTS, self.n_expert)
         yield from super().tensors(others)
         yield from stacked
 

@@ -378,6 +378,56 @@ def test_lora_adapter_matches_merged_weights(kind: str, tmp_path: Path) -> None:
     assert not close(unadapted, hf_logits(model, IDS), 0.005)[0]  # the adapter did change the model
 
 
+@pytest.mark.parametrize("kind", ["mixtral", "qwen3moe"])
+def test_lora_on_experts_matches_merged_weights(kind: str, tmp_path: Path) -> None:
+    """PEFT LoRA on every expert's three projections (and on q): the converted adapter stacks the
+    experts' A and B matrices as their weights are, and llama.cpp applying it computes what
+    transformers computes with the adapter merged (transformers holds each layer's experts fused:
+    ``gate_up_proj[e]`` is gate then up, ``down_proj[e]``)."""
+    import torch
+    from safetensors.torch import save_file
+
+    model = build(kind, tmp_path / "base")
+    convert_model(tmp_path / "base", tmp_path / "base.gguf")
+    if kind == "mixtral":
+        module, (gate, up, down) = "block_sparse_moe", ("w1", "w3", "w2")
+    else:
+        module, (gate, up, down) = "mlp", ("gate_proj", "up_proj", "down_proj")
+    rank, alpha, weights = 2, 4.0, {}
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for i, layer in enumerate(model.model.layers):
+            experts = layer.mlp.experts
+            inter = experts.down_proj.shape[-1]
+            for e in range(experts.gate_up_proj.shape[0]):
+                targets = (
+                    (gate, experts.gate_up_proj, slice(0, inter)),
+                    (up, experts.gate_up_proj, slice(inter, None)),
+                    (down, experts.down_proj, slice(None)),
+                )
+                for proj, param, rows in targets:
+                    out_features, in_features = param[e][rows].shape
+                    a, b = torch.randn(rank, in_features) * 0.1, torch.randn(out_features, rank) * 0.1
+                    prefix = f"base_model.model.model.layers.{i}.{module}.experts.{e}.{proj}"
+                    weights[f"{prefix}.lora_A.weight"], weights[f"{prefix}.lora_B.weight"] = a, b
+                    param[e][rows] += (alpha / rank) * (b @ a)
+            linear = layer.self_attn.q_proj
+            a, b = torch.randn(rank, linear.in_features) * 0.1, torch.randn(linear.out_features, rank) * 0.1
+            prefix = f"base_model.model.model.layers.{i}.self_attn.q_proj"
+            weights[f"{prefix}.lora_A.weight"], weights[f"{prefix}.lora_B.weight"] = a, b
+            linear.weight += (alpha / rank) * (b @ a)
+    (tmp_path / "adapter").mkdir()
+    save_file(weights, str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    (tmp_path / "adapter" / "adapter_config.json").write_text(json.dumps({"r": rank, "lora_alpha": alpha}))
+    lora = tmp_path / "lora.gguf"
+    convert_adapter(tmp_path / "adapter", lora, json.loads((tmp_path / "base" / "config.json").read_text()))
+    names = {t["name"] for t in read_gguf_metadata(lora, max_array=0)[1]}
+    assert {"blk.0.ffn_gate_exps.weight.lora_a", "blk.1.ffn_down_exps.weight.lora_b"} <= names
+    ok, worst = close(llama_cpp_logits(tmp_path / "base.gguf", IDS, lora=lora), hf_logits(model, IDS), 0.005)
+    assert ok, f"largest logit difference {worst}"
+    assert not close(llama_cpp_logits(tmp_path / "base.gguf", IDS), hf_logits(model, IDS), 0.005)[0]
+
+
 def test_conversion_errors(tmp_path: Path) -> None:
     build("llama2", tmp_path / "ckpt")
     config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
