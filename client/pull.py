@@ -66,8 +66,8 @@ from client.store_ops import delete_unused_blobs
 from client.transfer import (
     MAX_ATTEMPTS,
     STALL_SECONDS,
+    BandwidthLimiter,
     Part,
-    RateLimiter,
     Throttle,
     backoff,
     plan_parts,
@@ -138,7 +138,7 @@ async def _pull_from(
     progress: ProgressCallback,
 ) -> PullResult:
     concurrency = options.concurrency or settings.concurrency
-    limiter = RateLimiter(options.max_rate or settings.max_rate)
+    limiter = BandwidthLimiter(options.max_rate or settings.max_rate)
     fetched = 0
     host = httpx.URL(base).netloc.decode()
     async with (
@@ -258,7 +258,7 @@ class BlobDownload:
         base: str,
         repository: str,
         desc: Descriptor,
-        limiter: RateLimiter,
+        limiter: BandwidthLimiter,
         progress: ProgressCallback,
     ) -> None:
         self.http = http

@@ -26,7 +26,7 @@ from client.credentials import push_scopes
 from client.http import make_client, registry_url, send
 from client.progress import Progress, ProgressCallback, no_progress
 from client.store import Store
-from client.transfer import MAX_ATTEMPTS, RateLimiter, Throttle, backoff
+from client.transfer import MAX_ATTEMPTS, BandwidthLimiter, Throttle, backoff
 from formats.digest import Digest
 from formats.manifest import Descriptor
 from formats.names import ModelName, NameParseError
@@ -58,7 +58,7 @@ async def push(
     progress(Progress("retrieving manifest"))
     model = store.get(name)
     base = registry_url(name, settings, options.insecure)
-    limiter = RateLimiter(options.max_rate or settings.max_rate)
+    limiter = BandwidthLimiter(options.max_rate or settings.max_rate)
     result = PushResult(0, 0)
     blobs = [*model.manifest.layers, *([model.manifest.config] if model.manifest.config else [])]
     sources = [s for s in (_mount_source(d, name) for d in blobs) if s]
@@ -94,7 +94,7 @@ class BlobUpload:
         base: str,
         name: ModelName,
         desc: Descriptor,
-        limiter: RateLimiter,
+        limiter: BandwidthLimiter,
         progress: ProgressCallback,
     ) -> None:
         self.http = http

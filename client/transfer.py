@@ -48,7 +48,7 @@ def backoff(attempt: int) -> float:
     return base * random.uniform(0.75, 1.25)
 
 
-class RateLimiter:
+class BandwidthLimiter:
     """A token bucket shared by every transfer of one operation (``--max-rate``)."""
 
     def __init__(self, rate: int | None) -> None:

@@ -416,7 +416,7 @@ class Engine:
         return out
 
 
-class Vocab:
+class Tokenizer:
     """A model's tokenizer alone (llama.cpp loads the vocabulary, not the weights): counts the
     tokens of a prompt before the model is loaded, to know which messages fit (runtime.service).
     Safe from any thread: tokenizing reads the vocabulary only."""
@@ -450,15 +450,15 @@ class Vocab:
             self._model = None
 
 
-_vocabs: dict[str, Vocab] = {}
+_vocabs: dict[str, Tokenizer] = {}
 _vocabs_lock = threading.Lock()
 MAX_VOCABS = 8
 
 
-def vocab_for(model_path: str) -> Vocab:
-    """The model file's Vocab, loaded once (the few most recent kept); blocking."""
+def vocab_for(model_path: str) -> Tokenizer:
+    """The model file's Tokenizer, loaded once (the few most recent kept); blocking."""
     with _vocabs_lock:
-        vocab = _vocabs.pop(model_path, None) or Vocab(model_path)
+        vocab = _vocabs.pop(model_path, None) or Tokenizer(model_path)
         _vocabs[model_path] = vocab  # most recent last
         while len(_vocabs) > MAX_VOCABS:
             del _vocabs[next(iter(_vocabs))]
