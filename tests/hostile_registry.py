@@ -13,7 +13,7 @@ import asyncio
 import hashlib
 import json
 import os
-import resource
+import signal
 import subprocess
 import sys
 import time
@@ -287,38 +287,49 @@ class Measured:
 ADDRESS_SPACE_LIMIT = 3 * 1024**3  # a client gone wild dies here instead of taking the test machine
 
 
+# The measured command is started by a small Python of its own, which reports the command's
+# rusage: a child forked straight from pytest would count pytest's own pages (they are its until
+# exec, and Linux keeps the larger high-water mark), so after a test that loaded torch every
+# client would seem to peak at half a gigabyte.
+_MEASURE = """
+import json, os, resource, subprocess, sys
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+proc = subprocess.Popen(sys.argv[3:])
+try:
+    _, status, usage = os.wait4(proc.pid, 0)
+except KeyboardInterrupt:
+    proc.kill()
+    _, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[2], "w") as f:
+    json.dump({"returncode": os.waitstatus_to_exitcode(status), "maxrss": usage.ru_maxrss * 1024}, f)
+"""
+
+
 def run_measured(
     args: Sequence[str], home: Path, *, timeout: float = 120, env: dict[str, str] | None = None
 ) -> Measured:
     """Run ``python -m cli.main ARGS`` with ``HANGAR_HOME=home`` and measure its peak memory
-    (``wait4``'s rusage of that one child). Past ``timeout`` the child is killed: the result then
-    says returncode -9."""
-
-    def limit_memory() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE_LIMIT, ADDRESS_SPACE_LIMIT))
-
+    (``wait4``'s rusage of that one process, taken by a small parent of its own). Past
+    ``timeout`` the command is killed: the result then says returncode -9."""
     out, err = home.parent / f"{home.name}.out", home.parent / f"{home.name}.err"
+    report = home.parent / f"{home.name}.rusage"
     full_env = {**os.environ, "HANGAR_HOME": str(home), **(env or {})}
     full_env.pop("HANGAR_MODELS", None)
     started = time.monotonic()
+    command = [sys.executable, "-m", "cli.main", *args]
+    measure = [sys.executable, "-c", _MEASURE, str(ADDRESS_SPACE_LIMIT), str(report), *command]
     with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", *args], stdout=o, stderr=e, env=full_env, cwd=REPO_ROOT,
-            preexec_fn=limit_memory,
-        )  # fmt: skip
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.monotonic() - started > timeout:
-                proc.kill()
-                pid, status, usage = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        proc = subprocess.Popen(measure, stdout=o, stderr=e, env=full_env, cwd=REPO_ROOT)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)  # the measuring parent kills the command, then reports
+            proc.wait()
+    result = json.loads(report.read_text())
     return Measured(
-        proc.returncode, out.read_text(errors="replace"), err.read_text(errors="replace"),
-        usage.ru_maxrss * 1024, time.monotonic() - started,
+        result["returncode"], out.read_text(errors="replace"), err.read_text(errors="replace"),
+        result["maxrss"], time.monotonic() - started,
     )  # fmt: skip
 
 
