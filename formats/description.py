@@ -141,6 +141,18 @@ def render_modelfile(info: ModelDescription, display: str) -> str:
         f"# FROM {display}",
         "",
     ]
+    if info.model_path is not None:
+        lines.append(f"FROM {info.model_path}")
+    lines += [f"ADAPTER {p}" for p in info.adapters]
+    lines += [f"FROM {p}" for p in info.projectors]
+    return "\n".join(lines + modelfile_settings(info)) + "\n"
+
+
+def modelfile_settings(info: ModelDescription) -> list[str]:
+    """The Modelfile instructions after the FROM and ADAPTER lines: template, system prompt,
+    renderer, parser, requirements, parameters, licences and messages, quoted as
+    ``render_modelfile`` says."""
+    lines: list[str] = []
 
     def add(instruction: str, value: str) -> None:
         written, exact = quote_exact(value)
@@ -149,10 +161,6 @@ def render_modelfile(info: ModelDescription, display: str) -> str:
             lines.append(f'# {what} below holds a line ending in """ and does not read back unchanged')
         lines.append(f"{instruction} {written}")
 
-    if info.model_path is not None:
-        lines.append(f"FROM {info.model_path}")
-    lines += [f"ADAPTER {p}" for p in info.adapters]
-    lines += [f"FROM {p}" for p in info.projectors]
     if info.template is not None:
         add("TEMPLATE", info.template)
     if info.system is not None:
@@ -170,4 +178,4 @@ def render_modelfile(info: ModelDescription, display: str) -> str:
         add("LICENSE", text)
     for message in info.messages:
         add(f"MESSAGE {message.get('role', 'user')}", str(message.get("content", "")))
-    return "\n".join(lines) + "\n"
+    return lines

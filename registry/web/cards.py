@@ -23,11 +23,10 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from formats import mediatypes as mt
-from formats.description import ModelDescription, format_value
+from formats.description import ModelDescription, modelfile_settings
 from formats.digest import Digest
 from formats.gguf import GGUFError, read_header_from
 from formats.manifest import Manifest, ManifestError
-from formats.modelfile import quote_exact
 from registry.storage import StorageError
 
 README = "application/vnd.hangar.image.readme"
@@ -188,7 +187,7 @@ async def _make(store: Any, digest: str, raw: bytes) -> Card:
     out.context_length = context if isinstance(context, int) and not isinstance(context, bool) else None
     out.capabilities = [c for c in info.capabilities if c != "completion"] if model_layer else []
     out.description = _description(manifest.annotations.get(DESCRIPTION_ANNOTATION) or _first_paragraph(out.readme))
-    out.modelfile_body = _modelfile_body(info)
+    out.modelfile_body = modelfile_settings(info)
     out.error = "; ".join(problems)
     return out
 
@@ -244,35 +243,3 @@ def _first_paragraph(markdown: str) -> str:
 def _description(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= MAX_DESCRIPTION else text[: MAX_DESCRIPTION - 1].rstrip() + "…"
-
-
-def _modelfile_body(info: ModelDescription) -> list[str]:
-    """Modelfile instructions after FROM (``formats.description.render_modelfile``'s rules;
-    FROM the model itself brings its weights, adapters and projectors)."""
-    lines: list[str] = []
-
-    def add(instruction: str, value: str) -> None:
-        written, exact = quote_exact(value)
-        if not exact:
-            what = instruction.split()[0]
-            lines.append(f'# {what} below holds a line ending in """ and does not read back unchanged')
-        lines.append(f"{instruction} {written}")
-
-    if info.template is not None:
-        add("TEMPLATE", info.template)
-    if info.system is not None:
-        add("SYSTEM", info.system)
-    for key in ("renderer", "parser", "requires"):
-        if info.config.get(key):
-            add(key.upper(), str(info.config[key]))
-    for name, value in info.parameters.items():
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str):
-                add(f"PARAMETER {name}", item)
-            else:
-                lines.append(f"PARAMETER {name} {format_value(item)}")
-    for text in info.licenses:
-        add("LICENSE", text)
-    for message in info.messages:
-        add(f"MESSAGE {message.get('role', 'user')}", str(message.get("content", "")))
-    return lines
