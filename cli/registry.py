@@ -37,6 +37,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         choices=("on", "off"),
         help="on (default): blob GETs answer 307 to the object store's presigned URL; off: stream them through",
     )
+    serve.add_argument(
+        "--metrics",
+        choices=("on", "off"),
+        help="on (default): GET /metrics answers Prometheus text, unauthenticated; off: no /metrics",
+    )
     serve.add_argument("--listen", help=f"HOST:PORT to listen on (default {config.DEFAULT_LISTEN})")
     serve.add_argument(
         "--public-url",
@@ -184,7 +189,7 @@ def _storage_args(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> config.Settings:
     names = ("listen", "data_dir", "database_url", "public_url", "workers", "upload_max_age", "signed_url_ttl",
              "auth", "signup", "token_ttl", "log_level", "allowed_hosts", "trusted_proxies", "ssl_certfile",
-             "ssl_keyfile", "rate_limit", "storage", "redirect")  # fmt: skip
+             "ssl_keyfile", "rate_limit", "storage", "redirect", "metrics")  # fmt: skip
     values = {n: getattr(args, n, None) for n in names}
     for n in ("allowed_hosts", "trusted_proxies"):  # repeatable flags: one comma-separated setting
         items: list[str] | None = values[n]

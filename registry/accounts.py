@@ -53,7 +53,7 @@ RESERVED_NAMES = frozenset(
         "search", "explore", "new", "models", "settings", "keys", "robots", "orgs", "organizations",
         "signup", "signin", "signout", "login", "logout", "register", "connect", "account", "accounts",
         "admin", "static", "assets", "favicon", "docs", "help", "about", "blog", "status",
-        "health", "metrics", "download", "downloads", "users", "user", "org", "teams", "team",
+        "health", "healthz", "readyz", "metrics", "download", "downloads", "users", "user", "org", "teams", "team",
         # the API's path roots
         "api", "v1", "v2", "token", "hangar", "_catalog",
         # actors the audit log and tokens use

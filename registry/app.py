@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount
+from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from formats.errorcodes import DistributionError
@@ -28,6 +28,7 @@ from registry.auth import Authority
 from registry.db import make_engine
 from registry.gc import purge_uploads_forever
 from registry.meta import Metadata
+from registry.metrics import Metrics, MetricsMiddleware, healthz, metrics_endpoint, readyz
 from registry.pulls import flush_pulls_forever
 from registry.ratelimit import RateLimiter
 from registry.signing import UrlSigner
@@ -180,9 +181,16 @@ def create_app(settings: config.Settings) -> Starlette:
                 await pull_counts
             engine.dispose()
 
-    return Starlette(
-        routes=[*routes, Mount("/", app=site)],
-        middleware=[Middleware(ApiVersionHeader), Middleware(RateLimit, per_minute=settings.rate_limit)],
+    # Health and metrics: no authentication, no rate limit (registry.metrics).
+    probes = [Route("/healthz", healthz, methods=["GET"]), Route("/readyz", readyz, methods=["GET"])]
+    metrics = Metrics() if settings.metrics == "on" else None
+    middleware = [Middleware(ApiVersionHeader), Middleware(RateLimit, per_minute=settings.rate_limit)]
+    if metrics is not None:
+        probes.append(Route("/metrics", metrics_endpoint, methods=["GET"]))
+        middleware.insert(0, Middleware(MetricsMiddleware, metrics=metrics, engine=engine))
+    app = Starlette(
+        routes=[*probes, *routes, Mount("/", app=site)],
+        middleware=middleware,
         exception_handlers={
             DistributionError: _registry_error,
             HTTPException: _http_error,
@@ -192,6 +200,9 @@ def create_app(settings: config.Settings) -> Starlette:
         },
         lifespan=lifespan,
     )
+    app.state.engine = engine
+    app.state.metrics = metrics
+    return app
 
 
 def app_from_env() -> Starlette:

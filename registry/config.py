@@ -27,6 +27,8 @@ class Settings:
     # "on": a blob GET answers 307 to the object store's own presigned URL when the store has
     # one; "off": the registry streams the bytes itself (an object store clients cannot reach).
     redirect: str = "on"
+    # "on": GET /metrics answers Prometheus text, unauthenticated (registry.metrics); "off": no /metrics.
+    metrics: str = "on"
     # The scheme://host[:port] clients reach us at: the canonical origin, named in challenges and
     # Location headers, and the one signed requests must be bound to (registry.origins). Empty:
     # the listen address and loopback names.
@@ -108,6 +110,8 @@ class Settings:
             raise ValueError(f"--storage must be file:///PATH or s3://BUCKET[/PREFIX], got {self.storage!r}")
         if self.redirect not in ("on", "off"):
             raise ValueError(f"--redirect must be 'on' or 'off', got {self.redirect!r}")
+        if self.metrics not in ("on", "off"):
+            raise ValueError(f"--metrics must be 'on' or 'off', got {self.metrics!r}")
         if self.signup not in ("open", "invite", "closed"):
             raise ValueError(f"--signup must be 'open', 'invite' or 'closed', got {self.signup!r}")
         return replace(self, public_url=self.public_url.rstrip("/"))

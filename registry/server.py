@@ -12,7 +12,10 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import shutil
+import socket
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -23,6 +26,8 @@ from registry.origins import split_list
 
 log = logging.getLogger("hangar.registry")
 
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
 
 class RedactCredentials(logging.Filter):
     """Replaces the query string of an access-log line with ``?[redacted]`` when it may carry a
@@ -32,6 +37,8 @@ class RedactCredentials(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         # uvicorn.access: (client, method, path with query, http version, status).
         args = record.args
+        if isinstance(args, tuple) and len(args) >= 5 and args[2] in _QUIET_PATHS and args[4] == 200:
+            return False
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str) and "?" in args[2]:
             path, _, query = args[2].partition("?")
             if path == "/token" or path.startswith("/hangar/v1/") or "signature=" in query:
@@ -47,6 +54,15 @@ def log_config() -> dict[str, Any]:
     return config
 
 
+def metrics_dir(settings: Settings) -> Path:
+    """This server's own (emptied) folder for the workers' metric files: replicas sharing a data
+    directory each have theirs."""
+    folder = settings.resolved_data_dir / "metrics" / f"{socket.gethostname()}-{settings.port}"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
 def serve(settings: Settings, *, ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
     if ssl_certfile or ssl_keyfile:
         # Workers (and registry.origins, for the scheme of loopback origins) read it from settings.
@@ -54,6 +70,8 @@ def serve(settings: Settings, *, ssl_certfile: str | None = None, ssl_keyfile: s
     settings.resolved_data_dir.mkdir(parents=True, exist_ok=True)
     db.upgrade(settings.resolved_database_url)
     os.environ.update(settings.to_env())
+    if settings.metrics == "on":
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir(settings))
     trusted = split_list(settings.trusted_proxies)
     uvicorn.run(
         "registry.app:app_from_env",

@@ -36,6 +36,7 @@ from registry.storage.base import (
     OversizedChunk,
     SizeMismatch,
     StateAfter,
+    StorageUnavailable,
     UploadInfo,
     UploadNotFound,
 )
@@ -76,6 +77,14 @@ class FilesystemStore:
 
     def _state_path(self, upload_id: str) -> Path:
         return self._upload_path(upload_id).with_name(f"{upload_id}.hash")
+
+    async def ready(self) -> None:
+        def probe() -> None:
+            for folder in (self.blobs_dir, self.uploads_dir):
+                if not folder.is_dir() or not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+                    raise StorageUnavailable(f"{folder} is missing or not readable and writable")
+
+        await _in_thread(probe)
 
     # -- blobs ---------------------------------------------------------------------------
 

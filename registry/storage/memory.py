@@ -38,6 +38,9 @@ class MemoryStore:
 
     # -- blobs ---------------------------------------------------------------------------
 
+    async def ready(self) -> None:
+        return None
+
     async def stat(self, digest: Digest) -> BlobInfo:
         if digest not in self.blobs:
             raise BlobNotFound(str(digest))

@@ -141,6 +141,12 @@ class S3Store:
         except BotoCoreError as e:
             raise StorageUnavailable(f"S3 {method}: {e}") from e
 
+    async def ready(self) -> None:
+        try:
+            await self._call("head_bucket")
+        except ClientError as e:  # "not found": the bucket is gone
+            raise StorageUnavailable(f"S3 head_bucket: {e}") from e
+
     # -- blobs ---------------------------------------------------------------------------
 
     async def stat(self, digest: Digest) -> BlobInfo:

@@ -237,6 +237,9 @@ class VerifiedStore:
     def __init__(self, backend: BlobStore) -> None:
         self.backend = backend
 
+    async def ready(self) -> None:
+        await self.backend.ready()
+
     # -- blobs: the backend's, as they are -------------------------------------------------
 
     async def stat(self, digest: Digest) -> BlobInfo:

@@ -82,6 +82,10 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
 
 
+def test_ready(store: VerifiedStore) -> None:
+    run(store.ready())  # /readyz's probe (failures: tests/registry/test_health.py, tests/storage/test_s3.py)
+
+
 def test_put_read_stat_delete(store: VerifiedStore) -> None:
     data = os.urandom(5 * 1024 * 1024 + 7)  # spans several read and write batches
 

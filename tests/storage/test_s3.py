@@ -122,3 +122,13 @@ def test_a_session_record_names_parts_and_hash(s3_backend: S3Store) -> None:
         assert json.loads(record["hash"])["size"] == 3
 
     asyncio.run(go())
+
+
+def test_ready_is_a_head_bucket(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``/readyz``'s probe: the bucket answers; a missing bucket or a wrong secret does not."""
+    asyncio.run(open_store(s3_url).ready())
+    with pytest.raises(StorageUnavailable):
+        asyncio.run(open_store("s3://no-such-bucket-hangar/x?addressing_style=path").ready())
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    with pytest.raises(StorageUnavailable):
+        asyncio.run(open_store(s3_url).ready())
