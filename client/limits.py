@@ -15,7 +15,6 @@ import os
 import shutil
 import time
 import zlib
-from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import httpx
@@ -117,43 +116,56 @@ class _Decoder:
         return bool(self._pending)
 
 
-def _collect(
-    chunks: Iterable[bytes], decoder: _Decoder, limit: int, started: float, deadline: float
-) -> tuple[list[bytes], bool, bool]:
-    """Gather decoded bytes from raw ``chunks`` until the end, ``limit`` + 1 bytes, or the
-    deadline. Returns (parts, over the limit, past the deadline)."""
-    parts: list[bytes] = []
-    total = 0
-    for raw in chunks:
-        out = decoder.feed(raw, limit + 1 - total)
+class _BodyReader:
+    """One body being read: raw chunks undone by the decoder into parts until the end, ``limit``
+    + 1 bytes or the deadline; then the body, or the error that says why there is none. The
+    same for httpx's asynchronous and synchronous clients, which differ only in how they iterate."""
+
+    def __init__(self, response: httpx.Response, limit: int, what: str, truncate: bool) -> None:
+        self.response, self.limit, self.what, self.truncate = response, limit, what, truncate
+        self.started = time.monotonic()
+        self.deadline = request_deadline()
+        self.decoder = _Decoder(response.headers.get("content-encoding", ""), what)
+        self.parts: list[bytes] = []
+        self.total = 0
+        self.over = self.late = False
+
+    def feed(self, raw: bytes) -> bool:
+        """Take one raw chunk; True once reading must stop (over the limit or past the deadline)."""
+        out = self.decoder.feed(raw, self.limit + 1 - self.total)
         while True:
-            parts.append(out)
-            total += len(out)
-            if total > limit:
-                return parts, True, False
-            if not decoder.has_more:
+            self.parts.append(out)
+            self.total += len(out)
+            if self.total > self.limit:
+                self.over = True
+                return True
+            if not self.decoder.has_more:
                 break
-            out = decoder.feed(b"", limit + 1 - total)
-        if time.monotonic() - started > deadline:
-            return parts, False, True
-    return parts, False, False
+            out = self.decoder.feed(b"", self.limit + 1 - self.total)
+        self.late = time.monotonic() - self.started > self.deadline
+        return self.late
 
+    def failed(self, error: httpx.TransportError) -> None:
+        """The connection broke: an error, unless ``truncate`` keeps what came."""
+        if not self.truncate:
+            raise errors.RegistryUnreachable(
+                f"{self.what}: reading the answer from {origin_text(self.response.request.url)} failed: {error}"
+            ) from None
 
-def _finish(
-    response: httpx.Response, parts: list[bytes], over: bool, late: bool, limit: int, what: str, truncate: bool
-) -> bytes:
-    body = b"".join(parts)[: limit if truncate else None]
-    if late and not truncate:
-        raise errors.RegistryUnreachable(
-            f"{what}: {origin_text(response.request.url)} is sending its answer too slowly (still unfinished after "
-            f"{request_deadline():.0f} s)"
-        )
-    if over and not truncate:
-        raise BodyTooLarge(f"{what}: the registry's answer is larger than {_size(limit)}; refusing to read on")
-    # httpx keeps a read body in _content (Response.aread does the same); .content, .text and
-    # .json() then use it, and httpx's own aread (in its auth flow) finds the body read.
-    response._content = body
-    return body
+    def finish(self) -> bytes:
+        limit, what, truncate = self.limit, self.what, self.truncate
+        body = b"".join(self.parts)[: limit if truncate else None]
+        if self.late and not truncate:
+            raise errors.RegistryUnreachable(
+                f"{what}: {origin_text(self.response.request.url)} is sending its answer too slowly (still "
+                f"unfinished after {request_deadline():.0f} s)"
+            )
+        if self.over and not truncate:
+            raise BodyTooLarge(f"{what}: the registry's answer is larger than {_size(limit)}; refusing to read on")
+        # httpx keeps a read body in _content (Response.aread does the same); .content, .text and
+        # .json() then use it, and httpx's own aread (in its auth flow) finds the body read.
+        self.response._content = body
+        return body
 
 
 async def read_body(response: httpx.Response, limit: int, what: str, *, truncate: bool = False) -> bytes:
@@ -163,54 +175,32 @@ async def read_body(response: httpx.Response, limit: int, what: str, *, truncate
     before is returned as it is."""
     if hasattr(response, "_content"):
         return response.content
-    started = time.monotonic()
-    deadline = request_deadline()
-    decoder = _Decoder(response.headers.get("content-encoding", ""), what)
-    parts: list[bytes] = []
-    total = 0
-    over = late = False
+    body = _BodyReader(response, limit, what, truncate)
     try:
         async for raw in response.aiter_raw():
-            got, over, late = _collect([raw], decoder, limit - total, started, deadline)
-            parts += got
-            total += sum(len(p) for p in got)
-            if over or late:
+            if body.feed(raw):
                 break
     except httpx.TransportError as e:
-        if not truncate:
-            raise errors.RegistryUnreachable(
-                f"{what}: reading the answer from {origin_text(response.request.url)} failed: {e}"
-            ) from None
+        body.failed(e)
     finally:
         await response.aclose()
-    return _finish(response, parts, total > limit or over, late, limit, what, truncate)
+    return body.finish()
 
 
 def read_body_sync(response: httpx.Response, limit: int, what: str, *, truncate: bool = False) -> bytes:
     """:func:`read_body` for httpx's synchronous client."""
     if hasattr(response, "_content"):
         return response.content
-    started = time.monotonic()
-    deadline = request_deadline()
-    decoder = _Decoder(response.headers.get("content-encoding", ""), what)
-    parts: list[bytes] = []
-    total = 0
-    over = late = False
+    body = _BodyReader(response, limit, what, truncate)
     try:
         for raw in response.iter_raw():
-            got, over, late = _collect([raw], decoder, limit - total, started, deadline)
-            parts += got
-            total += sum(len(p) for p in got)
-            if over or late:
+            if body.feed(raw):
                 break
     except httpx.TransportError as e:
-        if not truncate:
-            raise errors.RegistryUnreachable(
-                f"{what}: reading the answer from {origin_text(response.request.url)} failed: {e}"
-            ) from None
+        body.failed(e)
     finally:
         response.close()
-    return _finish(response, parts, total > limit or over, late, limit, what, truncate)
+    return body.finish()
 
 
 # -- declared sizes --------------------------------------------------------------------------------
