@@ -128,12 +128,7 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("name")
     p.add_argument("--admin", action="store_true", help="may do everything everywhere")
     p.add_argument("--pubkey-file", help="bind this ssh-ed25519 public key (e.g. ~/.hangar/id_ed25519.pub)")
-    p.add_argument(
-        "--allow-library",
-        action="store_true",
-        help="allow the reserved name 'library' (where short names such as llama3 resolve when this "
-        "registry is the default host): its owner publishes for everyone",
-    )
+    _allow_library_arg(p)
     _storage_args(p)
     p.set_defaults(handler=_admin_user_create)
     p = user.add_parser("disable", help="disable a user (tokens are refused; data stays)")
@@ -148,12 +143,7 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     p = org.add_parser("create", help="create an organisation (its name is its namespace)")
     p.add_argument("name")
     p.add_argument("--owner", help="a user who becomes its first owner")
-    p.add_argument(
-        "--allow-library",
-        action="store_true",
-        help="allow the reserved name 'library' (where short names such as llama3 resolve when this "
-        "registry is the default host): its owner publishes for everyone",
-    )
+    _allow_library_arg(p)
     _storage_args(p)
     p.set_defaults(handler=_admin_org_create)
     p = org.add_parser("add-member", help="add a member (or change a member's role)")
@@ -173,6 +163,15 @@ def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--action", help="only this action (push, delete, signin, signup, auth, key.add …)")
     _storage_args(p)
     p.set_defaults(handler=_admin_audit)
+
+
+def _allow_library_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--allow-library",
+        action="store_true",
+        help="allow the reserved name 'library' (where short names such as llama3 resolve when this "
+        "registry is the default host): its owner publishes for everyone",
+    )
 
 
 def _storage_args(parser: argparse.ArgumentParser) -> None:

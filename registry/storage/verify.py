@@ -108,7 +108,8 @@ class _HashlibSha256:
         self._h.update(memoryview(data)[start:end])
 
     def state(self) -> bytes:
-        raise NotImplementedError
+        # Never reached: ContentHash.state answers None without libcrypto before asking.
+        raise RuntimeError("hashlib's SHA-256 state cannot be saved")
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
