@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -166,6 +167,8 @@ class RegistryProcess:
 class ReferenceRegistry:
     """The CNCF reference registry (Debian's ``docker-registry``), filesystem storage, no auth."""
 
+    ready_status = 200  # what GET /v2/ answers once it serves (a subclass with auth: 401)
+
     def __init__(self, root: Path) -> None:
         exe = shutil.which("docker-registry")
         if not exe:
@@ -190,7 +193,7 @@ class ReferenceRegistry:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> ReferenceRegistry:
+    def start(self) -> Self:
         env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
         with open(self.root / "log", "ab") as log:
             self.proc = subprocess.Popen(
@@ -199,11 +202,11 @@ class ReferenceRegistry:
 
         def ready() -> bool:
             try:
-                return httpx.get(self.url + "/v2/", timeout=1).status_code == 200
+                return httpx.get(self.url + "/v2/", timeout=1).status_code == self.ready_status
             except httpx.TransportError:
                 return False
 
-        wait_until(ready, 30, "docker-registry to start")
+        wait_until(ready, 30, f"{type(self).__name__} to start")
         return self
 
     def stop(self) -> None:

@@ -17,7 +17,6 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from client.config import ClientSettings, load
@@ -32,7 +31,7 @@ from formats.names import ModelName
 from tests.client.conftest import make_model
 from tests.people import Person, audit_rows, unique
 from tests.security.test_client_credentials import Reply, Seen, Server
-from tests.servers import REPO_ROOT, ReferenceRegistry, RegistryProcess, wait_until
+from tests.servers import REPO_ROOT, ReferenceRegistry, RegistryProcess
 
 USER, PASSWORD = "bob", "s3cret-Pa55"
 
@@ -60,28 +59,14 @@ def bcrypt_hash(password: str) -> str:
 class BasicRegistry(ReferenceRegistry):
     """The reference registry with ``auth: htpasswd``: every request needs HTTP Basic."""
 
+    ready_status = 401
+
     def __init__(self, root: Path, users: dict[str, str]) -> None:
         super().__init__(root)
         htpasswd = root / "htpasswd"
         htpasswd.write_text("".join(f"{u}:{bcrypt_hash(p)}\n" for u, p in users.items()))
         with self.config.open("a") as f:
             f.write(f"auth:\n  htpasswd:\n    realm: hangar-tests\n    path: {htpasswd}\n")
-
-    def start(self) -> BasicRegistry:
-        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}
-        with open(self.root / "log", "ab") as log:
-            self.proc = subprocess.Popen(
-                [self.exe, "serve", str(self.config)], stdout=log, stderr=subprocess.STDOUT, env=env
-            )
-
-        def ready() -> bool:
-            try:
-                return httpx.get(self.url + "/v2/", timeout=1).status_code == 401
-            except httpx.TransportError:
-                return False
-
-        wait_until(ready, 30, "docker-registry (htpasswd) to start")
-        return self
 
 
 @pytest.fixture(scope="module")
