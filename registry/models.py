@@ -20,6 +20,8 @@ Accounts (see ``registry.accounts``):
 - ``robot``: named, scoped, expiring tokens for CI and generic OCI clients (stored hashed).
 - ``nonce``: signed-request nonces already seen, until their timestamp window closes.
 - ``audit``: who did what, when, from where, and whether it was allowed.
+- ``web_session``: a browser's signed-in session (stored hashed; see ``registry.web.sessions``);
+  ``signin_link``: a one-time web sign-in link printed by the CLI (stored hashed).
 """
 
 from __future__ import annotations
@@ -147,6 +149,7 @@ class Account(Base):
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)
     default_visibility: Mapped[str] = mapped_column(String(16), default="public")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    password_hash: Mapped[str | None] = mapped_column(String(255))  # argon2id; None: no web password
 
 
 class Membership(Base):
@@ -230,3 +233,29 @@ class Audit(Base):
     detail: Mapped[str] = mapped_column(Text, default="")
 
     __table_args__ = (Index("ix_audit_at", "at"),)
+
+
+class WebSession(Base):
+    __tablename__ = "web_session"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the cookie's value
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
+    user_agent: Mapped[str] = mapped_column(String(255))
+    remote: Mapped[str] = mapped_column(String(64))
+
+    __table_args__ = (
+        Index("ix_web_session_account_id", "account_id"),
+        Index("ix_web_session_expires_at", "expires_at"),
+    )
+
+
+class SigninLink(Base):
+    __tablename__ = "signin_link"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("account.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
