@@ -50,6 +50,11 @@ class PostgresCluster:
         if self._as_postgres:
             shutil.chown(self.dir, "postgres", "postgres")
         self._run(str(self.bindir / "initdb"), "-D", str(self.dir / "data"), "-A", "trust", "-U", "postgres")
+        self.start_server()
+        self._databases = 0
+
+    def start_server(self) -> None:
+        """Starts the server (again, after ``stop_server``: same port, same data)."""
         self._run(
             str(self.bindir / "pg_ctl"),
             "-D",
@@ -61,7 +66,10 @@ class PostgresCluster:
             f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
             "start",
         )
-        self._databases = 0
+
+    def stop_server(self) -> None:
+        """Stops the server, keeping its data, as an outage would (connections are cut)."""
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "-w", "stop")
 
     def _run(self, *cmd: str) -> None:
         full = ["runuser", "-u", "postgres", "--", *cmd] if self._as_postgres else list(cmd)
