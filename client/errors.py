@@ -30,6 +30,12 @@ from formats.errorcodes import parse_envelope
 if TYPE_CHECKING:
     import httpx
 
+# Proxies come from the environment (httpx and aiohttp both read it); this says how to fix them.
+PROXY_HINT = (
+    "Proxies come from HTTPS_PROXY/HTTP_PROXY (http://USER:PASSWORD@HOST:PORT when the proxy needs a"
+    " password); hosts listed in NO_PROXY are reached directly"
+)
+
 
 class HangarError(Exception):
     pass
@@ -129,6 +135,8 @@ def from_response(status: int, body: bytes, what: str) -> RegistryError:
         )
     if status == 403:
         return Denied(f"{what}: access denied ({detail}); you have no permission for this namespace")
+    if status == 407:
+        return RequestFailed(f"{what}: the HTTP proxy asked for credentials (407). {PROXY_HINT}", status, code)
     if status == 404:
         return NotFound(f"{what}: file does not exist ({detail})")  # Ollama's words, then ours
     return RequestFailed(f"{what}: registry answered {status} ({detail})", status, code)

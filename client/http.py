@@ -87,9 +87,8 @@ async def send(
     uploading = "content" in kwargs and not isinstance(kwargs["content"], (bytes, str))
     deadline = None if uploading else request_deadline()
     try:
-        request = http.build_request(method, url, **{k: v for k, v in kwargs.items() if k != "auth"})
         async with asyncio.timeout(deadline):
-            response = await http.send(request, stream=True, auth=kwargs.get("auth", httpx.USE_CLIENT_DEFAULT))
+            response = await _send_once_more_if_dropped(http, method, url, uploading, kwargs)
     except TimeoutError:
         raise errors.RegistryUnreachable(f"{what}: {origin_text(url)} did not answer within {deadline:.0f} s") from None
     except httpx.ConnectError as e:
@@ -99,6 +98,11 @@ async def send(
                 "~/.hangar/config.toml; for plain http use --insecure"
             ) from None
         raise errors.RegistryUnreachable(f"{what}: cannot reach {origin_text(url)}: {e or type(e).__name__}") from None
+    except httpx.ProxyError as e:
+        where = origin_text(url)
+        raise errors.RegistryUnreachable(
+            f"{what}: the HTTP proxy refused to reach {where}: {e}. {errors.PROXY_HINT}"
+        ) from None
     except httpx.TimeoutException as e:
         raise errors.RegistryUnreachable(f"{what}: {origin_text(url)} timed out ({type(e).__name__})") from None
     except httpx.TransportError as e:
@@ -114,6 +118,24 @@ async def send(
     return response
 
 
+async def _send_once_more_if_dropped(
+    http: httpx.AsyncClient, method: str, url: str, uploading: bool, kwargs: dict[str, Any]
+) -> httpx.Response:
+    """Send; when a kept-alive connection turns out closed before any answer came back, send once
+    more on a new one. Some proxies (tinyproxy among them) and load balancers close a connection
+    after each response without saying so, and httpx may reuse it in the instant before the close
+    arrives; curl and Go's client retry the same way. A streamed body cannot be replayed: its
+    caller's own retry (an upload part's) handles that case."""
+    auth = kwargs.get("auth", httpx.USE_CLIENT_DEFAULT)
+    options = {k: v for k, v in kwargs.items() if k != "auth"}
+    try:
+        return await http.send(http.build_request(method, url, **options), stream=True, auth=auth)
+    except httpx.RemoteProtocolError as e:
+        if uploading or "without sending a response" not in str(e):
+            raise
+    return await http.send(http.build_request(method, url, **options), stream=True, auth=auth)
+
+
 def make_data_session(settings: ClientSettings, host: str, connections: int) -> aiohttp.ClientSession:
     """The session that carries blob bytes (aiohttp: a C parser, several times httpx's speed).
     Imported here: only pulls need it, and importing it costs a sixth of a second."""
@@ -121,7 +143,11 @@ def make_data_session(settings: ClientSettings, host: str, connections: int) -> 
 
     verify = tls_verify(settings, host)
     connector = aiohttp.TCPConnector(limit=connections + 2, ssl=verify if isinstance(verify, ssl.SSLContext) else True)
-    return aiohttp.ClientSession(connector=connector, headers={"User-Agent": USER_AGENT}, auto_decompress=False)
+    # trust_env: HTTPS_PROXY/HTTP_PROXY/NO_PROXY (and credentials in them) as httpx honours them,
+    # so blob bytes take the same way as the requests around them, redirects to object stores too.
+    return aiohttp.ClientSession(
+        connector=connector, headers={"User-Agent": USER_AGENT}, auto_decompress=False, trust_env=True
+    )
 
 
 def tls_verify(settings: ClientSettings, host: str) -> Any:

@@ -26,6 +26,8 @@ command -v cmake >/dev/null || need+=(cmake)
 # The S3 storage tests run against a real OpenStack Swift (its s3api) with memcached (tests/swift.py).
 command -v swift-proxy-server >/dev/null || need+=(swift swift-proxy swift-account swift-container swift-object)
 command -v memcached >/dev/null || need+=(memcached)
+# tests/client/test_proxy.py sends the client's requests through a real forward proxy.
+command -v tinyproxy >/dev/null || need+=(tinyproxy)
 # The web site's browser tests (tests/web) drive Debian's headless Chromium through its driver.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
