@@ -1,10 +1,12 @@
-"""``hangar signin``, ``signout``, ``whoami``, ``keys``, ``robots``, ``visibility``, ``members``:
-the account commands, all signed requests to a Hangar registry's account API."""
+"""``hangar signin``, ``signout``, ``whoami``, ``passwd``, ``keys``, ``robots``, ``visibility``,
+``members``: the account commands, all signed requests to a Hangar registry's account API."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +39,21 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     signin.add_argument("--username", help="the account to sign in to, or to create")
     signin.add_argument("--invite", help="an invite code from the registry's administrator")
     signin.add_argument("--key-name", help="a name for this key (default: this machine's hostname)")
+    signin.add_argument(
+        "--web", action="store_true", help="print a one-time link that signs a browser in to your account"
+    )
     signin.set_defaults(handler=_signin)
+
+    passwd = commands.add_parser(
+        "passwd",
+        help="set the password you sign in to the registry's web site with",
+        description="Set the web site's password of the account this machine's key belongs to (a signed request).",
+    )
+    _registry_arg(passwd)
+    passwd.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input, not the terminal"
+    )
+    passwd.set_defaults(handler=_passwd)
 
     signout = commands.add_parser("signout", help="remove this machine's key from its account")
     _registry_arg(signout)
@@ -121,6 +137,13 @@ def _client(args: argparse.Namespace, *, create_key: bool = False) -> AccountCli
 
 
 def _signin(args: argparse.Namespace) -> int:
+    if args.web:
+        link = _client(args).signin_link()
+        print(f"Open this link within {int(link['expires_in']) // 60} minutes to sign in to the web site:\n")
+        print(f"    {link['url']}")
+        return 0
+    from client.account import connect_url
+
     client = _client(args, create_key=True)
     key_name = args.key_name or socket.gethostname()
     answer = client.signin(args.username, key_name)
@@ -142,6 +165,8 @@ def _signin(args: argparse.Namespace) -> int:
         code = answer.body["code"]
         print(f"If '{args.username}' is your account, approve this key on a device signed in to it:\n")
         print(f"    hangar keys approve {code} {args.registry_option or args.registry or ''}".rstrip())
+        print("\nor open this link in a browser signed in to the registry's web site:\n")
+        print(f"    {connect_url(client.base, client.identity, socket.gethostname())}")
         mode = answer.body.get("signup")
         if mode == "invite" and not args.invite:
             print("\nNo account yet? This registry needs an invite: hangar signin --username NAME --invite CODE")
@@ -159,6 +184,19 @@ def _signin(args: argparse.Namespace) -> int:
     body = client.expect(answer, 200)
     _remember(client, body["username"])
     print(f"Signed in to {client.base} as '{body['username']}' (key {client.identity.fingerprint}).")
+    return 0
+
+
+def _passwd(args: argparse.Namespace) -> int:
+    client = _client(args)
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("New web password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ValueError("the two passwords differ")
+    body = client.set_password(password)
+    print(f"Password set for '{body['username']}': sign in at {client.base}/signin")
     return 0
 
 

@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -39,6 +39,15 @@ def registry_base(registry: str | None, settings: ClientSettings, insecure: bool
     if "://" in text:
         return text
     return registry_url(ModelName(text, "x", "x", "x"), settings, insecure)
+
+
+def connect_url(base: str, identity: Identity, device: str) -> str:
+    """Ollama's connect URL on this registry (protocol spec §5.6): opened by someone signed in
+    to the web site, it binds ``identity``'s key to their account. ``key`` is the public-key line,
+    base64url without padding; ``name`` the device's host name."""
+    line = identity.public_line.strip().encode()
+    key = base64.urlsafe_b64encode(line).decode().rstrip("=")
+    return f"{base}/connect?{urlencode({'name': device, 'key': key}, quote_via=quote)}"
 
 
 class AccountClient:
@@ -119,6 +128,14 @@ class AccountClient:
 
     def signout(self) -> dict[str, Any]:
         return self.expect(self.call("POST", "/hangar/v1/signout"), 200)
+
+    def set_password(self, password: str) -> dict[str, Any]:
+        """Set the web site's password (sent once, over the signed request; never stored here)."""
+        return self.expect(self.call("POST", "/hangar/v1/password", {"password": password}), 200)
+
+    def signin_link(self) -> dict[str, Any]:
+        """A one-time link that signs a browser in to this account."""
+        return self.expect(self.call("POST", "/hangar/v1/signin-link"), 201)
 
     def create_robot(self, namespace: str, name: str, scope: str, expires_in: float) -> dict[str, Any]:
         body = {"namespace": namespace, "name": name, "scope": scope, "expires_in": expires_in}

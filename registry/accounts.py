@@ -1,12 +1,14 @@
 """Identity in SQL: accounts (users and organisations), memberships, public keys, invites,
-robots, nonces and the audit log. These tables are this module's; the repository tables are
-``registry.meta``'s (a repository's visibility included). Like ``registry.meta``, every
-method is synchronous and runs one short transaction (``registry.db``); the HTTP side calls them in a thread pool,
-``hangar registry admin`` calls them directly."""
+robots, web passwords, browser sessions, nonces and the audit log. These tables are this
+module's; the repository tables are ``registry.meta``'s (a repository's visibility included).
+Like ``registry.meta``, every method is synchronous and runs one short transaction
+(``registry.db``); the HTTP side calls them in a thread pool, ``hangar registry admin`` calls
+them directly."""
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import re
@@ -14,6 +16,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, cast
 
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import Table, delete, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
@@ -21,7 +25,18 @@ from sqlalchemy.exc import IntegrityError
 from formats.auth import fingerprint
 from formats.names import is_valid_namespace
 from registry.db import Transactions, utcnow
-from registry.models import Account, Audit, Invite, Membership, Nonce, PendingKey, PublicKey, Robot
+from registry.models import (
+    Account,
+    Audit,
+    Invite,
+    Membership,
+    Nonce,
+    PendingKey,
+    PublicKey,
+    Robot,
+    SigninLink,
+    WebSession,
+)
 
 _account = cast(Table, Account.__table__)
 _membership = cast(Table, Membership.__table__)
@@ -31,6 +46,8 @@ _invite = cast(Table, Invite.__table__)
 _robot = cast(Table, Robot.__table__)
 _nonce = cast(Table, Nonce.__table__)
 _audit = cast(Table, Audit.__table__)
+_session = cast(Table, WebSession.__table__)
+_link = cast(Table, SigninLink.__table__)
 
 ROLES = ("owner", "writer", "reader")
 VISIBILITIES = ("public", "private")
@@ -62,6 +79,20 @@ RESERVED_NAMES = frozenset(
 )  # fmt: skip
 
 
+# Web passwords: argon2id at OWASP's recommended minimum (19 MiB, 2 passes, 1 lane) rather than
+# argon2-cffi's 64 MiB default: every sign-in attempt that passes the rate limits costs one hash,
+# and a burst of them must not take gigabytes. Bounds keep a request from hashing a megabyte.
+PASSWORD_MIN = 10
+PASSWORD_MAX = 256
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+# A browser session lasts this long after sign-in, and ends sooner when unused this long.
+SESSION_TTL = dt.timedelta(days=30)
+SESSION_IDLE = dt.timedelta(days=7)
+# ``last_seen_at`` is written at most this often per session: not one write per page view.
+SESSION_TOUCH = dt.timedelta(minutes=5)
+SIGNIN_LINK_TTL = 600.0
+
+
 class AccountError(Exception):
     """A request the account rules refuse; the message is for the user."""
 
@@ -84,6 +115,41 @@ def check_not_reserved(name: str, *, allow_library: bool = False) -> None:
     if key in RESERVED_NAMES and not (allow_library and key == LIBRARY):
         hint = " (an administrator may create it with --allow-library)" if key == LIBRARY else ""
         raise NameReserved(f"the name {name!r} is reserved on this registry{hint}")
+
+
+class NoSuchNamespace(AccountError):
+    """A namespace with no account (the API answers 404)."""
+
+
+class NotAnOwner(AccountError):
+    """A user who may not manage a namespace (the API answers 403)."""
+
+
+def check_password(password: str) -> None:
+    """Raise AccountError for a password too short or too long to accept."""
+    if len(password) < PASSWORD_MIN:
+        raise AccountError(f"a password needs at least {PASSWORD_MIN} characters")
+    if len(password) > PASSWORD_MAX:
+        raise AccountError(f"a password has at most {PASSWORD_MAX} characters")
+
+
+def hash_password(password: str) -> str:
+    check_password(password)
+    return _hasher.hash(password)
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when no account matches, so that a wrong name costs as long as a wrong
+    password (made on first use: hashing takes tens of milliseconds, too long for every import)."""
+    return _hasher.hash(secrets.token_hex(16))
+
+
+def _password_matches(encoded: str | None, password: str) -> bool:
+    try:
+        return _hasher.verify(encoded or _dummy_hash(), password) and encoded is not None
+    except (VerificationError, InvalidHashError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -115,6 +181,17 @@ class RobotRecord:
     @property
     def username(self) -> str:
         return f"{self.namespace}+{self.name}"
+
+
+@dataclass(frozen=True)
+class SessionRecord:
+    id_hash: str
+    user: AccountRecord
+    created_at: dt.datetime
+    last_seen_at: dt.datetime
+    expires_at: dt.datetime
+    user_agent: str
+    remote: str
 
 
 @dataclass(frozen=True)
@@ -203,6 +280,27 @@ class Accounts(Transactions):
             result = conn.execute(update(_account).where(_account.c.key == name.lower()).values(disabled=disabled))
             if result.rowcount == 0:
                 raise AccountError(f"no account named {name!r}")
+
+    def manageable(self, user: AccountRecord, namespace: str) -> AccountRecord:
+        """The namespace's account, if ``user`` may manage it: change its settings, robots,
+        members and repositories' visibility (its own user, an owner of the organisation, or an
+        administrator). Raises NoSuchNamespace or NotAnOwner. The one rule the account API and
+        the web site's settings pages both apply."""
+        with self._read() as conn:
+            account = self._get(conn, namespace)
+            if account is None:
+                raise NoSuchNamespace(f"no namespace named {namespace!r}")
+            if user.is_admin or account.id == user.id:
+                return account
+            if account.kind == "org":
+                role = conn.execute(
+                    select(_membership.c.role).where(
+                        _membership.c.org_id == account.id, _membership.c.user_id == user.id
+                    )
+                ).scalar()
+                if role == "owner":
+                    return account
+        raise NotAnOwner(f"only owners of {account.name!r} may change its settings")
 
     def set_default_visibility(self, namespace: str, visibility: str) -> None:
         if visibility not in VISIBILITIES:
@@ -362,8 +460,18 @@ class Accounts(Transactions):
             )
         return code
 
-    def signup(self, name: str, key: str, key_name: str, invite: str | None, require_invite: bool) -> AccountRecord:
-        """Create a user bound to ``key``, consuming an invite when one is required (atomically)."""
+    def signup(
+        self,
+        name: str,
+        key: str | None,
+        key_name: str,
+        invite: str | None,
+        require_invite: bool,
+        *,
+        password_hash: str | None = None,
+    ) -> AccountRecord:
+        """Create a user bound to ``key`` (the CLI) or with a password (the web site), consuming an
+        invite when one is required (atomically)."""
         with self._write() as conn:
             invite_hash = None
             if require_invite or invite:
@@ -382,13 +490,129 @@ class Accounts(Transactions):
                 ).rowcount
                 if claimed != 1:
                     raise AccountError("the invite code is unknown, used or expired")
-            if conn.execute(select(_key.c.id).where(_key.c.key == key)).first() is not None:
+            if key is not None and conn.execute(select(_key.c.id).where(_key.c.key == key)).first() is not None:
                 raise KeyTaken("this key already belongs to an account; use 'hangar signin' instead")
             user = self._create(conn, name, "user")
-            self._add_key(conn, user.id, key, key_name)
+            if key is not None:
+                self._add_key(conn, user.id, key, key_name)
+            if password_hash is not None:
+                conn.execute(update(_account).where(_account.c.id == user.id).values(password_hash=password_hash))
             if invite_hash:
                 conn.execute(update(_invite).where(_invite.c.code_hash == invite_hash).values(used_by=user.id))
             return user
+
+    # -- web passwords, sessions and sign-in links ----------------------------------------------
+
+    def set_password(self, user_id: int, password: str) -> None:
+        """Set a user's web password (argon2id; the clear text is never stored)."""
+        encoded = hash_password(password)
+        with self._write() as conn:
+            conn.execute(update(_account).where(_account.c.id == user_id).values(password_hash=encoded))
+
+    def has_password(self, user_id: int) -> bool:
+        with self._read() as conn:
+            return conn.execute(select(_account.c.password_hash).where(_account.c.id == user_id)).scalar() is not None
+
+    def check_password(self, name: str, password: str) -> AccountRecord | None:
+        """The user ``name`` if ``password`` is theirs (a disabled account included: the caller
+        says why it refuses). Costs one argon2 verification whether or not the user exists."""
+        if len(password) > PASSWORD_MAX:
+            return None
+        with self._read() as conn:
+            row = conn.execute(select(_account).where(_account.c.key == name.lower())).first()
+        encoded = row.password_hash if row is not None and row.kind == "user" else None
+        if not _password_matches(encoded, password):
+            return None
+        assert row is not None
+        if _hasher.check_needs_rehash(encoded or ""):
+            with self._write() as conn:
+                conn.execute(
+                    update(_account).where(_account.c.id == row.id).values(password_hash=_hasher.hash(password))
+                )
+        return _record(row)
+
+    def start_session(self, user_id: int, user_agent: str, remote: str) -> str:
+        """A new browser session; returns the cookie's value (only its hash is stored)."""
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        with self._write() as conn:
+            conn.execute(
+                insert(_session).values(
+                    id_hash=_hash(token), account_id=user_id, created_at=now, last_seen_at=now,
+                    expires_at=now + SESSION_TTL, user_agent=user_agent[:255], remote=remote[:64],
+                )
+            )  # fmt: skip
+            conn.execute(delete(_session).where(_session.c.expires_at <= now))
+        return token
+
+    def session(self, token: str) -> SessionRecord | None:
+        """The live session a cookie's value names (its user enabled), noting that it was seen."""
+        now = utcnow()
+        id_hash = _hash(token)
+        with self._read() as conn:
+            row = conn.execute(
+                select(_session, _account)
+                .select_from(_session.join(_account, _account.c.id == _session.c.account_id))
+                .where(_session.c.id_hash == id_hash)
+            ).first()
+        if row is None or row.expires_at <= now or row.last_seen_at + SESSION_IDLE <= now or row.disabled:
+            return None
+        if row.last_seen_at + SESSION_TOUCH <= now:
+            with self._write() as conn:
+                conn.execute(update(_session).where(_session.c.id_hash == id_hash).values(last_seen_at=now))
+        return SessionRecord(
+            id_hash, _record(row), row.created_at, row.last_seen_at, row.expires_at, row.user_agent, row.remote
+        )
+
+    def sessions(self, user_id: int) -> list[SessionRecord]:
+        with self._read() as conn:
+            user = conn.execute(select(_account).where(_account.c.id == user_id)).first()
+            rows = conn.execute(
+                select(_session)
+                .where(_session.c.account_id == user_id, _session.c.expires_at > utcnow())
+                .order_by(_session.c.last_seen_at.desc())
+            ).all()
+        if user is None:
+            return []
+        return [
+            SessionRecord(r.id_hash, _record(user), r.created_at, r.last_seen_at, r.expires_at, r.user_agent, r.remote)
+            for r in rows
+        ]
+
+    def end_session(self, token: str) -> bool:
+        with self._write() as conn:
+            return conn.execute(delete(_session).where(_session.c.id_hash == _hash(token))).rowcount > 0
+
+    def end_sessions(self, user_id: int) -> int:
+        """Sign a user out everywhere: every browser session ends."""
+        with self._write() as conn:
+            return conn.execute(delete(_session).where(_session.c.account_id == user_id)).rowcount
+
+    def create_signin_link(self, user_id: int, ttl: float = SIGNIN_LINK_TTL) -> str:
+        """A one-time web sign-in token for a user (printed by the CLI as a link)."""
+        token = secrets.token_urlsafe(32)
+        now = utcnow()
+        with self._write() as conn:
+            conn.execute(
+                insert(_link).values(
+                    token_hash=_hash(token), account_id=user_id, created_at=now,
+                    expires_at=now + dt.timedelta(seconds=ttl),
+                )
+            )  # fmt: skip
+            conn.execute(delete(_link).where(_link.c.expires_at <= now))
+        return token
+
+    def use_signin_link(self, token: str) -> AccountRecord | None:
+        """The user a sign-in link is for, if fresh; the link is used up either way."""
+        with self._write() as conn:
+            row = conn.execute(select(_link).where(_link.c.token_hash == _hash(token))).first()
+            if row is None:
+                return None
+            conn.execute(delete(_link).where(_link.c.token_hash == row.token_hash))
+            if row.expires_at <= utcnow():
+                return None
+            account = conn.execute(select(_account).where(_account.c.id == row.account_id)).first()
+        return _record(account) if account is not None else None
 
     # -- robots ------------------------------------------------------------------------------
 

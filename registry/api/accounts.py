@@ -16,6 +16,8 @@ Answers are JSON; errors are ``{"error": "…"}`` with a 4xx status.
 ``DELETE /hangar/v1/keys/<fingerprint>``  remove a key
 ``POST /hangar/v1/keys/approve``        ``{"code"}``: bind a key waiting for approval
 ``POST /hangar/v1/signout``             remove the signing key
+``POST /hangar/v1/password``            ``{"password"}``: set the web site's password (``hangar passwd``)
+``POST /hangar/v1/signin-link``         a one-time web sign-in link, valid 10 minutes
 ``POST /hangar/v1/robots``              ``{"namespace", "name", "scope", "expires_in"}``: a robot token (shown once)
 ``GET  /hangar/v1/robots?namespace=``   a namespace's robots
 ``DELETE /hangar/v1/robots/<ns>/<name>``
@@ -47,8 +49,18 @@ from formats.auth import (
     parse_authorization,
 )
 from formats.names import NameParseError, parse_repository
-from registry.accounts import APPROVAL_CODE_ALPHABET, AccountError, AccountRecord, KeyTaken, NameReserved, NameTaken
-from registry.api.common import audit, registry_origins, request_host, services
+from registry.accounts import (
+    APPROVAL_CODE_ALPHABET,
+    SIGNIN_LINK_TTL,
+    AccountError,
+    AccountRecord,
+    KeyTaken,
+    NameReserved,
+    NameTaken,
+    NoSuchNamespace,
+    NotAnOwner,
+)
+from registry.api.common import audit, base_url, registry_origins, request_host, services
 from registry.api.token import Refused, check_freshness, signature_mismatch, verify_signature
 
 MAX_BODY = 64 * 1024
@@ -90,6 +102,7 @@ _ACTIONS = {
     "signout": "key.remove", "list_keys": "keys", "remove_key": "key.remove", "approve_key": "key.add",
     "create_robot": "robot.create", "list_robots": "robots", "delete_robot": "robot.delete",
     "set_repository": "visibility", "set_namespace": "visibility", "set_member": "member.set",
+    "set_password": "password", "signin_link": "signin.link",
 }  # fmt: skip
 
 
@@ -290,22 +303,48 @@ async def approve_key(request: Request, caller: Caller) -> Response:
     return JSONResponse({"status": "approved", **_key_json(key)})
 
 
+# -- the web site: password and sign-in links -------------------------------------------------------
+
+
+@signed
+async def set_password(request: Request, caller: Caller) -> Response:
+    """Set the user's web password. The key's signature is the proof of identity; the password
+    goes into no log and no audit row."""
+    user = caller.require_user()
+    password = caller.field("password", required=True)
+    if not isinstance(password, str):
+        raise AccountsApiError(400, "the password must be a string")
+    await run_in_threadpool(services(request).accounts.set_password, user.id, password)
+    await audit(request, user.name, "password", user.name, "ok", key=fingerprint(caller.key))
+    return JSONResponse({"status": "password_set", "username": user.name})
+
+
+@signed
+async def signin_link(request: Request, caller: Caller) -> Response:
+    """A one-time link that signs the user in to the web site (for an account made from the CLI)."""
+    user = caller.require_user()
+    token = await run_in_threadpool(services(request).accounts.create_signin_link, user.id)
+    await audit(request, user.name, "signin.link", user.name, "ok", key=fingerprint(caller.key))
+    return JSONResponse(
+        {"url": f"{base_url(request)}/signin/link/{token}", "expires_in": int(SIGNIN_LINK_TTL)}, status_code=201
+    )
+
+
 # -- namespaces: robots, visibility, members ---------------------------------------------------------
 
 
 async def _owned_namespace(request: Request, caller: Caller, namespace: str) -> str:
-    """The namespace's spelling, if the caller may manage it (its user, an org owner, an admin)."""
+    """The namespace's spelling, if the caller may manage it (``Accounts.manageable``: its user,
+    an org owner, an admin; the web site's settings pages apply the same rule)."""
     user = caller.require_user()
-    svc = services(request)
-    account = await run_in_threadpool(svc.accounts.get, namespace)
-    if account is None:
-        raise AccountsApiError(404, f"no namespace named {namespace!r}")
-    if user.is_admin or account.id == user.id:
-        return account.name
-    if account.kind == "org" and await run_in_threadpool(svc.accounts.role, account.id, user.id) == "owner":
-        return account.name
-    await audit(request, user.name, "settings", namespace, "denied", reason="not an owner")
-    raise AccountsApiError(403, f"only owners of {account.name!r} may change its settings")
+    try:
+        account = await run_in_threadpool(services(request).accounts.manageable, user, namespace)
+    except NoSuchNamespace as e:
+        raise AccountsApiError(404, str(e)) from None
+    except NotAnOwner as e:
+        await audit(request, user.name, "settings", namespace, "denied", reason="not an owner")
+        raise AccountsApiError(403, str(e)) from None
+    return account.name
 
 
 @signed
@@ -393,6 +432,8 @@ routes = [
     Route(P + "/signin", signin, methods=["POST"]),
     Route(P + "/signout", signout, methods=["POST"]),
     Route(P + "/me", me, methods=["GET"]),
+    Route(P + "/password", set_password, methods=["POST"]),
+    Route(P + "/signin-link", signin_link, methods=["POST"]),
     Route(P + "/keys", list_keys, methods=["GET"]),
     Route(P + "/keys/approve", approve_key, methods=["POST"]),
     Route(P + "/keys/{fingerprint:path}", remove_key, methods=["DELETE"]),

@@ -14,8 +14,9 @@ registry's own port, from the same database.
 ``/static/…``                           the stylesheet and the copy-button script
 ======================================  ==============================================================
 
-Pages are rendered for the anonymous viewer, or for the holder of a registry bearer token sent
-with ``Authorization``. What a viewer may read is decided by the API's own rules
+Pages are rendered for the anonymous viewer, for the holder of a registry bearer token sent
+with ``Authorization``, or for a signed-in browser (``registry.web.sessions``; the account pages
+are ``registry.web.account_pages``). What a viewer may read is decided by the API's own rules
 (``registry.auth.Authority.allowed`` for one repository, ``registry.api.common.readable_namespaces``
 for listings): what they may not read answers 404, exactly like a name that does not exist.
 
@@ -33,6 +34,7 @@ import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -43,7 +45,7 @@ from formats.errorcodes import DistributionError
 from formats.names import DEFAULT_NAMESPACE, is_valid_model, is_valid_namespace, is_valid_tag
 from registry.api.common import base_url, bearer_grant, readable_namespaces, services
 from registry.auth import ANONYMOUS, Principal
-from registry.web import render
+from registry.web import render, sessions
 from registry.web.cards import Card, card
 from registry.web.catalog import Catalog, RepoRow, TagRow, head_tag
 
@@ -69,7 +71,7 @@ SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
-    "Vary": "Authorization",
+    "Vary": "Authorization, Cookie",
 }
 
 _env = jinja2.Environment(
@@ -80,7 +82,7 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
 )
 _env.filters.update(render.FILTERS)
-templates = Jinja2Templates(env=_env)
+templates = Jinja2Templates(env=_env, context_processors=[sessions.context])
 
 
 @dataclass
@@ -122,7 +124,10 @@ def _catalog(request: Request) -> Catalog:
 
 async def _principal(request: Request) -> Principal:
     grant = await bearer_grant(request)
-    return grant.principal if grant is not None else ANONYMOUS
+    if grant is not None:
+        return grant.principal
+    session = sessions.web_state(request).session
+    return sessions.principal_of(session) if session is not None else ANONYMOUS
 
 
 async def may_read(request: Request, name: str) -> bool:
@@ -397,7 +402,10 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def web_app() -> Starlette:
     """The site as an app to mount at ``/`` after every API route. The registry's lifespan sets
     its ``state.services`` (``registry.app``)."""
+    from registry.web.account_pages import routes as account_routes  # it renders with _page
+
     routes = [
+        *account_routes,
         Route("/", home, methods=["GET"]),
         Route("/search", search_page, methods=["GET"]),
         Route("/api/search", api_search, methods=["GET"]),
@@ -409,6 +417,7 @@ def web_app() -> Starlette:
     ]
     return Starlette(
         routes=routes,
+        middleware=[Middleware(sessions.WebSessions, refuse=_error_page)],
         exception_handlers={
             HTTPException: _http_error,
             DistributionError: _distribution_error,
