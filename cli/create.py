@@ -44,6 +44,14 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "q5_K_S q5_K_M q6_K (case-insensitive)",
     )
     p.add_argument("--insecure", action="store_true", help="plain http if FROM must be pulled")
+    p.add_argument(
+        "--link",
+        action="store_true",
+        help="hard-link local files into the store instead of cloning or copying them: no second copy on any "
+        "filesystem, but the model then IS your file: edit or rewrite it and the model stops loading until "
+        "created again (without --link, filesystems with copy-on-write clones, btrfs and XFS, share the "
+        "file's blocks safely, and others copy it)",
+    )
     p.set_defaults(handler=_create)
 
 
@@ -78,7 +86,9 @@ def gather(modelfile_path: Path | None) -> Gathered:
                 continue
             raise CreateError(f"FROM {source}: no such file (a second FROM must be a projector file)")
         for found in _model_files(path):
-            files[found.name if found.name not in files else str(found)] = found
+            # A sentence-transformers module's files keep their folder: 1_Pooling/config.json.
+            name = found.name if found.parent == path or not path.is_dir() else found.relative_to(path).as_posix()
+            files[name if name not in files else str(found)] = found
     adapters: dict[str, Path] = {}
     for source in modelfile.adapters:
         path = _local(source, directory)
@@ -100,14 +110,15 @@ def _local(source: str, directory: Path) -> Path | None:
 def _model_files(path: Path) -> list[Path]:
     """The files a FROM/ADAPTER path stands for: itself, a folder's safetensors checkpoint (weights,
     config and tokenizer files) or PEFT adapter, or a folder's GGUF files."""
-    from client.create import CHECKPOINT_FILES
+    from client.create import CHECKPOINT_FILES, SENTENCE_TRANSFORMERS_FILES, module_files
 
     if path.is_file():
         return [path]
     if any(path.glob("*.safetensors")):
         found = sorted(path.glob("*.safetensors")) + sorted(path.glob("*.safetensors.index.json"))
-        found += [path / name for name in (*CHECKPOINT_FILES, "adapter_config.json") if (path / name).is_file()]
-        return found
+        names = (*CHECKPOINT_FILES, *SENTENCE_TRANSFORMERS_FILES, "adapter_config.json")
+        found += [path / name for name in names if (path / name).is_file()]
+        return found + module_files(path)
     for pattern in UNSUPPORTED_PATTERNS:
         if any(path.glob(pattern)):
             raise CreateError(f"{path}: PyTorch pickles are not imported (they can run code); use safetensors")
@@ -162,14 +173,24 @@ def _create_local(args: argparse.Namespace, gathered: Gathered, progress: Progre
     store = Store(settings.models).ensure()
 
     def copy(paths: dict[str, Path]) -> dict[str, Digest]:
-        out = {}
-        for name, path in paths.items():
-            digest, size = store.add_blob_file(path)
-            progress(Progress(f"copying file {digest}", str(digest), size, size))
-            out[name] = digest
-        return out
+        return {name: _import(store, path, args.link, progress) for name, path in paths.items()}
 
     create(store, settings, _request(args, gathered, copy(gathered.files), copy(gathered.adapters)), progress)
+
+
+# The status line says how each file became a blob (Ollama's own line for a copy).
+IMPORT_STATUS = {"copied": "copying file", "cloned": "cloning file (copy-on-write)", "linked": "linking file",
+                 "present": "using already stored file"}  # fmt: skip
+
+
+def _import(store: Store, path: Path, link: bool, progress: ProgressCallback) -> Digest:
+    try:
+        imported = store.import_file(path, link=link)
+    except OSError as e:
+        raise CreateError(f"{e.strerror}: {e.filename}" if e.filename else (e.strerror or str(e))) from None
+    status = f"{IMPORT_STATUS[imported.method]} {imported.digest}"
+    progress(Progress(status, str(imported.digest), imported.size, imported.size))
+    return imported.digest
 
 
 def _create_remote(
@@ -178,11 +199,14 @@ def _create_remote(
     import httpx  # here: every hangar command builds this module's parser
 
     with httpx.Client(base_url=base, headers=headers, timeout=None) as client:
+        # --link with a daemon on this machine: link into the store first; when the daemon uses
+        # the same store it then finds every blob there and nothing is uploaded.
+        store = Store(load().models).ensure() if args.link else None
 
         def upload(paths: dict[str, Path]) -> dict[str, Digest]:
             out = {}
             for name, path in paths.items():
-                digest = _sha256(path)
+                digest = _import(store, path, True, progress) if store is not None else _sha256(path)
                 size = path.stat().st_size
                 if client.head(f"/api/blobs/{digest}").status_code != 200:
                     r = client.post(f"/api/blobs/{digest}", content=_chunks(path, progress, str(digest), size))

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping
@@ -382,9 +383,43 @@ CHECKPOINT_FILES = (
 )  # fmt: skip
 
 
+# An embedding model as sentence-transformers saves it: its modules, and WordPiece's vocab.txt.
+SENTENCE_TRANSFORMERS_FILES = ("modules.json", "vocab.txt")
+MODULE_FILES = ("config.json", "model.safetensors")
+
+
 def _is_checkpoint_part(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
-    return base.endswith(".safetensors") or base.endswith(".safetensors.index.json") or base in CHECKPOINT_FILES
+    return (base.endswith(".safetensors") or base.endswith(".safetensors.index.json")
+            or base in CHECKPOINT_FILES or base in SENTENCE_TRANSFORMERS_FILES)  # fmt: skip
+
+
+def module_files(folder: Path) -> list[Path]:
+    """The files of a sentence-transformers folder's modules (``1_Pooling/config.json``,
+    ``2_Dense/model.safetensors`` …) that modules.json names, which the conversion reads."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    found = []
+    for module in modules if isinstance(modules, list) else []:
+        path = module.get("path") if isinstance(module, dict) else None
+        if isinstance(path, str) and _MODULE_DIR.fullmatch(path):
+            found += [folder / path / name for name in MODULE_FILES if (folder / path / name).is_file()]
+    return found
+
+
+# A module's folder: "1_Pooling", "2_Dense" (the files in it keep their folder through the create).
+_MODULE_DIR = re.compile(r"[0-9]+_[A-Za-z0-9]+")
+
+
+def _linked_name(name: str) -> str:
+    """Where a file goes in the conversion's folder: by its base name, except the files of a
+    sentence-transformers module, which stay in their module's folder."""
+    parts = name.split("/")
+    if len(parts) >= 2 and _MODULE_DIR.fullmatch(parts[-2]):
+        return "/".join(parts[-2:])
+    return parts[-1]
 
 
 @contextlib.contextmanager
@@ -394,7 +429,8 @@ def _linked(store: Store, files: Mapping[str, Digest]) -> Iterator[Path]:
     with tempfile.TemporaryDirectory(dir=store.tmp_dir) as folder:
         root = Path(folder)
         for name, digest in files.items():
-            target = root / name.rsplit("/", 1)[-1]
+            target = root / _linked_name(name)
+            target.parent.mkdir(exist_ok=True)
             os.symlink(store.blob_path(digest), target)
         yield root
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from client.convert.encoders import model_family
 from client.convert.models import Family, Tensor, family_for
 from client.convert.safetensors import CheckpointError, read_checkpoint
-from client.convert.tokenizer import load_vocab, write_vocab
 
 __all__ = ["CheckpointError", "convert_adapter", "convert_model", "is_checkpoint"]
 
@@ -32,15 +32,16 @@ def convert_model(folder: Path, out: Path, progress: Progress | None = None) -> 
     import gguf
 
     config = _config(folder / "config.json")
-    family = family_for(config)
+    family = model_family(config)
     shards = sorted(folder.glob("*.safetensors"))
     if not shards:
         raise CheckpointError("no *.safetensors files next to config.json")
+    family.prepare(folder)
     refs = family.select(read_checkpoint(shards))
-    embed = refs.get("model.embed_tokens.weight")
+    embed = refs.get(family.EMBEDDING)
     if embed is None:
-        raise CheckpointError("the checkpoint has no model.embed_tokens.weight")
-    vocab = load_vocab(folder, embed.shape[0])
+        raise CheckpointError(f"the checkpoint has no {family.EMBEDDING}")
+    vocab = family.vocab(folder, embed.shape[0])
     tensors = list(family.tensors(refs))
     kind = _weight_type(tensors)
 
@@ -50,7 +51,7 @@ def convert_model(folder: Path, out: Path, progress: Progress | None = None) -> 
     w.add_vocab_size(embed.shape[0])
     w.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
                      "BF16": gguf.LlamaFileType.MOSTLY_BF16}[kind])  # fmt: skip
-    write_vocab(w, vocab)
+    family.write_vocab(w, vocab)
     _write_tensors(w, tensors, kind, progress)
     return family.arch
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 from client.convert.safetensors import CheckpointError, TensorRef
+from client.convert.tokenizer import Vocab, load_vocab, write_vocab
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -78,6 +80,8 @@ class Family:
     EXPERT_MODULE = ""
     EXPERT_PARTS: ClassVar[dict[str, str]] = {}
     n_expert = 0
+    # The token embedding's name in the checkpoint (its rows: the vocabulary size).
+    EMBEDDING = "model.embed_tokens.weight"
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.c = config
@@ -102,6 +106,16 @@ class Family:
 
     def transform(self, part: str) -> Transform | None:
         return None
+
+    def prepare(self, folder: Path) -> None:
+        """Read what the family needs from the checkpoint folder besides config.json (the
+        sentence-transformers modules of an embedding model)."""
+
+    def vocab(self, folder: Path, size: int) -> Vocab:
+        return load_vocab(folder, size)
+
+    def write_vocab(self, w: Any, vocab: Vocab) -> None:
+        write_vocab(w, vocab)
 
     def select(self, refs: dict[str, TensorRef]) -> dict[str, TensorRef]:
         """The checkpoint's tensors that make the model, under the names ``_name`` knows."""

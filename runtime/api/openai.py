@@ -235,6 +235,8 @@ async def chat_completions(request: Request) -> Response:
         raise ApiError(400, "tools must be an array")
     if tools and "tools" not in resolved.info.capabilities:
         raise ApiError(400, f'"{model}" does not support tools')
+    if "completion" not in resolved.info.capabilities:  # an embedding model
+        raise ApiError(400, f'"{model}" does not support chat')
     options = svc.options(resolved, _sampling_options(body))
     grammar = grammar_for(_format(body))
     logprobs, top = _logprob_request(body)
@@ -338,6 +340,8 @@ async def completions(request: Request) -> Response:
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string")
     suffix = body.get("suffix") or ""
+    if "completion" not in resolved.info.capabilities:  # an embedding model
+        raise ApiError(400, f'"{model}" does not support generate')
     options = svc.options(resolved, _sampling_options(body, zero_top_p_is_default=True))
     logprobs, top = _logprob_request(body)
     think = svc.think(resolved, None)  # as Ollama: a thinking model thinks; the text is its answer only
