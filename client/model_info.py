@@ -46,6 +46,8 @@ def inspect(store: Store, model: LocalModel, *, read_gguf: bool = True) -> Model
     info = ModelInfo(model=model, config=config if isinstance(config, dict) else {})
     for layer in manifest.layers:
         path = store.blob_path(layer.digest)
+        if changed := store.linked_change(layer.digest):
+            problems.append(changed)
         if layer.media_type == mt.OLLAMA_MODEL:
             info.model_path = path
             info.parent = layer.parent or ""

@@ -9,6 +9,7 @@
       .hangar/locks/                               flock files serialising work on one blob or name (removed on release)
       .hangar/push/                                upload sessions to resume (see client.push)
       .hangar/unflushed/sha256-<hex>               a blob published before it reached the disk
+      .hangar/links/sha256-<hex>                   a blob hard-linked to a user's file (--link): what it was
 
 A model's ID is the sha256 of its manifest file. Blob file names use ``sha256-``; JSON uses
 ``sha256:``. Everything becomes visible by ``os.replace`` after it is complete and verified, so
@@ -30,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -37,7 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from client.errors import InvalidName, ModelNotFound
 from formats import mediatypes as mt
@@ -50,6 +52,36 @@ COPY_CHUNK = 4 * 1024 * 1024
 # marked blob rarely has to wait for the disk.
 SETTLE_AFTER = 60.0
 BOOT_ID_PATH = Path("/proc/sys/kernel/random/boot_id")
+FICLONE = 0x40049409  # linux/fs.h, _IOW(0x94, 9, int): share the source's extents (btrfs, XFS, bcachefs)
+
+# How a file became a blob: its extents shared copy-on-write, its bytes copied, the file itself
+# hard-linked (``--link``), or already there.
+ImportMethod = Literal["cloned", "copied", "linked", "present"]
+
+
+@dataclass(frozen=True)
+class ImportedBlob:
+    digest: Digest
+    size: int
+    method: ImportMethod
+
+
+def _clone(src: BinaryIO, dst: BinaryIO) -> bool:
+    """Clone ``src``'s extents into the empty ``dst`` (FICLONE); False where the filesystem or
+    the pair of files cannot (ext4, tmpfs, two filesystems)."""
+    try:
+        fcntl.ioctl(dst.fileno(), FICLONE, src.fileno())
+    except OSError:
+        return False
+    return True
+
+
+def _hash_file(path: Path) -> Digest:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(COPY_CHUNK):
+            h.update(chunk)
+    return Digest(h.hexdigest())
 
 
 def current_boot_id() -> str | None:
@@ -98,6 +130,7 @@ class Store:
         self.locks_dir = self.state_dir / "locks"
         self.push_dir = self.state_dir / "push"
         self.unflushed_dir = self.state_dir / "unflushed"
+        self.links_dir = self.state_dir / "links"
         self.boot_id = current_boot_id()
 
     def ensure(self) -> Store:
@@ -209,17 +242,93 @@ class Store:
         return size is None or st.st_size == size
 
     def add_blob_file(self, source: Path) -> tuple[Digest, int]:
-        """Copy a file into the store under its digest; returns (digest, size)."""
-        h = hashlib.sha256()
+        """Copy (or clone) a file into the store under its digest; returns (digest, size)."""
+        imported = self.import_file(source)
+        return imported.digest, imported.size
+
+    def import_file(self, source: Path, *, link: bool = False) -> ImportedBlob:
+        """Make a user's file a blob without a second copy where the filesystem allows.
+
+        By default its extents are cloned copy-on-write (instant, no extra space, and editing the
+        original later cannot touch the blob), else its bytes are copied. ``link`` hard-links the
+        file itself instead: no space either, on any filesystem, but the blob is then the user's
+        file, so its size and modification time are recorded and :meth:`linked_change` reports a
+        blob whose file was edited since (the runtime then refuses it)."""
+        if link:
+            return self._link_in(source)
         with self.temp_file() as (tmp, out), open(source, "rb") as src:
-            while chunk := src.read(COPY_CHUNK):
-                h.update(chunk)
-                out.write(chunk)
+            if _clone(src, out):
+                method: ImportMethod = "cloned"
+                digest = _hash_file(tmp)  # the clone, not the source: what was hashed is what is kept
+            else:
+                method = "copied"
+                h = hashlib.sha256()
+                while chunk := src.read(COPY_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                digest = Digest(h.hexdigest())
             out.flush()
             os.fsync(out.fileno())
-            digest = Digest(h.hexdigest())
+            size = os.fstat(out.fileno()).st_size
+            if self.has_blob(digest, size) and not self._link_record(digest).exists():
+                return ImportedBlob(digest, size, "present")
+            self._forget_link(digest)
             self._publish(tmp, digest)
-            return digest, os.path.getsize(self.blob_path(digest))
+            return ImportedBlob(digest, size, method)
+
+    def _link_in(self, source: Path) -> ImportedBlob:
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.tmp_dir / f"link-{os.getpid()}-{time.monotonic_ns()}"
+        try:
+            os.link(source, tmp)
+        except OSError as e:
+            raise OSError(
+                e.errno,
+                f"cannot hard-link {source} into the store at {self.root} ({e.strerror}): --link needs both"
+                " on one filesystem; without --link the file is cloned or copied",
+            ) from None
+        try:
+            before = os.stat(tmp)
+            digest = _hash_file(tmp)
+            after = os.stat(tmp)
+            if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+                raise OSError(f"{source} changed while it was being hashed; try again once it is written")
+            if self.has_blob(digest, after.st_size) and not os.path.samefile(tmp, self.blob_path(digest)):
+                return ImportedBlob(digest, after.st_size, "present")  # a blob of its own already
+            record = self._link_record(digest)
+            record.parent.mkdir(parents=True, exist_ok=True)
+            record.write_text(
+                json.dumps({"source": str(source), "size": after.st_size, "mtime_ns": after.st_mtime_ns}) + "\n"
+            )
+            os.replace(tmp, self.blob_path(digest))  # not _publish: chmod would change the user's file
+            return ImportedBlob(digest, after.st_size, "linked")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+    def linked_change(self, digest: Digest) -> str | None:
+        """Why a blob hard-linked with ``--link`` can no longer be trusted (its file was edited:
+        the size or modification time differs from when it was hashed), or None."""
+        record = self._link_record(digest)
+        try:
+            recorded = json.loads(record.read_text())
+            st = self.blob_path(digest).stat()
+        except (FileNotFoundError, ValueError):
+            return None
+        if (st.st_size, st.st_mtime_ns) == (recorded.get("size"), recorded.get("mtime_ns")):
+            return None
+        return (
+            f"{recorded.get('source', 'its file')} was linked into the store with --link and has changed since"
+            f" ({recorded.get('size')} → {st.st_size} bytes or a new modification time): the blob {digest} no"
+            " longer matches its digest; create the model again from the new file"
+        )
+
+    def _link_record(self, digest: Digest) -> Path:
+        return self.links_dir / digest.filename
+
+    def _forget_link(self, digest: Digest) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._link_record(digest).unlink()
 
     def adopt_file(self, path: Path) -> tuple[Digest, int]:
         """Hash a file written in the store's temporary folder, flush it, and move it into place."""
@@ -327,6 +436,7 @@ class Store:
     def delete_blob(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.blob_path(digest).unlink()
+        self._forget_link(digest)
 
     # -- files and locks -------------------------------------------------------------------
 

@@ -152,6 +152,9 @@ class Service:
     def spec(self, resolved: Resolved, options: dict[str, Any], *, embedding: bool) -> LoadSpec:
         if resolved.info.error:  # never hand llama.cpp a file we could not read ourselves
             raise ApiError(500, f'model "{resolved.requested}" cannot be loaded: {resolved.info.error}')
+        for layer in resolved.model.manifest.layers:  # a --link'ed file edited since the model was read
+            if changed := self.store.linked_change(layer.digest):
+                raise ApiError(500, f'model "{resolved.requested}" cannot be loaded: {changed}')
         if resolved.info.model_path is None:
             raise ApiError(400, f'"{resolved.requested}" has no model weights to load')
         files = [resolved.info.model_path, *resolved.info.adapters, *resolved.info.projectors]

@@ -28,6 +28,8 @@ command -v swift-proxy-server >/dev/null || need+=(swift swift-proxy swift-accou
 command -v memcached >/dev/null || need+=(memcached)
 # tests/client/test_proxy.py sends the client's requests through a real forward proxy.
 command -v tinyproxy >/dev/null || need+=(tinyproxy)
+# tests/client/test_nocopy_import.py clones files on a loop-mounted btrfs (copy-on-write).
+command -v mkfs.btrfs >/dev/null || need+=(btrfs-progs)
 # The web site's browser tests (tests/web) drive Debian's headless Chromium through its driver.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
