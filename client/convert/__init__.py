@@ -3,7 +3,9 @@
 ``convert_model(folder, out)`` writes a model GGUF (F32, F16 or BF16 as the checkpoint stores its
 weights; norms and other vectors in F32) from ``config.json``, the ``*.safetensors`` shards and the
 tokenizer files; ``convert_adapter`` writes a LoRA adapter GGUF from a PEFT ``adapter_config.json``
-and ``adapter_model.safetensors``. Tensors are read and written one at a time."""
+and ``adapter_model.safetensors``. Tensors are read and written one at a time. Decoder families
+are in ``models``; embedding models (sentence-transformers folders: BERT, nomic-bert,
+EmbeddingGemma) in ``encoders``."""
 
 from __future__ import annotations
 

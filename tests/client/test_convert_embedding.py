@@ -398,7 +398,8 @@ def test_embedding_conversion_errors(tmp_path: Path) -> None:
 def test_served_end_to_end(tmp_path: Path) -> None:
     """`hangar create` from the folder through `hangar serve` (the module files uploaded under
     their folders' names), then the embedding endpoints give the reference's vectors, chat and
-    generate on it are a 400, and `hangar run MODEL text` prints the vector as a JSON array."""
+    generate on it are a 400, `hangar run MODEL text` prints the vector as a JSON array, and
+    `hangar create -q q8_0` makes a Q8_0 one that stays within the Q8_0 bound."""
     model = build_bert(tmp_path / "ckpt", "mean")
     (tmp_path / "Modelfile").write_text("FROM ./ckpt\n")
     runtime = RuntimeProcess(tmp_path / "home").start()
@@ -441,5 +442,9 @@ def test_served_end_to_end(tmp_path: Path) -> None:
         printed = json.loads(hangar("run", "minilm", texts[0]).stdout)
         assert isinstance(printed, list) and len(printed) == 64
         assert cosine(np.array(printed), expected[0]) >= 0.9999
+        out = hangar("create", "minilm:q8", "-f", str(tmp_path / "Modelfile"), "-q", "q8_0").stdout
+        assert "quantizing F32 model to Q8_0" in out
+        r = httpx.post(url + "/api/embed", json={"model": "minilm:q8", "input": texts[0]}, timeout=120)
+        assert cosine(np.array(r.json()["embeddings"][0]), expected[0]) >= 0.998
     finally:
         runtime.stop()
