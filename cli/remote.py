@@ -1,5 +1,6 @@
-"""``hangar outdated``, ``update``, ``tags`` and ``search``: compare local models with their
-registries, pull the ones whose tag moved, list a repository's tags, and search a registry."""
+"""``hangar outdated``, ``update``, ``tags``, ``search`` and ``readme``: compare local models with
+their registries, pull the ones whose tag moved, list a repository's tags, search a registry, and
+set the README a registry's web site shows for a model."""
 
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     search = commands.add_parser(
         "search",
         help="search a Hangar registry's models",
-        description="List the public models of a Hangar registry whose name and description hold every "
-        "word of QUERY (the registry's GET /api/search, the search of its web site).",
+        description="List the models of a Hangar registry whose name and description hold every word of "
+        "QUERY (the registry's GET /api/search, the search of its web site): its public models, and the "
+        "private ones you may read when you signed in to it ('hangar signin') or logged in ('hangar login').",
     )
     search.add_argument("query", nargs="*", help="words to look for (none: the newest models)")
     search.add_argument("-r", "--registry", help="the registry's host[:port] (default: HANGAR_REGISTRY)")
@@ -59,6 +61,19 @@ def add_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )  # fmt: skip
     search.add_argument("--insecure", action="store_true", help="use plain http for this registry")
     search.set_defaults(handler=_search)
+
+    readme = commands.add_parser(
+        "readme",
+        help="show or set a local model's README (the model page of a Hangar registry shows it)",
+        description="With FILE, make that Markdown file the README of the local MODEL: a layer of media type "
+        "application/vnd.hangar.image.readme, replacing any README it had, so that 'hangar push' takes it to "
+        "the registry, whose web site renders it on the model page (raw HTML is shown as text). Without "
+        "FILE, print the model's README.",
+    )
+    readme.add_argument("model", help="a local model, e.g. models.lan:5000/alice/model")
+    readme.add_argument("file", nargs="?", help="a Markdown file, or - for standard input")
+    readme.add_argument("--remove", action="store_true", help="remove the model's README")
+    readme.set_defaults(handler=_readme)
 
 
 def _local_models(names: list[str]) -> tuple[ClientSettings, Store, list[LocalModel]]:
@@ -166,4 +181,42 @@ def _search(args: argparse.Namespace) -> int:
             )
         )
     print_table(rows)
+    return 0
+
+
+def _readme(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from client.readme import ReadmeError, readme_of, set_readme
+
+    settings = load()
+    store = Store(settings.models)
+    name = store.parse_name(args.model, settings.default_host)
+    if args.remove or args.file is not None:
+        if args.remove and args.file is not None:
+            print("error: give a FILE or --remove, not both", file=sys.stderr)
+            return 2
+        text = None
+        if args.file == "-":
+            text = sys.stdin.read()
+        elif args.file is not None:
+            try:
+                text = Path(args.file).read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                print(f"error: cannot read {args.file}: {e}", file=sys.stderr)
+                return 1
+        try:
+            model = set_readme(store, name, text)
+        except ReadmeError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        done = "removed the README of" if text is None else "set the README of"
+        print(f"{done} {model.name.display()}; 'hangar push {model.name.display()}' takes it to the registry")
+        return 0
+    text = readme_of(store, name)
+    if text is None:
+        print(f"{name.display()} has no README", file=sys.stderr)
+        return 1
+    # A pulled model's README is its author's text: no escape sequences reach the terminal.
+    print(printable(text, newlines=True), end="" if text.endswith("\n") else "\n")
     return 0

@@ -158,11 +158,17 @@ async def search(
     order: str = "newest",
     insecure: bool = False,
 ) -> list[SearchHit]:
-    """The first page of a Hangar registry's ``GET /api/search`` (docs/web.md), anonymously: the
-    public models whose name and description hold every word of ``query``."""
+    """The first page of a Hangar registry's ``GET /api/search`` (docs/web.md): the models whose
+    name and description hold every word of ``query``, among those the user may read there.
+
+    The search itself never challenges (anonymous visitors may search), so the user's credentials
+    for the registry (this machine's key after ``hangar signin``, or a ``hangar login``) are
+    turned into a token first, by the API's own ``GET /v2/`` challenge: with it the private
+    models of the user and of their organisations are found too."""
     base = registry_url(ModelName.parse(f"{host}/library/search"), settings, insecure)
     params = [("q", query), ("o", order), *(("c", c) for c in capabilities)]
     async with make_client(settings, base, scopes=[]) as http:
+        await send(http, "GET", f"{base}/v2/", what=f"search {host}", allow=(404,))
         response = await send(
             http, "GET", f"{base}/api/search", what=f"search {host}", limit=SEARCH_LIMIT, params=params
         )

@@ -34,3 +34,6 @@ OLLAMA_LICENSE = "application/vnd.ollama.image.license"
 OLLAMA_EMBED = "application/vnd.ollama.image.embed"  # obsolete, ignored
 OLLAMA_TENSOR = "application/vnd.ollama.image.tensor"
 OLLAMA_JSON = "application/vnd.ollama.image.json"
+
+# Hangar's own layers
+HANGAR_README = "application/vnd.hangar.image.readme"  # Markdown, UTF-8 (hangar readme; the web site's model page)

@@ -45,6 +45,7 @@ from registry.storage import (
     UploadNotFound,
     open_store,
 )
+from registry.web.catalog import backfill
 from registry.web.pages import web_app
 
 log = logging.getLogger("hangar.registry")
@@ -170,15 +171,19 @@ def create_app(settings: config.Settings) -> Starlette:
             log.warning("authentication is off: anyone who can reach this registry may push to it")
         purger = asyncio.create_task(purge_uploads_forever(meta, accounts, store, settings.upload_max_age))
         pull_counts = asyncio.create_task(flush_pulls_forever(meta, app.state.services.pulls))
+        facts = asyncio.create_task(backfill(meta, store))  # the web site's summaries of older pushes
         try:
             yield
         finally:
             purger.cancel()
             pull_counts.cancel()  # writes what it counted since its last flush
+            facts.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
             with contextlib.suppress(asyncio.CancelledError):
                 await pull_counts
+            with contextlib.suppress(asyncio.CancelledError):
+                await facts
             engine.dispose()
 
     # Health and metrics: no authentication, no rate limit (registry.metrics).

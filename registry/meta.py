@@ -1,7 +1,9 @@
-"""Registry metadata in SQL: repositories (and their visibility), blobs, manifests, tags, uploads
-and secrets. These tables are this module's; the account tables are ``registry.accounts``', read
-here only through its functions (``default_visibility``). The two are the only modules that
-issue SQL, each in its own short transactions (``registry.db.read_transaction``/``write_transaction``).
+"""Registry metadata in SQL: repositories (and their visibility), blobs, manifests, tags, uploads,
+secrets, and the summaries the web site lists and searches (``model_summary``, rewritten in the
+transactions that change tags, pulls or a manifest's facts). These tables are this module's; the
+account tables are ``registry.accounts``', read here only through its functions
+(``default_visibility``). The two are the only modules that issue SQL, each in its own short
+transactions (``registry.db.read_transaction``/``write_transaction``).
 
 Every method is synchronous and runs one short transaction; the HTTP handlers call them through
 a thread pool, and command-line tools call them directly. Names passed in are repository names
@@ -10,12 +12,13 @@ a thread pool, and command-line tools call them directly. Names passed in are re
 from __future__ import annotations
 
 import datetime as dt
+import re
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Table, and_, delete, exists, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -28,6 +31,8 @@ from registry.models import (
     Blob,
     Manifest,
     ManifestReference,
+    ManifestSummary,
+    ModelSummary,
     PullCount,
     Repository,
     RepositoryBlob,
@@ -46,6 +51,8 @@ _tag = cast(Table, Tag.__table__)
 _upload = cast(Table, Upload.__table__)
 _secret = cast(Table, Secret.__table__)
 _pull_count = cast(Table, PullCount.__table__)
+_manifest_summary = cast(Table, ManifestSummary.__table__)
+_model_summary = cast(Table, ModelSummary.__table__)
 
 
 def _bytewise(conn: Connection, column: Any) -> Any:
@@ -58,7 +65,7 @@ def readable_repositories(namespaces: set[str]) -> Any:
     """The SQL condition on ``repository`` for what a caller may read, given the namespaces whose
     private repositories it may read (``registry.api.common.readable_namespaces``): public
     repositories, and every repository in those namespaces. The catalog and the web site's
-    listings and search (``registry.web.catalog``) both filter with it."""
+    listings and search (``Metadata.models``) both filter with it."""
     keys = {ns.lower() for ns in namespaces}
     readable = [_repository.c.key.startswith(ns + "/", autoescape=True) for ns in keys]
     if DEFAULT_NAMESPACE in keys:
@@ -95,6 +102,81 @@ class UploadRecord:
     upload_id: str
     repository: str
     started_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestFacts:
+    """What a manifest's blobs say (``registry.web.cards`` reads them when it is pushed), kept in
+    ``manifest_summary`` so that listings never read a blob."""
+
+    size: int  # config and layers
+    architecture: str = ""
+    parameters: str = ""  # parameter count, "7B"
+    quantization: str = ""
+    context_length: int | None = None
+    capabilities: tuple[str, ...] = ()  # without "completion"
+    description: str = ""
+
+    @property
+    def inputs(self) -> str:
+        return "Text, Image" if "vision" in self.capabilities else "Text"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRow:
+    """A repository with at least one tag, as ``model_summary`` holds it."""
+
+    name: str  # as first pushed
+    visibility: str
+    tag_count: int
+    updated_at: dt.datetime  # the newest tag's
+    head_tag: str  # "latest" when there is one, else the newest
+    description: str
+    capabilities: tuple[str, ...]
+    sizes: tuple[str, ...]  # the tags' parameter counts, smallest first
+    parameters: str  # the head tag's
+    quantization: str
+    pulls: int
+
+
+@dataclass(frozen=True, slots=True)
+class TagRow:
+    name: str
+    digest: str
+    size: int  # of the manifest document
+    updated_at: dt.datetime
+    pulls: int
+    facts: ManifestFacts | None  # None until the registry has read the manifest's blobs
+
+
+# Room in model_summary's and manifest_summary's columns (registry.models).
+_LIMITS = {"architecture": 64, "parameters": 16, "quantization": 32, "capabilities": 128, "sizes": 255}
+_MAX_DESCRIPTION = 2000
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMBT]?)", re.I)
+_SCALE = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
+
+
+def _size_order(size: str) -> tuple[float, str]:
+    """Parameter counts smallest first ("270M" < "1B" < "8x7B" reads as 8 < 7B: good enough for
+    a badge row); what is not a count goes last."""
+    m = _SIZE.search(size)
+    return (float(m.group(1)) * _SCALE[m.group(2).upper()] if m else float("inf"), size)
+
+
+def _joined(values: Sequence[str], limit: int) -> str:
+    """Comma-separated, as many whole values as fit in ``limit`` characters."""
+    out = ""
+    for v in values:
+        v = v.replace(",", " ")
+        candidate = f"{out},{v}" if out else v
+        if len(candidate) > limit:
+            break
+        out = candidate
+    return out
+
+
+def _split(text: str) -> tuple[str, ...]:
+    return tuple(v for v in text.split(",") if v)
 
 
 class Metadata(Transactions):
@@ -352,6 +434,7 @@ class Metadata(Transactions):
                         index_elements=["repository_id", "name"], set_={"manifest_id": manifest_id, "updated_at": now}
                     )
                 )
+                self._refresh_summary(conn, repo_id)
 
     def _tag_name(self, conn: Connection, repo_id: int, tag: str) -> str | None:
         """The stored spelling of ``tag``: itself, else the one equal to it ignoring case (the
@@ -401,7 +484,9 @@ class Metadata(Transactions):
             # Explicit rather than relying on ON DELETE CASCADE being enabled.
             conn.execute(delete(_tag).where(_tag.c.manifest_id == manifest_id))
             conn.execute(delete(_reference).where(_reference.c.manifest_id == manifest_id))
+            conn.execute(delete(_manifest_summary).where(_manifest_summary.c.manifest_id == manifest_id))
             conn.execute(delete(_manifest).where(_manifest.c.id == manifest_id))
+            self._refresh_summary(conn, repo_id)
             return True
 
     def delete_tag(self, name: str, tag: str) -> bool:
@@ -413,6 +498,7 @@ class Metadata(Transactions):
             if stored is None:
                 return False
             result = conn.execute(delete(_tag).where(_tag.c.repository_id == repo_id, _tag.c.name == stored))
+            self._refresh_summary(conn, repo_id)
             return result.rowcount > 0
 
     def list_tags(self, name: str, n: int, last: str | None) -> list[str] | None:
@@ -438,6 +524,196 @@ class Metadata(Transactions):
             query = query.where(_manifest.c.artifact_type == artifact_type)
         with self._read() as conn:
             return [StoredManifest(r[0], r[1], r[2], r[3]) for r in conn.execute(query)]
+
+    # -- summaries (the web site's listings and search) ------------------------------------
+
+    def _refresh_summary(self, conn: Connection, repo_id: int) -> None:
+        """Rewrite one repository's ``model_summary`` row from its tags, their manifests' facts
+        and its pulls (in the caller's transaction); delete it when no tag is left."""
+        ms = _manifest_summary
+        tags = conn.execute(
+            select(
+                _tag.c.name, _tag.c.updated_at, ms.c.parameters, ms.c.quantization, ms.c.capabilities, ms.c.description
+            )
+            .select_from(_tag.outerjoin(ms, ms.c.manifest_id == _tag.c.manifest_id))
+            .where(_tag.c.repository_id == repo_id)
+        ).all()
+        if not tags:
+            conn.execute(delete(_model_summary).where(_model_summary.c.repository_id == repo_id))
+            return
+        newest = max(tags, key=lambda t: (t.updated_at, t.name))
+        head = next((t for t in tags if t.name.lower() == "latest"), newest)
+        sizes = sorted({t.parameters for t in tags if t.parameters}, key=_size_order)
+        key, name = conn.execute(select(_repository.c.key, _repository.c.name).where(_repository.c.id == repo_id)).one()
+        pulls = conn.execute(
+            select(func.coalesce(func.sum(_pull_count.c.count), 0)).where(_pull_count.c.repository_id == repo_id)
+        ).scalar_one()
+        description = head.description or ""
+        values = {
+            "namespace": repository_namespace(key),
+            "tag_count": len(tags),
+            "updated_at": newest.updated_at,
+            "head_tag": head.name,
+            "description": description,
+            "capabilities": head.capabilities or "",
+            "sizes": _joined(sizes, _LIMITS["sizes"]),
+            "parameters": head.parameters or "",
+            "quantization": head.quantization or "",
+            "pulls": int(pulls),
+            "search_text": f"{name} {description}".lower(),
+        }
+        conn.execute(
+            self._insert(conn, _model_summary)
+            .values(repository_id=repo_id, **values)
+            .on_conflict_do_update(index_elements=["repository_id"], set_=values)
+        )
+
+    def set_manifest_facts(self, name: str, digest: str, facts: ManifestFacts) -> bool:
+        """Keep what ``name``'s manifest ``digest`` says (and rewrite the repository's summary);
+        False when the repository no longer has that manifest."""
+        values = {
+            "size": facts.size,
+            "architecture": facts.architecture[: _LIMITS["architecture"]],
+            "parameters": facts.parameters[: _LIMITS["parameters"]],
+            "quantization": facts.quantization[: _LIMITS["quantization"]],
+            "context_length": facts.context_length,
+            "capabilities": _joined(facts.capabilities, _LIMITS["capabilities"]),
+            "description": facts.description[:_MAX_DESCRIPTION],
+        }
+        with self._write() as conn:
+            found = conn.execute(
+                select(_manifest.c.id, _manifest.c.repository_id)
+                .select_from(_manifest.join(_repository))
+                .where(_repository.c.key == repository_key(name), _manifest.c.digest == digest)
+            ).first()
+            if found is None:
+                return False
+            conn.execute(
+                self._insert(conn, _manifest_summary)
+                .values(manifest_id=found.id, **values)
+                .on_conflict_do_update(index_elements=["manifest_id"], set_=values)
+            )
+            self._refresh_summary(conn, found.repository_id)
+            return True
+
+    def manifests_without_facts(self, limit: int) -> list[tuple[str, str]]:
+        """``(repository, digest)`` of tagged manifests whose facts were never read (pushed before
+        migration 0006, or while reading them failed), at most ``limit``."""
+        query = (
+            select(_repository.c.name, _manifest.c.digest)
+            .select_from(
+                _tag.join(_manifest, _tag.c.manifest_id == _manifest.c.id)
+                .join(_repository, _manifest.c.repository_id == _repository.c.id)
+                .outerjoin(_manifest_summary, _manifest_summary.c.manifest_id == _manifest.c.id)
+            )
+            .where(_manifest_summary.c.manifest_id.is_(None))
+            .group_by(_repository.c.name, _manifest.c.digest)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [(r.name, r.digest) for r in conn.execute(query)]
+
+    def _model_query(self) -> Any:
+        s = _model_summary
+        return select(
+            _repository.c.name, _repository.c.visibility, s.c.tag_count, s.c.updated_at, s.c.head_tag,
+            s.c.description, s.c.capabilities, s.c.sizes, s.c.parameters, s.c.quantization, s.c.pulls,
+        ).select_from(s.join(_repository, s.c.repository_id == _repository.c.id))  # fmt: skip
+
+    @staticmethod
+    def _model_row(r: Any) -> ModelRow:
+        return ModelRow(
+            r.name, r.visibility, int(r.tag_count), r.updated_at, r.head_tag, r.description,
+            _split(r.capabilities), _split(r.sizes), r.parameters, r.quantization, int(r.pulls),
+        )  # fmt: skip
+
+    def models(
+        self,
+        namespaces: set[str] | None,
+        *,
+        words: Sequence[str] = (),
+        capabilities: Sequence[str] = (),
+        namespace: str | None = None,
+        popular: bool = False,
+        limit: int = 20,
+        offset: int = 0,
+    ) -> list[ModelRow]:
+        """Repositories with a tag that a caller may read (``namespaces`` as for
+        ``readable_repositories``; None: all), newest first or most pulled first, whose name and
+        description hold every one of ``words`` (any case) and that have every one of
+        ``capabilities``; only ``namespace``'s when given. One indexed query: the page's rows."""
+        s = _model_summary
+        query = self._model_query()
+        if namespaces is not None:
+            query = query.where(readable_repositories(namespaces))
+        if namespace is not None:
+            query = query.where(s.c.namespace == namespace.lower())
+        for word in words:
+            query = query.where(s.c.search_text.contains(word.lower(), autoescape=True))
+        for capability in capabilities:
+            padded = literal(",") + s.c.capabilities + literal(",")
+            query = query.where(padded.contains(f",{capability},", autoescape=True))
+        # repository_id breaks ties: it is in every index of the table, so the order stays indexed.
+        order = [s.c.pulls.desc(), s.c.updated_at.desc()] if popular else [s.c.updated_at.desc()]
+        query = query.order_by(*order, s.c.repository_id.desc()).limit(limit).offset(offset)
+        with self._read() as conn:
+            return [self._model_row(r) for r in conn.execute(query)]
+
+    def model(self, name: str) -> ModelRow | None:
+        """One repository with a tag, whoever may read it (the caller checks)."""
+        query = self._model_query().where(_repository.c.key == repository_key(name))
+        with self._read() as conn:
+            row = conn.execute(query).first()
+        return self._model_row(row) if row is not None else None
+
+    def model_tags(self, name: str, limit: int | None = None) -> list[TagRow]:
+        """A repository's tags with their pulls and facts, newest first."""
+        ms = _manifest_summary
+        query = (
+            select(
+                _tag.c.name,
+                _manifest.c.digest,
+                _manifest.c.size,
+                _tag.c.updated_at,
+                func.coalesce(_pull_count.c.count, 0).label("pulls"),
+                ms.c.manifest_id.label("known"),
+                ms.c.size.label("total"),
+                ms.c.architecture,
+                ms.c.parameters,
+                ms.c.quantization,
+                ms.c.context_length,
+                ms.c.capabilities,
+                ms.c.description,
+            )
+            .select_from(
+                _tag.join(_repository, _tag.c.repository_id == _repository.c.id)
+                .join(_manifest, _tag.c.manifest_id == _manifest.c.id)
+                .outerjoin(
+                    _pull_count,
+                    and_(
+                        _pull_count.c.repository_id == _tag.c.repository_id,
+                        _pull_count.c.tag == func.lower(_tag.c.name),
+                    ),
+                )
+                .outerjoin(ms, ms.c.manifest_id == _manifest.c.id)
+            )
+            .where(_repository.c.key == repository_key(name))
+            .order_by(_tag.c.updated_at.desc(), _tag.c.name)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            rows = conn.execute(query).all()
+        out = []
+        for r in rows:
+            facts = None
+            if r.known is not None:
+                facts = ManifestFacts(
+                    int(r.total), r.architecture, r.parameters, r.quantization,
+                    int(r.context_length) if r.context_length is not None else None,
+                    _split(r.capabilities), r.description,
+                )  # fmt: skip
+            out.append(TagRow(r.name, r.digest, int(r.size), r.updated_at, int(r.pulls), facts))
+        return out
 
     # -- pull counts -----------------------------------------------------------------------
 
@@ -465,6 +741,14 @@ class Metadata(Transactions):
                 ),
                 rows,
             )
+            # The listings sort by a repository's total: recounted, so it heals should one drift.
+            total = (
+                select(func.coalesce(func.sum(_pull_count.c.count), 0))
+                .where(_pull_count.c.repository_id == _model_summary.c.repository_id)
+                .scalar_subquery()
+            )
+            touched = sorted({row["repository_id"] for row in rows})
+            conn.execute(update(_model_summary).where(_model_summary.c.repository_id.in_(touched)).values(pulls=total))
 
     # -- garbage ---------------------------------------------------------------------------
 

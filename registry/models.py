@@ -7,6 +7,9 @@
 - ``manifest_reference``: the blobs and child manifests a manifest needs (for deletes and GC).
 - ``tag``: a name pointing at a manifest.
 - ``pull_count``: how many times each tag's manifest was fetched (the web site's pull counts).
+- ``manifest_summary`` and ``model_summary``: what the web site lists and searches, kept at push
+  time (``registry.meta``): a manifest's facts read from its blobs, and per repository its tags'
+  count, newest update, head tag's description and capabilities, sizes and pulls.
 - ``upload``: an upload session; its bytes are in the blob store under the same id.
 - ``secret``: keys shared by every worker and replica (URL and token signing).
 
@@ -117,6 +120,48 @@ class PullCount(Base):
     tag: Mapped[str] = mapped_column(String(128), primary_key=True)  # lower-cased
     count: Mapped[int] = mapped_column(BigInteger, default=0)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ManifestSummary(Base):
+    """What a manifest's config, GGUF header and text layers say, read once when it is pushed
+    (``registry.web.catalog.summarize``), so that pages never read blobs to list models."""
+
+    __tablename__ = "manifest_summary"
+
+    manifest_id: Mapped[int] = mapped_column(ForeignKey("manifest.id", ondelete="CASCADE"), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)  # config and layers
+    architecture: Mapped[str] = mapped_column(String(64))
+    parameters: Mapped[str] = mapped_column(String(16))  # "7B"
+    quantization: Mapped[str] = mapped_column(String(32))
+    context_length: Mapped[int | None] = mapped_column(BigInteger)
+    capabilities: Mapped[str] = mapped_column(String(128))  # comma-separated
+    description: Mapped[str] = mapped_column(Text)
+
+
+class ModelSummary(Base):
+    """A repository as listings and search show it, rewritten in the transaction that changes its
+    tags (and when its head manifest's facts arrive); only repositories with a tag have one."""
+
+    __tablename__ = "model_summary"
+
+    repository_id: Mapped[int] = mapped_column(ForeignKey("repository.id", ondelete="CASCADE"), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(80))  # lower-cased; "library" for one-part names
+    tag_count: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)  # the newest tag's
+    head_tag: Mapped[str] = mapped_column(String(128))  # "latest", else the newest
+    description: Mapped[str] = mapped_column(Text)
+    capabilities: Mapped[str] = mapped_column(String(128))  # comma-separated
+    sizes: Mapped[str] = mapped_column(String(255))  # the tags' parameter counts, comma-separated
+    parameters: Mapped[str] = mapped_column(String(16))
+    quantization: Mapped[str] = mapped_column(String(32))
+    pulls: Mapped[int] = mapped_column(BigInteger, default=0)
+    search_text: Mapped[str] = mapped_column(Text)  # lower-cased name and description
+
+    __table_args__ = (
+        Index("ix_model_summary_updated_at", "updated_at"),
+        Index("ix_model_summary_pulls", "pulls", "updated_at"),
+        Index("ix_model_summary_namespace", "namespace", "updated_at"),
+    )
 
 
 class Upload(Base):

@@ -212,11 +212,17 @@ async def authorize(request: Request, name: str, action: str) -> Principal:
 
 async def readable_namespaces(request: Request) -> set[str] | None:
     """Namespaces whose private repositories the caller may list (None: all of them)."""
+    if services(request).settings.auth == "off":
+        return None
+    grant = await bearer_grant(request)
+    return await namespaces_readable_by(request, grant.principal if grant is not None else ANONYMOUS)
+
+
+async def namespaces_readable_by(request: Request, principal: Principal) -> set[str] | None:
+    """``readable_namespaces`` for a principal found otherwise (the web site's viewer)."""
     svc = services(request)
     if svc.settings.auth == "off":
         return None
-    grant = await bearer_grant(request)
-    principal = grant.principal if grant is not None else ANONYMOUS
     if principal.is_admin:
         return None
     if principal.kind == "robot" and principal.robot_namespace:

@@ -18,6 +18,7 @@ from formats.errorcodes import DistributionError
 from formats.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
 from registry.api.common import audit, authorize, digest_param, external_url, reference_param, repository, services
 from registry.meta import MissingReferences, SizeConflict, StoredManifest
+from registry.web.catalog import summarize_pushed
 
 
 def acceptable(request: Request, media_type: str) -> bool:
@@ -110,6 +111,8 @@ async def put_manifest(request: Request) -> Response:
         raise DistributionError("MANIFEST_BLOB_UNKNOWN", detail={"digests": e.digests}) from None
     except SizeConflict as e:
         raise DistributionError("MANIFEST_INVALID", str(e), detail={"digest": e.digest}) from None
+    if tag is not None:  # what the web site lists and searches: read from the blobs once, now
+        await summarize_pushed(services(request).meta, services(request).store, name, manifest.raw)
     headers = {
         "Location": external_url(request, f"/v2/{name}/manifests/{digest}"),
         "Docker-Content-Digest": str(digest),

@@ -29,7 +29,7 @@ from formats.gguf import GGUFError, read_header_from
 from formats.manifest import Manifest, ManifestError
 from registry.storage import StorageError
 
-README = "application/vnd.hangar.image.readme"
+README = mt.HANGAR_README
 DESCRIPTION_ANNOTATION = "org.opencontainers.image.description"
 MAX_TEXT = 256 * 1024  # templates, system prompts, parameters, licences, READMEs shown
 MAX_CONFIG = 1 << 20

@@ -1,167 +1,113 @@
-"""What the web site reads from the database: repositories with their tags, filtered by what the
-viewer may read. Read-only SQL; every write stays in ``registry.meta`` and ``registry.accounts``.
+"""The web site's view of the models: ``registry.meta``'s summaries as pages name and show them
+(:class:`Model`), and the facts of a pushed manifest read from its blobs into the database
+(:func:`summarize` at push time, :func:`backfill` at start for manifests pushed before).
 
-Which repositories a viewer may read is decided by ``registry.api.common.readable_namespaces``
-and turned into SQL by ``registry.meta.readable_repositories``, exactly as ``/v2/_catalog`` does."""
+Every query is ``registry.meta``'s (it owns the tables); what a viewer may read is decided by
+``registry.api.common.readable_namespaces`` and turned into SQL by
+``registry.meta.readable_repositories``, exactly as ``/v2/_catalog`` does."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import logging
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Engine, Table, and_, func, or_, select
+from starlette.concurrency import run_in_threadpool
 
 from formats.names import DEFAULT_NAMESPACE
-from registry.db import read_transaction
-from registry.meta import readable_repositories
-from registry.models import Manifest, PullCount, Repository, Tag
+from registry.meta import ManifestFacts, Metadata, ModelRow, TagRow
+from registry.web import render
+from registry.web.cards import Card, card
 
-_repository = cast(Table, Repository.__table__)
-_manifest = cast(Table, Manifest.__table__)
-_tag = cast(Table, Tag.__table__)
-_pull = cast(Table, PullCount.__table__)
+log = logging.getLogger("hangar.registry.web")
 
-# How many repositories one listing considers at most (search filters them further in Python).
-MAX_CANDIDATES = 5000
+BACKFILL_BATCH = 100
+SUMMARIZE_TIMEOUT = 60.0  # seconds a push waits for its manifest's facts before leaving them to the backfill
 
 
-@dataclass(frozen=True, slots=True)
-class TagRow:
-    name: str
-    digest: str
-    size: int  # of the manifest document
-    updated_at: dt.datetime
-    pulls: int = 0
+def split_name(name: str) -> tuple[str, str]:
+    """``(namespace, model)`` of a repository name: ``library`` for a one-part name, and
+    everything after the first ``/`` for an OCI name deeper than ``namespace/model``."""
+    return (name.split("/", 1)[0], name.split("/", 1)[1]) if "/" in name else (DEFAULT_NAMESPACE, name)
 
 
 @dataclass(frozen=True, slots=True)
-class RepoRow:
-    name: str  # as first pushed
-    visibility: str
-    updated_at: dt.datetime  # the newest tag's
-    tag_count: int
-    pulls: int = 0
+class Model:
+    """A model as the pages show it: its summary row and its names."""
+
+    row: ModelRow
+
+    @property
+    def name(self) -> str:
+        return self.row.name
+
+    @property
+    def full_name(self) -> str:
+        """``namespace/model`` (``library/x`` for a one-part name)."""
+        return f"{self.namespace}/{self.model}"
 
     @property
     def namespace(self) -> str:
-        return self.name.split("/", 1)[0] if "/" in self.name else DEFAULT_NAMESPACE
+        return split_name(self.row.name)[0]
 
     @property
     def model(self) -> str:
-        return self.name.split("/", 1)[1] if "/" in self.name else self.name
+        return split_name(self.row.name)[1]
 
     @property
     def path(self) -> str:
         """The model page's path: ``/namespace/model`` (a one-part name is library's)."""
-        return f"/{self.namespace}/{self.model}"
+        return f"/{self.full_name}"
 
+    @property
+    def deep(self) -> bool:
+        """A name deeper than ``namespace/model``: Ollama and ``hangar pull`` cannot name it."""
+        return self.row.name.count("/") > 1
 
-def _pulls() -> Any:
-    """A repository's pulls, all tags together (a correlated subquery: one row per repository)."""
-    total = select(func.coalesce(func.sum(_pull.c.count), 0)).where(_pull.c.repository_id == _repository.c.id)
-    return total.scalar_subquery()
+    @property
+    def visibility(self) -> str:
+        return self.row.visibility
 
+    @property
+    def description(self) -> str:
+        return self.row.description
 
-class Catalog:
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    @property
+    def capabilities(self) -> list[str]:
+        return list(self.row.capabilities)
 
-    def repositories(
-        self,
-        namespaces: set[str] | None,
-        *,
-        namespace: str | None = None,
-        limit: int = MAX_CANDIDATES,
-        popular: bool = False,
-    ) -> list[RepoRow]:
-        """Readable repositories with at least one tag, newest first (most pulled first when
-        ``popular``); only ``namespace``'s when given. Names deeper than ``namespace/model`` (OCI
-        artifacts) are not pages of the site."""
-        updated = func.max(_tag.c.updated_at).label("updated_at")
-        pulls = _pulls().label("pulls")
-        order = [pulls.desc(), updated.desc()] if popular else [updated.desc()]
-        query = (
-            select(_repository.c.name, _repository.c.visibility, updated, func.count(_tag.c.name).label("tags"), pulls)
-            .select_from(_repository.join(_tag, _tag.c.repository_id == _repository.c.id))
-            .group_by(_repository.c.id, _repository.c.name, _repository.c.visibility)
-            .order_by(*order, _repository.c.key)
-            .limit(limit)
-        )
-        if namespaces is not None:
-            query = query.where(readable_repositories(namespaces))
-        if namespace is not None:
-            key = namespace.lower()
-            if key == DEFAULT_NAMESPACE:
-                query = query.where(
-                    or_(_repository.c.key.startswith(key + "/", autoescape=True), ~_repository.c.key.contains("/"))
-                )
-            else:
-                query = query.where(_repository.c.key.startswith(key + "/", autoescape=True))
-        with read_transaction(self.engine) as conn:
-            rows = conn.execute(query).all()
-        rows = [r for r in rows if r.name.count("/") <= 1]
-        return [RepoRow(r.name, r.visibility, r.updated_at, int(r.tags), int(r.pulls)) for r in rows]
+    @property
+    def sizes(self) -> list[str]:
+        return list(self.row.sizes)
 
-    def repository(self, name: str) -> RepoRow | None:
-        """One repository with at least one tag, whoever may read it (the caller checks)."""
-        key = name.lower()
-        updated = func.max(_tag.c.updated_at).label("updated_at")
-        query = (
-            select(
-                _repository.c.name,
-                _repository.c.visibility,
-                updated,
-                func.count(_tag.c.name).label("tags"),
-                _pulls().label("pulls"),
-            )
-            .select_from(_repository.join(_tag, _tag.c.repository_id == _repository.c.id))
-            .where(_repository.c.key == key)
-            .group_by(_repository.c.id, _repository.c.name, _repository.c.visibility)
-        )
-        with read_transaction(self.engine) as conn:
-            r = conn.execute(query).first()
-        return RepoRow(r.name, r.visibility, r.updated_at, int(r.tags), int(r.pulls)) if r else None
+    @property
+    def tag_count(self) -> int:
+        return self.row.tag_count
 
-    def tags(self, names: list[str]) -> dict[str, list[TagRow]]:
-        """Each repository's tags (by repository key), newest first."""
-        keys = [n.lower() for n in names]
-        if not keys:
-            return {}
-        query = (
-            select(
-                _repository.c.key,
-                _tag.c.name,
-                _manifest.c.digest,
-                _manifest.c.size,
-                _tag.c.updated_at,
-                func.coalesce(_pull.c.count, 0).label("pulls"),
-            )
-            .select_from(
-                _tag.join(_repository, _tag.c.repository_id == _repository.c.id)
-                .join(_manifest, _tag.c.manifest_id == _manifest.c.id)
-                .outerjoin(
-                    _pull, and_(_pull.c.repository_id == _tag.c.repository_id, _pull.c.tag == func.lower(_tag.c.name))
-                )
-            )
-            .where(_repository.c.key.in_(keys))
-            .order_by(_tag.c.updated_at.desc(), _tag.c.name)
-        )
-        out: dict[str, list[TagRow]] = {k: [] for k in keys}
-        with read_transaction(self.engine) as conn:
-            for r in conn.execute(query):
-                out[r.key].append(TagRow(r.name, r.digest, int(r.size), r.updated_at, int(r.pulls)))
-        return out
+    @property
+    def pulls(self) -> int:
+        return self.row.pulls
 
-    def manifest(self, name: str, digest: str) -> bytes | None:
-        query = (
-            select(_manifest.c.content)
-            .select_from(_manifest.join(_repository, _manifest.c.repository_id == _repository.c.id))
-            .where(_repository.c.key == name.lower(), _manifest.c.digest == digest)
-        )
-        with read_transaction(self.engine) as conn:
-            content = conn.execute(query).scalar()
-        return bytes(content) if content is not None else None
+    @property
+    def updated_at(self) -> dt.datetime:
+        return self.row.updated_at
+
+    def as_json(self, base: str) -> dict[str, Any]:
+        return {
+            "name": self.full_name,
+            "namespace": self.namespace,
+            "model": self.model,
+            "description": self.description,
+            "capabilities": self.capabilities,
+            "sizes": self.sizes,
+            "tags": self.tag_count,
+            "pulls": self.pulls,
+            "updated_at": render.iso(self.updated_at),
+            "visibility": self.visibility,
+            "url": base + self.path,
+        }
 
 
 def head_tag(tags: list[TagRow]) -> TagRow | None:
@@ -170,3 +116,81 @@ def head_tag(tags: list[TagRow]) -> TagRow | None:
         if tag.name.lower() == "latest":
             return tag
     return tags[0] if tags else None
+
+
+def facts_of(c: Card) -> ManifestFacts:
+    return ManifestFacts(
+        size=c.size,
+        architecture=c.architecture,
+        parameters=c.parameters,
+        quantization=c.quantization,
+        context_length=c.context_length,
+        capabilities=tuple(c.capabilities),
+        description=c.description,
+    )
+
+
+async def card_of(meta: Metadata, store: Any, name: str, digest: str) -> Card | None:
+    """The card of ``name``'s manifest ``digest`` (cached per worker); None when it is gone."""
+    stored = await run_in_threadpool(meta.get_manifest, name, digest)
+    return await card(store, stored.content) if stored is not None else None
+
+
+async def summarize(meta: Metadata, store: Any, name: str, raw: bytes) -> Card:
+    """Read a pushed manifest's blobs (config, GGUF header, text layers) once and keep what they
+    say in the database, which rewrites the repository's summary."""
+    made = await card(store, raw)
+    await run_in_threadpool(meta.set_manifest_facts, name, made.digest, facts_of(made))
+    return made
+
+
+async def summarize_pushed(meta: Metadata, store: Any, name: str, raw: bytes) -> None:
+    """:func:`summarize` for the manifest PUT: never fails the push (a manifest whose facts could
+    not be kept is found again by :func:`backfill` or by the first page that shows it)."""
+    try:
+        async with asyncio.timeout(SUMMARIZE_TIMEOUT):
+            await summarize(meta, store, name, raw)
+    except Exception as e:  # the push itself succeeded; its listing catches up later
+        log.warning("could not read the facts of %s's new manifest: %s", name, e)
+
+
+async def backfill(meta: Metadata, store: Any) -> int:
+    """Read the facts of every tagged manifest that has none (pushed before migration 0006, or
+    while reading failed); how many were read. Each worker runs it once at start; what two of
+    them read twice is written twice, the same."""
+    done = 0
+    tried: set[tuple[str, str]] = set()
+    try:
+        while True:
+            found = await run_in_threadpool(meta.manifests_without_facts, len(tried) + BACKFILL_BATCH)
+            batch = [m for m in found if m not in tried]
+            if not batch:
+                break
+            for name, digest in batch:
+                tried.add((name, digest))
+                try:
+                    stored = await run_in_threadpool(meta.get_manifest, name, digest)
+                    if stored is not None:
+                        await summarize(meta, store, name, stored.content)
+                        done += 1
+                except Exception as e:  # one unreadable manifest must not stop the others
+                    log.warning("could not read the facts of %s@%s: %s", name, digest, e)
+    except Exception as e:  # a background task: say why it stopped (the pages read what is missing)
+        log.error("reading the facts of older manifests stopped: %s", e)
+    if done:
+        log.info("read the facts of %d manifests pushed before the web site's summaries", done)
+    return done
+
+
+async def fill_missing_facts(meta: Metadata, store: Any, name: str, tags: list[TagRow]) -> list[TagRow]:
+    """``tags`` with the facts of those that had none read now (and kept)."""
+    out = []
+    for t in tags:
+        if t.facts is None:
+            made = await card_of(meta, store, name, t.digest)
+            if made is not None:
+                facts = facts_of(made)
+                await run_in_threadpool(meta.set_manifest_facts, name, t.digest, facts)
+                t = TagRow(t.name, t.digest, t.size, t.updated_at, t.pulls, facts)
+        out.append(t)
+    return out

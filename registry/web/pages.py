@@ -11,12 +11,13 @@ registry's own port, from the same database.
 ``/{namespace}/{model}/tags``           every tag
 ``/{namespace}/{model}:{tag}``          one tag: its layers and the Modelfile that recreates it
 ``/{namespace}/{model}:{tag}/blobs/{hex}``  one layer (12 or more hex digits of its digest), text in full
+``/{namespace}/{a}/{b}…``               the same pages for OCI names deeper than ``namespace/model``
+                                        (``…/tags``, ``…:{tag}``, ``…:{tag}/blobs/{hex}``)
 ``/static/…``                           the stylesheet and the copy-button script
 ======================================  ==============================================================
 
-Pages are rendered for the anonymous viewer, for the holder of a registry bearer token sent
-with ``Authorization``, or for a signed-in browser (``registry.web.sessions``; the account pages
-are ``registry.web.account_pages``). What a viewer may read is decided by the API's own rules
+Pages are rendered for the anonymous viewer, or for the holder of a registry bearer token sent
+with ``Authorization``. What a viewer may read is decided by the API's own rules
 (``registry.auth.Authority.allowed`` for one repository, ``registry.api.common.readable_namespaces``
 for listings): what they may not read answers 404, exactly like a name that does not exist.
 
@@ -26,7 +27,8 @@ an HTML 404, while every path under the API's roots keeps the distribution error
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,6 @@ import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -43,18 +44,24 @@ from starlette.templating import Jinja2Templates
 
 from formats.errorcodes import DistributionError
 from formats.names import DEFAULT_NAMESPACE, is_valid_model, is_valid_namespace, is_valid_tag
-from registry.api.common import base_url, bearer_grant, readable_namespaces, services
+from registry.api.common import base_url, bearer_grant, namespaces_readable_by, services
 from registry.auth import ANONYMOUS, Principal
-from registry.web import render, sessions
-from registry.web.cards import Card, card
-from registry.web.catalog import Catalog, RepoRow, TagRow, head_tag
+from registry.meta import ModelRow, TagRow
+from registry.web import render
+from registry.web.cards import Card
+from registry.web.catalog import Model, card_of, fill_missing_facts, head_tag
 
 log = logging.getLogger("hangar.registry.web")
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 20
 HOME_SIZE = 12
+NAMESPACE_PAGE_SIZE = 50
+MODEL_PAGE_TAGS = 10  # the model page's tags table; /tags has them all
 MAX_QUERY = 200
+MAX_WORDS = 10  # a LIKE each: a query of more words searches for its first ten
+MAX_PAGE = 10_000
+MAX_DEPTH = 8  # path components after the namespace of an OCI name the site shows
 HEX = frozenset("0123456789abcdef")
 CAPABILITIES = ("embedding", "vision", "tools", "thinking")
 ORDERS = ("newest", "popular")
@@ -71,7 +78,7 @@ SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
-    "Vary": "Authorization, Cookie",
+    "Vary": "Authorization",
 }
 
 _env = jinja2.Environment(
@@ -82,52 +89,22 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
 )
 _env.filters.update(render.FILTERS)
-templates = Jinja2Templates(env=_env, context_processors=[sessions.context])
+templates = Jinja2Templates(env=_env)
 
 
-@dataclass
-class Summary:
-    """A repository as listed on a page: its row, its tags and the card of its head tag."""
-
-    repo: RepoRow
-    tags: list[TagRow]
-    head: Card | None
-    sizes: list[str] = field(default_factory=list)  # parameter counts across its tags
-
-    @property
-    def description(self) -> str:
-        return self.head.description if self.head else ""
-
-    @property
-    def capabilities(self) -> list[str]:
-        return self.head.capabilities if self.head else []
-
-    def as_json(self, base: str) -> dict[str, Any]:
-        return {
-            "name": self.repo.name if "/" in self.repo.name else f"{DEFAULT_NAMESPACE}/{self.repo.name}",
-            "namespace": self.repo.namespace,
-            "model": self.repo.model,
-            "description": self.description,
-            "capabilities": self.capabilities,
-            "sizes": self.sizes,
-            "tags": self.repo.tag_count,
-            "pulls": self.repo.pulls,
-            "updated_at": render.iso(self.repo.updated_at),
-            "visibility": self.repo.visibility,
-            "url": base + self.repo.path,
-        }
-
-
-def _catalog(request: Request) -> Catalog:
-    return Catalog(services(request).meta.engine)
-
-
-async def _principal(request: Request) -> Principal:
+async def viewer(request: Request) -> Principal:
+    """Who is looking: the holder of the request's bearer token, else the signed-in browser's
+    user (``registry.web.sessions`` puts it in the request's state), else anonymous."""
     grant = await bearer_grant(request)
     if grant is not None:
         return grant.principal
-    session = sessions.web_state(request).session
-    return sessions.principal_of(session) if session is not None else ANONYMOUS
+    session_viewer = request.scope.get("state", {}).get("web_viewer")
+    return session_viewer if isinstance(session_viewer, Principal) else ANONYMOUS
+
+
+async def viewer_namespaces(request: Request) -> set[str] | None:
+    """The namespaces whose private models the viewer may list (the API's rule)."""
+    return await namespaces_readable_by(request, await viewer(request))
 
 
 async def may_read(request: Request, name: str) -> bool:
@@ -135,34 +112,12 @@ async def may_read(request: Request, name: str) -> bool:
     svc = services(request)
     if svc.settings.auth == "off":
         return True
-    principal = await _principal(request)
+    principal = await viewer(request)
     return "pull" in await run_in_threadpool(svc.authority.allowed, principal, name)
 
 
-async def _card_of(request: Request, name: str, tag: TagRow) -> Card | None:
-    raw = await run_in_threadpool(_catalog(request).manifest, name, tag.digest)
-    return await card(services(request).store, raw) if raw is not None else None
-
-
-async def _summaries(request: Request, rows: list[RepoRow]) -> list[Summary]:
-    tags = await run_in_threadpool(_catalog(request).tags, [r.name for r in rows])
-    out = []
-    for row in rows:
-        repo_tags = tags.get(row.name.lower(), [])
-        head = head_tag(repo_tags)
-        head_card = await _card_of(request, row.name, head) if head else None
-        sizes: list[str] = []
-        for t in repo_tags[:10]:
-            c = head_card if t is head else await _card_of(request, row.name, t)
-            if c and c.parameters and c.parameters not in sizes:
-                sizes.append(c.parameters)
-        out.append(Summary(row, repo_tags, head_card, sizes))
-    return out
-
-
-def _matches(summary: Summary, words: list[str], capabilities: list[str]) -> bool:
-    text = f"{summary.repo.name} {summary.description}".lower()
-    return all(w in text for w in words) and all(c in summary.capabilities for c in capabilities)
+def _models(rows: list[ModelRow]) -> list[Model]:
+    return [Model(r) for r in rows]
 
 
 @dataclass
@@ -171,33 +126,32 @@ class SearchResult:
     capabilities: list[str]
     order: str
     page: int
-    results: list[Summary]
+    results: list[Model]
     more: bool
 
 
+def _page_number(request: Request) -> int:
+    try:
+        return max(1, min(int(request.query_params.get("page") or 1), MAX_PAGE))
+    except ValueError:
+        return 1
+
+
 async def _search(request: Request) -> SearchResult:
+    """One SQL query over the summaries (``Metadata.models``): the page's rows and one more."""
     params = request.query_params
     query = (params.get("q") or "").strip()[:MAX_QUERY]
     caps = [c for c in dict.fromkeys(params.getlist("c")) if c in CAPABILITIES]
     order = str(params.get("o")) if params.get("o") in ORDERS else "newest"
-    try:
-        page = max(1, min(int(params.get("page") or 1), 10_000))
-    except ValueError:
-        page = 1
-    namespaces = await readable_namespaces(request)
-    rows = await run_in_threadpool(_catalog(request).repositories, namespaces, popular=order == "popular")
-    words = query.lower().split()
-    found: list[Summary] = []
-    wanted = page * PAGE_SIZE + 1
-    # Descriptions and capabilities are the head tag's card (cached per manifest).
-    for row in rows:
-        summary = (await _summaries(request, [row]))[0]
-        if _matches(summary, words, caps):
-            found.append(summary)
-            if len(found) >= wanted:
-                break
-    start = (page - 1) * PAGE_SIZE
-    return SearchResult(query, caps, order, page, found[start : start + PAGE_SIZE], len(found) > start + PAGE_SIZE)
+    page = _page_number(request)
+    namespaces = await viewer_namespaces(request)
+    rows = await run_in_threadpool(
+        partial(
+            services(request).meta.models, namespaces, words=query.split()[:MAX_WORDS], capabilities=caps,
+            popular=order == "popular", limit=PAGE_SIZE + 1, offset=(page - 1) * PAGE_SIZE,
+        )
+    )  # fmt: skip
+    return SearchResult(query, caps, order, page, _models(rows[:PAGE_SIZE]), len(rows) > PAGE_SIZE)
 
 
 def _host(request: Request) -> str:
@@ -219,14 +173,11 @@ def _not_found() -> HTTPException:
 
 
 async def home(request: Request) -> Response:
-    namespaces = await readable_namespaces(request)
-    catalog = _catalog(request)
-    newest = await run_in_threadpool(catalog.repositories, namespaces, limit=HOME_SIZE)
-    popular = await run_in_threadpool(catalog.repositories, namespaces, limit=HOME_SIZE, popular=True)
-    popular = [r for r in popular if r.pulls]
-    return _page(
-        request, "home.html", newest=await _summaries(request, newest), popular=await _summaries(request, popular)
-    )
+    namespaces = await viewer_namespaces(request)
+    meta = services(request).meta
+    newest = await run_in_threadpool(partial(meta.models, namespaces, limit=HOME_SIZE))
+    popular = await run_in_threadpool(partial(meta.models, namespaces, limit=HOME_SIZE, popular=True))
+    return _page(request, "home.html", newest=_models(newest), popular=_models([r for r in popular if r.pulls]))
 
 
 async def search_page(request: Request) -> Response:
@@ -245,10 +196,10 @@ async def api_search(request: Request) -> Response:
         "capabilities": result.capabilities,
         "order": result.order,
         "page": result.page,
-        "models": [s.as_json(base) for s in result.results],
+        "models": [m.as_json(base) for m in result.results],
         "next_page": result.page + 1 if result.more else None,
     }
-    return JSONResponse(body, headers={"Vary": "Authorization", "Cache-Control": "no-store"})
+    return JSONResponse(body, headers={"Vary": "Authorization, Cookie", "Cache-Control": "no-store"})
 
 
 async def namespace_page(request: Request) -> Response:
@@ -257,46 +208,69 @@ async def namespace_page(request: Request) -> Response:
         raise _not_found()
     svc = services(request)
     account = await run_in_threadpool(svc.accounts.get, namespace)
-    namespaces = await readable_namespaces(request)
+    namespaces = await viewer_namespaces(request)
     inside = namespaces is None or namespace.lower() in {n.lower() for n in namespaces}
-    rows = await run_in_threadpool(_catalog(request).repositories, namespaces, namespace=namespace)
+    filter_text = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
+    page = _page_number(request)
+    rows = await run_in_threadpool(
+        partial(
+            svc.meta.models, namespaces, namespace=namespace, words=filter_text.split()[:MAX_WORDS],
+            limit=NAMESPACE_PAGE_SIZE + 1, offset=(page - 1) * NAMESPACE_PAGE_SIZE,
+        )
+    )  # fmt: skip
+    shown = bool(rows)
+    if not shown and (filter_text or page > 1):  # nothing on this page: is there anything at all?
+        shown = bool(await run_in_threadpool(partial(svc.meta.models, namespaces, namespace=namespace, limit=1)))
     if account is not None and account.disabled and not inside:
         raise _not_found()
-    if not rows and (account is None or (account.default_visibility == "private" and not inside)):
+    if not shown and (account is None or (account.default_visibility == "private" and not inside)):
         raise _not_found()
-    filter_text = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
-    summaries = await _summaries(request, rows)
-    if filter_text:
-        summaries = [s for s in summaries if _matches(s, filter_text.lower().split(), [])]
     members: dict[str, str] = {}
     if account is not None and account.kind == "org" and inside:
         members = await run_in_threadpool(svc.accounts.members, account.name)
-    name = account.name if account is not None else rows[0].namespace
+    name = account.name if account is not None else Model(rows[0]).namespace if rows else namespace
     return _page(
-        request, "namespace.html", title=name, namespace=name, account=account, models=summaries,
-        filter_text=filter_text, members=members,
+        request, "namespace.html", title=name, namespace=name, account=account,
+        models=_models(rows[:NAMESPACE_PAGE_SIZE]), filter_text=filter_text, page=page,
+        more=len(rows) > NAMESPACE_PAGE_SIZE, members=members,
     )  # fmt: skip
 
 
-async def _repository(request: Request, namespace: str, model: str) -> tuple[RepoRow, list[TagRow]]:
-    """The repository a model page names, or 404 (also for one the viewer may not read)."""
-    if not is_valid_namespace(namespace) or not is_valid_model(model):
+def _valid_model_path(model: str) -> bool:
+    """``model``, or the path after the namespace of a deeper OCI name (``team/model``)."""
+    parts = model.split("/")
+    return len(parts) <= MAX_DEPTH and all(is_valid_model(p) for p in parts)
+
+
+async def _repository(request: Request, namespace: str, model: str) -> Model:
+    """The model a page names, or 404 (also for one the viewer may not read)."""
+    if not is_valid_namespace(namespace) or not _valid_model_path(model):
         raise _not_found()
     names = [f"{namespace}/{model}"]
-    if namespace.lower() == DEFAULT_NAMESPACE:
+    if namespace.lower() == DEFAULT_NAMESPACE and "/" not in model:
         names.append(model)  # a one-part name is library's
+    meta = services(request).meta
     for name in names:
-        row = await run_in_threadpool(_catalog(request).repository, name)
+        row = await run_in_threadpool(meta.model, name)
         if row is not None:
             if not await may_read(request, row.name):
                 break
-            tags = await run_in_threadpool(_catalog(request).tags, [row.name])
-            return row, tags.get(row.name.lower(), [])
+            return Model(row)
     raise _not_found()
 
 
-async def _tag_cards(request: Request, row: RepoRow, tags: list[TagRow]) -> list[tuple[TagRow, Card | None]]:
-    return [(t, await _card_of(request, row.name, t)) for t in tags]
+async def _tags(request: Request, repo: Model, limit: int | None = None) -> list[TagRow]:
+    """The model's tags, newest first, with their facts (read now for any the database lacks)."""
+    svc = services(request)
+    tags = await run_in_threadpool(svc.meta.model_tags, repo.name, limit)
+    return await fill_missing_facts(svc.meta, svc.store, repo.name, tags)
+
+
+async def _card(request: Request, repo: Model, tag: TagRow | None) -> Card | None:
+    if tag is None:
+        return None
+    svc = services(request)
+    return await card_of(svc.meta, svc.store, repo.name, tag.digest)
 
 
 async def model_page(request: Request) -> Response:
@@ -304,21 +278,41 @@ async def model_page(request: Request) -> Response:
     model, _, tag = str(request.path_params["model"]).partition(":")
     if tag:
         return await tag_page(request, namespace, model, tag)
-    row, tags = await _repository(request, namespace, model)
-    head = head_tag(tags)
-    rows = await _tag_cards(request, row, tags[:10])
-    head_card = next((c for t, c in rows if t is head), None)
+    return await _model_page(request, namespace, model)
+
+
+async def _model_page(request: Request, namespace: str, model: str) -> Response:
+    repo = await _repository(request, namespace, model)
+    tags = await _tags(request, repo, MODEL_PAGE_TAGS)
+    head = next((t for t in tags if t.name == repo.row.head_tag), None) or head_tag(tags)
+    if head is None or head.name != repo.row.head_tag:  # the head is older than the newest ten
+        found = [t for t in await _tags(request, repo) if t.name == repo.row.head_tag]
+        head = found[0] if found else head
     return _page(
-        request, "model.html", title=row.model, repo=row, tags=rows, tag_count=len(tags), head=head,
-        card=head_card, tag=None, latest_digest=head.digest if head else None,
+        request, "model.html", title=repo.model, repo=repo, tags=tags, tag_count=repo.tag_count, head=head,
+        card=await _card(request, repo, head), tag=None, latest_digest=head.digest if head else None,
     )  # fmt: skip
 
 
 async def tags_page(request: Request) -> Response:
-    row, tags = await _repository(request, request.path_params["namespace"], request.path_params["model"])
+    return await _tags_or_model(request, request.path_params["namespace"], f"{request.path_params['model']}/tags")
+
+
+async def _tags_or_model(request: Request, namespace: str, path: str) -> Response:
+    """``/ns/…/x/tags``: the model page of a repository named so (OCI names may end in ``tags``),
+    else the tags page of ``ns/…/x``."""
+    try:
+        return await _model_page(request, namespace, path)
+    except HTTPException:
+        return await _tags_page(request, namespace, path.removesuffix("/tags"))
+
+
+async def _tags_page(request: Request, namespace: str, model: str) -> Response:
+    repo = await _repository(request, namespace, model)
+    tags = await _tags(request, repo)
     head = head_tag(tags)
     return _page(
-        request, "tags.html", title=f"Tags · {row.model}", repo=row, tags=await _tag_cards(request, row, tags),
+        request, "tags.html", title=f"Tags · {repo.model}", repo=repo, tags=tags,
         latest_digest=head.digest if head else None,
     )  # fmt: skip
 
@@ -332,13 +326,13 @@ def _find_tag(tags: list[TagRow], tag: str) -> TagRow | None:
 async def tag_page(request: Request, namespace: str, model: str, tag: str) -> Response:
     if not is_valid_tag(tag):
         raise _not_found()
-    row, tags = await _repository(request, namespace, model)
-    chosen = _find_tag(tags, tag)
+    repo = await _repository(request, namespace, model)
+    chosen = _find_tag(await _tags(request, repo), tag)
     if chosen is None:
         raise _not_found()
     return _page(
-        request, "tag.html", title=f"{row.model}:{chosen.name}", repo=row, tag=chosen,
-        card=await _card_of(request, row.name, chosen),
+        request, "tag.html", title=f"{repo.model}:{chosen.name}", repo=repo, tag=chosen,
+        card=await _card(request, repo, chosen),
     )  # fmt: skip
 
 
@@ -346,20 +340,46 @@ async def blob_page(request: Request) -> Response:
     """One layer of a tag: its text in full for text layers (template, system prompt, parameters,
     licence, messages, README), what it is for the others. ``/ns/model:tag/blobs/<hex>``, the hex
     at least 12 digits of the layer's digest, as ollama.com links them."""
-    model, _, tag = str(request.path_params["model"]).partition(":")
-    wanted = str(request.path_params["digest"]).removeprefix("sha256:").lower()
+    namespace, model = request.path_params["namespace"], str(request.path_params["model"])
+    if ":" not in model:  # ns/x/blobs/y: a deeper repository's name
+        return await _model_page(request, namespace, f"{model}/blobs/{request.path_params['digest']}")
+    return await _blob_page(request, namespace, model, str(request.path_params["digest"]))
+
+
+async def _blob_page(request: Request, namespace: str, model_tag: str, digest: str) -> Response:
+    model, _, tag = model_tag.partition(":")
+    wanted = digest.removeprefix("sha256:").lower()
     if not tag or not is_valid_tag(tag) or not 12 <= len(wanted) <= 64 or not all(c in HEX for c in wanted):
         raise _not_found()
-    row, tags = await _repository(request, request.path_params["namespace"], model)
-    chosen = _find_tag(tags, tag)
-    card = await _card_of(request, row.name, chosen) if chosen is not None else None
+    repo = await _repository(request, namespace, model)
+    chosen = _find_tag(await _tags(request, repo), tag)
+    card = await _card(request, repo, chosen)
     layers = card.layers if card is not None else []
     layer = next((la for la in layers if la.digest.removeprefix("sha256:").startswith(wanted)), None)
     if chosen is None or layer is None:
         raise _not_found()
     return _page(
-        request, "blob.html", title=f"{layer.kind} · {row.model}:{chosen.name}", repo=row, tag=chosen, layer=layer,
+        request, "blob.html", title=f"{layer.kind} · {repo.model}:{chosen.name}", repo=repo, tag=chosen, layer=layer,
     )  # fmt: skip
+
+
+async def deep_page(request: Request) -> Response:
+    """The pages of a repository deeper than ``namespace/model`` (``alice/team/model``, as skopeo
+    or oras may push): ``/alice/team/model``, ``…/team/model/tags``, ``…/team/model:tag`` and
+    ``…/team/model:tag/blobs/<hex>``. A whole path that names a repository is its model page;
+    else a last component ``tags`` is the tags page of the rest."""
+    namespace: str = request.path_params["namespace"]
+    rest = str(request.path_params["rest"])
+    if "/blobs/" in rest:
+        model_tag, _, digest = rest.rpartition("/blobs/")
+        if ":" in model_tag:
+            return await _blob_page(request, namespace, model_tag, digest)
+    model, _, tag = rest.partition(":")
+    if tag:
+        return await tag_page(request, namespace, model, tag)
+    if rest.endswith("/tags"):
+        return await _tags_or_model(request, namespace, rest)
+    return await _model_page(request, namespace, rest)
 
 
 # -- errors ---------------------------------------------------------------------------------------
@@ -402,10 +422,7 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 def web_app() -> Starlette:
     """The site as an app to mount at ``/`` after every API route. The registry's lifespan sets
     its ``state.services`` (``registry.app``)."""
-    from registry.web.account_pages import routes as account_routes  # it renders with _page
-
     routes = [
-        *account_routes,
         Route("/", home, methods=["GET"]),
         Route("/search", search_page, methods=["GET"]),
         Route("/api/search", api_search, methods=["GET"]),
@@ -414,10 +431,10 @@ def web_app() -> Starlette:
         Route("/{namespace}/{model}/tags", tags_page, methods=["GET"]),
         Route("/{namespace}/{model}/blobs/{digest}", blob_page, methods=["GET"]),
         Route("/{namespace}/{model}", model_page, methods=["GET"]),
+        Route("/{namespace}/{rest:path}", deep_page, methods=["GET"]),
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(sessions.WebSessions, refuse=_error_page)],
         exception_handlers={
             HTTPException: _http_error,
             DistributionError: _distribution_error,
