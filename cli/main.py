@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 def build_parser() -> argparse.ArgumentParser:
     from cli import account as cli_account
     from cli import create as cli_create
+    from cli import direct as cli_direct
     from cli import login as cli_login
     from cli import registry as registry_cli
     from cli import remote as cli_remote
@@ -100,6 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     imp.set_defaults(handler=_import)
 
     cli_remote.add_commands(commands)
+    cli_direct.add_commands(commands)
     cli_runtime.add_commands(commands)
     cli_create.add_commands(commands)
     cli_account.add_commands(commands)
