@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from formats.units import parse_duration
+
 from registry import config
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     serve.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="default info")
     serve.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (PEM)")
     serve.add_argument("--ssl-keyfile", help="private key for --ssl-certfile (PEM)")
+    _mirror_args(serve)
     serve.set_defaults(handler=_serve)
 
     migrate = commands.add_parser("migrate", help="apply database migrations and exit")
@@ -111,6 +113,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     gc.set_defaults(handler=_gc)
 
     _add_admin_commands(commands)
+    _add_cache_commands(commands)
 
 
 def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -188,12 +191,136 @@ def _storage_args(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> config.Settings:
     names = ("listen", "data_dir", "database_url", "public_url", "workers", "upload_max_age", "signed_url_ttl",
              "auth", "signup", "token_ttl", "log_level", "allowed_hosts", "trusted_proxies", "ssl_certfile",
-             "ssl_keyfile", "rate_limit", "storage", "redirect", "metrics")  # fmt: skip
+             "ssl_keyfile", "rate_limit", "storage", "redirect", "metrics", "upstream", "upstream_credentials",
+             "upstream_check_interval", "cache_max_size")  # fmt: skip
     values = {n: getattr(args, n, None) for n in names}
-    for n in ("allowed_hosts", "trusted_proxies"):  # repeatable flags: one comma-separated setting
+    for n in ("allowed_hosts", "trusted_proxies", "upstream"):  # repeatable flags: one comma-separated setting
         items: list[str] | None = values[n]
         values[n] = ",".join(items) if items else None
     return config.from_env(**values)
+
+
+def _mirror_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--upstream",
+        action="append",
+        metavar="URL|NAMESPACE=URL",
+        help="be a pull-through cache of this registry (repeatable; HANGAR_REGISTRY_UPSTREAM, comma-separated): "
+        "names that are not this registry's own resolve to the upstream serving their namespace, e.g. "
+        "--upstream library=https://registry.ollama.ai; a bare URL serves every other namespace",
+    )
+    parser.add_argument(
+        "--upstream-credentials",
+        metavar="FILE",
+        help="TOML file with what the mirror presents to each upstream: username/password, token, or an "
+        "ed25519 key for Ollama's signed token requests (docs/mirror.md)",
+    )
+    parser.add_argument(
+        "--upstream-check-interval",
+        metavar="DURATION",
+        help="ask the upstream whether a cached tag moved at most this often (default 5m)",
+    )
+    parser.add_argument(
+        "--cache-max-size",
+        metavar="SIZE",
+        help="evict the least recently used cached models (not local ones, not pinned) above this, e.g. 500GB",
+    )
+
+
+def _add_cache_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    cache = commands.add_parser(
+        "cache",
+        help="list, evict and pin the models a mirror cached from its upstreams",
+        description="The pull-through cache (hangar registry serve --upstream): run on the registry host.",
+    )
+    sub = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
+    p = sub.add_parser("list", help="cached models, least recently used first, with sizes")
+    _storage_args(p)
+    p.set_defaults(handler=_cache_list)
+    p = sub.add_parser("evict", help="drop cached models: those named, or the least recently used above a size")
+    p.add_argument("names", nargs="*", metavar="NAMESPACE/MODEL")
+    p.add_argument("--max-size", metavar="SIZE", help="without names: evict down to this (default --cache-max-size)")
+    _storage_args(p)
+    _mirror_args(p)
+    p.set_defaults(handler=_cache_evict)
+    p = sub.add_parser("pin", help="never evict a cached model (--off: evictable again)")
+    p.add_argument("name", metavar="NAMESPACE/MODEL")
+    p.add_argument("--off", action="store_true", help="unpin instead")
+    _storage_args(p)
+    p.set_defaults(handler=_cache_pin)
+
+
+def _cache_state(args: argparse.Namespace) -> tuple[config.Settings, Any, Any, Any]:
+    from registry.meta import Metadata
+    from registry.mirror.cache import CacheState
+    from registry.storage import open_store
+
+    from registry import db
+
+    settings = _settings(args)
+    db.upgrade(settings.resolved_database_url)
+    engine = db.make_engine(settings.resolved_database_url, pooled=False)
+    return (
+        settings,
+        CacheState(engine),
+        Metadata(engine),
+        open_store(settings.storage_location, settings.resolved_data_dir),
+    )
+
+
+def _cache_list(args: argparse.Namespace) -> int:
+    _, cache, _, _ = _cache_state(args)
+    rows = cache.cached()
+    if not rows:
+        print("nothing is cached")
+        return 0
+    print(f"{'NAME':40} {'SIZE':>10}  {'LAST USED':20} {'PINNED':6} UPSTREAM")
+    for r in rows:
+        used = r.last_used.strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{r.name:40} {_human(r.size):>10}  {used:20} {'yes' if r.pinned else '':6} {r.upstream}")
+    print(f"total {_human(cache.total_size())} (blobs shared between models counted once)")
+    return 0
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000  # type: ignore[assignment]
+    return f"{n:.1f} TB"
+
+
+def _cache_evict(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from registry.mirror.config import parse_cache_size
+    from registry.mirror.service import drop, evict
+
+    settings, cache, meta, store = _cache_state(args)
+    if args.names:
+        missing = [n for n in args.names if not asyncio.run(drop(cache, meta, store, n))]
+        for name in args.names:
+            if name not in missing:
+                print(f"evicted {name}")
+        for name in missing:
+            print(f"error: {name} is not a cached model (hangar registry cache list)", file=sys.stderr)
+        return 1 if missing else 0
+    limit = parse_cache_size(args.max_size or settings.cache_max_size)
+    if limit is None:
+        print("error: name the models to evict, or give --max-size (or --cache-max-size)", file=sys.stderr)
+        return 2
+    for name in asyncio.run(evict(cache, meta, store, limit)):
+        print(f"evicted {name}")
+    return 0
+
+
+def _cache_pin(args: argparse.Namespace) -> int:
+    _, cache, _, _ = _cache_state(args)
+    if not cache.set_pinned(args.name, not args.off):
+        print(f"error: {args.name} is not a cached model (hangar registry cache list)", file=sys.stderr)
+        return 1
+    print(f"{'unpinned' if args.off else 'pinned'} {args.name}")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -216,9 +343,10 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from registry import db, gc
     from registry.meta import Metadata
     from registry.storage import open_store
+
+    from registry import db, gc
 
     settings = _settings(args)
     grace = parse_duration(args.grace)
@@ -246,8 +374,9 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _accounts(args: argparse.Namespace) -> Accounts:
-    from registry import db
     from registry.accounts import Accounts
+
+    from registry import db
 
     settings = _settings(args)
     db.upgrade(settings.resolved_database_url)

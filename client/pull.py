@@ -124,7 +124,10 @@ async def pull(
     if mirror:
         try:
             return await _pull_from(mirror.rstrip("/"), name, store, settings, options, progress)
-        except (errors.RegistryUnreachable, errors.NotFound, errors.TLSError) as e:
+        except (errors.RegistryError, errors.IntegrityError) as e:
+            # Any failure of the mirror (down, 5xx, a refusal, a transfer cut short, bad bytes) is
+            # the origin's turn: blobs the mirror did deliver are verified and kept, so the
+            # origin is asked only for the rest.
             progress(Progress(f"mirror {mirror} failed ({e}); pulling from {origin}"))
     return await _pull_from(origin, name, store, settings, options, progress)
 

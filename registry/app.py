@@ -10,25 +10,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from formats.errorcodes import DistributionError
-from registry import config
 from registry.accounts import Accounts
-from registry.api import routes
 from registry.api.common import API_VERSION_HEADER, Services, audit, remote
-from registry.api.uploads import progress_headers
-from registry.auth import Authority
 from registry.db import make_engine
 from registry.gc import purge_uploads_forever
 from registry.meta import Metadata
 from registry.metrics import Metrics, MetricsMiddleware, healthz, metrics_endpoint, readyz
+from registry.mirror.service import make_mirror
 from registry.pulls import flush_pulls_forever
 from registry.ratelimit import RateLimiter
 from registry.signing import UrlSigner
@@ -47,6 +36,18 @@ from registry.storage import (
 )
 from registry.web.catalog import backfill
 from registry.web.pages import web_app
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from registry import config
+from registry.api import routes
+from registry.api.uploads import progress_headers
+from registry.auth import Authority
 
 log = logging.getLogger("hangar.registry")
 
@@ -167,6 +168,9 @@ def create_app(settings: config.Settings) -> Starlette:
         authority = Authority(accounts, meta, meta.secret("token-signing"), settings.token_ttl)
         app.state.services = Services(settings, meta, accounts, authority, store, signer)
         site.state.services = app.state.services
+        app.state.mirror = make_mirror(settings, meta, store, engine)  # None without --upstream
+        if app.state.mirror is not None:
+            authority.mirrored = app.state.mirror.serves
         if settings.auth == "off":
             log.warning("authentication is off: anyone who can reach this registry may push to it")
         purger = asyncio.create_task(purge_uploads_forever(meta, accounts, store, settings.upload_max_age))
@@ -184,6 +188,8 @@ def create_app(settings: config.Settings) -> Starlette:
                 await pull_counts
             with contextlib.suppress(asyncio.CancelledError):
                 await facts
+            if app.state.mirror is not None:
+                await app.state.mirror.aclose()
             engine.dispose()
 
     # Health and metrics: no authentication, no rate limit (registry.metrics).

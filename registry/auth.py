@@ -27,12 +27,11 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
-
 from formats.auth import ACTIONS, Scope
 from formats.names import repository_key, repository_namespace
 from registry.accounts import Accounts
@@ -78,12 +77,16 @@ class Authority:
         self.meta = meta  # a repository's visibility is the repository's (registry.meta)
         self._key = signing_key
         self.token_ttl = token_ttl
+        # Names a pull-through mirror serves (registry.mirror): pulled by anyone, as a public
+        # repository is, before they exist here.
+        self.mirrored: Callable[[str], bool] = lambda name: False
 
     def allowed(self, principal: Principal, repository: str) -> frozenset[str]:
         """Every action ``principal`` may take on ``repository`` (reads the database)."""
         namespace = repository_namespace(repository)  # a one-part name is library's
         actions: set[str] = set()
-        if self.meta.repository_visibility(repository) == "public":
+        visibility = self.meta.repository_visibility(repository)
+        if visibility == "public" or (visibility is None and self.mirrored(repository)):
             actions.add("pull")
         if principal.is_admin:
             return ALL

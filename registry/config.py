@@ -9,6 +9,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from formats.units import parse_duration
+from registry.mirror.config import MirrorConfigError, Upstream, load_credentials, parse_cache_size, parse_upstreams
 from registry.origins import check_allowed_hosts, check_trusted_proxies
 
 ENV_PREFIX = "HANGAR_REGISTRY_"
@@ -59,6 +60,15 @@ class Settings:
     # worker counts on its own); 0 turns the limit off.
     rate_limit: int = 600
     log_level: str = "info"
+    # The pull-through mirror (registry.mirror): upstream registries, comma-separated, each URL
+    # (every namespace) or NAMESPACE=URL; empty: no mirror.
+    upstream: str = ""
+    # A TOML file with the credentials the mirror presents to its upstreams (registry.mirror.config).
+    upstream_credentials: str = ""
+    # How long a cached tag is served before the upstream is asked whether it moved.
+    upstream_check_interval: float = 300.0
+    # The cache's size limit ("500GB"); least recently used cached models go first. Empty: none.
+    cache_max_size: str = ""
 
     @property
     def host(self) -> str:
@@ -77,6 +87,14 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.resolved_data_dir / 'registry.db'}"
+
+    def mirror_upstreams(self) -> list[Upstream]:
+        """The ``--upstream`` registries with their credentials (raises MirrorConfigError)."""
+        upstreams = parse_upstreams(self.upstream)
+        credentials = Path(self.upstream_credentials).expanduser() if self.upstream_credentials else None
+        if credentials is not None and not upstreams:
+            raise MirrorConfigError("--upstream-credentials without --upstream")
+        return load_credentials(credentials, upstreams)
 
     @property
     def storage_location(self) -> str | Path:
@@ -112,6 +130,10 @@ class Settings:
             raise ValueError(f"--redirect must be 'on' or 'off', got {self.redirect!r}")
         if self.metrics not in ("on", "off"):
             raise ValueError(f"--metrics must be 'on' or 'off', got {self.metrics!r}")
+        self.mirror_upstreams()
+        parse_cache_size(self.cache_max_size)
+        if self.upstream_check_interval < 0:
+            raise ValueError("--upstream-check-interval must not be negative")
         if self.signup not in ("open", "invite", "closed"):
             raise ValueError(f"--signup must be 'open', 'invite' or 'closed', got {self.signup!r}")
         return replace(self, public_url=self.public_url.rstrip("/"))

@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import re
 
+from formats.digest import Digest
+from formats.errorcodes import DistributionError
+from registry.api.common import audit, authorize, digest_param, external_url, repository, services
+from registry.mirror.hooks import mirror_blob
+from registry.storage import CHUNK_SIZE, BlobInfo, ContentHash
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from formats.digest import Digest
-from formats.errorcodes import DistributionError
-from registry.api.common import audit, authorize, digest_param, external_url, repository, services
 from registry.auth import ANONYMOUS, Principal
-from registry.storage import CHUNK_SIZE, BlobInfo, ContentHash
 
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 
@@ -146,7 +147,8 @@ async def head_blob(request: Request) -> Response:
     name, digest = repository(request), digest_param(request.path_params["digest"])
     if not await _signed_request(request, name):
         await authorize(request, name, "pull")
-    size = await _blob_size(request, name, digest)
+    fetching = await mirror_blob(request, name, digest)  # a mirrored blob not cached yet
+    size = fetching.size if fetching else await _blob_size(request, name, digest)
     return Response(headers=_headers(digest, size))
 
 
@@ -157,11 +159,13 @@ async def get_blob(request: Request) -> Response:
     if not signed:
         principal = await authorize(request, name, "pull")
     svc = services(request)
-    size = await _blob_size(request, name, digest)
+    fetching = await mirror_blob(request, name, digest)  # a mirrored blob on its way from upstream
+    size = fetching.size if fetching else await _blob_size(request, name, digest)
+    read = fetching.read if fetching else svc.store.read
     headers = _headers(digest, size)
     # An object store serves the bytes itself, from a presigned URL: a 307 there, also for our own
     # signed URL (whose holder was just re-checked), so the bytes never cross the registry.
-    direct = await _direct_url(request, digest)
+    direct = None if fetching else await _direct_url(request, digest)
     if direct is not None:
         return RedirectResponse(direct, status_code=307, headers={"Docker-Content-Digest": str(digest)})
     if not signed:
@@ -169,11 +173,11 @@ async def get_blob(request: Request) -> Response:
 
     range_header = request.headers.get("range")
     if range_header is None:
-        return StreamingResponse(svc.store.read(digest), headers=headers)
+        return StreamingResponse(read(digest), headers=headers)
     first, last = parse_range(range_header, size)
     headers["Content-Length"] = str(last - first + 1)
     headers["Content-Range"] = f"bytes {first}-{last}/{size}"
-    return StreamingResponse(svc.store.read(digest, first, last - first + 1), status_code=206, headers=headers)
+    return StreamingResponse(read(digest, first, last - first + 1), status_code=206, headers=headers)
 
 
 async def chunk_sums(request: Request) -> Response:

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import json
 
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
-
 from formats import mediatypes as mt
 from formats.digest import Digest
 from formats.errorcodes import DistributionError
 from formats.manifest import MAX_MANIFEST_BYTES, Manifest, ManifestError
 from registry.api.common import audit, authorize, digest_param, external_url, reference_param, repository, services
 from registry.meta import MissingReferences, SizeConflict, StoredManifest
+from registry.mirror.hooks import mirror_headers, mirror_manifest, refuse_mirrored_push
 from registry.web.catalog import summarize_pushed
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 
 
 def acceptable(request: Request, media_type: str) -> bool:
@@ -35,7 +35,8 @@ async def _lookup(request: Request) -> StoredManifest:
     reference = reference_param(request.path_params["reference"])
     await authorize(request, name, "pull")
     svc = services(request)
-    stored = await run_in_threadpool(svc.meta.get_manifest, name, str(reference))
+    stored = await mirror_manifest(request, name, str(reference))
+    stored = stored or await run_in_threadpool(svc.meta.get_manifest, name, str(reference))
     if stored is None:
         if not await run_in_threadpool(svc.meta.repository_exists, name):
             raise DistributionError("NAME_UNKNOWN", detail={"name": name})
@@ -64,12 +65,12 @@ async def get_manifest(request: Request) -> Response:
     reference = request.path_params["reference"]
     if ":" not in reference:  # a pull by tag (a digest GET is a client's second look, or an index's child)
         services(request).pulls.add(request.path_params["name"], reference)
-    return Response(stored.content, headers=_headers(stored))
+    return Response(stored.content, headers={**_headers(stored), **mirror_headers(request)})
 
 
 async def head_manifest(request: Request) -> Response:
     stored = await _lookup(request)
-    return Response(headers=_headers(stored))
+    return Response(headers={**_headers(stored), **mirror_headers(request)})
 
 
 async def _read_limited(request: Request, limit: int) -> bytes:
@@ -94,6 +95,7 @@ async def put_manifest(request: Request) -> Response:
     name = repository(request)
     reference = reference_param(request.path_params["reference"])
     principal = await authorize(request, name, "push")
+    await refuse_mirrored_push(request, name)
     raw = await _read_limited(request, MAX_MANIFEST_BYTES)
     try:
         manifest = Manifest.parse(raw, request.headers.get("content-type"))

@@ -21,10 +21,6 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
-
 from formats.digest import Digest
 from formats.errorcodes import DistributionError
 from formats.names import NameParseError, parse_registry_repository
@@ -37,7 +33,11 @@ from registry.api.common import (
     repository,
     services,
 )
+from registry.mirror.hooks import refuse_mirrored_push
 from registry.storage import DigestMismatch, EtagMismatch, SizeMismatch, put_blob
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
 
 # The one digest an empty monolithic upload can have.
 EMPTY_DIGEST = Digest.of_bytes(b"")
@@ -118,6 +118,7 @@ async def _body(request: Request) -> AsyncIterator[bytes]:
 async def start_upload(request: Request) -> Response:
     name = repository(request)
     principal = await authorize(request, name, "push")
+    await refuse_mirrored_push(request, name)
     svc = services(request)
     query = request.query_params
 

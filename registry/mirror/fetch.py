@@ -1,0 +1,308 @@
+"""Single-flight blob fetches from an upstream: one download per digest however many clients
+wait for it, streamed to each of them while it is being written, verified before it is stored.
+
+A ``Flight`` writes the upstream's bytes to ``DATA_DIR/mirror/partial/<hex>``, hashing them as they
+arrive (the whole sha256; the chunksums API computes the 16 MiB chunk sums on first use).
+Readers open that file and read whatever prefix is already there, waiting on the flight's
+condition for more, so a range past the written end is served as soon as it is written. Once the
+upstream's bytes end, the digest (and the size the upstream announced) must match, and only then
+does the file become the store's blob: a rename into a filesystem store (same folder tree, so
+atomic), or a monolithic upload into any other backend (S3), which verifies once more. A mismatch
+deletes the file; the readers still reading it get an error, and nothing is cached.
+
+An upstream connection that breaks mid-blob is resumed with ``Range: bytes=<written>-`` (a few
+times, with a pause), and a partial file left by a restart is resumed too: its bytes are hashed
+again first. Flights are per worker process: with ``--workers N`` each worker may fetch the same
+cold blob once (the store then keeps one copy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from formats.digest import Digest
+from registry.mirror.upstream import UpstreamClient, UpstreamError, UpstreamUnreachable
+from registry.storage import BlobInfo, DigestMismatch, SizeMismatch, VerifiedStore, put_blob
+
+log = logging.getLogger("hangar.registry.mirror")
+
+READ_CHUNK = 1024 * 1024
+WRITE_BATCH = 4 * 1024 * 1024
+RESUME_ATTEMPTS = 5
+T = TypeVar("T")
+
+
+def _in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+    return asyncio.get_running_loop().run_in_executor(None, fn, *args)
+
+
+class FetchFailed(Exception):
+    """The upstream's copy could not be fetched or did not verify; nothing was cached."""
+
+
+class Flight:
+    """One blob on its way from the upstream into the store."""
+
+    def __init__(self, store: VerifiedStore, digest: Digest, path: Path, expected_size: int | None) -> None:
+        self.store = store
+        self.digest = digest
+        self.path = path
+        self.expected_size = expected_size
+        self.size: int | None = None  # known once the upstream answered
+        self.written = 0
+        self.error: BaseException | None = None
+        self.done = False
+        self.repositories: set[str] = set()  # where the blob is linked once stored
+        self.changed = asyncio.Condition()
+        self.task: asyncio.Task[BlobInfo] | None = None
+        self.upstream_bytes = 0  # bytes this flight received from the upstream (counted for tests/logs)
+
+    async def _notify(self) -> None:
+        async with self.changed:
+            self.changed.notify_all()
+
+    async def wait_size(self) -> int:
+        """The blob's size, once the upstream said it; raises FetchFailed if the fetch failed first."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.size is not None or self.error is not None or self.done)
+        if self.size is None:
+            raise FetchFailed(str(self.error or "the fetch ended without a size"))
+        return self.size
+
+    async def _wait_past(self, pos: int) -> None:
+        """Until more than ``pos`` bytes are written, or the flight ended."""
+        async with self.changed:
+            await self.changed.wait_for(lambda: self.written > pos or self.error is not None or self.done)
+
+    async def wait(self) -> BlobInfo:
+        assert self.task is not None
+        return await asyncio.shield(self.task)
+
+    async def read(self, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """Bytes ``offset``… of the blob as they arrive; raises FetchFailed if it fails mid-way.
+
+        The file is opened first: once verified it is renamed into the store (or deleted after a
+        copy), and an open descriptor keeps reading the same bytes either way."""
+        size = await self.wait_size()
+        end = size if length is None else min(size, offset + length)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            if not self.done or self.error is not None:
+                raise FetchFailed(f"{self.digest}: {self.error or 'the partial file is gone'}") from None
+            async for data in self.store.read(self.digest, offset, end - offset):  # stored meanwhile
+                yield data
+            return
+        try:
+            pos = offset
+            while pos < end:
+                await self._wait_past(pos)
+                if self.error is not None:
+                    raise FetchFailed(f"{self.digest}: {self.error}")
+                available = min(self.written, end)
+                while pos < available:
+                    data = await _in_thread(os.pread, fd, min(READ_CHUNK, available - pos), pos)
+                    if not data:
+                        raise FetchFailed(f"{self.digest}: the partial file is shorter than written")
+                    pos += len(data)
+                    yield data
+        finally:
+            os.close(fd)
+
+
+class BlobFetcher:
+    """The flights of one worker, by digest."""
+
+    def __init__(
+        self,
+        store: VerifiedStore,
+        partial_dir: Path,
+        on_stored: Callable[[Flight, BlobInfo], Awaitable[None]],
+        *,
+        retry_pause: float = 1.0,
+    ) -> None:
+        self.store = store
+        self.partial_dir = partial_dir
+        self.on_stored = on_stored
+        self.retry_pause = retry_pause
+        self.flights: dict[Digest, Flight] = {}
+        partial_dir.mkdir(parents=True, exist_ok=True)
+
+    def fetch(self, client: UpstreamClient, repository: str, digest: Digest, size: int | None = None) -> Flight:
+        """The flight for ``digest``: the one in progress, or a new one (single-flight)."""
+        flight = self.flights.get(digest)
+        if flight is None:
+            flight = Flight(self.store, digest, self.partial_dir / digest.hex, size)
+            self.flights[digest] = flight
+            flight.task = asyncio.create_task(self._run(flight, client, repository))
+        flight.repositories.add(repository)
+        return flight
+
+    async def aclose(self) -> None:
+        for flight in list(self.flights.values()):
+            if flight.task is not None:
+                flight.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await flight.task
+
+    async def _run(self, flight: Flight, client: UpstreamClient, repository: str) -> BlobInfo:
+        try:
+            info = await self._download(flight, client, repository)
+            await self._publish(flight, info)
+            flight.done = True
+            await flight._notify()
+            try:
+                await self.on_stored(flight, info)
+            except Exception as e:  # the blob is stored; linking it is retried by the next request
+                log.error("mirror: linking %s failed: %s", flight.digest, e, exc_info=e)
+            return info
+        except BaseException as e:
+            flight.error = e
+            with contextlib.suppress(FileNotFoundError):
+                if not isinstance(e, (UpstreamUnreachable, asyncio.CancelledError)):
+                    os.unlink(flight.path)  # a bad copy is never resumed; an interrupted one is
+            await flight._notify()
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            log.warning("mirror: fetching %s from %s failed: %s", flight.digest, client.upstream.url, e)
+            raise FetchFailed(str(e)) from None
+        finally:
+            flight.done = True
+            self.flights.pop(flight.digest, None)
+
+    async def _download(self, flight: Flight, client: UpstreamClient, repository: str) -> BlobInfo:
+        content = _Sha256()
+        # A partial file from an earlier try (or a restart): hash what it holds and go on from there.
+        with contextlib.suppress(FileNotFoundError), open(flight.path, "rb") as f:
+            while data := await _in_thread(f.read, WRITE_BATCH):
+                await _in_thread(content.update, data)
+        flight.written = content.size
+        attempts = 0
+        with open(flight.path, "ab") as out:
+            out.truncate(content.size)
+            while True:
+                try:
+                    await self._stream(flight, client, repository, content, out)
+                    break
+                except UpstreamUnreachable as e:
+                    attempts += 1
+                    if attempts > RESUME_ATTEMPTS:
+                        raise
+                    log.warning("mirror: %s broke off at byte %d (%s); resuming", flight.digest, flight.written, e)
+                    await asyncio.sleep(self.retry_pause)
+            await _in_thread(out.flush)
+            await _in_thread(os.fsync, out.fileno())
+        if flight.size is not None and content.size != flight.size:
+            raise SizeMismatch(flight.size, content.size)
+        actual = content.digest()
+        if actual != flight.digest:
+            raise DigestMismatch(flight.digest, actual)
+        # No chunk sums: a second hash pass would slow the download down, and the chunksums API
+        # computes them once on first use.
+        return BlobInfo(flight.digest, content.size)
+
+    async def _stream(
+        self, flight: Flight, client: UpstreamClient, repository: str, content: _Sha256, out: Any
+    ) -> None:
+        offset = flight.written
+        async with client.blob(repository, str(flight.digest), offset) as response:
+            total = _total_size(response, offset)
+            if total is not None:
+                if flight.expected_size is not None and total != flight.expected_size:
+                    raise UpstreamError(
+                        f"the upstream's blob has {total} bytes, the manifest says {flight.expected_size}"
+                    )
+                if flight.size is None:
+                    flight.size = total
+                    await flight._notify()
+            elif flight.expected_size is not None and flight.size is None:
+                flight.size = flight.expected_size
+                await flight._notify()
+            batch = bytearray()
+            try:
+                async for data in response.aiter_raw():
+                    flight.upstream_bytes += len(data)
+                    batch += data
+                    if len(batch) >= WRITE_BATCH:
+                        await self._write(flight, content, out, bytes(batch))
+                        batch.clear()
+            except Exception as e:  # httpx's read errors: the connection broke mid-body
+                if batch:
+                    await self._write(flight, content, out, bytes(batch))
+                raise UpstreamUnreachable(f"the body broke off: {type(e).__name__}") from None
+            if batch:
+                await self._write(flight, content, out, bytes(batch))
+        if flight.size is None:  # no length announced: what came is the blob (it is verified next)
+            flight.size = flight.written
+            await flight._notify()
+
+    async def _write(self, flight: Flight, content: _Sha256, out: Any, data: bytes) -> None:
+        if flight.size is not None and flight.written + len(data) > flight.size:
+            raise UpstreamError(f"the upstream sent more than the {flight.size} bytes it announced")
+        write = _in_thread(out.write, data)
+        await _in_thread(content.update, data)
+        await write
+        await _in_thread(out.flush)
+        flight.written += len(data)
+        await flight._notify()
+
+    async def _publish(self, flight: Flight, info: BlobInfo) -> None:
+        """The verified file becomes the store's blob."""
+        from registry.storage.filesystem import FilesystemStore
+
+        backend = self.store.backend
+        if isinstance(backend, FilesystemStore):
+            target = backend.blob_path(info.digest)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.chmod(flight.path, 0o644)
+                os.link(flight.path, target)  # a reader of the partial file keeps its inode
+                os.unlink(flight.path)
+                return
+            except FileExistsError:
+                os.unlink(flight.path)  # another worker (or an upload) stored it first
+                return
+            except OSError as e:  # another filesystem: copy it in below
+                log.info("mirror: cannot link %s into the store (%s); copying", info.digest, e)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            with open(flight.path, "rb") as f:
+                while data := await _in_thread(f.read, WRITE_BATCH):
+                    yield data
+
+        await put_blob(self.store, f"mirror-{uuid.uuid4().hex}", info.digest, chunks(), info.size)
+        # Readers that opened the partial file keep reading it after this unlink.
+        os.unlink(flight.path)
+
+
+class _Sha256:
+    """The whole blob's sha256 and its size (hashlib releases the GIL on large updates)."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: bytes) -> None:
+        self._hash.update(data)
+        self.size += len(data)
+
+    def digest(self) -> Digest:
+        return Digest(self._hash.hexdigest())
+
+
+def _total_size(response: Any, offset: int) -> int | None:
+    content_range = response.headers.get("content-range", "")
+    if "/" in content_range and content_range.rsplit("/", 1)[1].isdigit():
+        return int(content_range.rsplit("/", 1)[1])
+    length = response.headers.get("content-length")
+    if length is not None and length.isdigit() and response.headers.get("content-encoding") is None:
+        return offset + int(length)
+    return None
