@@ -8,7 +8,6 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from formats.units import parse_duration
-
 from registry import config
 
 if TYPE_CHECKING:
@@ -251,11 +250,10 @@ def _add_cache_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
 
 
 def _cache_state(args: argparse.Namespace) -> tuple[config.Settings, Any, Any, Any]:
+    from registry import db
     from registry.meta import Metadata
     from registry.mirror.cache import CacheState
     from registry.storage import open_store
-
-    from registry import db
 
     settings = _settings(args)
     db.upgrade(settings.resolved_database_url)
@@ -343,10 +341,9 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
+    from registry import db, gc
     from registry.meta import Metadata
     from registry.storage import open_store
-
-    from registry import db, gc
 
     settings = _settings(args)
     grace = parse_duration(args.grace)
@@ -374,9 +371,8 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _accounts(args: argparse.Namespace) -> Accounts:
-    from registry.accounts import Accounts
-
     from registry import db
+    from registry.accounts import Accounts
 
     settings = _settings(args)
     db.upgrade(settings.resolved_database_url)

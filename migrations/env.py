@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import registry.mirror.cache
-import registry.models  # noqa: F401  (registers the tables on Base.metadata)
 from alembic import context
-from registry.db import Base, make_engine
 from sqlalchemy import text
 
+import registry.mirror.cache
+import registry.models  # noqa: F401  (registers the tables on Base.metadata)
 from registry import config as registry_config
+from registry.db import Base, make_engine
 
 target_metadata = Base.metadata
 

@@ -10,9 +10,21 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from formats.errorcodes import DistributionError
+from registry import config
 from registry.accounts import Accounts
+from registry.api import routes
 from registry.api.common import API_VERSION_HEADER, Services, audit, remote
+from registry.api.uploads import progress_headers
+from registry.auth import Authority
 from registry.db import make_engine
 from registry.gc import purge_uploads_forever
 from registry.meta import Metadata
@@ -36,18 +48,6 @@ from registry.storage import (
 )
 from registry.web.catalog import backfill
 from registry.web.pages import web_app
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from registry import config
-from registry.api import routes
-from registry.api.uploads import progress_headers
-from registry.auth import Authority
 
 log = logging.getLogger("hangar.registry")
 

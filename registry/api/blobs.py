@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import re
 
-from formats.digest import Digest
-from formats.errorcodes import DistributionError
-from registry.api.common import audit, authorize, digest_param, external_url, repository, services
-from registry.mirror.hooks import mirror_blob
-from registry.storage import CHUNK_SIZE, BlobInfo, ContentHash
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 
+from formats.digest import Digest
+from formats.errorcodes import DistributionError
+from registry.api.common import audit, authorize, digest_param, external_url, repository, services
 from registry.auth import ANONYMOUS, Principal
+from registry.mirror.hooks import mirror_blob
+from registry.storage import CHUNK_SIZE, BlobInfo, ContentHash
 
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
 from formats import mediatypes as mt
 from formats.digest import Digest
 from formats.errorcodes import DistributionError
@@ -16,9 +20,6 @@ from registry.api.common import audit, authorize, digest_param, external_url, re
 from registry.meta import MissingReferences, SizeConflict, StoredManifest
 from registry.mirror.hooks import mirror_headers, mirror_manifest, refuse_mirrored_push
 from registry.web.catalog import summarize_pushed
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
 
 
 def acceptable(request: Request, media_type: str) -> bool:

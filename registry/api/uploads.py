@@ -21,6 +21,10 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
 from formats.digest import Digest
 from formats.errorcodes import DistributionError
 from formats.names import NameParseError, parse_registry_repository
@@ -35,9 +39,6 @@ from registry.api.common import (
 )
 from registry.mirror.hooks import refuse_mirrored_push
 from registry.storage import DigestMismatch, EtagMismatch, SizeMismatch, put_blob
-from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
-from starlette.responses import Response
 
 # The one digest an empty monolithic upload can have.
 EMPTY_DIGEST = Digest.of_bytes(b"")
