@@ -10,6 +10,7 @@ Ollama's connect URL, and an organisation's settings.
 ``/settings/keys``                      the ed25519 keys: list, add by pasting ``ssh-ed25519 …``, remove
 ``/settings/robots``                    robots of every namespace the user manages
 ``/settings/orgs/{org}``                an organisation's members, roles and default visibility
+``/settings/models/{ns}/{model}``       a model's visibility; delete a tag or the whole model
 ``/connect?name=HOST&key=K``            Ollama's connect URL (protocol spec §5.6): confirm, and the key
                                         joins the signed-in account
 ======================================  ==============================================================
@@ -34,6 +35,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from formats.auth import InvalidKey, decode_public_key, encode_public_key, fingerprint
+from formats.digest import Digest
+from formats.names import is_valid_model, is_valid_namespace
 from registry.accounts import (
     ROBOT_SCOPES,
     ROLES,
@@ -48,6 +51,7 @@ from registry.accounts import (
     hash_password,
 )
 from registry.api.common import audit, remote, services
+from registry.auth import ALL
 from registry.ratelimit import RateLimiter
 from registry.web import sessions
 from registry.web.pages import _page
@@ -428,6 +432,73 @@ async def settings_org(request: Request, user: AccountRecord) -> Response:
     )  # fmt: skip
 
 
+# -- settings: a model ----------------------------------------------------------------------------------
+
+
+@signed_in
+async def settings_model(request: Request, user: AccountRecord) -> Response:
+    """A model's visibility (``Accounts.manageable``, as ``PUT /hangar/v1/repositories``) and the
+    deletion of a tag or of every tag (the ``delete`` action of ``Authority.allowed``, as
+    ``DELETE /v2/…/manifests``). Who may read it but do neither gets 403; who may not read it, 404."""
+    svc = services(request)
+    namespace, model = str(request.path_params["namespace"]), str(request.path_params["model"])
+    name = f"{namespace}/{model}"
+    if not is_valid_namespace(namespace) or not is_valid_model(model):
+        return _page(request, "error.html", 404, title="404", code=404, message="No such model.")
+    session = sessions.web_state(request).session
+    assert session is not None
+    principal = sessions.principal_of(session)
+    allowed = ALL if svc.settings.auth == "off" else await run_in_threadpool(svc.authority.allowed, principal, name)
+    row = await run_in_threadpool(svc.meta.model, name)
+    if row is None or "pull" not in allowed:
+        return _page(request, "error.html", 404, title="404", code=404, message="No such model.")
+    name = row.name
+    may_manage = await _manageable(request, user, namespace) is not None
+    may_delete = "delete" in allowed
+    if not may_manage and not may_delete:
+        await _audit(request, user.name, "settings", name, "denied", reason="no permission")
+        return _page(
+            request, "error.html", 403, title="403", code=403, message="You may not change this model's settings."
+        )
+    error = ""
+    if request.method == "POST":
+        data = sessions.form(request)
+        action = data.get("action", "")
+        if action == "visibility" and may_manage:
+            visibility = data.get("visibility", "")
+            if visibility not in VISIBILITIES:
+                error = f"visibility must be one of {', '.join(VISIBILITIES)}"
+            else:
+                await run_in_threadpool(svc.meta.set_repository_visibility, name, visibility)
+                await _audit(request, user.name, "visibility", name, "ok", visibility=visibility)
+        elif action == "delete_tag" and may_delete:
+            tag = data.get("tag", "")
+            if not await run_in_threadpool(svc.meta.delete_tag, name, tag):
+                error = f"no tag {tag!r}"
+            else:
+                await _audit(request, user.name, "delete", f"{name}:{tag}", "ok", kind="tag")
+        elif action == "delete_model" and may_delete:
+            if data.get("confirm", "").strip() != name:
+                error = f"type {name} to confirm"
+            else:
+                for each in await run_in_threadpool(svc.meta.model_tags, name):
+                    await run_in_threadpool(svc.meta.delete_manifest, name, Digest.parse(each.digest))
+                await _audit(request, user.name, "delete", name, "ok", kind="model")
+                return _see_other(f"/{quote(namespace)}")
+        else:
+            await _audit(request, user.name, "settings", name, "denied", reason=f"no permission for {action!r}")
+            return _page(request, "error.html", 403, title="403", code=403, message="You may not do that.")
+        if not error:
+            return _see_other(f"/settings/models/{quote(namespace)}/{quote(model)}")
+    tags = await run_in_threadpool(svc.meta.model_tags, name)
+    visibility = row.visibility
+    return _page(
+        request, "settings_model.html", 400 if error else 200, title=f"{row.name} settings", name=name,
+        namespace=namespace, model=model, tags=tags, visibility=visibility, visibilities=VISIBILITIES,
+        may_manage=may_manage, may_delete=may_delete, error=error, section="",
+    )  # fmt: skip
+
+
 # -- Ollama's connect URL ---------------------------------------------------------------------------------
 
 
@@ -493,4 +564,5 @@ routes = [
     Route("/settings/robots", create_robot, methods=["POST"]),
     Route("/settings/robots/remove", remove_robot, methods=["POST"]),
     Route("/settings/orgs/{org}", settings_org, methods=["GET", "POST"]),
+    Route("/settings/models/{namespace}/{model}", settings_model, methods=["GET", "POST"]),
 ]

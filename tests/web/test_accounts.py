@@ -18,7 +18,7 @@ import jwt
 import pytest
 
 from tests.auth.test_signin_cli import hangar
-from tests.people import Person, accounts_of, audit_rows, unique
+from tests.people import Person, accounts_of, audit_rows, meta_of, unique
 from tests.servers import REPO_ROOT, RegistryProcess
 
 pytestmark = pytest.mark.timeout(300)
@@ -259,3 +259,44 @@ def test_invite_only_sign_up_asks_for_an_invite(tmp_path: Path) -> None:
         assert r.status_code == 400 and "unknown, used or expired" in r.text
     finally:
         proc.stop()
+
+
+def test_model_settings_follow_the_api_rules(site: RegistryProcess, tmp_path: Path) -> None:
+    owner = Person(site, tmp_path / "owner", unique("mo")).signup()
+    reader = unique("rita")
+    accounts = accounts_of(site)
+    owner_account = accounts.get(owner.name)
+    assert owner_account is not None
+    accounts.set_password(owner_account.id, PASSWORD)
+    org = unique("crew")
+    accounts.create_org(org, owner.name)
+    for tag in ("latest", "old"):
+        owner.push(owner.model(f"{org}/m", tag, size=1000))
+    web_owner, web_reader, stranger = Visitor(site), Visitor(site), Visitor(site)
+    assert web_owner.signin(owner.name).status_code == 303
+    assert web_reader.signup(reader).status_code == 303
+    assert stranger.signup(unique("stan")).status_code == 303
+    accounts.set_member(org, reader, "reader")
+    page = f"/settings/models/{org}/m"
+
+    # A reader may pull but neither manage nor delete (the API: 403 for both); a stranger sees it
+    # only while it is public.
+    assert web_reader.http.get(page).status_code == 403
+    assert stranger.http.get(page).status_code == 403
+    r = web_reader.http.post(page, data={"csrf": web_reader.token("/settings/keys"), "action": "delete_tag",
+                             "tag": "old"})  # fmt: skip
+    assert r.status_code == 403
+    assert {t.name for t in meta_of(site).model_tags(f"{org}/m")} == {"latest", "old"}
+
+    assert web_owner.post(page, {"action": "visibility", "visibility": "private"}).status_code == 303
+    assert meta_of(site).repository_visibility(f"{org}/m") == "private"
+    assert stranger.http.get(page).status_code == 404  # private: as if it did not exist
+    assert web_owner.post(page, {"action": "delete_tag", "tag": "old"}).status_code == 303
+    assert {t.name for t in meta_of(site).model_tags(f"{org}/m")} == {"latest"}
+    r = web_owner.post(page, {"action": "delete_model", "confirm": "wrong"})
+    assert r.status_code == 400 and "to confirm" in r.text
+    r = web_owner.post(page, {"action": "delete_model", "confirm": f"{org}/m"})
+    assert r.status_code == 303 and r.headers["location"] == f"/{org}"
+    assert meta_of(site).model_tags(f"{org}/m") == []
+    kinds = [(a.target, a.detail.get("kind")) for a in audit_rows(site, actor=owner.name, action="delete")]
+    assert (f"{org}/m", "model") in kinds and (f"{org}/m:old", "tag") in kinds

@@ -138,6 +138,8 @@ def test_sign_up_paste_a_key_push_and_see_the_tag(fresh: Any, site: RegistryProc
     visit(browser, site, f"/{name}/shared")
     tags = {el.get_attribute("data-tag") for el in browser.find_elements(By.CSS_SELECTOR, "tr[data-tag]")}
     assert tags == {"latest", "small"}
+    visit(browser, site, f"/settings/models/{name}/shared")  # the model's own settings
+    assert {el.get_attribute("data-tag") for el in browser.find_elements(By.CSS_SELECTOR, "li[data-tag]")} == tags
     visit(browser, site, "/settings/keys")
     assert "never" not in browser.find_element(By.CSS_SELECTOR, "tr[data-key]").text  # its last use is shown
     assert audit_rows(site, actor=name, action="key.add")[0].detail["web"] is True
