@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -300,3 +301,24 @@ def test_model_settings_follow_the_api_rules(site: RegistryProcess, tmp_path: Pa
     assert meta_of(site).model_tags(f"{org}/m") == []
     kinds = [(a.target, a.detail.get("kind")) for a in audit_rows(site, actor=owner.name, action="delete")]
     assert (f"{org}/m", "model") in kinds and (f"{org}/m:old", "tag") in kinds
+
+
+def test_the_session_cookie_is_secure_over_https(tmp_path: Path) -> None:
+    from tests.client.test_errors import _self_signed
+
+    cert, key = _self_signed(tmp_path)
+    proc = RegistryProcess(
+        tmp_path / "data", "", "--auth", "required", "--signup", "open", "--ssl-certfile", str(cert),
+        "--ssl-keyfile", str(key),
+    ).start()  # fmt: skip
+    try:
+        web = Visitor(proc)
+        web.http = httpx.Client(base_url=proc.url, timeout=30, verify=ssl.create_default_context(cafile=str(cert)))
+        page = web.http.get("/signin")
+        csrf_cookie = page.headers["set-cookie"]
+        assert csrf_cookie.startswith("hangar_csrf=") and "Secure" in csrf_cookie and "HttpOnly" in csrf_cookie
+        r = web.signup(unique("tess"))
+        cookie = next(v for k, v in r.headers.multi_items() if k == "set-cookie" and v.startswith("hangar_session="))
+        assert "; Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    finally:
+        proc.stop()
