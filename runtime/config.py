@@ -10,7 +10,8 @@
 ``HANGAR_MAX_LOADED_MODELS``    models loaded at once, 3
 ``HANGAR_MAX_MEMORY``           bytes all loaded models may use (estimated); default 75% of RAM
 ``HANGAR_MAX_QUEUE``            requests waiting for a model, 512; more get 503
-``HANGAR_NUM_PARALLEL``         requests a loaded model serves at once, 1
+``HANGAR_NUM_PARALLEL``         requests a loaded model serves at once, decoded together;
+                                unset: 4 where memory allows, else 1
 ``HANGAR_ORIGINS``              extra origins (web pages) allowed to call the API, comma-separated
                                 (``*`` in a name matches anything); any other Origin gets 403
 ``HANGAR_API_KEY``              if set, every request needs ``Authorization: Bearer <key>``
@@ -40,7 +41,7 @@ class RuntimeSettings:
     max_loaded_models: int = 3
     max_memory: int = 0  # 0: 75% of physical memory
     max_queue: int = 512
-    num_parallel: int = 1
+    num_parallel: int = 0  # 0: 4 where memory allows, else 1 (runtime.scheduler.parallel_for)
     origins: tuple[str, ...] = field(default_factory=tuple)
     api_key: str = ""
     test_fail_after: int = -1  # HANGAR_TEST_FAIL_AFTER, for tests only; -1: off
@@ -103,7 +104,7 @@ def load(env: Mapping[str, str] | None = None) -> RuntimeSettings:
             max_loaded_models=int(get("HANGAR_MAX_LOADED_MODELS") or 3),
             max_memory=parse_size(get("HANGAR_MAX_MEMORY")) if get("HANGAR_MAX_MEMORY") else 0,
             max_queue=int(get("HANGAR_MAX_QUEUE") or 512),
-            num_parallel=max(1, int(get("HANGAR_NUM_PARALLEL") or 1)),
+            num_parallel=max(0, int(get("HANGAR_NUM_PARALLEL") or 0)),
             origins=tuple(o.strip() for o in get("HANGAR_ORIGINS").split(",") if o.strip()),
             api_key=get("HANGAR_API_KEY"),
             test_fail_after=int(get("HANGAR_TEST_FAIL_AFTER") or -1),

@@ -1,31 +1,34 @@
-"""One loaded model: a ``llama_cpp.Llama`` owned by one long-lived thread.
+"""One loaded model: a ``llama_cpp.Llama`` owned by one long-lived thread, and the interface the
+scheduler and the service see (:class:`GenerationEngine`: load, tokenize, submit a request and
+stream its tokens, cancel through a flag, close).
 
 Every llama.cpp call for a model happens on its own thread: the CPU build's OpenMP pool runs much
 slower when decode calls hop between threads (performance-notes.md). The async side submits jobs
-and reads events from an asyncio queue; generation streams one event per token and stops at the
-next token once its cancel flag is set (a client that went away).
+and reads events from an asyncio queue. Between jobs the thread runs the model's decode loop
+(``runtime.batch``): the requests it serves at once (``LoadSpec.num_parallel``) share each step.
 
 The context (§8.3 of the protocol): a prompt longer than the context is cut after its first
 ``num_keep`` tokens, leaving room for the reply (``truncate``; without it a 400), and a reply that
 fills the context drops the older half of what follows ``num_keep`` and goes on (``shift``;
-without it the reply ends with ``done_reason: "length"``)."""
+without it the reply ends with ``done_reason: "length"``). Each request has a context of
+``num_ctx`` tokens of its own: the model's context holds ``num_ctx × num_parallel``."""
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
-import math
+import ctypes
 import os
 import queue
-import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
 from formats.options import DEFAULT_CONTEXT_LENGTH, DEFAULTS
+from runtime.batch import Batcher, Sequence
+from runtime.generation import DoneEvent, EngineError, MediaPrompt, Sampling, TokenEvent
 
 T = TypeVar("T")
 
@@ -43,65 +46,47 @@ class LoadSpec:
     use_mmap: bool = True
     embedding: bool = False
     projector: str | None = None  # an mmproj GGUF: the model reads images
+    num_parallel: int = 1  # requests decoded together, each with a context of num_ctx tokens
 
 
-@dataclass
-class Sampling:
-    temperature: float = DEFAULTS["temperature"]
-    top_k: int = DEFAULTS["top_k"]
-    top_p: float = DEFAULTS["top_p"]
-    min_p: float = DEFAULTS["min_p"]
-    typical_p: float = DEFAULTS["typical_p"]
-    repeat_penalty: float = DEFAULTS["repeat_penalty"]
-    repeat_last_n: int = DEFAULTS["repeat_last_n"]
-    presence_penalty: float = DEFAULTS["presence_penalty"]
-    frequency_penalty: float = DEFAULTS["frequency_penalty"]
-    seed: int = DEFAULTS["seed"]
-    num_predict: int = DEFAULTS["num_predict"]
-    num_keep: int = DEFAULTS["num_keep"]
-    stop: list[str] = field(default_factory=list)
-    grammar: str | None = None  # GBNF
-    logprobs: bool = False
-    top_logprobs: int = 0
-    truncate: bool = True  # cut a prompt longer than the context (else BadInput)
-    shift: bool = True  # shift the context when the reply fills it (else stop: "length")
-    fail_after: int = -1  # tests only (HANGAR_TEST_FAIL_AFTER): raise EngineError after this many tokens
+class Cancel(Protocol):
+    """A request's cancel flag (a ``threading.Event``): set when its reader has gone away."""
+
+    def is_set(self) -> bool: ...
+
+    def set(self) -> None: ...
 
 
-@dataclass
-class TokenEvent:
-    text: str
-    logprob: dict[str, Any] | None = None
+class GenerationEngine(Protocol):
+    """What the scheduler and the service use of a loaded model (``Engine``, or a test's fake)."""
 
+    spec: LoadSpec
+    load_ns: int  # nanoseconds the load took
+    gpu_layers: int
+    n_layers: int
 
-@dataclass
-class DoneEvent:
-    reason: str  # "stop" | "length" | "cancel"
-    prompt_tokens: int
-    eval_tokens: int
-    prompt_ns: int
-    eval_ns: int
-    context: list[int]
+    async def load(self) -> None: ...
 
+    def close(self) -> None:
+        """Free the model once the requests already submitted are done or failed."""
 
-@dataclass
-class MediaPrompt:
-    """Prompt text with one image marker (``Engine.image_marker``) per image, in order."""
+    async def tokenize(self, text: str, add_bos: bool = True) -> list[int]: ...
 
-    text: str
-    images: list[bytes]
+    @property
+    def bos(self) -> int:
+        """The model's beginning-of-text token (-1: none)."""
 
+    @property
+    def image_marker(self) -> str:
+        """The text standing for one image in a prompt ("" without a projector)."""
 
-class EngineError(RuntimeError):
-    pass
+    async def embed(self, texts: list[str], truncate: bool) -> tuple[list[list[float]], int]: ...
 
-
-class BadInput(EngineError):
-    """The request, not the engine, is at fault (an unreadable image, a token out of range)."""
-
-
-TOO_LONG = "the input length exceeds the context length"  # Ollama's words
-REPLY_ROOM = 64  # tokens a cut prompt leaves free for the reply (fewer in a small context)
+    def generate(
+        self, prompt: list[int] | MediaPrompt, sampling: Sampling, cancel: Cancel
+    ) -> AsyncIterator[TokenEvent | DoneEvent]:
+        """Submit a request and stream its tokens; the last event is a DoneEvent. Setting
+        ``cancel`` (or leaving the iteration early) ends it within one step."""
 
 
 def default_threads() -> int:
@@ -136,6 +121,8 @@ def gpu_available() -> bool:
 
 
 class Engine:
+    """A model on its own thread (see the module's docstring); implements GenerationEngine."""
+
     def __init__(self, spec: LoadSpec) -> None:
         self.spec = spec
         self.llm: Any = None
@@ -143,6 +130,7 @@ class Engine:
         self.gpu_layers = 0
         self.n_layers = 0
         self.vision: Any = None
+        self.batcher: Batcher | None = None
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._thread = threading.Thread(
             target=self._loop, name=f"engine:{os.path.basename(spec.model_path)[:19]}", daemon=True
@@ -153,10 +141,24 @@ class Engine:
 
     def _loop(self) -> None:
         while True:
-            job = self._jobs.get()
-            if job is None:
-                break
-            job()
+            busy = self.batcher is not None and self.batcher.active
+            # Jobs (a tokenization, a new request) run between decode steps; with nothing to
+            # decode the thread sleeps until the next job.
+            for _ in range(max(1, self._jobs.qsize()) if busy else 1):
+                try:
+                    job = self._jobs.get(block=not busy)
+                except queue.Empty:
+                    break
+                if job is None:
+                    return self._free()
+                job()
+            if self.batcher is not None and self.batcher.active:
+                self.batcher.step()
+
+    def _free(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
         if self.vision is not None:
             with contextlib.suppress(Exception):
                 self.vision.close()
@@ -225,6 +227,8 @@ class Engine:
             kwargs["pooling_type"] = llama_cpp.LLAMA_POOLING_TYPE_MEAN
             llm = Llama(model_path=spec.model_path, **kwargs)
         self.llm = llm
+        if not spec.embedding and spec.num_parallel > 1:
+            _parallel_context(llm, spec.num_ctx, spec.num_parallel)
         if spec.projector and not spec.embedding:
             from runtime.vision import Vision
 
@@ -232,24 +236,32 @@ class Engine:
                 self.vision = Vision(llm, spec.projector, kwargs["n_threads"], gpu)
             except ValueError as e:
                 raise EngineError(f"failed to load the model's projector: {e}") from None
-        self.vocab = llama_cpp.llama_model_get_vocab(llm._model.model)
+        if not spec.embedding:
+            self.batcher = Batcher(llm, max(1, spec.num_parallel), self.n_ctx, self.vision)
         self.n_layers = int(llama_cpp.llama_model_n_layer(llm._model.model))
         self.gpu_layers = 0 if not gpu else (self.n_layers if n_gpu_layers < 0 else min(n_gpu_layers, self.n_layers))
         self.load_ns = time.perf_counter_ns() - start
 
     @property
     def n_ctx(self) -> int:
-        """Tokens the context holds. llama.cpp rounds a small context up (128 → 256) while
-        llama-cpp-python's token history keeps the size asked for: the smaller one is the limit."""
+        """Tokens the context holds for one request. llama.cpp rounds a small context up
+        (128 → 256) while the request asked for its size: the smaller one is the limit."""
         if self.llm is None:
             return self.spec.num_ctx
-        return min(int(self.llm.n_ctx()), len(self.llm.input_ids))
+        import llama_cpp
+
+        return min(int(llama_cpp.llama_n_ctx_seq(self.llm.ctx)), self.spec.num_ctx)
+
+    @property
+    def bos(self) -> int:
+        return int(self.llm.token_bos()) if self.llm is not None else -1
 
     async def tokenize(self, text: str, add_bos: bool = True) -> list[int]:
         return await self.run(lambda: list(self.llm.tokenize(text.encode(), add_bos=add_bos, special=True)))
 
     async def embed(self, texts: list[str], truncate: bool) -> tuple[list[list[float]], int]:
-        """One raw (not normalised) vector per text, and the tokens evaluated."""
+        """One raw (not normalised) vector per text, and the tokens evaluated; the inputs go
+        through the model together, as many to a batch as fit."""
 
         def job() -> tuple[list[list[float]], int]:
             llm = self.llm
@@ -270,20 +282,21 @@ class Engine:
         return str(self.vision.marker) if self.vision is not None else ""
 
     async def generate(
-        self, prompt: list[int] | MediaPrompt, sampling: Sampling, cancel: threading.Event
+        self, prompt: list[int] | MediaPrompt, sampling: Sampling, cancel: Cancel
     ) -> AsyncIterator[TokenEvent | DoneEvent]:
         """Stream the tokens generated after ``prompt``; the last event is a DoneEvent."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[TokenEvent | DoneEvent | BaseException] = asyncio.Queue()
+        submitted = time.perf_counter_ns()
 
         def emit(event: TokenEvent | DoneEvent | BaseException) -> None:
             loop.call_soon_threadsafe(events.put_nowait, event)
 
         def job() -> None:
-            try:
-                self._generate(prompt, sampling, cancel, emit)
-            except BaseException as e:
-                emit(e)
+            if self.batcher is None:
+                emit(EngineError("this model is loaded for embeddings, not for generating"))
+            else:
+                self.batcher.submit(Sequence(prompt, sampling, cancel, emit, submitted))
 
         self._jobs.put(job)
         try:
@@ -295,125 +308,33 @@ class Engine:
                 if isinstance(event, DoneEvent):
                     return
         finally:
-            cancel.set()  # the reader left early: stop at the next token
+            cancel.set()  # the reader left early: its slot is freed at the next step
 
-    def _generate(
-        self, request: list[int] | MediaPrompt, s: Sampling, cancel: threading.Event, emit: Callable[[Any], None]
-    ) -> None:
-        import llama_cpp
-        from llama_cpp.llama_grammar import LlamaGrammar
 
-        llm = self.llm
-        n_ctx = self.n_ctx
-        start = time.perf_counter_ns()
-        keep = _keep(s.num_keep, n_ctx)
-        if isinstance(request, MediaPrompt):
-            prompt = self._evaluate_media(request)  # evaluated: its logits are ready
-        else:
-            n_vocab = llm.n_vocab()
-            if any(t < 0 or t >= n_vocab for t in request):
-                raise BadInput("the context holds tokens this model does not have")
-            if len(request) > n_ctx and not s.truncate:
-                raise BadInput(TOO_LONG)
-            prompt = fit(request, n_ctx, keep, s.num_predict)
-            _prefill(llm, prompt)
-        llm.set_seed(s.seed if s.seed >= 0 else random.randrange(2**31))
-        llm.last_n_tokens_size = n_ctx if s.repeat_last_n < 0 else s.repeat_last_n
-        grammar = LlamaGrammar.from_string(s.grammar, verbose=False) if s.grammar else None
-        # One sampler for the whole reply: a context shift must not restart the grammar.
-        sampler = llm._init_sampler(
-            top_k=s.top_k,
-            top_p=s.top_p,
-            min_p=s.min_p,
-            typical_p=s.typical_p,
-            temp=s.temperature,
-            repeat_penalty=s.repeat_penalty,
-            frequency_penalty=s.frequency_penalty,
-            presence_penalty=s.presence_penalty,
-            grammar=grammar,
-        )
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        pending = ""
-        generated: list[int] = []
-        reason = "stop"
-        first = 0
-        limit = s.num_predict if s.num_predict >= 0 else math.inf
-        if limit == 0 or cancel.is_set():
-            reason = "length" if limit == 0 else "cancel"
-        while reason == "stop":
-            token = sampler.sample(llm._ctx, -1)
-            if not first:
-                first = time.perf_counter_ns()
-            if cancel.is_set():
-                reason = "cancel"
-                break
-            if llama_cpp.llama_vocab_is_eog(self.vocab, token):
-                break
-            if 0 <= s.fail_after <= len(generated):
-                raise EngineError(f"test fault: the engine failed after {len(generated)} tokens")
-            logprob = self._logprob(token, s.top_logprobs) if s.logprobs else None
-            # The tokens before this one (a few suffice) let SentencePiece pieces decode their spaces.
-            previous = generated[-8:] if len(generated) >= 8 else [t for t in prompt[-8:] if t >= 0] + generated
-            generated.append(token)
-            piece = decoder.decode(llm.detokenize([token], prev_tokens=previous[-8:]))
-            pending += piece
-            if s.stop:
-                cut = _find_stop(pending, s.stop)
-                if cut is not None:
-                    pending = pending[:cut]
-                    break
-                held = _stop_prefix_len(pending, s.stop)
-                ready, pending = pending[: len(pending) - held], pending[len(pending) - held :]
-            else:
-                ready, pending = pending, ""
-            if ready or logprob is not None:
-                emit(TokenEvent(ready, logprob))
-            if len(generated) >= limit:
-                reason = "length"
-                break
-            if llm.n_tokens >= n_ctx and not (s.shift and _shift(llm, keep)):
-                reason = "length"  # the context is full (Ollama's shift: false)
-                break
-            llm.eval([token])
-        tail = pending + decoder.decode(b"", final=True)
-        if tail:
-            emit(TokenEvent(tail))
-        end = time.perf_counter_ns()
-        first = first or end
-        context = [t for t in prompt if t >= 0] + generated  # image positions cannot be sent back
-        emit(DoneEvent(reason, len(prompt), len(generated), first - start, end - first, context))
+def _parallel_context(llm: Any, num_ctx: int, n_seq: int) -> None:
+    """Give ``llm`` a context of ``n_seq`` sequences of ``num_ctx`` tokens each in place of the
+    one-sequence context ``Llama`` makes (its constructor has no such option). Each sequence
+    has cells of its own (not unified): one request never evicts another's."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaContext
 
-    def _evaluate_media(self, request: MediaPrompt) -> list[int]:
-        from runtime.vision import BadImage
-
-        if self.vision is None:
-            raise BadInput("this model has no projector to read images with")
-        try:
-            return list(self.vision.evaluate(self.llm, request.text, request.images))
-        except BadImage as e:
-            raise BadInput(str(e)) from None
-
-    def _logprob(self, token: int, top: int) -> dict[str, Any]:
-        import llama_cpp
-        import numpy as np
-
-        llm = self.llm
-        n_vocab = llm.n_vocab()
-        pointer = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
-        logits = np.ctypeslib.as_array(pointer, shape=(n_vocab,)).astype(np.float64)
-        shifted = logits - logits.max()
-        logsum = math.log(float(np.exp(shifted).sum()))
-        logprobs = shifted - logsum
-
-        def entry(t: int) -> dict[str, Any]:
-            text = llm.detokenize([t], special=True)
-            return {"token": text.decode(errors="replace"), "logprob": float(logprobs[t]), "bytes": list(text)}
-
-        out = entry(token)
-        if top > 0:
-            best = np.argpartition(-logprobs, min(top, n_vocab - 1))[:top]
-            out["top_logprobs"] = [entry(int(t)) for t in sorted(best, key=lambda t: -logprobs[t])]
-        return out
+    params = llm.context_params
+    params.n_ctx = num_ctx * n_seq
+    params.n_seq_max = n_seq
+    params.kv_unified = False
+    old = llm._ctx
+    try:
+        ctx = LlamaContext(model=llm._model, params=params, verbose=False)
+    except ValueError as e:
+        raise EngineError(f"failed to make a context for {n_seq} parallel requests: {e}") from None
+    old.close()
+    llm._ctx = ctx
+    llm._stack.callback(ctx.close)
+    if llm._lora_adapter is not None:
+        adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(llm._lora_adapter)
+        scales = (ctypes.c_float * 1)(llm.lora_scale)
+        if llama_cpp.llama_set_adapters_lora(ctx.ctx, adapters, 1, scales):
+            raise EngineError("failed to apply the adapter to the parallel context")
 
 
 class Tokenizer:
@@ -472,76 +393,3 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
     else:
         future.set_result(result)
-
-
-def _keep(num_keep: int, n_ctx: int) -> int:
-    """Tokens at the start of the context that truncation and shifting never drop (as Ollama:
-    negative keeps the whole prompt; at least one token must stay droppable)."""
-    return max(0, n_ctx - 1 if num_keep < 0 else min(num_keep, n_ctx - 1))
-
-
-def fit(prompt: list[int], n_ctx: int, keep: int, num_predict: int = -1) -> list[int]:
-    """The prompt cut to leave room for the reply: its first ``keep`` tokens and its newest ones.
-
-    The room is ``REPLY_ROOM`` tokens (or ``num_predict`` when smaller), at most a quarter of the
-    context, at least one token; ``keep`` gives way when it would leave none of the prompt's end
-    (num_keep 4 in a context of 4). A prompt that fits the context but not the room is left whole:
-    the reply then shifts the context."""
-    if len(prompt) <= n_ctx - 1:
-        return prompt
-    want = REPLY_ROOM if num_predict < 0 else max(1, min(num_predict, REPLY_ROOM))
-    room = max(1, min(want, n_ctx // 4))
-    keep = min(keep, n_ctx - room - 1)
-    return prompt[:keep] + prompt[len(prompt) - (n_ctx - room - keep) :]
-
-
-def _prefill(llm: Any, prompt: list[int]) -> None:
-    """Evaluate ``prompt``, reusing what the context already holds of it (a conversation goes
-    on). When it holds exactly the prompt and its logits are still there (the same request
-    again), nothing is evaluated: re-evaluating the last token alone would give logits that
-    differ in the last bits from the first time, and the same request must answer the same."""
-    held = [int(t) for t in llm.input_ids[: llm.n_tokens]]
-    same = 0
-    for a, b in zip(held, prompt, strict=False):
-        if a != b:
-            break
-        same += 1
-    if same == len(prompt) == llm.n_tokens and not llm._requires_eval:
-        return
-    same = min(same, len(prompt) - 1)  # at least the last token, for logits to sample from
-    if same > 0 and llm._ctx.kv_cache_seq_rm(-1, same, -1):
-        llm.n_tokens = same
-        llm._requires_eval = True
-    else:
-        llm.reset()
-        llm._ctx.kv_cache_clear()
-    llm.eval(prompt[llm.n_tokens :])
-
-
-def _shift(llm: Any, keep: int) -> bool:
-    """Make room in a full context as Ollama does: drop the older half of the tokens after the
-    first ``keep`` and move the rest down. False when the model's memory cannot shift."""
-    n = llm.n_tokens
-    discard = max(1, (n - keep) // 2)
-    if not llm._ctx.kv_cache_seq_rm(0, keep, keep + discard):  # one sequence: 0
-        return False
-    llm._ctx.kv_cache_seq_shift(0, keep + discard, n, -discard)
-    llm.input_ids[keep : n - discard] = llm.input_ids[keep + discard : n].copy()
-    llm.n_tokens = n - discard
-    return True
-
-
-def _find_stop(text: str, stops: list[str]) -> int | None:
-    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
-    return min(found) if found else None
-
-
-def _stop_prefix_len(text: str, stops: list[str]) -> int:
-    """How much of the end of ``text`` could be the start of a stop sequence (held back)."""
-    best = 0
-    for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), best, -1):
-            if text.endswith(stop[:n]):
-                best = n
-                break
-    return best

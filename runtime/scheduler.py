@@ -6,17 +6,22 @@
   ``HANGAR_MAX_LOADED_MODELS`` or the memory budget would be exceeded; when every runner is busy
   the request waits for one to finish.
 - At most ``HANGAR_MAX_QUEUE`` requests wait; the next one is refused (503).
-- A runner serves ``HANGAR_NUM_PARALLEL`` requests at once. When the last one finishes, the
-  keep-alive timer starts: 0 unloads at once, infinity never, else after that many seconds.
+- A runner serves ``HANGAR_NUM_PARALLEL`` requests at once (its engine decodes them together,
+  ``runtime.batch``); unset, 4 where the memory budget holds four contexts, else 1 (as Ollama).
+  Embedding runners serve one request at a time (an ``/api/embed`` call batches its own inputs).
+  When the last request finishes, the keep-alive timer starts: 0 unloads at once, infinity
+  never, else after that many seconds.
 
-Decisions are small pure functions (:func:`eviction_order`, :func:`estimate_size`) so tests can
-check them without loading anything; ``engine_factory`` lets tests swap the engine.
+Decisions are small pure functions (:func:`eviction_order`, :func:`estimate_size`,
+:func:`parallel_for`) so tests can check them without loading anything; ``engine_factory`` lets
+tests swap the engine for anything that has ``runtime.engine.GenerationEngine``'s interface.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 import os
 import time
@@ -24,7 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from runtime.config import RuntimeSettings
-from runtime.engine import Engine, LoadSpec
+from runtime.engine import Engine, GenerationEngine, LoadSpec
 
 
 class Busy(Exception):
@@ -35,7 +40,7 @@ class Busy(Exception):
 class Runner:
     model: str  # the model's canonical name
     spec: LoadSpec
-    engine: Engine
+    engine: GenerationEngine
     size: int
     slots: asyncio.Semaphore
     keep_alive: float
@@ -45,13 +50,30 @@ class Runner:
     _timer: asyncio.Task[None] | None = None
 
 
+KV_PER_TOKEN = 64 * 1024  # bytes of KV cache a token takes: generous for small models
+AUTO_PARALLEL = 4  # HANGAR_NUM_PARALLEL's default where memory allows (Ollama's)
+
+
 def estimate_size(spec: LoadSpec) -> int:
-    """Memory a loaded model needs: its weights plus a rough KV-cache allowance."""
+    """Memory a loaded model needs: its weights plus a rough KV-cache allowance for each of its
+    ``num_parallel`` contexts."""
     try:
         weights = os.path.getsize(spec.model_path) + sum(os.path.getsize(a) for a in spec.adapters)
     except OSError:
         weights = 0
-    return weights + spec.num_ctx * 64 * 1024  # ~64 KiB of KV per token is generous for small models
+    return weights + spec.num_ctx * max(1, spec.num_parallel) * KV_PER_TOKEN
+
+
+def parallel_for(spec: LoadSpec, setting: int, budget: int) -> int:
+    """How many requests a model loaded with ``spec`` serves at once: ``HANGAR_NUM_PARALLEL``
+    when set (``setting`` > 0); else 4 when four contexts fit ``budget``, else 1. Embedding
+    models: 1."""
+    if spec.embedding:
+        return 1
+    if setting > 0:
+        return setting
+    four = estimate_size(dataclasses.replace(spec, num_parallel=AUTO_PARALLEL))
+    return AUTO_PARALLEL if four <= budget else 1
 
 
 def eviction_order(runners: list[Runner]) -> list[Runner]:
@@ -60,7 +82,9 @@ def eviction_order(runners: list[Runner]) -> list[Runner]:
 
 
 class Scheduler:
-    def __init__(self, settings: RuntimeSettings, engine_factory: Callable[[LoadSpec], Engine] = Engine) -> None:
+    def __init__(
+        self, settings: RuntimeSettings, engine_factory: Callable[[LoadSpec], GenerationEngine] = Engine
+    ) -> None:
         self.settings = settings
         self.engine_factory = engine_factory
         self.runners: dict[str, Runner] = {}
@@ -74,7 +98,10 @@ class Scheduler:
 
     @contextlib.asynccontextmanager
     async def use(self, model: str, spec: LoadSpec, keep_alive: float | None) -> AsyncIterator[Runner]:
-        """Hold a loaded runner for one request."""
+        """Hold a loaded runner for one request (``spec.num_parallel`` is the scheduler's to set)."""
+        spec = dataclasses.replace(
+            spec, num_parallel=parallel_for(spec, self.settings.num_parallel, self.settings.memory_budget)
+        )
         if self._waiting >= self.settings.max_queue:
             raise Busy("server busy, please try again.  maximum pending requests exceeded")
         self._waiting += 1  # until this request runs: waiting for a load or for a free slot
@@ -118,7 +145,7 @@ class Scheduler:
                     spec,
                     engine,
                     size,
-                    asyncio.Semaphore(self.settings.num_parallel),
+                    asyncio.Semaphore(spec.num_parallel),
                     self.settings.keep_alive if keep_alive is None else keep_alive,
                 )
                 self.runners[model] = runner

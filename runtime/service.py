@@ -31,7 +31,8 @@ from formats.names import ModelName
 from formats.options import DEFAULTS
 from formats.thinking import HarmonyParser, Think, ThinkError, ThinkingParser, parser_for, request_think
 from runtime.config import RuntimeSettings
-from runtime.engine import BadInput, DoneEvent, EngineError, LoadSpec, MediaPrompt, Sampling, TokenEvent, vocab_for
+from runtime.engine import GenerationEngine, LoadSpec, vocab_for
+from runtime.generation import BadInput, DoneEvent, EngineError, MediaPrompt, Sampling, TokenEvent
 from runtime.prompts import Message, PromptTemplate, looks_like_tool_call, parse_tool_calls
 from runtime.scheduler import Runner, Scheduler
 
@@ -236,7 +237,7 @@ class Service:
         deferred = grammar if parser is not None else None  # the grammar waits for the thinking to end
         sampling = sampling_from(options, None if deferred else grammar, logprobs, top_logprobs)
         # §8.3: a prompt longer than the context is cut (else a 400), a reply that fills the
-        # context shifts it (else it ends with "length"); see runtime.engine.
+        # context shifts it (else it ends with "length"); see runtime.batch.
         sampling.truncate, sampling.shift = truncate, shift
         sampling.fail_after = self.settings.test_fail_after  # tests only: HANGAR_TEST_FAIL_AFTER
         result = Result()
@@ -401,7 +402,7 @@ class Service:
         """The prompt of the newest messages that fit ``num_ctx`` tokens, as Ollama's chat
         truncation: the last message always, the system messages before the cut always, older
         turns dropped oldest first (an image counts 768 tokens, as Ollama counts it). What is
-        still too long is cut token by token by the engine (``runtime.engine.fit``)."""
+        still too long is cut token by token by the engine (``runtime.generation.fit``)."""
         path = str(resolved.info.model_path)
 
         def tokens(part: list[Message], text: str) -> int:
@@ -479,6 +480,7 @@ def _both_passes(first: DoneEvent | None, second: DoneEvent) -> DoneEvent:
     return dataclasses.replace(
         second,
         prompt_tokens=first.prompt_tokens,
+        cached_tokens=first.cached_tokens,
         prompt_ns=first.prompt_ns,
         eval_tokens=first.eval_tokens + second.eval_tokens,
         eval_ns=first.eval_ns + second.prompt_ns + second.eval_ns,
@@ -563,10 +565,9 @@ def _special_tokens(info: ModelInfo) -> tuple[str, str]:
     return str(info.special_tokens.get("bos", "")), str(info.special_tokens.get("eos", ""))
 
 
-def _drop_double_bos(tokens: list[int], engine: Any) -> list[int]:
+def _drop_double_bos(tokens: list[int], engine: GenerationEngine) -> list[int]:
     """A template that writes the BOS text itself plus the tokenizer adding one gives two."""
-    llm = engine.llm
-    bos = llm.token_bos() if llm is not None else -1
+    bos = engine.bos
     if len(tokens) >= 2 and tokens[0] == bos and tokens[1] == bos:
         return tokens[1:]
     return tokens

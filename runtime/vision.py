@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from collections.abc import Callable
 from typing import Any
 
 IMAGE_TOKEN = -1  # what image positions hold in the token history
@@ -69,15 +70,26 @@ class Vision:
             raise ValueError("the projector has no vision encoder")
         self._ctx = ctx
         self.marker = mtmd.mtmd_default_marker().decode()
+        self.newline = [int(t) for t in llm.tokenize(b"\n", add_bos=False, special=False)]
 
     def close(self) -> None:
         if self._ctx:
             self._mtmd.mtmd_free(self._ctx)
             self._ctx = None
 
-    def evaluate(self, llm: Any, text: str, images: list[bytes]) -> list[int]:
-        """Decode ``text`` with ``images`` at its markers into a fresh context; the token history
-        (image positions as -1), ready for sampling."""
+    def evaluate(
+        self,
+        ctx: Any,
+        text: str,
+        images: list[bytes],
+        seq_id: int,
+        n_ctx: int,
+        n_batch: int,
+        decode_text: Callable[[list[int], int], None],
+    ) -> list[int]:
+        """Decode ``text`` with ``images`` at its markers into sequence ``seq_id`` of the llama.cpp
+        context ``ctx`` (empty), text through ``decode_text(tokens, first_position)``; the token
+        history (image positions as -1), the last token's logits ready for sampling."""
         import llama_cpp
 
         mtmd = self._mtmd
@@ -103,43 +115,41 @@ class Vision:
             count = mtmd.mtmd_input_chunks_size(chunks)
             parts = [mtmd.mtmd_input_chunks_get(chunks, i) for i in range(count)]
             needed = sum(mtmd.mtmd_input_chunk_get_n_tokens(part) for part in parts)
-            # llama.cpp may round the context up; the token history keeps the size asked for.
-            n_ctx = min(llm.n_ctx(), len(llm.input_ids))
             if needed >= n_ctx:
                 raise BadImage(f"the prompt with its images needs {needed} tokens; the context holds {n_ctx}")
-            llm.reset()
-            llm._ctx.kv_cache_clear()
+            history: list[int] = []
             last_is_text = False
             for chunk in parts:
                 if mtmd.mtmd_input_chunk_get_type(chunk) == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
                     n = ctypes.c_size_t()
                     pointer = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
-                    tokens = [pointer[j] for j in range(n.value)]
+                    tokens = [int(pointer[j]) for j in range(n.value)]
                     if tokens:
-                        llm.eval(tokens)
+                        decode_text(tokens, len(history))
+                        history += tokens
                         last_is_text = True
                     continue
-                start = llm.n_tokens
                 n_past = llama_cpp.llama_pos(0)
                 status = mtmd.mtmd_helper_eval_chunk_single(
                     self._ctx,
-                    llm._ctx.ctx,
+                    ctx,
                     chunk,
-                    llama_cpp.llama_pos(start),
-                    llama_cpp.llama_seq_id(0),
-                    llm.n_batch,
+                    llama_cpp.llama_pos(len(history)),
+                    llama_cpp.llama_seq_id(seq_id),
+                    n_batch,
                     False,
                     ctypes.byref(n_past),
                 )
                 if status != 0:
                     raise RuntimeError(f"encoding an image failed ({status})")
-                llm.input_ids[start : n_past.value] = IMAGE_TOKEN
-                llm.n_tokens = n_past.value
+                history += [IMAGE_TOKEN] * (n_past.value - len(history))
                 last_is_text = False
             if not last_is_text:
                 # Sampling needs logits from a decoded token: end the prompt with a newline.
-                llm.eval(llm.tokenize(b"\n", add_bos=False, special=False))
-            return [int(t) for t in llm.input_ids[: llm.n_tokens]]
+                newline = self.newline
+                decode_text(newline, len(history))
+                history += newline
+            return history
         finally:
             if chunks is not None:
                 mtmd.mtmd_input_chunks_free(chunks)

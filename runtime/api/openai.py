@@ -173,10 +173,17 @@ def _finish(result: Result) -> str:
     return "length" if reason == "length" else "stop"
 
 
-def _usage(result: Result) -> dict[str, int]:
+def _usage(result: Result) -> dict[str, Any]:
     prompt = result.done.prompt_tokens if result.done else 0
     completion = result.done.eval_tokens if result.done else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if result.done and result.done.cached_tokens:  # as OpenAI: the prompt tokens the cache supplied
+        usage["prompt_tokens_details"] = {"cached_tokens": result.done.cached_tokens}
+    return usage
 
 
 def _openai_tool_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:

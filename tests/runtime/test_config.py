@@ -30,7 +30,7 @@ def test_host_forms(text: str, expected: tuple[str, int]) -> None:
 def test_defaults() -> None:
     s = load({})
     assert (s.host, s.port, s.keep_alive, s.context_length) == ("127.0.0.1", 11434, 300.0, 4096)
-    assert (s.max_loaded_models, s.max_queue, s.num_parallel, s.api_key) == (3, 512, 1, "")
+    assert (s.max_loaded_models, s.max_queue, s.num_parallel, s.api_key) == (3, 512, 0, "")  # 0: automatic
     assert s.base_url == "http://127.0.0.1:11434"
 
 
