@@ -85,6 +85,7 @@ class RegistryAuth(httpx.Auth):
         self._basic: str | None = None  # the Authorization for a registry that wants Basic
         self._expires = 0.0
         self._challenge: dict[str, str] | None = None
+        self._token_from_login = False  # the token was issued for the stored login
 
     def login(self) -> Login | None:
         if not self._login:
@@ -167,6 +168,7 @@ class RegistryAuth(httpx.Auth):
             if kind in ("basic", "refresh") and login is not None and response.status_code in (400, 401, 403):
                 raise self._refused(login, response.content)
             raise errors.from_response(response.status_code, response.content, "get a registry token")
+        self._token_from_login = kind in ("basic", "refresh")
         try:
             doc = response.json()
             self._token = str(doc.get("token") or doc["access_token"])
@@ -247,7 +249,18 @@ class RegistryAuth(httpx.Auth):
         self._challenge = challenge
         yield from self._fetch_token(challenge)
         self._authorize(request)
-        yield request
+        response = yield request
+        login = self.login()
+        if response.status_code == 401 and self._token_from_login and login is not None:
+            # The token server took the login but granted less than this needs (Docker Hub,
+            # Harbor and the reference registry's issuers answer a scope they refuse with a
+            # token without it): "sign in first" would be wrong advice.
+            wanted = " ".join(limit_scopes(challenge.get("scope", ""), self._scopes)) or "access"
+            who = f"'{login.username}'" if login.username else "the identity token"
+            raise errors.Denied(
+                f"{display(self._base)} did not grant {who} (logged in, from {login.source}) {wanted}: "
+                "access denied; you have no permission for this repository"
+            )
 
     def _fetch_token(self, challenge: dict[str, str]) -> Generator[httpx.Request, httpx.Response, None]:
         token_request = self._token_request(challenge)
