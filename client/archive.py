@@ -3,12 +3,22 @@ a tar file, ``hangar import`` reads one (ours, or any with Docker v2 / OCI manif
 store. The tar holds::
 
     oci-layout                      {"imageLayoutVersion": "1.0.0"}
-    index.json                      the manifest's descriptor, annotated with the model's name
+    index.json                      the manifest's descriptor, annotated with the tag
+                                    (``org.opencontainers.image.ref.name``) and the model's name
     blobs/sha256/<hex>              the manifest, the config and every layer
 
+Ollama's manifests are Docker v2 (``application/vnd.docker.distribution.manifest.v2+json``), and
+OCI tools look a tag up only among OCI descriptors (skopeo: "no descriptor found for reference"),
+nor copy a Docker v2 manifest with Ollama's layer types. So a Docker v2 model is exported as an
+OCI twin, the same config and layers under an OCI manifest, which ``index.json`` names; the
+original manifest rides along as a blob named by an ``io.hangar.manifest.original`` annotation, and
+import puts the original back (the digest the registry knows). ``skopeo copy
+oci-archive:model.tar:latest docker://…`` copies the twin.
+
+Import accepts our archives, the older ones whose descriptor is the Docker v2 manifest itself, and
+any OCI layout tar whose ``ref.name`` is a tag (``latest``, as skopeo writes) or a full reference.
 Blobs are streamed in and out (never held in memory) and verified on import before they enter the
-store; the manifest is written last. ``skopeo copy oci-archive:model.tar docker://…`` reads the
-same file."""
+store; the manifest is written last."""
 
 from __future__ import annotations
 
@@ -31,6 +41,7 @@ from formats.names import ModelName, NameParseError
 
 REF_NAME = "org.opencontainers.image.ref.name"
 MODEL_NAME = "io.hangar.model.name"  # the full host/namespace/model:tag
+ORIGINAL = "io.hangar.manifest.original"  # the digest of the Docker v2 manifest an OCI twin stands for
 COPY_CHUNK = 4 * 1024 * 1024
 
 
@@ -45,11 +56,16 @@ def export_model(store: Store, name: ModelName, target: Path) -> int:
     """Write ``name`` as an OCI layout tar at ``target`` (atomically); returns its size."""
     model = store.get(name)
     manifest = model.manifest
+    annotations = {REF_NAME: name.tag, MODEL_NAME: str(name)}
+    listed = manifest.raw  # the manifest index.json names
+    if manifest.media_type == mt.DOCKER_MANIFEST:
+        listed = oci_twin(manifest.raw)
+        annotations[ORIGINAL] = str(manifest.digest)
     descriptor = {
-        "mediaType": manifest.media_type,
-        "digest": str(manifest.digest),
-        "size": len(manifest.raw),
-        "annotations": {REF_NAME: name.tag, MODEL_NAME: str(name)},
+        "mediaType": mt.OCI_MANIFEST if listed is not manifest.raw else manifest.media_type,
+        "digest": str(Digest.of_bytes(listed)),
+        "size": len(listed),
+        "annotations": annotations,
     }
     index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [descriptor]}
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -58,6 +74,8 @@ def export_model(store: Store, name: ModelName, target: Path) -> int:
             _add_bytes(tar, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
             _add_bytes(tar, "index.json", json.dumps(index, indent=2).encode())
             _add_bytes(tar, f"blobs/sha256/{manifest.digest.hex}", manifest.raw)
+            if listed is not manifest.raw:
+                _add_bytes(tar, f"blobs/sha256/{Digest.of_bytes(listed).hex}", listed)
             seen = set()
             for desc in manifest.blobs():
                 if desc.digest in seen:
@@ -87,22 +105,19 @@ def import_model(store: Store, source: Path, name: ModelName | None = None, *, f
         if not entries:
             raise errors.IntegrityError(f"{source} has no manifests in its index.json")
         entry = entries[0]
+        if not isinstance(entry, dict):
+            raise errors.IntegrityError(f"{source} has an invalid entry in its index.json")
         annotations = entry.get("annotations") or {}
+        if not isinstance(annotations, dict):
+            raise errors.IntegrityError(f"{source} has invalid annotations in its index.json")
         if name is None:
-            label = annotations.get(MODEL_NAME) or annotations.get(REF_NAME)
-            if not label:
-                raise errors.InvalidName(f"{source} does not name its model; give a name to import it as")
-            try:
-                name = ModelName.parse(label if MODEL_NAME in annotations else f"imported/{label}")
-            except NameParseError as e:
-                raise errors.InvalidName(str(e)) from None
+            name = _archive_name(source, annotations)
         try:
-            manifest_digest = Digest.parse(entry["digest"])
-            raw = _read_member(tar, members, f"blobs/sha256/{manifest_digest.hex}")
-            if Digest.of_bytes(raw) != manifest_digest:
-                raise errors.IntegrityError(f"the manifest in {source} does not match its digest")
+            raw = _manifest_member(tar, members, source, entry["digest"])
             manifest = Manifest.parse(raw, entry.get("mediaType"), default=mt.OCI_MANIFEST)
-        except (KeyError, InvalidDigest, ManifestError) as e:
+            if isinstance(original := annotations.get(ORIGINAL), str):
+                raw, manifest = _original(tar, members, source, original, manifest)
+        except (KeyError, TypeError, InvalidDigest, ManifestError) as e:
             raise errors.IntegrityError(f"{source} holds an invalid manifest: {e}") from None
         if manifest.is_index:
             raise errors.IntegrityError(f"{source} holds a multi-platform index; Hangar imports single models")
@@ -130,6 +145,56 @@ def import_model(store: Store, source: Path, name: ModelName | None = None, *, f
             _refuse_replacing(store, name, raw, force)  # again: another process may have imported meanwhile
             store.put_manifest(name, raw)
     return Imported(name, added, size)
+
+
+def oci_twin(raw: bytes) -> bytes:
+    """A Docker v2 manifest as an OCI one: the same config and layers, only ``mediaType`` differs
+    (OCI tools take other config and layer types as an artifact's)."""
+    doc = json.loads(raw)
+    doc["mediaType"] = mt.OCI_MANIFEST
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _archive_name(source: Path, annotations: dict[str, object]) -> ModelName:
+    """The name an archive gives its model: ours (``io.hangar.model.name``), else ``ref.name``,
+    a full reference or a bare tag (then the model is named after the file: ``model.tar`` holding
+    ``latest`` is ``model:latest``)."""
+    full, ref = annotations.get(MODEL_NAME), annotations.get(REF_NAME)
+    label = full if isinstance(full, str) and full else ref if isinstance(ref, str) and ref else None
+    if label is None:
+        raise errors.InvalidName(f"{source} does not name its model; give a name to import it as")
+    if label is ref and "/" not in label and ":" not in label:
+        stem = source.name.split(".", 1)[0].lower()
+        label = f"{stem}:{label}"
+    try:
+        return ModelName.parse(label)
+    except NameParseError as e:
+        raise errors.InvalidName(
+            f"{source} names its model {label!r}, which is not a model name ({e}); give a name"
+        ) from None
+
+
+def _manifest_member(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], source: Path, digest: object) -> bytes:
+    """The manifest blob ``digest`` of the archive, checked against its digest."""
+    manifest_digest = Digest.parse(str(digest))
+    raw = _read_member(tar, members, f"blobs/sha256/{manifest_digest.hex}")
+    if Digest.of_bytes(raw) != manifest_digest:
+        raise errors.IntegrityError(f"the manifest in {source} does not match its digest")
+    return raw
+
+
+def _original(
+    tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], source: Path, digest: str, twin: Manifest
+) -> tuple[bytes, Manifest]:
+    """The Docker v2 manifest an OCI twin stands for, when it is the twin's exactly (same config
+    and layers): the model keeps the digest its registry knows. Otherwise the twin itself."""
+    if f"blobs/sha256/{Digest.parse(digest).hex}" not in members:
+        return twin.raw, twin
+    raw = _manifest_member(tar, members, source, digest)
+    original = Manifest.parse(raw, None, default=mt.DOCKER_MANIFEST)
+    if original.media_type != mt.DOCKER_MANIFEST or oci_twin(raw) != twin.raw:
+        raise errors.IntegrityError(f"{source}: the original manifest {digest} does not match the one index.json names")
+    return raw, original
 
 
 def _refuse_replacing(store: Store, name: ModelName, raw: bytes, force: bool) -> None:

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-
 from formats.auth import ACTIONS, Scope
 from formats.names import repository_key, repository_namespace
 from registry.accounts import Accounts
@@ -108,13 +107,21 @@ class Authority:
                 actions |= {"push", "delete"}
         return frozenset(actions)
 
-    def grant(self, principal: Principal, requested: list[Scope]) -> list[Scope]:
-        """The requested scopes cut down to what the principal may do (empty ones dropped)."""
+    def grant(self, principal: Principal, requested: list[Scope], *, whole_role: bool = False) -> list[Scope]:
+        """The requested scopes cut down to what the principal may do (empty ones dropped).
+
+        With ``whole_role`` each requested repository gets every action the principal may take
+        on it, whatever actions were asked for. The token endpoint does that for HTTP Basic
+        holders (robots): generic OCI clients such as oras-py ask for a token with the first
+        challenge's scope (``pull``, from a blob HEAD) and then send that one token for the whole
+        operation, never asking again after a 401 (only after a 403, which the Ollama client
+        takes as final). It grants nothing the robot's password does not already give."""
         out = []
         for scope in requested:
             if scope.type != "repository":
                 continue
-            actions = scope.actions & self.allowed(principal, scope.name)
+            allowed = self.allowed(principal, scope.name)
+            actions = allowed if whole_role else scope.actions & allowed
             if actions:
                 out.append(Scope(scope.name, frozenset(actions)))
         return out

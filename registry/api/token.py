@@ -13,8 +13,11 @@ Three ways to ask (see ``formats.auth`` for the formats):
 - no credentials: an anonymous token (public pulls only).
 
 The answer is ``{"token", "access_token", "expires_in", "issued_at"}`` with the requested scopes
-cut down to what the caller may do, for this registry's canonical service whatever ``service``
-the request named (``registry.auth``). Refusals are 401 and are written to the audit log.
+cut down to what the caller may do (for a robot: all it may do on each repository named, see
+``Authority.grant``), for this registry's canonical service whatever ``service`` the request named
+(``registry.auth``). Refusals are 401 and are written to the audit log. Docker's extra parameters
+(``account``, ``client_id``, ``offline_token``) are accepted and ignored: there is no refresh
+token, a client asks again with its credentials.
 """
 
 from __future__ import annotations
@@ -147,7 +150,11 @@ async def token(request: Request) -> Response:
         raise DistributionError("UNAUTHORIZED", str(e)) from None
 
     scopes = requested_scopes(request)
-    granted = await run_in_threadpool(svc.authority.grant, principal, scopes)
+    # A Basic holder's token covers its whole role on the repositories it named (Authority.grant:
+    # oras-py reuses its first token); a signed (Ollama) request gets what it asked for, as it
+    # asks again with each 401's scope.
+    whole_role = principal.kind == "robot"
+    granted = await run_in_threadpool(lambda: svc.authority.grant(principal, scopes, whole_role=whole_role))
     # The audience is ours, not the request's ``service``: a token is only ever good here.
     service = registry_origins(request).canonical_service
     value, expires_in, issued = svc.authority.mint(principal, granted, service)
