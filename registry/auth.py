@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+
 from formats.auth import ACTIONS, Scope
 from formats.names import repository_key, repository_namespace
 from registry.accounts import Accounts
