@@ -5,7 +5,7 @@
   ``Path=/``, and ``Secure`` when the request came over https (directly or through a trusted
   proxy). Signing out deletes the row, so a copied cookie dies with it; "sign out everywhere"
   deletes every row of the user.
-- Every POST to the site must carry a ``csrf`` form field equal to the token of this browser: an
+- Every POST to one of the site's forms must carry a ``csrf`` form field equal to the token of this browser: an
   HMAC (key: the ``web-csrf`` secret shared by every worker) of the session's cookie value or,
   before sign-in, of a random ``hangar_csrf`` cookie set when a form is first shown. A POST
   without it, with a wrong one, or with a body that is not a small url-encoded form is refused
@@ -28,6 +28,7 @@ from urllib.parse import parse_qs
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.accounts import SESSION_TTL, AccountRecord, SessionRecord
@@ -146,6 +147,10 @@ class WebSessions:
                 # Read by the pages and by registry.api.common.readable_namespaces.
                 scope["state"]["web_viewer"] = principal_of(session)
         state.anon_token = cookies.get(CSRF_COOKIE) or None
+        if scope["method"] == "POST" and not _takes_post(scope):
+            # No form handler here: the page answers 405 (or 404) as for any other method.
+            await self.app(scope, _replay(b""), send)
+            return
         if scope["method"] == "POST":
             body, problem = await _read_form(receive, scope)
             if problem is None:
@@ -170,6 +175,11 @@ class WebSessions:
             await send(message)
 
         await self.app(scope, receive, send_with_cookies)
+
+
+def _takes_post(scope: Scope) -> bool:
+    """Whether one of the site's routes takes this POST (``scope["app"]`` is the site)."""
+    return any(route.matches(scope)[0] == Match.FULL for route in scope["app"].router.routes)
 
 
 async def _read_form(receive: Receive, scope: Scope) -> tuple[dict[str, str], tuple[int, str] | None]:
