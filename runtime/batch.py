@@ -75,6 +75,10 @@ class Slot:
     tokens: list[int] = field(default_factory=list)
     seq: Sequence | None = None
     used: int = 0  # when it was last given out (the least recent is reused first)
+    # The last text prompt evaluated here and the logits it ended with: the same request again
+    # samples from these instead of decoding its last token again, which would give logits that
+    # differ in the last bits (another batch shape), so the same request answers the same.
+    saved: tuple[list[int], Any] | None = None
 
 
 class Batcher:
@@ -175,8 +179,10 @@ class Batcher:
             seq.prompt = fit(request, self.n_ctx, seq.keep, s.num_predict)
             if not seq.prompt:
                 raise BadInput("the prompt is empty")
-            # At least the last token is evaluated again: sampling needs its logits.
-            same = min(_common(slot.tokens, seq.prompt), len(seq.prompt) - 1)
+            if slot.saved is not None and slot.saved[0] == seq.prompt and slot.tokens[: len(seq.prompt)] == seq.prompt:
+                same = len(seq.prompt)  # all of it, and its logits
+            else:  # at least the last token is evaluated again: sampling needs its logits
+                same = min(_common(slot.tokens, seq.prompt), len(seq.prompt) - 1)
             if same < len(slot.tokens) and not llama_cpp.llama_memory_seq_rm(self.memory, slot.id, same, -1):
                 self._clear(slot)  # this memory cannot drop a tail: start over
                 same = 0
@@ -208,6 +214,8 @@ class Batcher:
             self._finish(slot, "length")
         elif isinstance(seq.request, MediaPrompt):
             self._sample(slot, -1)  # the image prompt was decoded on its own: its logits are the last
+        elif not seq.todo and slot.saved is not None:
+            self._sample(slot, -1, slot.saved[1])
 
     def _decode(self) -> None:
         import llama_cpp
@@ -270,14 +278,23 @@ class Batcher:
 
     # -- a sequence's tokens -----------------------------------------------------------------------
 
-    def _sample(self, slot: Slot, index: int) -> None:
-        """Sample ``slot``'s next token from row ``index`` of the logits and pass it on."""
+    def _sample(self, slot: Slot, index: int, saved: Any = None) -> None:
+        """Sample ``slot``'s next token from row ``index`` of the logits (or from ``saved``
+        ones) and pass it on."""
         import llama_cpp
+        import numpy as np
 
         seq = slot.seq
         assert seq is not None
         s = seq.s
-        token = int(llama_cpp.llama_sampler_sample(seq.sampler.sampler, self.ctx, index))
+        logits: Any = saved
+        if not seq.first and not isinstance(seq.request, MediaPrompt) and saved is None:
+            logits = self._logits(index).copy()  # the prompt's: kept for the same request again
+            slot.saved = (list(seq.prompt), logits)
+        if saved is not None:
+            token = _sample_from(seq.sampler.sampler, saved)
+        else:
+            token = int(llama_cpp.llama_sampler_sample(seq.sampler.sampler, self.ctx, index))
         if not seq.first:
             seq.first = time.perf_counter_ns()
         if seq.cancel.is_set():
@@ -286,7 +303,12 @@ class Batcher:
             return self._finish(slot, "stop")
         if 0 <= s.fail_after <= len(seq.generated):
             raise EngineError(f"test fault: the engine failed after {len(seq.generated)} tokens")
-        logprob = self._logprob(token, index, s.top_logprobs) if s.logprobs else None
+        if s.logprobs:
+            logprob = self._logprob(
+                token, np.asarray(logits) if logits is not None else self._logits(index), s.top_logprobs
+            )
+        else:
+            logprob = None
         # The tokens before this one (a few suffice) let SentencePiece pieces decode their spaces.
         generated = seq.generated
         previous = generated[-8:] if len(generated) >= 8 else [t for t in seq.prompt[-8:] if t >= 0] + generated
@@ -320,6 +342,7 @@ class Batcher:
             return False
         llama_cpp.llama_memory_seq_add(self.memory, slot.id, keep + discard, n, -discard)
         del slot.tokens[keep : keep + discard]
+        slot.saved = None
         return True
 
     def _finish(self, slot: Slot, reason: str) -> None:
@@ -351,6 +374,7 @@ class Batcher:
 
         llama_cpp.llama_memory_seq_rm(self.memory, slot.id, -1, -1)
         slot.tokens = []
+        slot.saved = None
 
     def _evaluate_media(self, request: MediaPrompt, slot: Slot) -> list[int]:
         from runtime.vision import BadImage
@@ -373,13 +397,18 @@ class Batcher:
             self._clear(slot)
             raise BadInput(str(e)) from None
 
-    def _logprob(self, token: int, index: int, top: int) -> dict[str, Any]:
+    def _logits(self, index: int) -> Any:
+        """Row ``index`` of the last decode's logits (a view: copy it to keep it)."""
         import llama_cpp
         import numpy as np
 
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
+
+    def _logprob(self, token: int, row: Any, top: int) -> dict[str, Any]:
+        import numpy as np
+
         llm = self.llm
-        pointer = llama_cpp.llama_get_logits_ith(self.ctx, index)
-        logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
+        logits = row.astype(np.float64)
         shifted = logits - logits.max()
         logprobs = shifted - math.log(float(np.exp(shifted).sum()))
 
@@ -392,6 +421,27 @@ class Batcher:
             best = np.argpartition(-logprobs, min(top, self.n_vocab - 1))[:top]
             out["top_logprobs"] = [entry(int(t)) for t in sorted(best, key=lambda t: -logprobs[t])]
         return out
+
+
+def _sample_from(sampler: Any, logits: Any) -> int:
+    """What ``llama_sampler_sample`` does, from logits kept aside rather than the context's."""
+    import ctypes
+
+    import llama_cpp
+    import numpy as np
+
+    n = len(logits)
+    data = np.empty(n, dtype=np.dtype([("id", np.intc), ("logit", np.single), ("p", np.single)], align=True))
+    data["id"] = np.arange(n, dtype=np.intc)
+    data["logit"] = logits
+    data["p"] = 0.0
+    array = llama_cpp.llama_token_data_array(
+        data=data.ctypes.data_as(llama_cpp.llama_token_data_p), size=n, selected=-1, sorted=False
+    )
+    llama_cpp.llama_sampler_apply(sampler, ctypes.byref(array))
+    token = int(array.data[array.selected].id)
+    llama_cpp.llama_sampler_accept(sampler, token)
+    return token
 
 
 def _put(batch: Any, i: int, token: int, pos: int, seq_id: int, logits: bool) -> None:

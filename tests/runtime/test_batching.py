@@ -188,14 +188,30 @@ def test_a_chat_follow_up_evaluates_only_its_new_tokens(batched: RuntimeProcess)
     # The first turn's whole prompt came from the cache: only the reply as the template writes it
     # (10 tokens, a few more bytes) and the new message in its markup (about 40 tokens) were new.
     assert cached >= first and 40 <= second - cached <= 80, (first, second, cached)
-    # The same request again reuses everything but its last token (its logits are needed).
+    # The same request again reuses all of it, the logits of its end included.
     _, again, cached = chat(turn2)
-    assert again == second and cached == second - 1
+    assert again == second and cached == second
     # Ollama's API counts the whole prompt, cached or not (the same runner: the same options).
     options = {"num_predict": 1, "temperature": 0, "top_p": 1.0}
     body = {"model": "tiny", "messages": turn2, "stream": False, "options": options}
     ollama = httpx.post(batched.url + "/api/chat", json=body, timeout=60).json()
     assert ollama["prompt_eval_count"] == second
+
+
+def test_the_same_request_again_answers_the_same(batched: RuntimeProcess) -> None:
+    """Its prompt is all cached, and so are the logits it ended with: sampling starts from the
+    same numbers (decoding its last token again would give others in the last bits)."""
+    body = {
+        "model": "tiny",
+        "prompt": "once more",
+        "stream": False,
+        "logprobs": True,
+        "options": {"num_predict": 8, "seed": 11, "temperature": 0.9, "num_thread": ONE},
+    }
+    first = httpx.post(batched.url + "/api/generate", json=body, timeout=60).json()
+    again = httpx.post(batched.url + "/api/generate", json=body, timeout=60).json()
+    assert again["response"] == first["response"] and again["logprobs"] == first["logprobs"]
+    assert again["prompt_eval_count"] == first["prompt_eval_count"] and again["eval_count"] == 8
 
 
 def test_a_long_prompt_does_not_stall_the_others(batched: RuntimeProcess) -> None:
