@@ -97,7 +97,8 @@ async def send(
                 f"{what}: TLS failed for {url}: {e}. For a registry with a private CA set ca_bundle in "
                 "~/.hangar/config.toml; for plain http use --insecure"
             ) from None
-        raise errors.RegistryUnreachable(f"{what}: cannot reach {origin_text(url)}: {e or type(e).__name__}") from None
+        reason = str(e) or type(e).__name__
+        raise errors.RegistryUnreachable(f"{what}: cannot reach {origin_text(url)}: {reason}") from None
     except httpx.ProxyError as e:
         where = origin_text(url)
         raise errors.RegistryUnreachable(
@@ -106,7 +107,9 @@ async def send(
     except httpx.TimeoutException as e:
         raise errors.RegistryUnreachable(f"{what}: {origin_text(url)} timed out ({type(e).__name__})") from None
     except httpx.TransportError as e:
-        raise errors.RegistryUnreachable(f"{what}: connection to {origin_text(url)} failed: {e}") from None
+        raise errors.RegistryUnreachable(
+            f"{what}: connection to {origin_text(url)} failed: {str(e) or type(e).__name__}"
+        ) from None
     if response.status_code >= 400 and response.status_code not in allow:
         body = await read_body(response, ERROR_BODY_LIMIT, what, truncate=True)
         raise errors.from_response(response.status_code, body, what)

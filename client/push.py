@@ -33,6 +33,10 @@ from formats.names import ModelName, NameParseError
 
 READ_CHUNK = 1024 * 1024
 
+# A PATCH cut before its end keeps nothing, so after such a cut the next ones are smaller, down
+# to this (a path that drops connections every few MiB still finishes; S3 buffers small ones).
+MIN_RETRY_CHUNK = 1024 * 1024
+
 
 @dataclass
 class PushOptions:
@@ -128,13 +132,15 @@ class BlobUpload:
             self._report(force=True)
             return
         failures = 0
+        chunk = part_size  # halved after a cut that kept nothing, so a flaky path still moves
         while self.offset < self.desc.size:
-            end = min(self.offset + part_size, self.desc.size)
+            end = min(self.offset + chunk, self.desc.size)
             try:
                 location = await self._patch(location, self.offset, end)
                 self.offset = end
                 self._save(location)
                 failures = 0
+                chunk = min(part_size, chunk * 2)
             # StreamConsumed: the token expired under this part (401); the auth flow got a new
             # one but cannot send a streamed part twice, so the part goes again from the offset.
             except (errors.RegistryUnreachable, errors.RequestFailed, httpx.TransportError, httpx.StreamConsumed) as e:
@@ -146,7 +152,12 @@ class BlobUpload:
                         f"{self.what}: giving up after {failures} attempts: {e}. Run the push again to resume."
                     ) from None
                 await asyncio.sleep(backoff(failures))
+                attempted = self.offset
                 self.offset = await self._query_offset(location)
+                if self.offset > attempted:
+                    failures = 0  # the registry kept what arrived before the cut: progress refills the budget
+                else:
+                    chunk = max(MIN_RETRY_CHUNK, chunk // 2)
             self._report()
         # Keep the session URL's own query (distribution's _state) and add the digest.
         final = httpx.URL(location).copy_merge_params({"digest": str(self.digest)})
