@@ -87,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     prune.set_defaults(handler=_prune)
 
+    fsck = commands.add_parser(
+        "fsck",
+        help="check the local store: every model's blobs present and verified",
+        description="Check every manifest in the store, and every blob they name (size, sha256); report partial "
+        "downloads, unused blobs and stray files. Exit status 1 while a model is damaged or incomplete.",
+    )
+    fsck.add_argument("--repair", action="store_true", help="remove damaged blobs, unreadable manifests, old partials")
+    fsck.add_argument("--quick", action="store_true", help="check sizes only, without hashing")
+    fsck.add_argument("--grace", default="1h", help="leave partial files younger than this (default 1h)")
+    fsck.set_defaults(handler=_fsck)
+
     export = commands.add_parser(
         "export", help="write a model to a tar file (an OCI image layout) for air-gapped transfer"
     )
@@ -274,6 +285,16 @@ def _prune(args: argparse.Namespace) -> int:
         print(f"{'would delete' if args.dry_run else 'deleted'} {path.name} ({human_size(size)}, partial)")
     print(f"{verb} {human_size(shown.size)}: {len(shown.blobs)} unused blob(s), {len(shown.partials)} partial file(s)")
     return 0
+
+
+def _fsck(args: argparse.Namespace) -> int:
+    from client.fsck import fsck
+    from formats.units import parse_duration
+
+    _, store = _context()
+    report = fsck(store, repair=args.repair, verify=not args.quick, grace=parse_duration(args.grace), on_problem=print)
+    print(report.summary())
+    return 0 if report.clean else 1
 
 
 def _export(args: argparse.Namespace) -> int:

@@ -1,4 +1,4 @@
-"""``hangar registry …``: serve, migrate and gc. Imports of the server stack happen inside the
+"""``hangar registry …``: serve, migrate, gc and fsck. Imports of the server stack happen inside the
 commands, so building the parser stays cheap for the rest of the CLI."""
 
 from __future__ import annotations
@@ -110,6 +110,21 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     gc.add_argument("--upload-max-age", help="abandoned upload age (default 24h)")
     gc.add_argument("--dry-run", action="store_true", help="only report what would be deleted")
     gc.set_defaults(handler=_gc)
+
+    fsck = commands.add_parser(
+        "fsck",
+        help="check that every blob and manifest the database names is in the store, intact",
+        description="Check the database against the blob store: every blob's bytes present with the right size "
+        "and a sample of digests, no orphan rows, no manifest needing a missing blob (registry.fsck lists the "
+        "checks). Exit status 1 while a fault is left. Safe while the registry is serving.",
+    )
+    _storage_args(fsck)
+    fsck.add_argument("--repair", action="store_true", help="fix what can be fixed without losing good data")
+    fsck.add_argument("--sample", type=int, default=16, metavar="N", help="blobs hashed whole, at random (default 16)")
+    fsck.add_argument("--full", action="store_true", help="hash every blob whole")
+    fsck.add_argument("--grace", default="1h", help="leave crash leftovers younger than this (default 1h)")
+    fsck.add_argument("--seed", type=int, help="seed of the random sample (printed; to repeat a run)")
+    fsck.set_defaults(handler=_fsck)
 
     _add_admin_commands(commands)
     _add_cache_commands(commands)
@@ -368,6 +383,28 @@ def _gc(args: argparse.Namespace) -> int:
         print(f"{verb} upload {upload_id}")
     print(f"{verb} {len(shown.blobs)} blob(s) and {len(shown.uploads)} upload(s)")
     return 0
+
+
+def _fsck(args: argparse.Namespace) -> int:
+    import asyncio
+    import random
+
+    from registry import db
+    from registry.fsck import Fsck
+    from registry.meta import Metadata
+    from registry.storage import open_store
+
+    settings = _settings(args)
+    db.upgrade(settings.resolved_database_url)
+    meta = Metadata(db.make_engine(settings.resolved_database_url, pooled=False))
+    store = open_store(settings.storage_location, settings.resolved_data_dir)
+    seed = args.seed if args.seed is not None else random.randrange(2**32)
+    print(f"fsck of {_redact(settings.resolved_database_url)} (sample seed {seed})")
+    check = Fsck(meta, store, repair=args.repair, sample=max(args.sample, 0), full=args.full,
+                 grace=parse_duration(args.grace), seed=seed, on_problem=print)  # fmt: skip
+    report = asyncio.run(check.run())
+    print(report.summary())
+    return 0 if report.clean else 1
 
 
 def _accounts(args: argparse.Namespace) -> Accounts:
