@@ -322,3 +322,12 @@ def test_the_session_cookie_is_secure_over_https(tmp_path: Path) -> None:
         assert "; Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
     finally:
         proc.stop()
+
+
+def test_every_account_page_is_a_reserved_name() -> None:
+    from registry.accounts import RESERVED_NAMES
+    from registry.web.account_pages import routes
+
+    first = {route.path.strip("/").split("/")[0] for route in routes}
+    assert first == {"signup", "signin", "signout", "connect", "settings"}
+    assert first <= RESERVED_NAMES
