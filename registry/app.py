@@ -10,6 +10,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from sqlalchemy.exc import DBAPIError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -26,6 +27,7 @@ from registry.api.common import API_VERSION_HEADER, Services, audit, remote
 from registry.api.uploads import progress_headers
 from registry.auth import Authority
 from registry.db import make_engine
+from registry.db import unavailable as database_unavailable
 from registry.gc import purge_uploads_forever
 from registry.meta import Metadata
 from registry.metrics import Metrics, MetricsMiddleware, healthz, metrics_endpoint, readyz
@@ -150,6 +152,16 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
     return _error_response(storage_error(request, exc), request)
 
 
+async def _database_error(request: Request, exc: Exception) -> Response:
+    # Handled here, not by the catch-all: Starlette re-raises what reaches that one, and uvicorn
+    # then drops the client's kept-alive connection.
+    if not database_unavailable(exc):
+        return await _unexpected_error(request, exc)
+    log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    message = "the database is unavailable; retry later"  # 503, not 500: nothing is wrong with the request
+    return _error_response(DistributionError("UNAVAILABLE", message, headers={"Retry-After": "5"}), request)
+
+
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _error_response(DistributionError("UNKNOWN", "internal server error"), request)
@@ -207,6 +219,7 @@ def create_app(settings: config.Settings) -> Starlette:
             HTTPException: _http_error,
             StorageError: _storage_error,
             ClientDisconnect: _storage_error,
+            DBAPIError: _database_error,
             Exception: _unexpected_error,
         },
         lifespan=lifespan,

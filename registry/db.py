@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool
@@ -136,3 +137,12 @@ def upgrade(url: str) -> None:
     from alembic import command
 
     command.upgrade(alembic_config(url), "head")
+
+
+def unavailable(error: BaseException) -> bool:
+    """Whether ``error`` says the database cannot be reached or used for now (a restart, a
+    failover, a lost connection, SQLite's lock held too long), rather than a bug: such requests
+    answer 503 with Retry-After and the next ones work once it is back (the pool pre-pings)."""
+    if isinstance(error, (sa_exc.OperationalError, sa_exc.InterfaceError)):
+        return True
+    return isinstance(error, sa_exc.DBAPIError) and bool(error.connection_invalidated)
