@@ -37,7 +37,7 @@ from formats.manifest import Manifest, ManifestError
 from formats.names import ModelName
 
 FAULTS = frozenset({"bad-manifest", "missing-blob", "damaged-blob"})
-_PARTIAL_SUFFIXES = ("-partial", "-partial.json")
+_PARTIAL_SUFFIXES = ("-partial", "-partial.json", "-partial.json.tmp")  # .tmp: a state save cut short
 
 
 @dataclass

@@ -11,6 +11,7 @@ costs no more than its cap) and at an overall deadline, however slowly the bytes
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
@@ -226,9 +227,22 @@ def check_free_space(directory: Path, needed: int, what: str) -> None:
     free = shutil.disk_usage(directory).free
     if needed > free - SPACE_HEADROOM:
         raise errors.NotEnoughSpace(
-            f"{what}: needs {_size(needed)} but {directory} has {_size(max(free, 0))} free; "
-            "free some space (hangar prune, hangar rm) or set HANGAR_MODELS to a larger disk"
+            f"{what}: needs {_size(needed)} (and keeps {_size(SPACE_HEADROOM)} free) but {directory} has "
+            f"{_size(max(free, 0))} free; free some space (hangar prune, hangar rm) or set HANGAR_MODELS to a "
+            "larger disk"
         )
+
+
+def disk_full(error: OSError, directory: Path, remaining: int, what: str) -> errors.NotEnoughSpace | None:
+    """The error to show for a write that found ``directory``'s disk full after the free-space
+    check passed (another writer took the space meanwhile), or None for any other OSError."""
+    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    return errors.NotEnoughSpace(
+        f"{what}: the disk holding {directory} is full ({error.strerror}) with {_size(remaining)} still to "
+        "write; free some space (hangar prune, hangar rm) or set HANGAR_MODELS to a larger disk, and run it "
+        "again: it resumes where it stopped"
+    )
 
 
 def _size(n: int) -> str:

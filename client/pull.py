@@ -58,6 +58,7 @@ from client.limits import (
     check_blob_size,
     check_free_space,
     chunk_sums_limit,
+    disk_full,
     read_body,
 )
 from client.progress import Progress, ProgressCallback, no_progress
@@ -294,6 +295,15 @@ class BlobDownload:
         return sum(p.completed for p in self.parts)
 
     async def run(self, concurrency: int, part_size: int) -> None:
+        try:
+            await self._run(concurrency, part_size)
+        except OSError as e:  # a full disk: where, and how much is left (the parts done are kept)
+            full = disk_full(e, self.partial.parent, self.desc.size - self.completed, f"pull {self.digest.short}")
+            if full is None:
+                raise
+            raise full from None
+
+    async def _run(self, concurrency: int, part_size: int) -> None:
         check_blob_size(self.desc.size, f"pull {self.digest.short}")  # before anything is planned
         async with _locked(self.store, f"blob-{self.digest.hex}"):
             if self.store.has_blob(self.digest, self.desc.size):  # another process got it first

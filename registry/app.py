@@ -35,6 +35,7 @@ from registry.mirror.service import make_mirror
 from registry.pulls import flush_pulls_forever
 from registry.ratelimit import RateLimiter
 from registry.signing import UrlSigner
+from registry.space import disk_full, insufficient_storage
 from registry.storage import (
     BlobNotFound,
     DigestMismatch,
@@ -163,6 +164,9 @@ async def _database_error(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    if (full := disk_full(exc)) is not None:  # 507, not 500: the operator frees space, the client retries
+        log.error("out of space on %s %s: %s", request.method, request.url.path, full)
+        return _error_response(insufficient_storage(full), request)
     log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return _error_response(DistributionError("UNKNOWN", "internal server error"), request)
 
