@@ -153,10 +153,16 @@ def _write_tensors(w: Any, tensors: list[Tensor], kind: str, progress: Progress 
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     for i, (t, dtype, raw) in enumerate(plans):
-        data = t.load()
-        if tuple(data.shape) != tuple(t.shape):
-            raise CheckpointError(f"{t.name}: shape {data.shape}, expected {t.shape}")
-        w.write_tensor_data(gguf.quants.quantize(data, raw) if raw is not None else data.astype(dtype))
+        if t.raw is not None and len(t.shape) >= 2 and t.source_dtype == kind and kind in ("F16", "BF16"):
+            data = t.raw()  # the checkpoint's own half-precision bits: copied, not converted twice
+            if tuple(data.shape) != tuple(t.shape):
+                raise CheckpointError(f"{t.name}: shape {data.shape}, expected {t.shape}")
+            w.write_tensor_data(data)
+        else:
+            data = t.load()
+            if tuple(data.shape) != tuple(t.shape):
+                raise CheckpointError(f"{t.name}: shape {data.shape}, expected {t.shape}")
+            w.write_tensor_data(gguf.quants.quantize(data, raw) if raw is not None else data.astype(dtype))
         if progress:
             progress(i + 1, len(plans))
     w.close()

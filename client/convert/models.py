@@ -58,6 +58,9 @@ class Tensor:
     shape: tuple[int, ...]
     load: Callable[[], np.ndarray]
     source_dtype: str = "F32"
+    # The checkpoint's bytes, for a tensor written unchanged in its own type (no transform): a
+    # BF16 or F16 matrix is copied instead of widened to float32 and rounded back.
+    raw: Callable[[], np.ndarray] | None = None
 
 
 def rope_settings(config: dict[str, Any]) -> tuple[float, dict[str, Any]]:
@@ -130,7 +133,7 @@ class Family:
                 continue
             target, part = self._name(name)
             transform = self.transform(part)
-            yield Tensor(target, ref.shape, _loader(ref, transform), ref.dtype)
+            yield Tensor(target, ref.shape, _loader(ref, transform), ref.dtype, None if transform else ref.load_raw)
         yield from self.extra_tensors()
 
     def _name(self, name: str) -> tuple[str, str]:

@@ -33,12 +33,18 @@ class TensorRef:
 
     def load(self) -> np.ndarray:
         """The tensor as an array (float32 for BF16), memory-mapped where the type allows."""
+        raw = self.load_raw()
+        if self.dtype == "BF16":
+            return (raw.astype(np.uint32) << 16).view(np.float32)
+        return raw
+
+    def load_raw(self) -> np.ndarray:
+        """The tensor's bytes as stored, memory-mapped (BF16 as uint16): what is copied when the
+        GGUF keeps the checkpoint's type."""
         if self.dtype not in DTYPES:
             raise CheckpointError(f"{self.name}: tensors of type {self.dtype} are not supported")
         count = int(np.prod(self.shape)) if self.shape else 1
         raw = np.memmap(self.path, dtype=DTYPES[self.dtype], mode="r", offset=self.start, shape=(count,))
-        if self.dtype == "BF16":
-            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(self.shape)
         return raw.reshape(self.shape)
 
 
