@@ -1,15 +1,17 @@
 """A small round-robin HTTP/1.1 load balancer for the tests, in front of registry replicas (or any
 HTTP server, such as the object store, to record what reaches it).
 
-Each request goes to the next live backend on a connection of its own; the request line, every
-header (``Host`` and ``Authorization`` included) and the response's (``Location`` included) pass
-byte for byte, and bodies stream both ways (``Content-Length``, chunked, or to the close), so a
-2 GB upload never sits in memory. A backend that refuses the connection is skipped for that
-request (as nginx's ``proxy_next_upstream error``); one that dies mid-request costs the client a
-``502`` or a cut connection, whichever the moment allows, and the client's own retry goes on to the
-next. ``drop(backend)`` takes a backend out of the rotation (a load balancer's failed health check)
-and ``add`` puts it back. ``seen`` records each request: who served it, its method, target and
-headers.
+Each request goes to the next live backend; the request line, every header (``Host`` and
+``Authorization`` included) and the response's (``Location`` included) pass byte for byte, and
+bodies stream both ways (``Content-Length``, chunked, or to the close), so a 2 GB upload never
+sits in memory. A backend that refuses the connection is skipped for that request (as nginx's
+``proxy_next_upstream error``). GETs and HEADs reuse kept-alive backend connections and go again
+on a new one when such a connection turns out closed; any other request gets a connection of its
+own and is never sent twice: a backend that dies under it costs the client a ``502`` or a cut
+connection, whichever the moment allows, and the client's own retry goes on to the next.
+``drop(backend)`` takes a backend out of the rotation (a load balancer's failed health check) and
+``add`` puts it back. ``seen`` records each request: who served it, its method, target, headers,
+status and response headers; ``bytes_up`` counts the request body bytes sent to each backend.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,6 +27,10 @@ from typing import Any, Protocol
 # Longest request or status line, or header line, we accept (tokens and presigned URLs are long).
 LINE_LIMIT = 1024 * 1024
 COPY_CHUNK = 256 * 1024
+# A backend connection kept alive after a GET or HEAD is reused for another GET or HEAD within
+# this long (uvicorn closes idle ones after 5 s); other methods get a connection of their own, so
+# that a request that may not be sent twice never meets one the backend has just closed.
+KEEPALIVE_SECONDS = 2.0
 
 
 class _Sink(Protocol):
@@ -156,6 +163,8 @@ class RoundRobinProxy:
         self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Backend connections kept alive, per backend: (reader, writer, idle since).
+        self._idle: dict[str, list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]]] = {}
 
     @property
     def host(self) -> str:
@@ -203,6 +212,9 @@ class RoundRobinProxy:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            for idle in self._idle.values():
+                for _, writer, _ in idle:
+                    writer.close()
             loop.stop()
 
         loop.call_soon_threadsafe(lambda: loop.create_task(shutdown()))
@@ -244,6 +256,8 @@ class RoundRobinProxy:
                 pass
         except (_BadMessage, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass  # the client's connection ends; the client sees it cut
+        except asyncio.CancelledError:
+            pass  # stop(): the connection ends with the proxy
         finally:
             self._tasks.discard(task)
             writer.close()
@@ -263,47 +277,52 @@ class RoundRobinProxy:
         if not rotation:
             await self._answer_502(client_w, "no backend left")
             return False
-        upstream = None
-        for backend in rotation:
-            host, port = backend.rsplit(":", 1)
-            try:
-                upstream = await asyncio.open_connection(host, int(port), limit=LINE_LIMIT)
-                break
-            except OSError:
-                continue  # refused: nothing was sent there, so the next one may have it
-        if upstream is None:
-            await self._answer_502(client_w, "every backend refused the connection")
-            return False
-        seen = Seen(backend, method, target, request.headers)
-        self.seen.append(seen)
-        backend_r, backend_w = upstream
-        backend_w.write(request.raw)
+        reusable = method in ("GET", "HEAD")
+        has_body = bool(request.get("content-length") or request.get("transfer-encoding"))
+        while True:
+            connection = await self._connect(rotation, reusable)
+            if connection is None:
+                await self._answer_502(client_w, "every backend refused the connection")
+                return False
+            backend, backend_r, backend_w, pooled = connection
+            seen = Seen(backend, method, target, request.headers)
+            self.seen.append(seen)
+            backend_w.write(request.raw)
 
-        async def pump_request() -> None:
-            # Counted as it goes, so a test sees an upload's progress per backend.
-            counting = _CountingWriter(backend_w, lambda n: self._count(backend, n))
-            try:
-                await _copy_body(request, client_r, counting, to_eof=False)
-            except BaseException:
-                backend_w.close()  # the client's body was cut: the backend must not wait for it
-                raise
+            async def pump_request(backend: str = backend, backend_w: asyncio.StreamWriter = backend_w) -> None:
+                # Counted as it goes, so a test sees an upload's progress per backend.
+                counting = _CountingWriter(backend_w, lambda n: self._count(backend, n))
+                try:
+                    await _copy_body(request, client_r, counting, to_eof=False)
+                except BaseException:
+                    backend_w.close()  # the client's body was cut: the backend must not wait for it
+                    raise
 
-        pump = asyncio.create_task(pump_request())
-        try:
-            response = await _read_head(backend_r)
-            # 1xx interim responses (100 Continue) pass through; the final one follows.
-            while response is not None and _status(response) < 200:
-                client_w.write(response.raw)
-                await client_w.drain()
+            # A request without a body needs no pump (most GETs: no task per request).
+            pump = asyncio.create_task(pump_request()) if has_body else None
+            try:
                 response = await _read_head(backend_r)
-            if response is None:
-                raise _BadMessage("the backend closed without an answer")
-        except (_BadMessage, ConnectionError, OSError) as e:
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
-            backend_w.close()
-            await self._answer_502(client_w, f"backend {backend} failed: {e}")
-            return False
+                # 1xx interim responses (100 Continue) pass through; the final one follows.
+                while response is not None and _status(response) < 200:
+                    client_w.write(response.raw)
+                    await client_w.drain()
+                    response = await _read_head(backend_r)
+                if response is None:
+                    raise _BadMessage("the backend closed without an answer")
+                break
+            except (_BadMessage, ConnectionError, OSError) as e:
+                if pump is not None:
+                    pump.cancel()
+                    await asyncio.gather(pump, return_exceptions=True)
+                backend_w.close()
+                if pooled and not has_body:
+                    # A kept-alive connection the backend had closed meanwhile (or a backend
+                    # that died under it): a GET or HEAD goes again on a new one, as curl and
+                    # browsers do.
+                    self.seen.remove(seen)
+                    continue
+                await self._answer_502(client_w, f"backend {backend} failed: {e}")
+                return False
         status = _status(response)
         seen.status, seen.response_headers = status, response.headers
         client_w.write(response.raw)
@@ -314,19 +333,42 @@ class RoundRobinProxy:
             await client_w.drain()
         except (_BadMessage, ConnectionError, OSError):
             body_ok = False  # the response was cut: so is the client's connection
-        finally:
-            backend_w.close()
-        if not pump.done():
+        if pump is not None and not pump.done():
             # The backend answered before reading the whole request (an early 401, a 413):
             # the rest of the request body has nowhere to go, so the connection ends.
+            backend_w.close()
             pump.cancel()
             await asyncio.gather(pump, return_exceptions=True)
             return False
-        if pump.exception() is not None:
-            return False
         keep = response.get("connection").lower() != "close" and request.get("connection").lower() != "close"
         framed = bool(response.get("content-length") or "chunked" in response.get("transfer-encoding").lower())
-        return body_ok and keep and (framed or _has_no_body(method, status))
+        sent = pump is None or pump.exception() is None
+        complete = body_ok and sent and keep and (framed or _has_no_body(method, status))
+        if complete and reusable:
+            self._idle.setdefault(backend, []).append((backend_r, backend_w, time.monotonic()))
+        else:
+            backend_w.close()
+        return complete
+
+    async def _connect(
+        self, rotation: list[str], reusable: bool
+    ) -> tuple[str, asyncio.StreamReader, asyncio.StreamWriter, bool] | None:
+        """A connection to the first backend in ``rotation`` that takes one: a kept-alive one
+        for a GET or HEAD (``True`` last), else a new one; None when every backend refuses."""
+        for backend in rotation:
+            idle = self._idle.get(backend, [])
+            while reusable and idle:
+                reader, writer, since = idle.pop()
+                if time.monotonic() - since < KEEPALIVE_SECONDS and not reader.at_eof() and not writer.is_closing():
+                    return backend, reader, writer, True
+                writer.close()
+            host, port = backend.rsplit(":", 1)
+            try:
+                reader, writer = await asyncio.open_connection(host, int(port), limit=LINE_LIMIT)
+            except OSError:
+                continue  # refused: nothing was sent there, so the next one may have it
+            return backend, reader, writer, False
+        return None
 
     def _count(self, backend: str, n: int) -> None:
         self.bytes_up[backend] = self.bytes_up.get(backend, 0) + n
