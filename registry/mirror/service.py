@@ -255,12 +255,16 @@ class Mirror:
         """A blob of a mirrored name the repository does not link yet: joined to (or starting)
         its download. None: serve it as usual (not mirrored, local, or linked now)."""
         upstream = self.route(name)
-        if upstream is None or await run_in_threadpool(self.meta.blob_size, name, digest) is not None:
+        if upstream is None:
+            return None
+        # The flight first: one that ends meanwhile has linked the blob before it leaves the table,
+        # so the database read below then sees the link.
+        flight = self.fetcher.flights.get(digest)
+        if flight is None and await run_in_threadpool(self.meta.blob_size, name, digest) is not None:
             return None
         if await run_in_threadpool(self.cache.kind, name) == "local":
             return None
         client = self.clients[upstream.url]
-        flight = self.fetcher.flights.get(digest)
         if flight is None:
             try:
                 info = await self.store.stat(digest)
@@ -289,8 +293,7 @@ class Mirror:
 
     async def _upstream_has(self, client: UpstreamClient, name: str, digest: Digest) -> None:
         try:
-            async with client.blob(name, str(digest)) as response:
-                del response  # the answer's status is what counts; no body is read
+            await client.has_blob(name, str(digest))
         except UpstreamNotFound:
             raise DistributionError("BLOB_UNKNOWN", detail={"digest": str(digest)}) from None
         except UpstreamError as e:

@@ -215,6 +215,12 @@ class UpstreamClient:
             raise UpstreamError(f"{self.upstream.url}: manifest {reference} has digest {parsed.digest}")
         return UpstreamManifest(str(parsed.digest), parsed.media_type, bytes(body))
 
+    async def has_blob(self, repository: str, digest: str) -> None:
+        """A HEAD: returns when the upstream has the blob in ``repository``; UpstreamNotFound else."""
+        path = f"/v2/{repository}/blobs/{digest}"
+        async with self._request("HEAD", path, repository) as r:
+            _check(r, self.upstream.url, path)
+
     @asynccontextmanager
     async def blob(self, repository: str, digest: str, offset: int = 0) -> AsyncIterator[httpx.Response]:
         """The blob's bytes from ``offset`` (a 206, checked), as a streamed response."""

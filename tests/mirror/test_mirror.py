@@ -119,7 +119,7 @@ def test_hangar_upstream_with_auth_key_stale_when_down_and_pushes_refused(  # ty
     path = f"{mirror.host}/{alice.name}/model:latest"
     raw = alice.store.get(name).manifest.raw
     assert pull_into(tmp_path / "a", path)[0] == raw
-    assert traffic.blob_bytes == blobs_size
+    assert traffic.blob_bytes == blobs_size, (traffic, mirror.log())
     wait_cached(mirror, f"{alice.name}/model", "latest")
     assert pull_into(tmp_path / "b", path)[0] == raw
     assert traffic.blob_bytes == blobs_size
