@@ -517,7 +517,7 @@ def connect_key(encoded: str) -> tuple[str, str]:
 
 async def connect(request: Request) -> Response:
     params = request.query_params if request.method == "GET" else sessions.form(request)
-    host = (params.get("name") or "").strip()[:128] or "a device"
+    device = (params.get("name") or "").strip()[:128] or "a device"
     try:
         key, _comment = connect_key(params.get("key") or "")
     except AccountError as e:
@@ -531,16 +531,16 @@ async def connect(request: Request) -> Response:
     if request.method == "GET" or owner is not None:
         state = "mine" if owner is not None and owner.id == user.id else "taken" if owner is not None else "ask"
         return _page(
-            request, "connect.html", 200 if state != "taken" else 409, title="Connect", host=host, fingerprint=fp,
+            request, "connect.html", 200 if state != "taken" else 409, title="Connect", device=device, fingerprint=fp,
             key=params.get("key", ""), state=state,
         )  # fmt: skip
     try:
-        await run_in_threadpool(accounts.add_key, user.name, key, host)
+        await run_in_threadpool(accounts.add_key, user.name, key, device)
     except (AccountError, KeyTaken) as e:
         await _audit(request, user.name, "key.add", fp, "denied", reason=str(e), via="connect")
         return _page(request, "notice.html", 409, title="Connect", message=str(e))
-    await _audit(request, user.name, "key.add", fp, "ok", via="connect", device=host)
-    return _page(request, "connect.html", title="Connected", host=host, fingerprint=fp, key="", state="done")
+    await _audit(request, user.name, "key.add", fp, "ok", via="connect", device=device)
+    return _page(request, "connect.html", title="Connected", device=device, fingerprint=fp, key="", state="done")
 
 
 async def settings_home(request: Request) -> Response:

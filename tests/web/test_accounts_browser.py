@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -172,6 +173,7 @@ def test_the_connect_url_of_hangar_signin(fresh: Any, site: RegistryProcess, tmp
         browser.get(url.group(1))
         accessible(browser, "/connect")
         fingerprint = browser.find_element(By.CSS_SELECTOR, "code[data-fingerprint]").text
+        assert f"The device {socket.gethostname()} asks" in browser.find_element(By.TAG_NAME, "main").text
         shoot(browser, "connect")
         click(browser, "main form button[type=submit]")
         assert browser.find_element(By.TAG_NAME, "h1").text == "Connected"
@@ -185,7 +187,7 @@ def test_the_connect_url_of_hangar_signin(fresh: Any, site: RegistryProcess, tmp
     assert user is not None
     assert [k.fingerprint for k in accounts_of(site).keys(user.id)] == [fingerprint]
     [row] = audit_rows(site, actor=name, action="key.add")
-    assert row.detail["via"] == "connect"
+    assert row.detail["via"] == "connect" and row.detail["device"] == socket.gethostname()
 
 
 def test_a_form_without_its_token_is_refused(fresh: Any, site: RegistryProcess, tmp_path: Path) -> None:
