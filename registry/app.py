@@ -156,7 +156,7 @@ async def _storage_error(request: Request, exc: Exception) -> Response:
 async def _database_error(request: Request, exc: Exception) -> Response:
     # Handled here, not by the catch-all: Starlette re-raises what reaches that one, and uvicorn
     # then drops the client's kept-alive connection.
-    if not database_unavailable(exc):
+    if disk_full(exc) is not None or not database_unavailable(exc):  # SQLite's "disk is full" is a 507
         return await _unexpected_error(request, exc)
     log.error("database unavailable on %s %s: %s", request.method, request.url.path, exc)
     message = "the database is unavailable; retry later"  # 503, not 500: nothing is wrong with the request
@@ -224,6 +224,9 @@ def create_app(settings: config.Settings) -> Starlette:
             StorageError: _storage_error,
             ClientDisconnect: _storage_error,
             DBAPIError: _database_error,
+            # Through the handlers Starlette returns from (a disk that filled up is a 507): the
+            # catch-all below re-raises, and uvicorn then drops the kept-alive connection.
+            OSError: _unexpected_error,
             Exception: _unexpected_error,
         },
         lifespan=lifespan,
