@@ -186,7 +186,11 @@ checkpoint pages count while mapped). Machine: {machine()}.
 |---|---|---|---|---|
 {chr(10).join(rows)}
 
-Output sizes: {", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in out_sizes.items())}.
+Output sizes: {", ".join(f"{k} {v / GiB:.2f} GiB" for k, v in out_sizes.items())}. Besides converting,
+`hangar create` copies the checkpoint into the store as blobs (what Ollama's CLI uploads; `--link`
+hard-links instead), hashes it and the GGUF, and loads the vocabulary in llama.cpp. Half-precision
+matrices are copied from the checkpoint's bytes and one tensor is in memory at a time, so the peak
+stays a small fraction of the checkpoint; llama.cpp's script goes through torch.
 """
     write_section("convert", body)
     print(body)
