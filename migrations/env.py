@@ -6,7 +6,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import text
 
-import registry.mirror.cache
+import registry.mirror.cache  # the mirror's tables (registers them on Base.metadata)
 import registry.models  # noqa: F401  (registers the tables on Base.metadata)
 from registry import config as registry_config
 from registry.db import Base, make_engine

@@ -231,6 +231,10 @@ class Mirror:
             await run_in_threadpool(self.meta.put_manifest, name, parsed, tag)
             if tag is not None:
                 await run_in_threadpool(self.cache.set_checked, name, tag, digest)
+                # What the web site lists and searches, read from the blobs once, as for a push.
+                from registry.web.catalog import summarize_pushed
+
+                await summarize_pushed(self.meta, self.store, name, parsed.raw)
             log.info("mirror: cached %s:%s (%s)", name, tag or digest, digest)
         except (FetchFailed, UpstreamError) as e:
             log.warning("mirror: %s:%s not cached: %s", name, tag or digest, e)

@@ -236,8 +236,8 @@ def test_eviction_keeps_the_cache_under_its_limit_and_spares_pinned_models(
     r = httpx.get(f"{mirror.url}/v2/team/two/manifests/latest")
     assert r.status_code == 200 and r.headers["x-hangar-mirror"] == "miss"
     wait_cached(mirror, "team/two", "latest")
-    listed = cache_cli(mirror, "list").stdout
-    assert "team/two" in listed and "team/three" not in listed and "team/one" in listed
+    after = cache_cli(mirror, "list").stdout
+    assert "team/two" in after and "team/three" not in after and "team/one" in after
     # By hand: one model, or down to a size (pinned models stay).
     out = cache_cli(mirror, "evict", "team/two")
     assert out.returncode == 0 and "evicted team/two" in out.stdout
@@ -306,6 +306,9 @@ def test_a_mirror_with_auth_on_serves_upstream_models_to_anonymous_pulls(
     assert pull_into(tmp_path / "a", f"{mirror.host}/library/tiny:latest")[0] == raw
     wait_cached(mirror, "library/tiny", "latest")
     assert pull_into(tmp_path / "b", f"{mirror.host}/library/tiny")[0] == raw
+    # A cached model is on the web site as any other (its facts read once, as for a push).
+    page = httpx.get(f"{mirror.url}/library/tiny")
+    assert page.status_code == 200 and "tiny" in page.text
     # Names no upstream serves stay as private as ever: an anonymous pull of one is refused.
     r = httpx.get(f"{mirror.url}/v2/someone/else/manifests/latest")
     assert r.status_code == 401
