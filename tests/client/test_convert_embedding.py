@@ -19,6 +19,7 @@ the 400s of chat and generate."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -448,3 +449,28 @@ def test_served_end_to_end(tmp_path: Path) -> None:
         assert cosine(np.array(r.json()["embeddings"][0]), expected[0]) >= 0.998
     finally:
         runtime.stop()
+
+
+def test_hangar_create_carries_the_dense_modules(tmp_path: Path) -> None:
+    """`hangar create` without a daemon from an EmbeddingGemma folder: its three files named
+    model.safetensors (the encoder's, 2_Dense's, 3_Dense's) each reach the conversion in their own
+    folder, and the stored model gives the reference's vectors."""
+
+    from client.config import load
+    from client.model_info import inspect
+    from client.store import Store
+    from formats.names import ModelName
+
+    model, dense = build_embeddinggemma(tmp_path / "ckpt")
+    (tmp_path / "Modelfile").write_text("FROM ./ckpt\n")
+    env = {**os.environ, "HANGAR_HOME": str(tmp_path / "home"), "HANGAR_HOST": "127.0.0.1:9"}
+    env.pop("HANGAR_MODELS", None)
+    cmd = [sys.executable, "-m", "cli.main", "create", "embeddinggemma", "-f", str(tmp_path / "Modelfile")]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO_ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    store = Store(load({"HANGAR_HOME": str(tmp_path / "home")}).models)
+    info = inspect(store, store.get(ModelName.parse("embeddinggemma")))
+    assert info.capabilities == ["embedding"] and info.architecture == "gemma-embedding"
+    assert info.model_path is not None
+    for text, ours in zip(TEXTS[:3], llama_cpp_vectors(info.model_path, TEXTS[:3]), strict=True):
+        assert cosine(ours, reference(model, hf_ids(tmp_path / "ckpt", text), "mean", dense)) >= 0.9999
