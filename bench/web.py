@@ -20,11 +20,13 @@ import argparse
 import asyncio
 import itertools
 import json
+import os
 import random
 import shutil
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -36,11 +38,11 @@ from formats import mediatypes as mt
 from formats.digest import Digest
 from formats.manifest import Descriptor, Manifest
 from registry import db
-from registry.meta import Metadata
+from registry.meta import ManifestFacts, Metadata
 from registry.storage import BlobInfo, open_store
 from registry.storage.filesystem import FilesystemStore
 from registry.web.cards import DESCRIPTION_ANNOTATION
-from registry.web.catalog import summarize
+from registry.web.catalog import facts_of, summarize
 from tests.tinymodels import CHAT_TEMPLATE, write_tiny_llama
 
 NAMESPACES = 100
@@ -56,7 +58,7 @@ def blob(files: FilesystemStore, media_type: str, data: bytes) -> Descriptor:
     return Descriptor(media_type, digest, len(data))
 
 
-async def fill(data: Path, models: int, tags: int) -> dict[str, str]:
+def fill(data: Path, models: int, tags: int) -> dict[str, str]:
     """The database and blobs of ``models`` models; what the pages should ask for."""
     url = f"sqlite:///{data / 'registry.db'}"
     db.upgrade(url)
@@ -71,14 +73,21 @@ async def fill(data: Path, models: int, tags: int) -> dict[str, str]:
     config = blob(files, mt.DOCKER_CONFIG, json.dumps({"model_format": "gguf", "model_family": "llama"}).encode())
     rng = random.Random(1)
 
-    async def push(name: str, tag: str, layers: list[Descriptor], description: str) -> None:
+    known: dict[tuple[str, ...], ManifestFacts] = {}
+
+    def push(name: str, tag: str, layers: list[Descriptor], description: str) -> None:
         for d in [config, *layers]:
-            await asyncio.to_thread(meta.link_blob, name, BlobInfo(d.digest, d.size))
+            meta.link_blob(name, BlobInfo(d.digest, d.size))
         doc = json.loads(Manifest.build(config, layers, mt.OCI_MANIFEST).raw)
         doc["annotations"] = {DESCRIPTION_ANNOTATION: description}  # as generic OCI clients set one
         manifest = Manifest.parse(json.dumps(doc).encode())
-        await asyncio.to_thread(meta.put_manifest, name, manifest, tag)
-        await summarize(meta, store, name, manifest.raw)
+        meta.put_manifest(name, manifest, tag)
+        # The push's hook reads the blobs (summarize); manifests whose blobs are the same say the
+        # same but for their description, so the blobs are read once per set of layers.
+        layer_set = tuple(str(d.digest) for d in layers)
+        if layer_set not in known:
+            known[layer_set] = facts_of(asyncio.run(summarize(meta, store, name, manifest.raw)))
+        meta.set_manifest_facts(name, str(manifest.digest), replace(known[layer_set], description=description))
 
     start = time.perf_counter()
     names = []
@@ -86,34 +95,38 @@ async def fill(data: Path, models: int, tags: int) -> dict[str, str]:
         name = f"user{i % NAMESPACES:02d}/model-{i:05d}"
         words = " ".join(rng.sample(WORDS, 3))
         template = tools if i % 3 == 0 else plain
-        await push(name, "latest", [model, template, params], f"A {words} model, number {i}.")
+        push(name, "latest", [model, template, params], f"A {words} model, number {i}.")
         if i % 10 == 9:
-            await asyncio.to_thread(meta.set_repository_visibility, name, "private")
+            meta.set_repository_visibility(name, "private")
         names.append(name)
         if i % 1000 == 999:
             print(f"  {i + 1} models, {time.perf_counter() - start:.0f} s", flush=True)
     for t in range(tags):
-        await push(BIG, f"v{t:03d}", [model, tools, params], f"One model with {tags} tags, tag {t}.")
-    await push(BIG, "latest", [model, tools, params], f"One model with {tags} tags.")
+        push(BIG, f"v{t:03d}", [model, tools, params], f"One model with {tags} tags, tag {t}.")
+    push(BIG, "latest", [model, tools, params], f"One model with {tags} tags.")
     pulls = {(n, "latest"): rng.randint(0, 5000) for n in names}
-    await asyncio.to_thread(meta.add_pulls, pulls)
+    meta.add_pulls(pulls)
     print(f"filled {models} models in {time.perf_counter() - start:.0f} s", flush=True)
     public = [n for i, n in enumerate(names) if i % 10 != 9]
     return {"sample": rng.choice(public), "namespace": "user07", "public": json.dumps(public)}
 
 
-def measure(client: httpx.Client, paths: list[str], n: int) -> list[float]:
-    """Milliseconds of ``n`` requests going round ``paths`` (after a warm-up of each path)."""
+def measure(client: httpx.Client, paths: list[str], n: int) -> dict[str, list[float]]:
+    """Milliseconds of ``n`` requests going round ``paths`` (after a warm-up of each path): as
+    the client sees them, and as the site's ``Server-Timing`` says (its time and its CPU time)."""
     for p in paths[:5]:
         r = client.get(p)
         assert r.status_code == 200, f"{p}: {r.status_code} {r.text[:200]}"
-    times = []
+    times: dict[str, list[float]] = {"client": [], "app": [], "cpu": []}
     for i in range(n):
         path = paths[i % len(paths)]
         start = time.perf_counter()
         r = client.get(path)
-        times.append((time.perf_counter() - start) * 1000)
+        times["client"].append((time.perf_counter() - start) * 1000)
         assert r.status_code == 200, f"{path}: {r.status_code}"
+        timing = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
+        times["app"].append(float(timing["app"]))
+        times["cpu"].append(float(timing["cpu"]))
     return times
 
 
@@ -139,7 +152,7 @@ def main() -> int:
     if not (args.keep and marker.exists()):
         shutil.rmtree(work, ignore_errors=True)
         data.mkdir(parents=True)
-        marker.write_text(json.dumps(asyncio.run(fill(data, args.models, args.tags))))
+        marker.write_text(json.dumps(fill(data, args.models, args.tags)))
     plan = json.loads(marker.read_text())
     public: list[str] = json.loads(plan["public"])
     rng = random.Random(2)
@@ -159,12 +172,15 @@ def main() -> int:
         ("/api/search?q=WORD", [f"/api/search?q={w}" for w in WORDS]),
     ]
     server, base = hangar_registry(data, workers=args.workers, auth="required")
-    results: list[tuple[str, float, float, float]] = []
+    results: list[tuple[str, dict[str, list[float]]]] = []
     with server, httpx.Client(base_url=base, timeout=60) as client:
         for label, paths in pages:
             times = measure(client, paths, args.requests)
-            results.append((label, statistics.median(times), percentile(times, 95), max(times)))
-            print(f"{label}: p50 {results[-1][1]:.1f} ms, p95 {results[-1][2]:.1f} ms", flush=True)
+            results.append((label, times))
+            print(f"{label}: server p95 {percentile(times['app'], 95):.1f} ms, "
+                  f"CPU p95 {percentile(times['cpu'], 95):.1f} ms, client p95 {percentile(times['client'], 95):.1f} ms",
+                  flush=True)  # fmt: skip
+    load = os.getloadavg()
     lines = [
         "## Web site: pages with 10,000 models",
         "",
@@ -172,16 +188,26 @@ def main() -> int:
         f"--workers {args.workers}`, {time.strftime('%Y-%m-%d')}, {machine()}. `hangar registry serve "
         f"--workers {args.workers} --auth required` on SQLite; {args.models:,} models in {NAMESPACES} namespaces "
         f"(every 10th private, every 3rd with tools), `{BIG}` with {args.tags + 1} tags; filled through "
-        "`Metadata.put_manifest` and the push's `summarize` hook. One client on loopback, keep-alive, one "
-        f"request at a time, anonymous; {args.requests} requests a page after a warm-up; model and tag pages "
-        "go through random models (their cards mostly cold). Milliseconds as the client sees them (an upper "
-        "bound of the server's time).",
+        "`Metadata.put_manifest` and the push's `summarize` hook (which reads the blobs once per set of layers). "
+        "One client on loopback, keep-alive, one request at a time, anonymous; "
+        f"{args.requests} requests a page after a warm-up; model and tag pages go through random models.",
         "",
-        "| page | p50 ms | p95 ms | max ms | target p95 |",
-        "|---|---:|---:|---:|---|",
+        "*server*: the site's own time, from the request reaching it to its answer starting (its "
+        "`Server-Timing: app`); *CPU*: the CPU time the registry spent meanwhile (`Server-Timing: cpu`, "
+        "which other processes' load does not inflate); *client*: the whole request as the client sees it. "
+        f"The machine's load average during the run: {load[0]:.1f} (on {os.cpu_count()} CPUs; other work was "
+        "running), so wall times include waiting for a CPU.",
+        "",
+        "| page | server p50 | server p95 | CPU p50 | CPU p95 | client p50 | client p95 | target: server p95 < 50 ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for label, p50, p95, top in results:
-        lines.append(f"| `{label}` | {p50:.1f} | {p95:.1f} | {top:.1f} | < 50 ms {'✓' if p95 < 50 else '✗'} |")
+    for label, t in results:
+        p95 = percentile(t["app"], 95)
+        lines.append(
+            f"| `{label}` | {statistics.median(t['app']):.1f} | {p95:.1f} | {statistics.median(t['cpu']):.1f} "
+            f"| {percentile(t['cpu'], 95):.1f} | {statistics.median(t['client']):.1f} "
+            f"| {percentile(t['client'], 95):.1f} | {'✓' if p95 < 50 else '✗'} |"
+        )
     body = "\n".join(lines)
     print(body)
     write_section("web", body)

@@ -93,6 +93,43 @@ class Card:
 _CACHE: OrderedDict[str, Card] = OrderedDict()
 
 
+_READMES: OrderedDict[str, str] = OrderedDict()
+README_CACHE_SIZE = 256
+
+
+async def readme(store: Any, raw: bytes) -> str:
+    """The README of the manifest ``raw`` ("" without one), read alone: the model page needs
+    nothing else from the blobs (its facts are in the database), so it never parses a GGUF
+    header. Cached by manifest digest, :data:`README_CACHE_SIZE` of them."""
+    digest = str(Digest.of_bytes(raw))
+    made = _CACHE.get(digest)
+    if made is not None:
+        return made.readme
+    if digest in _READMES:
+        _READMES.move_to_end(digest)
+        return _READMES[digest]
+    text = ""
+    try:
+        layer = next((d for d in Manifest.parse(raw).layers if d.media_type == README), None)
+    except ManifestError:
+        layer = None
+    if layer is not None:
+        data = await _small(store, layer.digest, layer.size, MAX_TEXT)
+        text = data.decode("utf-8", errors="replace") if data is not None else ""
+    _READMES[digest] = text
+    while len(_READMES) > README_CACHE_SIZE:
+        _READMES.popitem(last=False)
+    return text
+
+
+def cached(digest: str) -> Card | None:
+    """The card of manifest ``digest`` if this worker has made it (a page then needs no read)."""
+    found = _CACHE.get(digest)
+    if found is not None:
+        _CACHE.move_to_end(digest)
+    return found
+
+
 async def card(store: Any, raw: bytes) -> Card:
     """The card of the manifest ``raw`` (cached by its digest)."""
     digest = str(Digest.of_bytes(raw))

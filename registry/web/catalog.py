@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from formats.names import DEFAULT_NAMESPACE
 from registry.meta import ManifestFacts, Metadata, ModelRow, TagRow
 from registry.web import render
-from registry.web.cards import Card, card
+from registry.web.cards import Card, cached, card
 
 log = logging.getLogger("hangar.registry.web")
 
@@ -35,9 +35,16 @@ def split_name(name: str) -> tuple[str, str]:
 
 @dataclass(frozen=True, slots=True)
 class Model:
-    """A model as the pages show it: its summary row and its names."""
+    """A model as the pages show it: its summary row and its names (worked out once: a listing
+    reads them many times)."""
 
     row: ModelRow
+    namespace: str = ""
+    model: str = ""
+
+    @classmethod
+    def of(cls, row: ModelRow) -> Model:
+        return cls(row, *split_name(row.name))
 
     @property
     def name(self) -> str:
@@ -49,17 +56,9 @@ class Model:
         return f"{self.namespace}/{self.model}"
 
     @property
-    def namespace(self) -> str:
-        return split_name(self.row.name)[0]
-
-    @property
-    def model(self) -> str:
-        return split_name(self.row.name)[1]
-
-    @property
     def path(self) -> str:
         """The model page's path: ``/namespace/model`` (a one-part name is library's)."""
-        return f"/{self.full_name}"
+        return f"/{self.namespace}/{self.model}"
 
     @property
     def deep(self) -> bool:
@@ -132,6 +131,9 @@ def facts_of(c: Card) -> ManifestFacts:
 
 async def card_of(meta: Metadata, store: Any, name: str, digest: str) -> Card | None:
     """The card of ``name``'s manifest ``digest`` (cached per worker); None when it is gone."""
+    made = cached(digest)
+    if made is not None:
+        return made
     stored = await run_in_threadpool(meta.get_manifest, name, digest)
     return await card(store, stored.content) if stored is not None else None
 

@@ -27,6 +27,7 @@ an HTML 404, while every path under the API's roots keeps the distribution error
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -36,18 +37,21 @@ import jinja2
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from formats.errorcodes import DistributionError
 from formats.names import DEFAULT_NAMESPACE, is_valid_model, is_valid_namespace, is_valid_tag
+from registry.accounts import AccountRecord
 from registry.api.common import base_url, bearer_grant, namespaces_readable_by, services
 from registry.auth import ANONYMOUS, Principal
 from registry.meta import ModelRow, TagRow
-from registry.web import render
+from registry.web import cards, render
 from registry.web.cards import Card
 from registry.web.catalog import Model, card_of, fill_missing_facts, head_tag
 
@@ -107,17 +111,8 @@ async def viewer_namespaces(request: Request) -> set[str] | None:
     return await namespaces_readable_by(request, await viewer(request))
 
 
-async def may_read(request: Request, name: str) -> bool:
-    """Whether the viewer may pull ``name``: the API's rule (``Authority.allowed``)."""
-    svc = services(request)
-    if svc.settings.auth == "off":
-        return True
-    principal = await viewer(request)
-    return "pull" in await run_in_threadpool(svc.authority.allowed, principal, name)
-
-
 def _models(rows: list[ModelRow]) -> list[Model]:
-    return [Model(r) for r in rows]
+    return [Model.of(r) for r in rows]
 
 
 @dataclass
@@ -175,8 +170,11 @@ def _not_found() -> HTTPException:
 async def home(request: Request) -> Response:
     namespaces = await viewer_namespaces(request)
     meta = services(request).meta
-    newest = await run_in_threadpool(partial(meta.models, namespaces, limit=HOME_SIZE))
-    popular = await run_in_threadpool(partial(meta.models, namespaces, limit=HOME_SIZE, popular=True))
+
+    def lists() -> tuple[list[ModelRow], list[ModelRow]]:  # one trip to the thread pool
+        return meta.models(namespaces, limit=HOME_SIZE), meta.models(namespaces, limit=HOME_SIZE, popular=True)
+
+    newest, popular = await run_in_threadpool(lists)
     return _page(request, "home.html", newest=_models(newest), popular=_models([r for r in popular if r.pulls]))
 
 
@@ -207,28 +205,32 @@ async def namespace_page(request: Request) -> Response:
     if not is_valid_namespace(namespace):
         raise _not_found()
     svc = services(request)
-    account = await run_in_threadpool(svc.accounts.get, namespace)
     namespaces = await viewer_namespaces(request)
     inside = namespaces is None or namespace.lower() in {n.lower() for n in namespaces}
     filter_text = (request.query_params.get("q") or "").strip()[:MAX_QUERY]
     page = _page_number(request)
-    rows = await run_in_threadpool(
-        partial(
-            svc.meta.models, namespaces, namespace=namespace, words=filter_text.split()[:MAX_WORDS],
+
+    def look() -> tuple[AccountRecord | None, list[ModelRow], bool, dict[str, str]]:  # one trip to the pool
+        account = svc.accounts.get(namespace)
+        rows = svc.meta.models(
+            namespaces, namespace=namespace, words=filter_text.split()[:MAX_WORDS],
             limit=NAMESPACE_PAGE_SIZE + 1, offset=(page - 1) * NAMESPACE_PAGE_SIZE,
-        )
-    )  # fmt: skip
-    shown = bool(rows)
-    if not shown and (filter_text or page > 1):  # nothing on this page: is there anything at all?
-        shown = bool(await run_in_threadpool(partial(svc.meta.models, namespaces, namespace=namespace, limit=1)))
+        )  # fmt: skip
+        # Nothing on this page of a filter: is there anything at all?
+        shown = bool(rows)
+        if not shown and (filter_text or page > 1):
+            shown = bool(svc.meta.models(namespaces, namespace=namespace, limit=1))
+        members: dict[str, str] = {}
+        if account is not None and account.kind == "org" and inside:
+            members = svc.accounts.members(account.name)
+        return account, rows, shown, members
+
+    account, rows, shown, members = await run_in_threadpool(look)
     if account is not None and account.disabled and not inside:
         raise _not_found()
     if not shown and (account is None or (account.default_visibility == "private" and not inside)):
         raise _not_found()
-    members: dict[str, str] = {}
-    if account is not None and account.kind == "org" and inside:
-        members = await run_in_threadpool(svc.accounts.members, account.name)
-    name = account.name if account is not None else Model(rows[0]).namespace if rows else namespace
+    name = account.name if account is not None else Model.of(rows[0]).namespace if rows else namespace
     return _page(
         request, "namespace.html", title=name, namespace=name, account=account,
         models=_models(rows[:NAMESPACE_PAGE_SIZE]), filter_text=filter_text, page=page,
@@ -242,28 +244,55 @@ def _valid_model_path(model: str) -> bool:
     return len(parts) <= MAX_DEPTH and all(is_valid_model(p) for p in parts)
 
 
-async def _repository(request: Request, namespace: str, model: str) -> Model:
-    """The model a page names, or 404 (also for one the viewer may not read)."""
+def _names(namespace: str, model: str) -> list[str]:
+    """The repositories a page's path may name, or 404."""
     if not is_valid_namespace(namespace) or not _valid_model_path(model):
         raise _not_found()
     names = [f"{namespace}/{model}"]
     if namespace.lower() == DEFAULT_NAMESPACE and "/" not in model:
         names.append(model)  # a one-part name is library's
-    meta = services(request).meta
-    for name in names:
-        row = await run_in_threadpool(meta.model, name)
-        if row is not None:
-            if not await may_read(request, row.name):
-                break
-            return Model(row)
-    raise _not_found()
+    return names
 
 
-async def _tags(request: Request, repo: Model, limit: int | None = None) -> list[TagRow]:
-    """The model's tags, newest first, with their facts (read now for any the database lacks)."""
+async def _repository(
+    request: Request, namespace: str, model: str, tags: int | None = None, head: bool = False
+) -> tuple[Model, list[TagRow]]:
+    """The model a page names with its newest ``tags`` tags (None: all; ``head``: and its head
+    tag, wherever it is), or 404, also for one the viewer may not read. The database is asked in
+    one trip to the thread pool: under load each trip waits its turn for a CPU."""
+    names = _names(namespace, model)
     svc = services(request)
-    tags = await run_in_threadpool(svc.meta.model_tags, repo.name, limit)
-    return await fill_missing_facts(svc.meta, svc.store, repo.name, tags)
+    principal = await viewer(request)
+
+    def look() -> tuple[Model, list[TagRow]] | None:
+        for name in names:
+            row = svc.meta.model(name)
+            if row is None:
+                continue
+            if svc.settings.auth != "off" and "pull" not in svc.authority.allowed(principal, row.name):
+                return None  # exactly as if it did not exist
+            found = svc.meta.model_tags(row.name, tags)
+            if head and tags is not None and not any(t.name == row.head_tag for t in found):
+                found = svc.meta.model_tags(row.name)  # the head is older than the newest ``tags``
+            return Model.of(row), found
+        return None
+
+    looked = await run_in_threadpool(look)
+    if looked is None:
+        raise _not_found()
+    repo, found = looked
+    return repo, await fill_missing_facts(svc.meta, svc.store, repo.name, found)
+
+
+async def _readme(request: Request, repo: Model, tag: TagRow | None) -> str:
+    if tag is None:
+        return ""
+    svc = services(request)
+    made = cards.cached(tag.digest)
+    if made is not None:
+        return made.readme
+    stored = await run_in_threadpool(svc.meta.get_manifest, repo.name, tag.digest)
+    return await cards.readme(svc.store, stored.content) if stored is not None else ""
 
 
 async def _card(request: Request, repo: Model, tag: TagRow | None) -> Card | None:
@@ -282,15 +311,12 @@ async def model_page(request: Request) -> Response:
 
 
 async def _model_page(request: Request, namespace: str, model: str) -> Response:
-    repo = await _repository(request, namespace, model)
-    tags = await _tags(request, repo, MODEL_PAGE_TAGS)
-    head = next((t for t in tags if t.name == repo.row.head_tag), None) or head_tag(tags)
-    if head is None or head.name != repo.row.head_tag:  # the head is older than the newest ten
-        found = [t for t in await _tags(request, repo) if t.name == repo.row.head_tag]
-        head = found[0] if found else head
+    repo, every = await _repository(request, namespace, model, MODEL_PAGE_TAGS, head=True)
+    tags = every[:MODEL_PAGE_TAGS]
+    head = next((t for t in every if t.name == repo.row.head_tag), None) or head_tag(tags)
     return _page(
         request, "model.html", title=repo.model, repo=repo, tags=tags, tag_count=repo.tag_count, head=head,
-        card=await _card(request, repo, head), tag=None, latest_digest=head.digest if head else None,
+        card=None, readme=await _readme(request, repo, head), tag=None, latest_digest=head.digest if head else None,
     )  # fmt: skip
 
 
@@ -308,8 +334,7 @@ async def _tags_or_model(request: Request, namespace: str, path: str) -> Respons
 
 
 async def _tags_page(request: Request, namespace: str, model: str) -> Response:
-    repo = await _repository(request, namespace, model)
-    tags = await _tags(request, repo)
+    repo, tags = await _repository(request, namespace, model)
     head = head_tag(tags)
     return _page(
         request, "tags.html", title=f"Tags · {repo.model}", repo=repo, tags=tags,
@@ -326,8 +351,8 @@ def _find_tag(tags: list[TagRow], tag: str) -> TagRow | None:
 async def tag_page(request: Request, namespace: str, model: str, tag: str) -> Response:
     if not is_valid_tag(tag):
         raise _not_found()
-    repo = await _repository(request, namespace, model)
-    chosen = _find_tag(await _tags(request, repo), tag)
+    repo, tags = await _repository(request, namespace, model)
+    chosen = _find_tag(tags, tag)
     if chosen is None:
         raise _not_found()
     return _page(
@@ -351,8 +376,8 @@ async def _blob_page(request: Request, namespace: str, model_tag: str, digest: s
     wanted = digest.removeprefix("sha256:").lower()
     if not tag or not is_valid_tag(tag) or not 12 <= len(wanted) <= 64 or not all(c in HEX for c in wanted):
         raise _not_found()
-    repo = await _repository(request, namespace, model)
-    chosen = _find_tag(await _tags(request, repo), tag)
+    repo, tags = await _repository(request, namespace, model)
+    chosen = _find_tag(tags, tag)
     card = await _card(request, repo, chosen)
     layers = card.layers if card is not None else []
     layer = next((la for la in layers if la.digest.removeprefix("sha256:").startswith(wanted)), None)
@@ -419,6 +444,31 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return _error_page(request, 500, "Something went wrong on our side.")
 
 
+class ServerTiming:
+    """``Server-Timing: app;dur=MS, cpu;dur=MS`` on every answer of the site: the time from the
+    request reaching the site to its answer starting (the page rendered), and the CPU time the
+    process spent meanwhile (the request's own, one request at a time). Browsers' developer tools
+    show them; ``bench/web.py`` reports them beside the time its client sees."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        wall, cpu = time.perf_counter(), time.process_time()
+
+        async def send_timed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                took, used = (time.perf_counter() - wall) * 1000, (time.process_time() - cpu) * 1000
+                value = f"app;dur={took:.1f}, cpu;dur={used:.1f}"
+                message["headers"] = [*message.get("headers", []), (b"server-timing", value.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_timed)
+
+
 def web_app() -> Starlette:
     """The site as an app to mount at ``/`` after every API route. The registry's lifespan sets
     its ``state.services`` (``registry.app``)."""
@@ -435,6 +485,7 @@ def web_app() -> Starlette:
     ]
     return Starlette(
         routes=routes,
+        middleware=[Middleware(ServerTiming)],
         exception_handlers={
             HTTPException: _http_error,
             DistributionError: _distribution_error,

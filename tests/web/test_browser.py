@@ -192,3 +192,47 @@ def test_pages_read_on_a_phone_and_in_the_dark(browser, site, published) -> None
         shoot(browser, "model-dark")
     finally:
         browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+
+
+def test_search_by_capability_and_a_private_model_for_a_member(browser, site, tmp_path, tiny_gguf) -> None:  # type: ignore[no-untyped-def]
+    """In the browser: the search page's capability boxes narrow the results; a private model
+    is on the home page and in search for a member of its organisation (the browser sends the
+    member's bearer token, as a signed-in session stands for one) and absent for a stranger."""
+    from selenium.webdriver.common.by import By
+
+    from tests.web.test_search import TOOLS_TEMPLATE
+    from tests.web.test_search import publish as publish_described
+
+    bob = Person(site, tmp_path / "bob", unique("bob")).signup()
+    word = unique("ibis")
+    publish_described(bob, f"{bob.name}/caller", tiny_gguf, template=TOOLS_TEMPLATE, description=f"Calls {word} tools.")
+    publish_described(bob, f"{bob.name}/talker", tiny_gguf, template="{{ .Prompt }}", description=f"Talks {word} talk.")
+
+    visit(browser, site, f"/search?q={word}")
+    assert models_listed(browser) == [f"{bob.name}/talker", f"{bob.name}/caller"]
+    browser.find_element(By.CSS_SELECTOR, "input[name=c][value=tools]").click()
+    browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
+    assert "c=tools" in browser.current_url
+    visit(browser, site, browser.current_url.removeprefix(site.url))
+    assert models_listed(browser) == [f"{bob.name}/caller"]
+    assert browser.find_element(By.CSS_SELECTOR, "input[name=c][value=tools]").is_selected()
+
+    org = f"org{bob.name[3:]}"
+    accounts_of(site).create_org(org, bob.name)
+    publish_described(bob, f"{org}/hidden", tiny_gguf, template="{{ .Prompt }}", description=f"The {word} secret.")
+    meta_of(site).set_repository_visibility(f"{org}/hidden", "private")
+    stranger = Person(site, tmp_path / "stranger", unique("stranger")).signup()
+    for who, sees in ((bob, True), (stranger, False), (None, False)):
+        token = who.token() if who is not None else None
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        browser.execute_cdp_cmd("Network.enable", {})
+        browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": headers})
+        try:
+            visit(browser, site, "/")
+            assert (f"{org}/hidden" in models_listed(browser)) is sees
+            visit(browser, site, f"/search?q={word}")
+            assert (f"{org}/hidden" in models_listed(browser)) is sees
+            visit(browser, site, f"/{org}/hidden")
+            assert (browser.find_element(By.TAG_NAME, "h1").text != "404") is sees
+        finally:
+            browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
