@@ -5,6 +5,7 @@ and the audit log (with no password in it, nor in the server's log)."""
 
 from __future__ import annotations
 
+import base64
 import re
 import sqlite3
 import ssl
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jwt
@@ -331,3 +333,65 @@ def test_every_account_page_is_a_reserved_name() -> None:
     first = {route.path.strip("/").split("/")[0] for route in routes}
     assert first == {"signup", "signin", "signout", "connect", "settings"}
     assert first <= RESERVED_NAMES
+
+
+def test_keys_robots_and_connect_links_on_the_web(site: RegistryProcess, tmp_path: Path) -> None:
+    name = unique("kim")
+    web = Visitor(site)
+    assert web.signup(name).status_code == 303
+    laptop = Person(site, tmp_path / "laptop", name)
+
+    # A pasted line with its comment: the comment names the key; garbage is refused with a reason.
+    r = web.post("/settings/keys", {"key": laptop.identity.public_line + " kim@laptop"})
+    assert r.status_code == 303
+    assert "kim@laptop" in web.http.get("/settings/keys").text
+    r = web.post("/settings/keys", {"key": "ssh-rsa AAAAB3NzaC1yc2E kim@old"})
+    assert r.status_code == 303 and "error=" in r.headers["location"]
+    assert "not an ssh-ed25519 public key" in web.http.get(r.headers["location"]).text
+    r = web.post("/settings/keys", {"key": laptop.identity.public_line})  # twice: taken
+    assert "already+belongs" in r.headers["location"]
+
+    # The key works for a token right away, and not once removed.
+    def pushes(person: Person) -> list[Any]:
+        answer = person.token_response(f"repository:{name}/m:push")
+        if answer.status_code != 200:
+            return []
+        return list(jwt.decode(answer.json()["token"], options={"verify_signature": False})["access"])
+
+    assert pushes(laptop) == [{"type": "repository", "name": f"{name}/m", "actions": ["push"]}]
+    r = web.post("/settings/keys/remove", {"fingerprint": laptop.identity.fingerprint}, form_at="/settings/keys")
+    assert r.status_code == 303
+    assert pushes(laptop) == []
+
+    # A robot made on the web: its token is shown once and works with HTTP Basic at /token.
+    r = web.post("/settings/robots", {"namespace": name, "name": "ci", "scope": "push", "days": "7"})
+    assert r.status_code == 200
+    token = re.search(r'value="(hgr_[^"]+)" data-token', r.text)
+    assert token, r.text
+    basic = httpx.get(
+        site.url + "/token", params={"service": site.host, "scope": f"repository:{name}/m:push,pull"},
+        auth=(f"{name}+ci", token.group(1)),
+    )  # fmt: skip
+    assert basic.status_code == 200
+    access = jwt.decode(basic.json()["token"], options={"verify_signature": False})["access"]
+    assert {"pull", "push"} <= set(access[0]["actions"])
+    assert token.group(1) not in web.http.get("/settings/robots").text  # shown once only
+    r = web.post("/settings/robots", {"namespace": unique("someone"), "name": "ci", "scope": "pull", "days": "7"})
+    assert r.status_code == 303 and "error=" in r.headers["location"]
+    r = web.post("/settings/robots/remove", {"namespace": name, "name": "ci"}, form_at="/settings/robots")
+    assert r.status_code == 303
+    assert accounts_of(site).robots(name) == []
+
+    # Connect links: a broken one says so; a key of another account is not taken over.
+    assert web.http.get("/connect?name=box&key=%%%").status_code == 400
+    other = Person(site, tmp_path / "other", unique("oz")).signup()
+    key = base64.urlsafe_b64encode(other.identity.public_line.encode()).decode().rstrip("=")
+    r = web.http.get(f"/connect?name=box&key={key}")
+    assert r.status_code == 409 and "belongs to another account" in r.text
+    r = web.http.post("/connect", data={"csrf": web.token("/settings/keys"), "name": "box", "key": key})
+    assert r.status_code == 409
+    other_account = accounts_of(site).get(other.name)
+    assert other_account is not None and len(accounts_of(site).keys(other_account.id)) == 1
+    # Signed out, the link leads to sign-in and back.
+    r = httpx.get(site.url + f"/connect?name=box&key={key}")
+    assert r.status_code == 303 and r.headers["location"].startswith("/signin?next=%2Fconnect%3Fname%3Dbox")
