@@ -6,14 +6,24 @@ from that repository when the registry allows; otherwise an upload session takes
 state, so a push stopped at any point resumes: ``.hangar/push/<host>/<repo>/<hex>.json`` keeps
 the session URL, and a ``GET`` on it says where to continue (the registry is the authority, not
 the client's memory). The manifest goes last, byte for byte as it is in the store.
+
+A registry whose blobs live in an object store may take the bytes there directly: asked with
+``X-Redirect-Uploads: 1`` when the session starts, it says so with the same header, and then each
+part is a ``PATCH`` without a body (its ``Content-Range`` only) answered by a ``307`` to a
+presigned part URL, where the part goes, with no credentials, several at once. The final ``PUT``
+names the S3 multipart ``etag`` of the parts (the MD5 of their ETags) so that the registry can
+check it got what was sent; it verifies the sha256 itself. Anything but the ``307`` and the
+client sends its parts through the registry as usual.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -23,15 +33,18 @@ import httpx
 from client import errors
 from client.config import ClientSettings
 from client.credentials import push_scopes
-from client.http import make_client, registry_url, send
+from client.http import TIMEOUT, USER_AGENT, make_client, registry_url, send
 from client.progress import Progress, ProgressCallback, no_progress
 from client.store import Store
-from client.transfer import MAX_ATTEMPTS, BandwidthLimiter, Throttle, backoff
+from client.transfer import MAX_ATTEMPTS, BandwidthLimiter, Part, Throttle, backoff, plan_parts
 from formats.digest import Digest
 from formats.manifest import Descriptor
 from formats.names import ModelName, NameParseError
 
 READ_CHUNK = 1024 * 1024
+MIN_STORE_PART = 5 * 1024 * 1024  # S3's smallest part (but the last): smaller blobs go through the registry
+STORE_CONCURRENCY = 4  # parts in flight to the object store at once, per blob
+_MD5_ETAG = re.compile(r'"?([0-9a-fA-F]{32})"?')
 
 # A PATCH cut before its end keeps nothing, so after such a cut the next ones are smaller, down
 # to this (a path that drops connections every few MiB still finishes; S3 buffers small ones).
@@ -114,6 +127,10 @@ class BlobUpload:
         self.offset = 0
         self.bytes_sent = 0
         self.skipped = False
+        # The session sends its parts to the object store (the registry said so when it started).
+        self.to_store = False
+        self.part_size: int | None = None  # such a session's part size, fixed by its first part
+        self.etags: dict[int, str] = {}  # part number -> the store's ETag of it
         self._report = Throttle(lambda: progress(Progress(
             f"pushing {self.digest.short}", str(self.digest), self.desc.size, self.offset)))  # fmt: skip
 
@@ -131,6 +148,11 @@ class BlobUpload:
             self.skipped = True
             self._report(force=True)
             return
+        if self.to_store and self.desc.size >= MIN_STORE_PART:
+            self.part_size = self.part_size or max(part_size, MIN_STORE_PART)
+            if await self._send_to_store(location, self.part_size):
+                await self._finish(location, self._multipart_etag())
+                return
         failures = 0
         chunk = part_size  # halved after a cut that kept nothing, so a flaky path still moves
         while self.offset < self.desc.size:
@@ -159,30 +181,147 @@ class BlobUpload:
                 else:
                     chunk = max(MIN_RETRY_CHUNK, chunk // 2)
             self._report()
+        await self._finish(location, None)
+
+    async def _finish(self, location: str, etag: str | None) -> None:
         # Keep the session URL's own query (distribution's _state) and add the digest.
-        final = httpx.URL(location).copy_merge_params({"digest": str(self.digest)})
+        params = {"digest": str(self.digest), **({"etag": etag} if etag else {})}
+        final = httpx.URL(location).copy_merge_params(params)
         await send(self.http, "PUT", str(final), what=self.what)
         self._forget()
+        self.offset = self.desc.size
         self._report(force=True)
+
+    async def _send_to_store(self, location: str, part_size: int) -> bool:
+        """Send the parts from ``self.offset`` on to the object store, each to the URL a
+        body-less PATCH is redirected to; False (nothing sent) when the registry answers the first
+        one otherwise: the parts then go through it."""
+        parts = [p for p in plan_parts(self.desc.size, part_size) if p.offset >= self.offset]
+        if self.offset % part_size:
+            return False  # a session some other way began: it continues that way
+        if not parts:
+            return True
+        done = self.offset
+        timeout = httpx.Timeout(connect=15.0, read=TIMEOUT.read, write=TIMEOUT.write, pool=None)
+        # No credentials of the registry's ever go to the store: a client of its own, without auth.
+        async with httpx.AsyncClient(
+            headers={"User-Agent": USER_AGENT}, timeout=timeout, follow_redirects=False
+        ) as store_http:
+
+            async def one(part: Part, url: str | None) -> None:
+                nonlocal done
+                number = part.offset // part_size + 1
+                failures = 0
+                while True:
+                    try:
+                        if url is None:
+                            url = await self._part_url(location, part)
+                            if url is None:  # not a failure to retry: the session changed its way
+                                raise errors.TransferFailed(
+                                    f"{self.what}: the registry stopped taking parts through the object store. "
+                                    "Run the push again."
+                                )
+                        etag = await self._put_part(store_http, url, part)
+                        break
+                    except (errors.RegistryUnreachable, errors.RequestFailed, httpx.TransportError) as e:
+                        if isinstance(e, errors.RequestFailed) and e.status < 500 and e.status not in (403, 408, 429):
+                            raise  # 403: the presigned URL expired; a new one comes with the retry
+                        failures += 1
+                        if failures >= MAX_ATTEMPTS:
+                            raise errors.TransferFailed(
+                                f"{self.what}: giving up on part {number} after {failures} attempts: {e}. "
+                                "Run the push again to resume."
+                            ) from None
+                        await asyncio.sleep(backoff(failures))
+                        url = None
+                self.etags[number] = etag
+                done += part.size
+                self.offset = done
+                self._save(location)
+                self._report()
+
+            first_url = await self._part_url(location, parts[0])
+            if first_url is None:
+                return False
+            limit = asyncio.Semaphore(STORE_CONCURRENCY)
+
+            async def bounded(part: Part, url: str | None) -> None:
+                async with limit:
+                    await one(part, url)
+
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for i, part in enumerate(parts):
+                        group.create_task(bounded(part, first_url if i == 0 else None))
+            except BaseExceptionGroup as failed:  # the first part that failed says why; the rest stopped
+                raise failed.exceptions[0] from None
+        return True
+
+    async def _part_url(self, location: str, part: Part) -> str | None:
+        """The presigned URL the registry redirects this part to, or None if it takes it itself."""
+        r = await send(
+            self.http, "PATCH", location, content=b"",
+            headers={"Content-Range": f"{part.offset}-{part.last_byte}", "X-Redirect-Uploads": "1"},
+            what=self.what, allow=(400, 416),
+        )  # fmt: skip
+        location = r.headers.get("location", "")
+        if r.status_code != 307 or not location:
+            return None
+        # An absolute URL as it came: re-encoding a presigned URL's query could break its signature.
+        return location if location.startswith(("http://", "https://")) else str(r.url.join(location))
+
+    async def _put_part(self, store_http: httpx.AsyncClient, url: str, part: Part) -> str:
+        """PUT one part to the object store; the store's ETag of it."""
+        try:
+            r = await store_http.put(
+                url,
+                content=self._read(part.offset, part.offset + part.size),
+                headers={"Content-Length": str(part.size), "Content-Type": "application/octet-stream"},
+            )
+        except httpx.TransportError as e:
+            raise errors.RegistryUnreachable(f"{self.what}: the object store: {e}") from None
+        if r.status_code >= 300:
+            raise errors.RequestFailed(
+                f"{self.what}: the object store answered {r.status_code}: {r.text[:200]}", r.status_code
+            )
+        return str(r.headers.get("etag", ""))
+
+    def _multipart_etag(self) -> str | None:
+        """S3's ETag of the completed upload: the MD5 of the parts' MD5s, and their number; None
+        when a part's ETag is not its MD5 (or was lost with an earlier run)."""
+        count = -(-self.desc.size // (self.part_size or 1))
+        digests = []
+        for number in range(1, count + 1):
+            m = _MD5_ETAG.fullmatch(self.etags.get(number, ""))
+            if m is None:
+                return None
+            digests.append(bytes.fromhex(m.group(1)))
+        return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{count}"
 
     async def _start(self) -> str | None:
         """Mount when the layer names its origin, else open a session; None means mounted."""
         url = f"{self.base}/v2/{self.name.repository}/blobs/uploads/"
         source = _mount_source(self.desc, self.name)
         if source is not None:
-            r = await send(self.http, "POST", url, params={"mount": str(self.digest), "from": source}, what=self.what)
+            params = {"mount": str(self.digest), "from": source}
+            r = await send(self.http, "POST", url, params=params, headers={"X-Redirect-Uploads": "1"}, what=self.what)
             if r.status_code == 201:
                 return None
         else:
-            r = await send(self.http, "POST", url, what=self.what)
+            r = await send(self.http, "POST", url, headers={"X-Redirect-Uploads": "1"}, what=self.what)
         location = str(r.url.join(r.headers.get("docker-upload-location") or r.headers["location"]))
+        self.to_store = r.headers.get("x-redirect-uploads") == "1"
         self._save(location)
         return location
 
     async def _resume(self) -> str | None:
         try:
-            location = json.loads(self.state_path.read_text())["location"]
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            state = json.loads(self.state_path.read_text())
+            location = state["location"]
+            self.to_store = state.get("to_store") is True
+            self.part_size = int(state["part_size"]) if state.get("part_size") else None
+            self.etags = {int(n): str(e) for n, e in (state.get("etags") or {}).items()}
+        except (FileNotFoundError, ValueError, KeyError, TypeError, AttributeError):
             return None
         try:
             self.offset = await self._query_offset(location)
@@ -227,7 +366,10 @@ class BlobUpload:
     def _save(self, location: str) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_name(self.state_path.name + ".tmp")
-        tmp.write_text(json.dumps({"location": location, "digest": str(self.digest)}))
+        state = {"location": location, "digest": str(self.digest), "to_store": self.to_store}
+        if self.to_store:
+            state.update(part_size=self.part_size, etags=self.etags)
+        tmp.write_text(json.dumps(state))
         os.replace(tmp, self.state_path)
 
     def _forget(self) -> None:

@@ -54,9 +54,15 @@ async def execute(meta: Metadata, store: VerifiedStore, plan: Plan) -> Plan:
         await run_in_threadpool(meta.delete_upload, upload_id)
         done.uploads.append(upload_id)
     for digest in plan.blobs:
+        # An upload of the same bytes may be publishing them right now: it rewrites the blob
+        # (``BlobStore.delete``) before it links the row again, so bytes written since this
+        # moment stay (without a row; the upload's link restores it).
+        now = time.time()
         if await run_in_threadpool(meta.forget_blob, digest):
-            await store.delete(Digest.parse(digest))
-            done.blobs.append(digest)
+            if await store.delete(Digest.parse(digest), written_before=now):
+                done.blobs.append(digest)
+            else:
+                log.info("kept blob %s: written again while it was being collected", digest)
     return done
 
 

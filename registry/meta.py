@@ -323,6 +323,16 @@ class Metadata(Transactions):
         with self._write() as conn:
             conn.execute(update(_upload).where(_upload.c.id == upload_id).values(updated_at=utcnow()))
 
+    def lease_upload(self, upload_id: str, held: dt.datetime | None, until: dt.datetime) -> bool:
+        """The session's writer lease, so that two requests (on two replicas) never write one
+        upload at once: while one writes, the row's ``updated_at`` is ``until``, in the future.
+        ``held`` None takes it if nobody holds it; else renews (or, with ``until`` now, gives back)
+        the lease the caller holds. False: another request holds it, or took it over."""
+        held_now = _upload.c.updated_at <= utcnow() if held is None else _upload.c.updated_at == held
+        with self._write() as conn:
+            result = conn.execute(update(_upload).where(_upload.c.id == upload_id, held_now).values(updated_at=until))
+            return result.rowcount > 0
+
     def finish_upload(self, name: str, upload_id: str, info: BlobInfo) -> None:
         """Link the committed blob into the repository and forget the session."""
         with self._write() as conn:

@@ -6,17 +6,26 @@
   blob, else a new session (202).
 - ``PATCH`` appends a chunk. ``Content-Range`` may be ``a-b`` (Ollama) or ``bytes=a-b``; a
   chunk must start where the upload ends, otherwise 416 with the ``Range`` we have. With
-  ``X-Redirect-Uploads: 1`` on an object store, a 307 to a presigned URL for the chunk's part.
+  ``X-Redirect-Uploads: 1`` on an object store, a 307 to a presigned URL for the chunk's part
+  (the body, if any, is not read); a ``POST`` that asks with the same header is told with it
+  that this store does that.
 - ``GET`` reports the ``Range`` received so far (204), so an interrupted upload resumes.
 - ``PUT ?digest=`` appends an optional last chunk, verifies and publishes the blob (201).
 - ``DELETE`` cancels the session.
 
 Session state lives in the database (owner repository, times) and in the blob store (bytes),
-never in process memory, so any worker or replica can take the next request.
+never in process memory, so any worker or replica can take the next request. Two requests that
+write one session at once (a client's retry on another replica while the first still runs) would
+interleave their parts in an object store: on one, each takes the session row's writer lease first
+(``Metadata.lease_upload``, renewed while it streams), and the second is answered 416 with the
+``Range`` we have, which clients take as "ask again where to continue".
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import datetime as dt
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -37,12 +46,16 @@ from registry.api.common import (
     repository,
     services,
 )
+from registry.db import utcnow
 from registry.mirror.hooks import refuse_mirrored_push
 from registry.storage import DigestMismatch, EtagMismatch, SizeMismatch, put_blob
 
 # The one digest an empty monolithic upload can have.
 EMPTY_DIGEST = Digest.of_bytes(b"")
 _CONTENT_RANGE_RE = re.compile(r"(?:bytes[= ])?(\d+)-(\d+)(?:/(?:\d+|\*))?")
+# A writer renews its lease every third of this: a replica killed mid-chunk holds the session
+# for at most this long, and the client's retries (1, 2, 4 … s apart) outlast it.
+LEASE_SECONDS = 10.0
 
 
 def parse_content_range(header: str) -> tuple[int, int]:
@@ -105,9 +118,52 @@ async def _append(request: Request, name: str, upload_id: str) -> int:
                 "RANGE_INVALID", f"Content-Range {raw_range!r} does not match Content-Length {length}"
             )
         offset, length = first, last - first + 1
-    new_size = await svc.store.append_upload(upload_id, offset, _body(request), length)
-    await run_in_threadpool(svc.meta.touch_upload, upload_id)
-    return new_size
+    return await svc.store.append_upload(upload_id, offset, _body(request), length)
+
+
+@contextlib.asynccontextmanager
+async def _writing(request: Request, name: str, upload_id: str) -> AsyncIterator[None]:
+    """Hold the session's writer lease for the duration; 416 (with the ``Range`` the store has)
+    while another request holds it. Giving it back leaves ``updated_at`` at now, as a write should.
+    A store that keeps appends apart itself (a file lock) needs none: its lock dies with a killed
+    process, where a lease lasts until it runs out."""
+    svc = services(request)
+    if svc.store.exclusive_appends:
+        yield
+        await run_in_threadpool(svc.meta.touch_upload, upload_id)
+        return
+
+    def lease_until() -> dt.datetime:
+        return utcnow() + dt.timedelta(seconds=LEASE_SECONDS)
+
+    held = lease_until()
+    if not await run_in_threadpool(svc.meta.lease_upload, upload_id, None, held):
+        size = await svc.store.upload_size(upload_id)
+        headers = progress_headers(request, name, upload_id, size)
+        del headers["Content-Length"]
+        headers["Retry-After"] = "1"
+        raise DistributionError(
+            "RANGE_INVALID", "another request is writing to this upload: ask where it ends, then continue",
+            detail={"upload": upload_id}, headers=headers,
+        )  # fmt: skip
+
+    async def renew() -> None:
+        nonlocal held
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 3)
+            until = lease_until()
+            if not await run_in_threadpool(svc.meta.lease_upload, upload_id, held, until):
+                return  # lost (this process stalled past it): the store's offset checks remain
+            held = until
+
+    renewing = asyncio.ensure_future(renew())
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+        await run_in_threadpool(svc.meta.lease_upload, upload_id, held, utcnow())
 
 
 async def _body(request: Request) -> AsyncIterator[bytes]:
@@ -157,7 +213,10 @@ async def start_upload(request: Request) -> Response:
     upload_id = str(uuid.uuid4())
     await svc.store.start_upload(upload_id)
     await run_in_threadpool(svc.meta.start_upload, name, upload_id)
-    return Response(status_code=202, headers=progress_headers(request, name, upload_id, 0))
+    headers = progress_headers(request, name, upload_id, 0)
+    if request.headers.get("x-redirect-uploads") == "1" and svc.settings.redirect == "on" and svc.store.part_urls:
+        headers["X-Redirect-Uploads"] = "1"  # PATCH with the same header: parts go to the store
+    return Response(status_code=202, headers=headers)
 
 
 async def patch_upload(request: Request) -> Response:
@@ -166,7 +225,8 @@ async def patch_upload(request: Request) -> Response:
     redirected = await _redirect_part(request, name, upload_id)
     if redirected is not None:
         return redirected
-    size = await _append(request, name, upload_id)
+    async with _writing(request, name, upload_id):
+        size = await _append(request, name, upload_id)
     return Response(status_code=202, headers=progress_headers(request, name, upload_id, size))
 
 
@@ -203,15 +263,16 @@ async def finish_upload(request: Request) -> Response:
         raise DistributionError("DIGEST_INVALID", "the digest query parameter is required")
     digest = digest_param(request.query_params["digest"])
     svc = services(request)
-    if has_body(request):
-        await _append(request, name, upload_id)
-    try:
-        # Ollama's etag (the S3 multipart ETag of its parts) is checked where they went to the store.
-        info = await svc.store.commit_upload(upload_id, digest, etag=request.query_params.get("etag"))
-    except (DigestMismatch, SizeMismatch, EtagMismatch):
-        await run_in_threadpool(svc.meta.delete_upload, upload_id)  # the store discarded its bytes
-        raise
-    await run_in_threadpool(svc.meta.finish_upload, name, upload_id, info)
+    async with _writing(request, name, upload_id):
+        if has_body(request):
+            await _append(request, name, upload_id)
+        try:
+            # The client's etag (the S3 multipart ETag of its parts) is checked where they went to the store.
+            info = await svc.store.commit_upload(upload_id, digest, etag=request.query_params.get("etag"))
+        except (DigestMismatch, SizeMismatch, EtagMismatch):
+            await run_in_threadpool(svc.meta.delete_upload, upload_id)  # the store discarded its bytes
+            raise
+        await run_in_threadpool(svc.meta.finish_upload, name, upload_id, info)
     return _created(request, name, digest)
 
 

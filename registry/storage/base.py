@@ -101,6 +101,12 @@ class BlobStore(Protocol):
     """What every backend provides. All methods are safe to call from several processes (and,
     for a shared backend such as S3, from several machines)."""
 
+    # Whether ``part_url`` hands out URLs (an object store's): the registry tells clients so.
+    part_urls: bool
+    # Whether the backend keeps two appends to one upload apart itself (a file lock, which dies
+    # with its process); where not, the registry holds a lease on the session row while writing.
+    exclusive_appends: bool
+
     async def stat(self, digest: Digest) -> BlobInfo:
         """Size of a committed blob; raises BlobNotFound."""
         ...
@@ -109,8 +115,10 @@ class BlobStore(Protocol):
         """Stream ``length`` bytes (all remaining if None) from ``offset``; raises BlobNotFound."""
         ...
 
-    async def delete(self, digest: Digest) -> None:
-        """Remove a blob's bytes; a missing blob is not an error."""
+    async def delete(self, digest: Digest, written_before: float | None = None) -> bool:
+        """Remove a blob's bytes; a missing blob is not an error. With ``written_before`` (unix
+        time), a blob written (or, on an object store, re-published) since then stays: an upload of
+        the same bytes is about to link it again. False when it stayed."""
         ...
 
     def list(self) -> AsyncIterator[BlobInfo]:

@@ -56,6 +56,9 @@ def _in_thread(fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
 
 
 class FilesystemStore:
+    part_urls = False
+    exclusive_appends = True  # an flock on the upload's file
+
     def __init__(self, root: Path, *, uploads_dir: Path | None = None) -> None:
         """Blobs under ``root/sha256``; uploads in ``uploads_dir`` (``root/_uploads`` by default),
         which must be on the same filesystem (publishing is a rename)."""
@@ -118,9 +121,13 @@ class FilesystemStore:
                     await pending
             os.close(fd)
 
-    async def delete(self, digest: Digest) -> None:
+    async def delete(self, digest: Digest, written_before: float | None = None) -> bool:
         with contextlib.suppress(FileNotFoundError):
+            # A publish replaces the file, so its mtime is when an upload last wrote these bytes.
+            if written_before is not None and os.stat(self.blob_path(digest)).st_mtime >= written_before:
+                return False
             os.unlink(self.blob_path(digest))
+        return True
 
     async def list(self) -> AsyncIterator[BlobInfo]:
         for shard in sorted(self.blobs_dir.iterdir()):

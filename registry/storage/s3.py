@@ -2,8 +2,12 @@
 
 Keys under ``s3://BUCKET[/PREFIX]``::
 
-    PREFIX/blobs/sha256/<first 2 hex>/<64 hex>   committed blob, immutable
-    PREFIX/uploads/<upload id>/data              the session's S3 multipart upload (completed at commit)
+    PREFIX/blobs/sha256/<first 2 hex>/<64 hex>   the blob: an empty object whose metadata names its
+                                                 bytes (``hangar-data``, ``hangar-size``), or, as
+                                                 earlier versions wrote them, the bytes themselves
+    PREFIX/data/<upload id>                      the bytes of one upload: its S3 multipart upload,
+                                                 completed in place; a blob's bytes once a blob key
+                                                 names them, immutable
     PREFIX/uploads/<upload id>/record            JSON: the multipart upload id, its parts (number, ETag,
                                                  size), the tail object, the running hash, times
     PREFIX/uploads/<upload id>/tail-<n>          bytes past the last part, fewer than S3's 5 MiB minimum
@@ -16,17 +20,25 @@ above (``registry.storage.verify``), so it always describes bytes that are there
 fails leaves the old record, its parts are overwritten by the retry (same part numbers) and the
 parts a record does not list never join the blob.
 
-A client that sends ``X-Redirect-Uploads: 1`` (Ollama's) with a first chunk of at least 5 MiB gets
-each chunk's part as a presigned UploadPart URL instead (``part_url``): part ``offset / first
-chunk's length + 1``, the session marked so in its record and nothing else written per chunk, since
-up to 16 such chunks are in flight at once. The parts are then listed from S3 (ListParts), and the
-commit reads the completed upload back once to hash it, and checks the client's ``etag`` (the S3
-multipart ETag) against the store's.
+The commit costs a few small requests whatever the blob's size: S3 names a multipart upload's key
+when it starts, before anyone knows the digest, so the upload is completed where it is
+(``data/<id>``) and the blob key becomes a pointer to it. Copying the bytes to a content-addressed
+key instead (as distribution does) costs a second write of the whole blob: it halved push
+throughput on Swift. The layer above verified the sha256 before the commit, from the running hash,
+and the blob key is written only after that, so unverified bytes are never named by a digest; the
+metadata database decides what is visible anyway (``registry.meta``). When the blob key already
+exists (the same digest, so the same bytes), it stays and the session's bytes are dropped.
 
-The commit completes the multipart upload at ``uploads/<id>/data`` (the tail as the last part) and
-copies it, server-side, to its content-addressed key (a multipart copy past 5 GiB); S3 names a
-multipart upload's key when it starts, before anyone knows the digest. Blob GETs are presigned
-URLs (``redirect_url``), which serve ``Range`` without credentials.
+A client that sends ``X-Redirect-Uploads: 1`` (Ollama's, and Hangar's own) with a first chunk of at
+least 5 MiB gets each chunk's part as a presigned UploadPart URL instead (``part_url``): part
+``offset / first chunk's length + 1``, the session marked so in its record and nothing else written
+per chunk, since up to 16 such chunks are in flight at once. The parts are then listed from S3
+(ListParts); S3 cannot read the parts of an unfinished multipart upload, so the commit completes it
+at ``data/<id>`` (still named by no blob key), reads it back once, streamed, to hash it, and checks
+the client's ``etag`` (the S3 multipart ETag) against the store's; a mismatch deletes it.
+
+Blob GETs are presigned URLs of the bytes' key (``redirect_url``), which serve ``Range`` without
+credentials; finding that key is one HEAD of the blob key.
 
 The endpoint, region and credentials come from boto3's usual sources (``AWS_ENDPOINT_URL``,
 ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_PROFILE``, ``~/.aws/config``
@@ -45,6 +57,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
@@ -70,8 +83,6 @@ from registry.storage.base import (
 
 MIN_PART = 5 * 1024 * 1024  # S3's smallest part but the last
 PART_SIZE = 16 * 1024 * 1024  # 10,000 parts (S3's most) of this: blobs up to 156 GiB
-MAX_COPY = 5 * 1024 * 1024 * 1024  # the largest single CopyObject
-COPY_PART = 512 * 1024 * 1024
 READ_CHUNK = 1024 * 1024
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound", "NoSuchUpload"}
 
@@ -93,7 +104,22 @@ def _code(e: ClientError) -> str:
     return str(e.response.get("Error", {}).get("Code", ""))
 
 
+def _check_upload_id(upload_id: str) -> None:
+    if not upload_id or not all(c.isalnum() or c == "-" for c in upload_id) or len(upload_id) > 64:
+        raise UploadNotFound(upload_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Blob:
+    key: str  # the object holding the bytes
+    size: int
+    modified: float  # when the blob key was last written
+
+
 class S3Store:
+    part_urls = True
+    exclusive_appends = False  # S3 has no locks (and Swift no conditional writes)
+
     def __init__(self, bucket: str, prefix: str = "", *, addressing_style: str | None = None, url: str = "") -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
@@ -126,9 +152,16 @@ class S3Store:
         return f"{self.prefix}blobs/sha256/{digest.hex[:2]}/{digest.hex}"
 
     def _upload_key(self, upload_id: str, name: str) -> str:
-        if not upload_id or not all(c.isalnum() or c == "-" for c in upload_id) or len(upload_id) > 64:
-            raise UploadNotFound(upload_id)
+        _check_upload_id(upload_id)
         return f"{self.prefix}uploads/{upload_id}/{name}"
+
+    def _data_key(self, upload_id: str, record: dict[str, Any] | None = None) -> str:
+        """Where a session's multipart upload lives: ``data/<id>``, or for a session an earlier
+        version started (its record names no ``data``), ``uploads/<id>/data``."""
+        _check_upload_id(upload_id)
+        if record is not None and not record.get("data"):
+            return self._upload_key(upload_id, "data")
+        return f"{self.prefix}data/{upload_id}"
 
     async def _call(self, method: str, **kwargs: Any) -> Any:
         """One S3 call in a thread; errors other than "not found" become StorageUnavailable."""
@@ -149,22 +182,31 @@ class S3Store:
 
     # -- blobs ---------------------------------------------------------------------------
 
-    async def stat(self, digest: Digest) -> BlobInfo:
+    async def _blob(self, digest: Digest) -> _Blob:
+        """Where a blob's bytes are, and its size; raises BlobNotFound."""
         try:
             head = await self._call("head_object", Key=self.blob_key(digest))
         except ClientError:
             raise BlobNotFound(str(digest)) from None
-        return BlobInfo(digest, int(head["ContentLength"]))
+        meta = head.get("Metadata") or {}
+        modified = head["LastModified"].timestamp()
+        if "hangar-data" in meta:
+            return _Blob(self.prefix + meta["hangar-data"], int(meta["hangar-size"]), modified)
+        return _Blob(self.blob_key(digest), int(head["ContentLength"]), modified)
+
+    async def stat(self, digest: Digest) -> BlobInfo:
+        return BlobInfo(digest, (await self._blob(digest)).size)
 
     async def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        if length == 0:
+        blob = await self._blob(digest)
+        if length == 0 or offset >= blob.size:
             return
         kwargs: dict[str, Any] = {}
         if offset or length is not None:
             end = "" if length is None else str(offset + length - 1)
             kwargs["Range"] = f"bytes={offset}-{end}"
         try:
-            response = await self._call("get_object", Key=self.blob_key(digest), **kwargs)
+            response = await self._call("get_object", Key=blob.key, **kwargs)
         except ClientError:
             raise BlobNotFound(str(digest)) from None
         body = response["Body"]
@@ -174,9 +216,20 @@ class S3Store:
         finally:
             body.close()
 
-    async def delete(self, digest: Digest) -> None:
+    async def delete(self, digest: Digest, written_before: float | None = None) -> bool:
+        try:
+            blob = await self._blob(digest)
+        except BlobNotFound:
+            return True
+        # LastModified has whole seconds: a key written up to a second later may look older.
+        if written_before is not None and blob.modified + 1 >= written_before:
+            return False  # (re)written since: an upload of the same bytes is linking it
         with contextlib.suppress(ClientError):
             await self._call("delete_object", Key=self.blob_key(digest))
+        if blob.key != self.blob_key(digest):
+            with contextlib.suppress(ClientError):
+                await self._call("delete_object", Key=blob.key)
+        return True
 
     async def list(self) -> AsyncIterator[BlobInfo]:
         async for item in self._list(f"{self.prefix}blobs/sha256/"):
@@ -185,10 +238,17 @@ class S3Store:
                 digest = Digest.parse(f"sha256:{name}")
             except ValueError:
                 continue
-            yield BlobInfo(digest, int(item["Size"]))
+            size = int(item["Size"])
+            if size == 0:  # a pointer (or the empty blob): its size is in its metadata
+                try:
+                    size = (await self._blob(digest)).size
+                except BlobNotFound:
+                    continue
+            yield BlobInfo(digest, size)
 
     async def redirect_url(self, digest: Digest, expires_in: int) -> str | None:
-        params = {"Bucket": self.bucket, "Key": self.blob_key(digest)}
+        blob = await self._blob(digest)
+        params = {"Bucket": self.bucket, "Key": blob.key}
         url: str = await _in_thread(
             self.client.generate_presigned_url, "get_object", Params=params, ExpiresIn=expires_in
         )
@@ -229,8 +289,10 @@ class S3Store:
     # -- uploads -------------------------------------------------------------------------
 
     async def start_upload(self, upload_id: str, state: bytes | None) -> None:
-        mpu = await self._call("create_multipart_upload", Key=self._upload_key(upload_id, "data"))
-        record = {"mpu": mpu["UploadId"], "parts": [], "tail": None, "tail_size": 0, "tail_md5": None}
+        data_key = self._data_key(upload_id)
+        mpu = await self._call("create_multipart_upload", Key=data_key)
+        record: dict[str, Any] = {"mpu": mpu["UploadId"], "data": data_key[len(self.prefix) :], "parts": []}
+        record.update(tail=None, tail_size=0, tail_md5=None)
         record["hash"] = state.decode() if state is not None else None
         record["started"] = time.time()
         await self._save_record(upload_id, record)
@@ -249,7 +311,7 @@ class S3Store:
         marker = 0
         while True:
             page = await self._call(
-                "list_parts", Key=self._upload_key(upload_id, "data"), UploadId=record["mpu"], PartNumberMarker=marker
+                "list_parts", Key=self._data_key(upload_id, record), UploadId=record["mpu"], PartNumberMarker=marker
             )
             listed += [[p["PartNumber"], p["ETag"], int(p["Size"])] for p in page.get("Parts", [])]
             if not page.get("IsTruncated"):
@@ -279,7 +341,7 @@ class S3Store:
             raise UploadModeConflict(f"a chunk at {offset} of {length} bytes does not fit parts of {part_size}")
         params = {
             "Bucket": self.bucket,
-            "Key": self._upload_key(upload_id, "data"),
+            "Key": self._data_key(upload_id, record),
             "UploadId": record["mpu"],
             "PartNumber": number,
         }
@@ -349,7 +411,7 @@ class S3Store:
         record = await self._seal(upload_id)
         if self._size(record) == 0:
             return
-        response = await self._call("get_object", Key=self._upload_key(upload_id, "data"))
+        response = await self._call("get_object", Key=self._data_key(upload_id, record))
         body = response["Body"]
         try:
             while data := await _in_thread(body.read, READ_CHUNK):
@@ -364,7 +426,7 @@ class S3Store:
         if record.get("sealed"):
             return record
         parts = await self._parts(upload_id, record)
-        data_key = self._upload_key(upload_id, "data")
+        data_key = self._data_key(upload_id, record)
         if record["tail"]:
             tail = await self._call("get_object", Key=record["tail"])
             body = await _in_thread(tail["Body"].read)
@@ -394,54 +456,33 @@ class S3Store:
         actual = await self.upload_size(upload_id)
         if actual != size:
             raise SizeMismatch(size, actual)
-        record = await self._seal(upload_id)
-        target = self.blob_key(digest)
-        source = self._upload_key(upload_id, "data")
         try:
-            exists = int((await self._call("head_object", Key=target))["ContentLength"]) == size
-        except ClientError:
-            exists = False
-        if not exists:  # the same digest is the same bytes: a blob already there stays
-            await self._copy(source, target, size)
-        await self._remove_session(upload_id, record)
-
-    async def _copy(self, source: str, target: str, size: int) -> None:
-        """A server-side copy: one CopyObject, or a multipart copy in parallel parts past 5 GiB."""
-        copy_source = {"Bucket": self.bucket, "Key": source}
-        if size <= MAX_COPY:
-            await self._call("copy_object", Key=target, CopySource=copy_source)
+            existing: _Blob | None = await self._blob(digest)
+        except BlobNotFound:
+            existing = None
+        if existing is not None and existing.size == size:
+            # The same digest is the same bytes: the blob there stays. Rewriting its key (no
+            # bytes move) tells a collection running now that it is in use again (``delete``).
+            await self._point(digest, existing)
+            await self.abort_upload(upload_id)
             return
-        mpu = (await self._call("create_multipart_upload", Key=target))["UploadId"]
-        try:
+        record = await self._seal(upload_id)
+        mine = _Blob(self._data_key(upload_id, record), size, time.time())
+        await self._point(digest, mine)
+        await self._remove_session(upload_id, record, keep=mine.key)
+        # Two sessions that published the same digest at once each wrote the blob key; the last
+        # write stands, and the other's bytes, named by nothing, go.
+        with contextlib.suppress(BlobNotFound):
+            if (await self._blob(digest)).key != mine.key:
+                with contextlib.suppress(ClientError):
+                    await self._call("delete_object", Key=mine.key)
 
-            async def part(number: int, first: int) -> dict[str, Any]:
-                last = min(size, first + COPY_PART) - 1
-                result = await self._call(
-                    "upload_part_copy",
-                    Key=target,
-                    UploadId=mpu,
-                    PartNumber=number,
-                    CopySource=copy_source,
-                    CopySourceRange=f"bytes={first}-{last}",
-                )
-                return {"PartNumber": number, "ETag": result["CopyPartResult"]["ETag"]}
-
-            limit = asyncio.Semaphore(8)
-
-            async def bounded(number: int, first: int) -> dict[str, Any]:
-                async with limit:
-                    return await part(number, first)
-
-            listing = await asyncio.gather(
-                *(bounded(i + 1, first) for i, first in enumerate(range(0, size, COPY_PART)))
-            )
-            await self._call(
-                "complete_multipart_upload", Key=target, UploadId=mpu, MultipartUpload={"Parts": list(listing)}
-            )
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self._call("abort_multipart_upload", Key=target, UploadId=mpu)
-            raise
+    async def _point(self, digest: Digest, blob: _Blob) -> None:
+        """Write the blob key: an empty object naming where the bytes are."""
+        if blob.key == self.blob_key(digest):
+            return  # an earlier version's blob, its bytes at the key: rewriting it would copy them
+        meta = {"hangar-data": blob.key[len(self.prefix) :], "hangar-size": str(blob.size)}
+        await self._call("put_object", Key=self.blob_key(digest), Body=b"", Metadata=meta)
 
     async def abort_upload(self, upload_id: str) -> None:
         try:
@@ -450,21 +491,32 @@ class S3Store:
             record = None
         await self._remove_session(upload_id, record)
 
-    async def _remove_session(self, upload_id: str, record: dict[str, Any] | None) -> None:
+    async def _remove_session(self, upload_id: str, record: dict[str, Any] | None, keep: str | None = None) -> None:
+        """Abort the session's multipart upload, delete its record and tail, and its bytes unless
+        they are ``keep`` (they became a blob's)."""
         try:
-            data_key = self._upload_key(upload_id, "data")
+            _check_upload_id(upload_id)
         except UploadNotFound:
             return
-        # Every multipart upload at this session's key: the recorded one, and any a crash left
-        # before its record was written.
-        uploads = await self._call("list_multipart_uploads", Prefix=data_key)
-        for mpu in uploads.get("Uploads", []):
-            if mpu["Key"] == data_key:
+        # Every multipart upload at the session's key (both layouts when there is no record to
+        # say which): the recorded one, and any a crash left before its record was written.
+        if record is not None:
+            keys = {self._data_key(upload_id, record)}
+        else:
+            keys = {self._data_key(upload_id), self._upload_key(upload_id, "data")}
+        for data_key in keys:
+            uploads = await self._call("list_multipart_uploads", Prefix=data_key)
+            for mpu in uploads.get("Uploads", []):
+                if mpu["Key"] == data_key:
+                    with contextlib.suppress(ClientError):
+                        await self._call("abort_multipart_upload", Key=data_key, UploadId=mpu["UploadId"])
+            if data_key != keep:
                 with contextlib.suppress(ClientError):
-                    await self._call("abort_multipart_upload", Key=data_key, UploadId=mpu["UploadId"])
+                    await self._call("delete_object", Key=data_key)
         async for item in self._list(f"{self.prefix}uploads/{upload_id}/"):
-            with contextlib.suppress(ClientError):
-                await self._call("delete_object", Key=item["Key"])
+            if item["Key"] != keep:
+                with contextlib.suppress(ClientError):
+                    await self._call("delete_object", Key=item["Key"])
 
     async def list_uploads(self) -> AsyncIterator[UploadInfo]:
         seen: set[str] = set()
@@ -480,12 +532,13 @@ class S3Store:
                 size = 0
             yield UploadInfo(upload_id, size, item["LastModified"].timestamp())
         # Multipart uploads whose record never got written (a crash between the two calls).
-        uploads = await self._call("list_multipart_uploads", Prefix=base)
-        for mpu in uploads.get("Uploads", []):
-            upload_id = mpu["Key"][len(base) :].partition("/")[0]
-            if upload_id not in seen:
-                seen.add(upload_id)
-                yield UploadInfo(upload_id, 0, mpu["Initiated"].timestamp())
+        for prefix in (f"{self.prefix}data/", base):
+            uploads = await self._call("list_multipart_uploads", Prefix=prefix)
+            for mpu in uploads.get("Uploads", []):
+                upload_id = mpu["Key"][len(prefix) :].partition("/")[0]
+                if upload_id not in seen:
+                    seen.add(upload_id)
+                    yield UploadInfo(upload_id, 0, mpu["Initiated"].timestamp())
 
 
 class _PartWriter:
@@ -496,7 +549,7 @@ class _PartWriter:
         self.store = store
         self.upload_id = upload_id
         self.mpu: str = record["mpu"]
-        self.data_key = store._upload_key(upload_id, "data")
+        self.data_key = store._data_key(upload_id, record)
         self.parts: list[list[Any]] = [list(p) for p in record["parts"]]
         self.old_tail: str | None = record["tail"]
         self.old_tail_md5: str | None = record["tail_md5"]

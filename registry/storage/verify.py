@@ -241,6 +241,14 @@ class VerifiedStore:
     async def ready(self) -> None:
         await self.backend.ready()
 
+    @property
+    def part_urls(self) -> bool:
+        return self.backend.part_urls
+
+    @property
+    def exclusive_appends(self) -> bool:
+        return self.backend.exclusive_appends
+
     # -- blobs: the backend's, as they are -------------------------------------------------
 
     async def stat(self, digest: Digest) -> BlobInfo:
@@ -249,8 +257,8 @@ class VerifiedStore:
     def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self.backend.read(digest, offset, length)
 
-    async def delete(self, digest: Digest) -> None:
-        await self.backend.delete(digest)
+    async def delete(self, digest: Digest, written_before: float | None = None) -> bool:
+        return await self.backend.delete(digest, written_before)
 
     def list(self) -> AsyncIterator[BlobInfo]:
         return self.backend.list()

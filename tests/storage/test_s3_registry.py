@@ -58,7 +58,9 @@ def test_hangar_push_and_pull_through_s3_with_redirects(
     client = swift.client()
     bucket = urlsplit(s3_url).netloc
     head = client.head_object(Bucket=bucket, Key=f"registry/blobs/sha256/{digest[7:9]}/{digest[7:]}")
-    assert head["ContentLength"] == len(weights)
+    assert head["Metadata"]["hangar-size"] == str(len(weights))  # the blob key names the bytes
+    data = client.head_object(Bucket=bucket, Key="registry/" + head["Metadata"]["hangar-data"])
+    assert data["ContentLength"] == len(weights)
     assert client.list_objects_v2(Bucket=bucket, Prefix="registry/uploads/").get("KeyCount", 0) == 0
     assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
 
@@ -140,7 +142,7 @@ def test_gc_deletes_unused_blobs_and_abandoned_uploads_in_the_bucket(
             return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=REPO_ROOT).stdout
 
         key = f"registry/blobs/sha256/{orphan['digest'][7:9]}/{orphan['digest'][7:]}"
-        assert client.head_object(Bucket=bucket, Key=key)["ContentLength"] == 1000
+        assert client.head_object(Bucket=bucket, Key=key)["Metadata"]["hangar-size"] == "1000"
         time.sleep(1.5)  # the upload session is then older than --upload-max-age 1s
         out = gc("--grace", "0s", "--upload-max-age", "1s")
         assert f"deleted blob {orphan['digest']}" in out and "1 upload(s)" in out
@@ -148,6 +150,9 @@ def test_gc_deletes_unused_blobs_and_abandoned_uploads_in_the_bucket(
             client.head_object(Bucket=bucket, Key=key)
         assert client.list_objects_v2(Bucket=bucket, Prefix="registry/uploads/").get("KeyCount", 0) == 0
         assert not client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+        # The bytes went with the blob key: what is left in data/ is what the manifest uses.
+        left = client.list_objects_v2(Bucket=bucket, Prefix="registry/data/").get("Contents", [])
+        assert len(left) == len(used)
         for desc in used:  # what a manifest uses stays, and is still served
             assert http.head(f"/v2/team/gc/blobs/{desc['digest']}").status_code == 200
             assert http.get(f"/v2/team/gc/blobs/{desc['digest']}", follow_redirects=True).status_code == 200
@@ -319,13 +324,16 @@ def test_hangar_pull_reads_from_the_object_store_without_credentials(
         name = alice.model("alice/model", size=18 * 1024 * 1024)
         alice.push(name)
         weights = alice.store.blob_path(alice.store.get(name).manifest.layers[0].digest).read_bytes()
+        # The push sent the layer's part to a presigned URL, and its token never left for the store.
+        assert [s for s in proxy.seen if s[0] == "PUT" and "X-Amz-Signature=" in s[1] and "partNumber=1" in s[1]]
+        assert not [s for s in proxy.seen if s[2].lower().startswith("bearer")]
         bob = Person(registry, tmp_path / "bob", "bob").signup()
         proxy.seen.clear()
         bob.pull(name)
         pulled = bob.store.blob_path(bob.store.get(name).manifest.layers[0].digest).read_bytes()
         assert pulled == weights
-        digest = digest_of(weights)
-        reads = [s for s in proxy.seen if s[0] == "GET" and digest[7:] in s[1]]
+        # The blob's bytes are at data/<upload id>, which the blob key names.
+        reads = [s for s in proxy.seen if s[0] == "GET" and "/registry/data/" in s[1]]
         assert reads and all("X-Amz-Signature=" in path for _, path, _, _ in reads)  # presigned
         assert any(rng for *_, rng in reads)  # ranged parts
         assert not [s for s in proxy.seen if s[2].lower().startswith("bearer")]  # no token left us
