@@ -317,6 +317,7 @@ def _parallel_context(llm: Any, num_ctx: int, n_seq: int) -> None:
     has cells of its own (not unified): one request never evicts another's."""
     import llama_cpp
     from llama_cpp._internals import LlamaContext
+    from llama_cpp._utils import suppress_stdout_stderr
 
     params = llm.context_params
     params.n_ctx = num_ctx * n_seq
@@ -324,7 +325,8 @@ def _parallel_context(llm: Any, num_ctx: int, n_seq: int) -> None:
     params.kv_unified = False
     old = llm._ctx
     try:
-        ctx = LlamaContext(model=llm._model, params=params, verbose=False)
+        with suppress_stdout_stderr(disable=False):  # llama.cpp logs its cache layout to stderr
+            ctx = LlamaContext(model=llm._model, params=params, verbose=False)
     except ValueError as e:
         raise EngineError(f"failed to make a context for {n_seq} parallel requests: {e}") from None
     old.close()
