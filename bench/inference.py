@@ -9,7 +9,14 @@ and pause between measurements so one side's idle OpenMP threads stop spinning b
 starts. Both figures are taken by the client: time to first token from just before the request
 (or call) to the first streamed token, decode rate over the tokens after the first.
 
-Usage: python bench/inference.py [--runs N] [--tokens N] [--threads N]
+Under load (issue #14): N clients (1, 2, 4, 8) start streaming at once, each with its own new
+prompt; the aggregate decode rate is every client's tokens after its first over the span from
+the earliest first token to the latest last one, against one client alone, with each client's
+time to first token (p50/p95 over all rounds). And a chat's second turn: a prompt that repeats
+the first turn (about 600 tokens) and its reply and adds a question, its time to first token
+against the first turn's (the second reuses the cached prefix).
+
+Usage: python bench/inference.py [--runs N] [--tokens N] [--threads N] [--clients 1,2,4,8] [--no-write]
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +38,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import OUT, Server, free_port, gemma_gguf, machine, write_section
 
+# A system prompt of about 600 tokens that every turn of the benchmark's chat repeats.
+CHAT_SYSTEM = "You are a patient storyteller. " + " ".join(
+    f"Rule {i}: keep the story gentle, name every character, and end each part with a question." for i in range(1, 31)
+)
 PROMPT = "Once upon a time, in a small village by the sea, there lived an old fisherman who"
 NUM_CTX = 2048
 NUM_BATCH = 512
@@ -78,8 +90,66 @@ def raw_sample(llm: object, prompt: str, tokens: int) -> Sample:
     return Sample(first - start, count, last - first)
 
 
-def hangar_sample(client: httpx.Client, prompt: str, tokens: int, threads: int) -> Sample:
-    body = {
+@dataclass
+class Stream:
+    start: float  # perf_counter when the request went out
+    first: float
+    last: float
+    tokens: int
+    prompt_eval_count: int = 0
+
+    @property
+    def ttft(self) -> float:
+        return self.first - self.start
+
+
+def hangar_stream(client: httpx.Client, prompt: str, tokens: int, threads: int) -> Stream:
+    """One streamed request, with absolute times (to line several up)."""
+    start = time.perf_counter()
+    first = last = 0.0
+    with client.stream("POST", "/api/generate", json=request_body(prompt, tokens, threads)) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            item = json.loads(line)
+            if item.get("done"):
+                return Stream(start, first, last, int(item["eval_count"]), int(item.get("prompt_eval_count", 0)))
+            last = time.perf_counter()
+            first = first or last
+    raise RuntimeError("the stream ended without its final item")
+
+
+def concurrent_round(url: str, prompts: list[str], tokens: int, threads: int) -> list[Stream]:
+    """All prompts sent at once, one client each."""
+    out: list[Stream | None] = [None] * len(prompts)
+    barrier = threading.Barrier(len(prompts))
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=url, timeout=600) as c:
+            barrier.wait()
+            out[i] = hangar_stream(c, prompts[i], tokens, threads)
+
+    workers = [threading.Thread(target=client, args=(i,)) for i in range(len(prompts))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert all(s is not None for s in out), "a client failed"
+    return [s for s in out if s is not None]
+
+
+def aggregate_rate(streams: list[Stream]) -> float:
+    """Decode tokens (after each first one) per second over the span they were decoded in."""
+    span = max(s.last for s in streams) - min(s.first for s in streams)
+    return sum(s.tokens - 1 for s in streams) / span if span > 0 else 0.0
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def request_body(prompt: str, tokens: int, threads: int) -> dict[str, object]:
+    return {
         "model": "bench/gemma3",
         "prompt": prompt,
         "raw": True,
@@ -96,6 +166,10 @@ def hangar_sample(client: httpx.Client, prompt: str, tokens: int, threads: int) 
             "num_thread": threads,
         },
     }
+
+
+def hangar_sample(client: httpx.Client, prompt: str, tokens: int, threads: int) -> Sample:
+    body = request_body(prompt, tokens, threads)
     start = time.perf_counter()
     first = last = 0.0
     count = 0
@@ -118,7 +192,12 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0, help="llama.cpp threads on both sides (0: physical cores)")
     parser.add_argument("--pause", type=float, default=1.0, help="seconds between measurements")
+    parser.add_argument("--clients", default="1,2,4,8", help="concurrent clients to measure, comma-separated")
+    parser.add_argument("--load-runs", type=int, default=3, help="rounds of each number of clients")
+    parser.add_argument("--chat-runs", type=int, default=5, help="two-turn conversations timed")
+    parser.add_argument("--no-write", action="store_true", help="print the section, leave docs/benchmarks.md alone")
     args = parser.parse_args()
+    clients = [int(n) for n in args.clients.split(",") if n.strip()]
 
     from llama_cpp import Llama
 
@@ -134,6 +213,7 @@ def main() -> int:
         create_model(home, "bench/gemma3", gguf)
         port = free_port()
         env = {**os.environ, "HANGAR_HOME": str(home), "HANGAR_HOST": f"127.0.0.1:{port}", "HANGAR_KEEP_ALIVE": "-1"}
+        env["HANGAR_NUM_PARALLEL"] = str(max(clients, default=1))
         env.pop("HANGAR_MODELS", None)
         server = Server(
             [sys.executable, "-m", "cli.main", "serve", "--log-level", "warning"],
@@ -163,7 +243,29 @@ def main() -> int:
                     f"hangar {ours[-1].rate:.1f} tok/s, ttft {ours[-1].ttft * 1000:.1f} ms",
                     flush=True,
                 )
-        llm.close()
+            llm.close()  # its threads must not compete with the server's from here on
+            load: dict[int, list[list[Stream]]] = {n: [] for n in clients}
+            url = f"http://127.0.0.1:{port}"
+            for run in range(args.load_runs):
+                for n in clients:
+                    time.sleep(args.pause)
+                    prompts = [f"Load {run + 1}.{n}.{i + 1}. {PROMPT}" for i in range(n)]
+                    load[n].append(concurrent_round(url, prompts, args.tokens, threads))
+                    print(f"load round {run + 1}, {n} clients: {aggregate_rate(load[n][-1]):.1f} tok/s", flush=True)
+            first_turns: list[Stream] = []
+            second_turns: list[Stream] = []
+            for run in range(args.chat_runs):
+                time.sleep(args.pause)
+                history = f"Conversation {run + 1}. " + CHAT_SYSTEM + "\nUser: " + PROMPT + "\nAssistant:"
+                one = hangar_stream(client, history, 32, threads)
+                reply = client.post("/api/generate", json={**request_body(history, 32, threads), "stream": False})
+                history += reply.json()["response"] + "\nUser: And then what happened?\nAssistant:"
+                time.sleep(args.pause)
+                two = hangar_stream(client, history, 32, threads)
+                first_turns.append(one)
+                second_turns.append(two)
+                print(f"chat {run + 1}: first turn ttft {one.ttft * 1000:.1f} ms ({one.prompt_eval_count} tokens), "
+                      f"second {two.ttft * 1000:.1f} ms ({two.prompt_eval_count} tokens)", flush=True)  # fmt: skip
 
     def med(samples: list[Sample], what: str) -> float:
         return statistics.median(getattr(s, what) for s in samples)
@@ -193,9 +295,44 @@ def main() -> int:
         + str([round(s.rate, 1) for s in ours]) + "; raw ttft ms " + str([round(s.ttft * 1000, 1) for s in raw])
         + ", hangar ttft ms " + str([round(s.ttft * 1000, 1) for s in ours]) + ".",
     ]  # fmt: skip
+    single = statistics.median(aggregate_rate(r) for r in load[clients[0]]) if clients else 0.0
+    lines += [
+        "",
+        "### Under load: concurrent clients (continuous batching)",
+        "",
+        f"The same server (`HANGAR_NUM_PARALLEL={max(clients, default=1)}`), {args.tokens} greedy tokens per client, "
+        f"every client with its own new prompt, all sent at once; {args.load_runs} rounds of each. Aggregate: all "
+        "clients' tokens after their first over the span from the earliest first token to the latest last one.",
+        "",
+        "| clients | aggregate decode, tokens/s | × one client | time to first token p50 / p95, ms | goal |",
+        "|---:|---:|---:|---:|---|",
+    ]
+    for n in clients:
+        rate = statistics.median(aggregate_rate(r) for r in load[n])
+        ttfts = [s.ttft * 1000 for r in load[n] for s in r]
+        goal = "≥ 2.0×" if n == 4 else ""
+        lines.append(
+            f"| {n} | {rate:.1f} | {rate / single:.2f}× | {percentile(ttfts, 0.5):.0f} / {percentile(ttfts, 0.95):.0f} "
+            f"| {goal} |"
+        )
+    first_ttft = statistics.median(s.ttft for s in first_turns) * 1000
+    second_ttft = statistics.median(s.ttft for s in second_turns) * 1000
+    lines += [
+        "",
+        f"A chat's second turn (prompt cache): {args.chat_runs} conversations, a first turn of "
+        f"{statistics.median(s.prompt_eval_count for s in first_turns):.0f} prompt tokens, then the whole "
+        "conversation again with a new question: the second turn evaluated "
+        f"{statistics.median(s.prompt_eval_count for s in second_turns):.0f} tokens. Time to first token "
+        f"{first_ttft:.1f} ms → {second_ttft:.1f} ms, {second_ttft / first_ttft:.2f}× (goal ≤ 0.5×).",
+        "",
+        "All rounds, tok/s: " + "; ".join(
+            f"{n}: " + str([round(aggregate_rate(r), 1) for r in load[n]]) for n in clients
+        ) + ".",
+    ]  # fmt: skip
     body = "\n".join(lines)
     print(body)
-    write_section("inference", body)
+    if not args.no_write:
+        write_section("inference", body)
     return 0
 
 
