@@ -12,7 +12,7 @@ those downloads. The manifest is stored (tag included) once its blobs are; until
 serves it from memory. When the upstream does not answer, a cached manifest is served with
 ``X-Hangar-Mirror: stale`` and a warning in the log. Every answer names its upstream
 (``X-Hangar-Upstream``) and what happened (``X-Hangar-Mirror``: ``hit``, ``revalidated``, ``miss``,
-``stale``).
+``fetching`` (not stored yet: its blobs are on their way), ``stale``).
 
 **Size.** With ``--cache-max-size``, once a manifest is stored the least recently used cached
 repositories (not pinned, not being fetched) are dropped until the cached blobs fit; blobs that a
@@ -122,12 +122,15 @@ class Mirror:
         stored = await run_in_threadpool(self.meta.get_manifest, name, reference) if kind == "cached" else None
         pending = self.pending.get((repository_key(name), reference.lower()))
         fetched_at: float | None = None
+        # Answered from memory while its blobs download: "fetching" (not stored yet).
+        state = "hit"
         if stored is None and pending is not None:
             stored, fetched_at = pending
+            state = "fetching"
         if reference.startswith("sha256:"):
             if stored is not None:  # content-addressed: never stale
                 await self._touch(name)
-                return stored, {**headers, MIRROR_HEADER: "hit"}
+                return stored, {**headers, MIRROR_HEADER: state}
             fetched = await self._upstream_call(client, name, reference, client.manifest(name, reference))
             return await self._ingest(client, upstream, name, None, fetched), {**headers, MIRROR_HEADER: "miss"}
 
@@ -138,7 +141,7 @@ class Mirror:
                     fetched_at = time.time() - (_age(checked[1]))
             if fetched_at is not None and time.time() - fetched_at < self.check_interval:
                 await self._touch(name)
-                return stored, {**headers, MIRROR_HEADER: "hit"}
+                return stored, {**headers, MIRROR_HEADER: state}
         try:
             if stored is not None:
                 digest = await client.manifest_digest(name, reference)
@@ -146,7 +149,7 @@ class Mirror:
                     if pending is None:
                         await run_in_threadpool(self.cache.set_checked, name, reference, digest)
                     await self._touch(name)
-                    return stored, {**headers, MIRROR_HEADER: "revalidated"}
+                    return stored, {**headers, MIRROR_HEADER: "revalidated" if state == "hit" else state}
             fetched = await client.manifest(name, reference)
         except UpstreamNotFound:
             raise DistributionError(

@@ -312,3 +312,38 @@ def test_a_mirror_with_auth_on_serves_upstream_models_to_anonymous_pulls(
     # Names no upstream serves stay as private as ever: an anonymous pull of one is refused.
     r = httpx.get(f"{mirror.url}/v2/someone/else/manifests/latest")
     assert r.status_code == 401
+
+
+def test_with_the_upstream_stopped_a_cached_model_still_pulls_and_runs(
+    make_mirror: Mirror, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from client.push import push
+    from tests.servers import RuntimeProcess
+    from tests.tinymodels import add_model
+
+    upstream = make_mirror()  # a plain Hangar registry as the upstream
+    author = load({"HANGAR_HOME": str(tmp_path / "author")})
+    name = f"{upstream.host}/library/tiny"
+    add_model(Store(author.models), name, tiny_models["chat"], params={"num_ctx": 256, "num_predict": 4})
+    asyncio.run(push(ModelName.parse(name), Store(author.models), author))
+    mirror = make_mirror("--upstream", f"library={upstream.url}", "--upstream-check-interval", "1s")
+    raw, _ = pull_into(tmp_path / "first", f"{mirror.host}/library/tiny")
+    wait_cached(mirror, "library/tiny", "latest")
+
+    upstream.stop()
+    time.sleep(1.1)  # past the interval: the mirror asks the upstream, which is gone
+    r = httpx.get(f"{mirror.url}/v2/library/tiny/manifests/latest")
+    assert r.status_code == 200 and r.headers["x-hangar-mirror"] == "stale"
+    home = tmp_path / "user"
+    assert pull_into(home, f"{mirror.host}/library/tiny")[0] == raw
+    runtime = RuntimeProcess(home).start()
+    try:
+        r = httpx.post(
+            f"{runtime.url}/api/generate",
+            json={"model": f"{mirror.host}/library/tiny", "prompt": "hello", "stream": False},
+            timeout=120,
+        )
+    finally:
+        runtime.stop()
+    assert r.status_code == 200, r.text
+    assert r.json()["done"] is True and r.json()["eval_count"] >= 1
