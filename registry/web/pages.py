@@ -16,8 +16,9 @@ registry's own port, from the same database.
 ``/static/…``                           the stylesheet and the copy-button script
 ======================================  ==============================================================
 
-Pages are rendered for the anonymous viewer, or for the holder of a registry bearer token sent
-with ``Authorization``. What a viewer may read is decided by the API's own rules
+Pages are rendered for the anonymous viewer, for the holder of a registry bearer token sent
+with ``Authorization``, or for a signed-in browser (``registry.web.sessions``; the account pages
+are ``registry.web.account_pages``). What a viewer may read is decided by the API's own rules
 (``registry.auth.Authority.allowed`` for one repository, ``registry.api.common.readable_namespaces``
 for listings): what they may not read answers 404, exactly like a name that does not exist.
 
@@ -51,7 +52,7 @@ from registry.accounts import AccountRecord
 from registry.api.common import base_url, bearer_grant, namespaces_readable_by, services
 from registry.auth import ANONYMOUS, Principal
 from registry.meta import ModelRow, TagRow
-from registry.web import cards, render
+from registry.web import cards, render, sessions
 from registry.web.cards import Card
 from registry.web.catalog import Model, card_of, fill_missing_facts, head_tag
 
@@ -82,7 +83,7 @@ SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
-    "Vary": "Authorization",
+    "Vary": "Authorization, Cookie",
 }
 
 _env = jinja2.Environment(
@@ -93,7 +94,7 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
 )
 _env.filters.update(render.FILTERS)
-templates = Jinja2Templates(env=_env)
+templates = Jinja2Templates(env=_env, context_processors=[sessions.context])
 
 
 async def viewer(request: Request) -> Principal:
@@ -472,7 +473,10 @@ class ServerTiming:
 def web_app() -> Starlette:
     """The site as an app to mount at ``/`` after every API route. The registry's lifespan sets
     its ``state.services`` (``registry.app``)."""
+    from registry.web.account_pages import routes as account_routes  # it renders with _page
+
     routes = [
+        *account_routes,
         Route("/", home, methods=["GET"]),
         Route("/search", search_page, methods=["GET"]),
         Route("/api/search", api_search, methods=["GET"]),
@@ -485,7 +489,7 @@ def web_app() -> Starlette:
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(ServerTiming)],
+        middleware=[Middleware(ServerTiming), Middleware(sessions.WebSessions, refuse=_error_page)],
         exception_handlers={
             HTTPException: _http_error,
             DistributionError: _distribution_error,
