@@ -190,7 +190,7 @@ def _readme(args: argparse.Namespace) -> int:
     from client.readme import ReadmeError, readme_of, set_readme
 
     settings = load()
-    store = Store(settings.models)
+    store = Store(settings.models).ensure()
     name = store.parse_name(args.model, settings.default_host)
     if args.remove or args.file is not None:
         if args.remove and args.file is not None:

@@ -34,6 +34,7 @@ def set_readme(store: Store, name: ModelName, text: str | None) -> LocalModel:
     """Give the model ``text`` as its README (None: remove it): a new manifest under the same
     name, with the README as its last layer in place of any other; the blob of a README no
     model uses any more is deleted."""
+    store.get(name)  # the model exists (ModelNotFound) before anything is added to the store
     layer: Descriptor | None = None
     if text is not None:
         data = text.encode("utf-8")

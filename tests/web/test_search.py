@@ -251,6 +251,8 @@ def test_a_readme_set_with_hangar_readme_is_rendered_inert(people, tmp_path: Pat
     assert r.returncode == 1 and "at most 262144" in r.stderr
     r = hangar("readme", name.display(), str(tmp_path / "missing.md"))
     assert r.returncode == 1 and "cannot read" in r.stderr
+    r = hangar("readme", f"{alice.registry.host}/{alice.name}/no-such-model", str(readme))
+    assert r.returncode == 1 and "not found" in r.stderr
 
 
 def test_migration_0006_summarises_older_repositories_and_the_backfill_reads_their_facts(
