@@ -55,10 +55,17 @@ from registry.web.pages import web_app
 log = logging.getLogger("hangar.registry")
 
 _VERSION_HEADER = (API_VERSION_HEADER[0].lower().encode(), API_VERSION_HEADER[1].encode())
+# Every answer a browser might be pointed at: never sniffed into HTML, never framed; and where the
+# answer sets no policy of its own (the web site's pages do), nothing in it runs (a blob or an
+# error body opened in a tab stays inert data).
+_NOSNIFF = (b"x-content-type-options", b"nosniff")
+_INERT_POLICY = (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; sandbox")
 
 
 class ApiVersionHeader:
-    """Adds ``Docker-Distribution-Api-Version: registry/2.0`` to every response."""
+    """Adds ``Docker-Distribution-Api-Version: registry/2.0`` and the browser safety headers
+    (``X-Content-Type-Options: nosniff``, an inert Content-Security-Policy where the response has
+    none) to every response."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -70,7 +77,10 @@ class ApiVersionHeader:
 
         async def send_with_header(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), _VERSION_HEADER]
+                headers = [*message.get("headers", []), _VERSION_HEADER]
+                names = {name.lower() for name, _ in headers}
+                headers += [h for h in (_NOSNIFF, _INERT_POLICY) if h[0] not in names]
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_header)

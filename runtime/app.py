@@ -96,6 +96,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _with_safety_headers(send)
         host = ""
         origins: list[str] = []
         content_types: list[str] = []
@@ -132,6 +133,25 @@ class Guard:
             await self.app(scope, receive, _no_content(send))
             return
         await self.app(scope, receive, send)
+
+
+# Every answer, should a browser be pointed at one: never sniffed into HTML, never framed, nothing
+# in it runs (the API serves data only; a model's text opened in a tab stays text).
+SAFETY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'; sandbox"),
+]
+
+
+def _with_safety_headers(send: Send) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            names = {k.lower() for k, _ in message.get("headers", [])}
+            extra = [h for h in SAFETY_HEADERS if h[0] not in names]
+            message = {**message, "headers": [*message.get("headers", []), *extra]}
+        await send(message)
+
+    return wrapped
 
 
 def _no_content(send: Send) -> Send:
