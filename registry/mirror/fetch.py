@@ -2,7 +2,7 @@
 wait for it, streamed to each of them while it is being written, verified before it is stored.
 
 A ``Flight`` writes the upstream's bytes to ``DATA_DIR/mirror/partial/<hex>``, hashing them as they
-arrive (the whole sha256; the chunksums API computes the 16 MiB chunk sums on first use).
+arrive (the whole sha256; the 16 MiB chunk sums are read back once it is stored, ``service``).
 Readers open that file and read whatever prefix is already there, waiting on the flight's
 condition for more, so a range past the written end is served as soon as it is written. Once the
 upstream's bytes end, the digest (and the size the upstream announced) must match, and only then
@@ -205,8 +205,8 @@ class BlobFetcher:
         actual = content.digest()
         if actual != flight.digest:
             raise DigestMismatch(flight.digest, actual)
-        # No chunk sums: a second hash pass would slow the download down, and the chunksums API
-        # computes them once on first use.
+        # No chunk sums here: a second hash pass would slow the download down (Mirror._chunk_sums
+        # reads them back once the blob is stored).
         return BlobInfo(flight.digest, content.size)
 
     async def _stream(

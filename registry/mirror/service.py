@@ -48,7 +48,7 @@ from registry.mirror.upstream import (
     UpstreamNotFound,
     UpstreamUnreachable,
 )
-from registry.storage import BlobInfo, BlobNotFound, VerifiedStore
+from registry.storage import BlobInfo, BlobNotFound, ContentHash, VerifiedStore
 
 log = logging.getLogger("hangar.registry.mirror")
 
@@ -309,6 +309,21 @@ class Mirror:
     async def _stored(self, flight: Flight, info: BlobInfo) -> None:
         for name in sorted(flight.repositories):
             await run_in_threadpool(self.meta.link_blob, name, info)
+        task = asyncio.create_task(self._chunk_sums(info))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _chunk_sums(self, info: BlobInfo) -> None:
+        """The 16 MiB chunk sums of a blob just stored, read back once in the background (the
+        fetch hashes only the whole, to keep up with the upstream): else the first warm pull's
+        ``chunksums`` request would wait while they are computed."""
+        content = ContentHash()
+        try:
+            async for data in self.store.read(info.digest):
+                await run_in_threadpool(content.update_chunks, data)
+            await run_in_threadpool(self.meta.set_chunks, BlobInfo(info.digest, info.size, content.chunk_sums()))
+        except Exception as e:  # the chunksums API computes them on first use instead
+            log.warning("mirror: chunk sums of %s: %s", info.digest, e)
 
     # -- pushes -------------------------------------------------------------------------------
 

@@ -169,6 +169,17 @@ def test_twenty_concurrent_pulls_of_one_cold_blob_download_it_once(
     r = httpx.get(f"{mirror.url}/v2/team/big/blobs/{digest}", headers={"Range": "bytes=100-199"})
     assert r.status_code == 206 and r.content == data[100:200]
     assert traffic.blob_gets[digest] == 1
+    # Its 16 MiB chunk sums are computed in the background once it is stored.
+    deadline = time.monotonic() + 30
+    while "mirror: chunk sums" not in mirror.log():
+        r = httpx.get(f"{mirror.url}/v2/team/big/chunksums/{digest}")
+        if r.status_code == 200:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    half = 16 * 1024 * 1024
+    expected = [hashlib.sha256(data[:half]).hexdigest(), hashlib.sha256(data[half:]).hexdigest()]
+    assert [line.split()[0].removeprefix("sha256:") for line in r.text.splitlines()] == expected
 
 
 def test_a_corrupted_upstream_byte_is_never_cached_and_a_cut_fetch_resumes(
