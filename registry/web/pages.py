@@ -94,6 +94,7 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
 )
 _env.filters.update(render.FILTERS)
+_env.globals["tag_rows"] = render.tag_rows
 templates = Jinja2Templates(env=_env, context_processors=[sessions.context])
 
 
