@@ -37,10 +37,12 @@ def mirror_registry(data: Path, upstream: str) -> tuple[Server, str]:
     return Server(cmd, f"http://127.0.0.1:{port}/v2/", data.parent / f"{data.name}.log"), f"http://127.0.0.1:{port}"
 
 
-def wait_cached(url: str, timeout: float = 600) -> None:
+def wait_cached(url: str, digest: str, timeout: float = 600) -> None:
+    """Until the mirror stored the model and the big blob's chunk sums (read back after it)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if httpx.get(f"{url}/v2/bench/model/manifests/latest").headers.get("x-hangar-mirror") == "hit":
+        stored = httpx.get(f"{url}/v2/bench/model/manifests/latest").headers.get("x-hangar-mirror") == "hit"
+        if stored and httpx.get(f"{url}/v2/bench/model/chunksums/{digest}", timeout=120).status_code == 200:
             return
         time.sleep(0.2)
     raise TimeoutError("the mirror did not store the model")
@@ -57,7 +59,7 @@ def main() -> int:
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     blob = OUT / f"blob-{args.size_mib}m.bin"
-    make_blob(blob, size)
+    digest = make_blob(blob, size)
 
     results: dict[str, list[float]] = {"direct": [], "cold": [], "warm": []}
     upstream_server, upstream = hangar_registry(work / "upstream", auth="off")
@@ -73,7 +75,7 @@ def main() -> int:
                 results["direct"].append(size / hangar(homes[0], "pull", f"{host}/bench/model") / MiB)
                 mirror_host = mirror.removeprefix("http://")
                 results["cold"].append(size / hangar(homes[1], "pull", f"{mirror_host}/bench/model") / MiB)
-                wait_cached(mirror)
+                wait_cached(mirror, digest)
                 results["warm"].append(size / hangar(homes[2], "pull", f"{mirror_host}/bench/model") / MiB)
                 for home in homes:
                     shutil.rmtree(home, ignore_errors=True)
