@@ -510,7 +510,9 @@ class S3Store:
                 if mpu["Key"] == data_key:
                     with contextlib.suppress(ClientError):
                         await self._call("abort_multipart_upload", Key=data_key, UploadId=mpu["UploadId"])
-            if data_key != keep:
+            # Without a record the session either never got one (no bytes yet) or was published
+            # (its record goes last): its bytes may be a blob's, and stay.
+            if record is not None and data_key != keep:
                 with contextlib.suppress(ClientError):
                     await self._call("delete_object", Key=data_key)
         async for item in self._list(f"{self.prefix}uploads/{upload_id}/"):
