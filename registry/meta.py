@@ -222,6 +222,33 @@ class Metadata(Transactions):
             )
             return result.rowcount > 0
 
+    def set_repository_page(self, name: str, *, description: str | None = None, readme: str | None = None) -> bool:
+        """Set (a string) or clear ("") the description or README the web site shows for the
+        whole model, instead of its head manifest's; the summary follows in the same transaction."""
+        values: dict[str, str | None] = {}
+        if description is not None:
+            values["description"] = description.strip()[:_MAX_DESCRIPTION] or None
+        if readme is not None:
+            values["readme"] = readme if readme.strip() else None
+        with self._write() as conn:
+            repo_id = self._repository_id(conn, name)
+            if repo_id is None:
+                return False
+            if values:
+                conn.execute(update(_repository).where(_repository.c.id == repo_id).values(**values))
+                summarised = select(_model_summary.c.repository_id).where(_model_summary.c.repository_id == repo_id)
+                if conn.execute(summarised).first():  # a model with tags: its listing row follows
+                    self._refresh_summary(conn, repo_id)
+            return True
+
+    def repository_page(self, name: str) -> tuple[str, str]:
+        """The description and README set on the web site for ``name`` ("" where none is)."""
+        with self._read() as conn:
+            row = conn.execute(
+                select(_repository.c.description, _repository.c.readme).where(_repository.c.key == repository_key(name))
+            ).first()
+        return (row[0] or "", row[1] or "") if row is not None else ("", "")
+
     def repository_exists(self, name: str) -> bool:
         with self._read() as conn:
             return self._repository_id(conn, name) is not None
@@ -558,7 +585,8 @@ class Metadata(Transactions):
         pulls = conn.execute(
             select(func.coalesce(func.sum(_pull_count.c.count), 0)).where(_pull_count.c.repository_id == repo_id)
         ).scalar_one()
-        description = head.description or ""
+        own = conn.execute(select(_repository.c.description).where(_repository.c.id == repo_id)).scalar_one()
+        description = own if own else (head.description or "")
         values = {
             "namespace": repository_namespace(key),
             "tag_count": len(tags),

@@ -48,6 +48,10 @@ class Repository(Base):
     name: Mapped[str] = mapped_column(NAME)
     visibility: Mapped[str] = mapped_column(String(16), default="public", server_default="public")
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Set on the web site's model settings; when set, they stand for the model instead of what its
+    # head manifest's layers say (its description layer, its README layer).
+    description: Mapped[str | None] = mapped_column(Text, nullable=True)
+    readme: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Blob(Base):

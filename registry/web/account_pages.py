@@ -54,6 +54,7 @@ from registry.api.common import audit, remote, services
 from registry.auth import ALL
 from registry.ratelimit import RateLimiter
 from registry.web import sessions
+from registry.web.cards import MAX_TEXT
 from registry.web.pages import _page
 
 # Sign-in attempts a minute (token buckets, per worker as ``--rate-limit`` is): per account name,
@@ -62,6 +63,7 @@ SIGNIN_PER_ACCOUNT = 10
 SIGNIN_PER_ADDRESS = 30
 ROBOT_MAX_DAYS = 365
 MAX_KEY_LINE = 1024
+MAX_README = MAX_TEXT  # what a model page shows of a README layer, too
 
 Page = Callable[[Request], Awaitable[Response]]
 
@@ -471,6 +473,14 @@ async def settings_model(request: Request, user: AccountRecord) -> Response:
             else:
                 await run_in_threadpool(svc.meta.set_repository_visibility, name, visibility)
                 await _audit(request, user.name, "visibility", name, "ok", visibility=visibility)
+        elif action == "page" and may_manage:
+            readme = data.get("readme", "")
+            if len(readme.encode()) > MAX_README:
+                error = f"the README may be at most {MAX_README // 1024} KiB"
+            else:
+                description = data.get("description", "")
+                await run_in_threadpool(svc.meta.set_repository_page, name, description=description, readme=readme)
+                await _audit(request, user.name, "page", name, "ok", description=description[:80])
         elif action == "delete_tag" and may_delete:
             tag = data.get("tag", "")
             if not await run_in_threadpool(svc.meta.delete_tag, name, tag):
@@ -492,10 +502,12 @@ async def settings_model(request: Request, user: AccountRecord) -> Response:
             return _see_other(f"/settings/models/{quote(namespace)}/{quote(model)}")
     tags = await run_in_threadpool(svc.meta.model_tags, name)
     visibility = row.visibility
+    description, readme = await run_in_threadpool(svc.meta.repository_page, name)
     return _page(
         request, "settings_model.html", 400 if error else 200, title=f"{row.name} settings", name=name,
         namespace=namespace, model=model, tags=tags, visibility=visibility, visibilities=VISIBILITIES,
-        may_manage=may_manage, may_delete=may_delete, error=error, section="",
+        may_manage=may_manage, may_delete=may_delete, error=error, section="", description=description,
+        readme=readme,
     )  # fmt: skip
 
 

@@ -287,9 +287,12 @@ async def _repository(
 
 
 async def _readme(request: Request, repo: Model, tag: TagRow | None) -> str:
+    svc = services(request)
+    _, own = await run_in_threadpool(svc.meta.repository_page, repo.name)
+    if own:  # set on the model's settings page: it stands for the model, whatever the tag
+        return own
     if tag is None:
         return ""
-    svc = services(request)
     made = cards.cached(tag.digest)
     if made is not None:
         return made.readme

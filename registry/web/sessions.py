@@ -38,7 +38,7 @@ from registry.auth import Principal
 SESSION_COOKIE = "hangar_session"
 CSRF_COOKIE = "hangar_csrf"
 CSRF_FIELD = "csrf"
-MAX_FORM = 64 * 1024  # the site's forms hold a name, a password or a public key
+MAX_FORM = 320 * 1024  # the site's forms hold a name, a password, a public key or a model's README (256 KiB)
 # Paths whose requests need no session lookup (no database read for a stylesheet).
 _NO_SESSION = ("/static/",)
 

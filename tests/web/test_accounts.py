@@ -305,6 +305,45 @@ def test_model_settings_follow_the_api_rules(site: RegistryProcess, tmp_path: Pa
     assert (f"{org}/m", "model") in kinds and (f"{org}/m:old", "tag") in kinds
 
 
+def test_the_model_page_description_and_readme_set_on_the_web(site: RegistryProcess, tmp_path: Path) -> None:
+    """The model's settings set the description and README the site shows for the whole model
+    (listings, search and the model page), instead of what its head manifest carries; the README
+    renders inert; clearing them brings back the model's own; who may not manage it cannot."""
+    owner = Person(site, tmp_path / "owner", unique("pg")).signup()
+    accounts = accounts_of(site)
+    account = accounts.get(owner.name)
+    assert account is not None
+    accounts.set_password(account.id, PASSWORD)
+    owner.push(owner.model(f"{owner.name}/paged", "latest", size=1000))
+    web, stranger = Visitor(site), Visitor(site)
+    assert web.signin(owner.name).status_code == 303
+    assert stranger.signup(unique("sg")).status_code == 303
+    page = f"/settings/models/{owner.name}/paged"
+    word = unique("zebrafinch")
+    readme = f"# Paged model\n\nA {word} of a README.\n\n<script>alert(1)</script>"
+    assert web.post(page, {"action": "page", "description": f"finds the {word}", "readme": readme}).status_code == 303
+
+    model_page = web.http.get(f"/{owner.name}/paged")
+    assert "<h1" in model_page.text and "Paged model" in model_page.text and word in model_page.text
+    assert "<script>alert(1)</script>" not in model_page.text  # rendered inert, as every README
+    found = httpx.get(f"{site.url}/api/search", params={"q": word}).json()
+    assert [m["name"] for m in found["models"]] == [f"{owner.name}/paged"], found
+    assert found["models"][0]["description"] == f"finds the {word}"
+
+    # Someone who may not manage the model gets 403, and nothing changes.
+    r = stranger.http.post(page, data={"csrf": stranger.token("/settings/keys"), "action": "page", "readme": "x"})
+    assert r.status_code == 403
+    assert meta_of(site).repository_page(f"{owner.name}/paged") == (f"finds the {word}", readme)
+    too_long = web.post(page, {"action": "page", "description": "", "readme": "x" * (257 * 1024)})
+    assert too_long.status_code == 400 and "at most 256 KiB" in too_long.text
+
+    # Cleared: the model's own (none here) again, and search no longer finds the word.
+    assert web.post(page, {"action": "page", "description": "", "readme": ""}).status_code == 303
+    assert word not in web.http.get(f"/{owner.name}/paged").text
+    assert httpx.get(f"{site.url}/api/search", params={"q": word}).json()["models"] == []
+    assert [a.target for a in audit_rows(site, actor=owner.name, action="page")] == [f"{owner.name}/paged"] * 2
+
+
 def test_the_session_cookie_is_secure_over_https(tmp_path: Path) -> None:
     from tests.client.test_errors import _self_signed
 
