@@ -195,6 +195,7 @@ def create_app(settings: config.Settings) -> Starlette:
         app.state.services = Services(settings, meta, accounts, authority, store, signer)
         site.state.services = app.state.services
         app.state.mirror = make_mirror(settings, meta, store, engine)  # None without --upstream
+        site.state.mirror = app.state.mirror  # a cached model's page names its upstream
         if app.state.mirror is not None:
             authority.mirrored = app.state.mirror.serves
         if settings.auth == "off":

@@ -322,7 +322,17 @@ async def _model_page(request: Request, namespace: str, model: str) -> Response:
     return _page(
         request, "model.html", title=repo.model, repo=repo, tags=tags, tag_count=repo.tag_count, head=head,
         card=None, readme=await _readme(request, repo, head), tag=None, latest_digest=head.digest if head else None,
+        upstream=await _upstream(request, repo),
     )  # fmt: skip
+
+
+async def _upstream(request: Request, repo: Model) -> str:
+    """Where a cached model came from ("" for the registry's own): a mirror's (registry.mirror)
+    models say so on their page, as the API says it in X-Hangar-Upstream."""
+    mirror = getattr(request.app.state, "mirror", None)
+    if mirror is None:
+        return ""
+    return await run_in_threadpool(mirror.cache.upstream_of, repo.name) or ""
 
 
 async def tags_page(request: Request) -> Response:

@@ -320,6 +320,7 @@ def test_a_mirror_with_auth_on_serves_upstream_models_to_anonymous_pulls(
     # A cached model is on the web site as any other (its facts read once, as for a push).
     page = httpx.get(f"{mirror.url}/library/tiny")
     assert page.status_code == 200 and "tiny" in page.text
+    assert f'data-upstream="{upstream}"' in page.text and f"cached from {upstream}" in page.text  # says where from
     # Names no upstream serves stay as private as ever: an anonymous pull of one is refused.
     r = httpx.get(f"{mirror.url}/v2/someone/else/manifests/latest")
     assert r.status_code == 401
