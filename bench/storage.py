@@ -138,8 +138,9 @@ def main() -> int:
         "tests/swift.py) on the same machine and disk. Filesystem: `hangar registry serve --workers 2 --auth off` "
         "(SQLite + a folder). S3: two replicas `hangar registry serve --workers 1 --auth off --storage s3://… "
         "--database-url postgresql://…` on one PostgreSQL and one bucket; pulls from the first directly; manifest "
-        "GETs from it directly and through tests/roundrobin.py (Python asyncio, a new backend connection per "
-        "request) in front of one and of both. Pushes: bench/s3_push.py (its own Hangar on S3, one worker; the "
+        "GETs from it directly and through tests/roundrobin.py (Python asyncio in one thread, backend "
+        "connections kept alive) in front of one and of both. Pushes: bench/s3_push.py (its own Hangar on S3, "
+        "one worker; the "
         "reference is Debian's docker-registry 2.8 with its `s3` driver on the same Swift, started without "
         "AWS_CA_BUNDLE). CPU from /proc for each server's process tree (and Swift's four processes) over each "
         f"pull. `hangar pull` into an empty store, a fresh process after `sync`; medians of {args.runs}.",
