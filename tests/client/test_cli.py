@@ -91,6 +91,9 @@ def test_ctrl_c_stops_a_pull_and_says_it_will_resume(registry, tmp_path: Path) -
     proc = subprocess.Popen(
         [sys.executable, "-m", "cli.main", "pull", str(name), "--max-rate", "1MB"], env=env, cwd=REPO_ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A terminal's Ctrl-C, even when the tests run as a background job (whose shell ignores
+        # SIGINT, and Python then leaves it ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     partial = tmp_path / "b" / "models" / "blobs"
     wait_until(lambda: partial.exists() and any(p.name.endswith("-partial") for p in partial.iterdir()), 30, "the pull")

@@ -24,7 +24,7 @@ from formats.names import ModelName
 from tests.mirror.conftest import Traffic, blob_path, push_plain_model
 from tests.ollama_wire import OllamaWireClient
 from tests.people import Person, unique
-from tests.servers import REPO_ROOT, ReferenceRegistry, RegistryProcess
+from tests.servers import REPO_ROOT, ReferenceRegistry, RegistryProcess, wait_until
 
 Proxy = Callable[[str], tuple[str, Traffic]]
 Mirror = Callable[..., RegistryProcess]
@@ -206,6 +206,8 @@ def test_a_corrupted_upstream_byte_is_never_cached_and_a_cut_fetch_resumes(
     traffic.cut_after[digest] = 1_000_000  # the next fetch breaks off once; the mirror resumes it
     r = httpx.get(f"{mirror.url}/v2/team/bad/blobs/{digest}", timeout=60)
     assert r.content == data
+    # Streamed to the client while it arrived; stored once its sha256 verified, a moment later.
+    wait_until(lambda: blob_path(mirror, digest).exists(), 30, "the verified blob to be stored")
     assert blob_path(mirror, digest).read_bytes() == data
     assert traffic.ranges[-1].startswith("bytes=") and int(traffic.ranges[-1][6:].rstrip("-")) > 0
 
