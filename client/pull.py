@@ -329,7 +329,7 @@ class BlobDownload:
                     try:
                         self._hash_done_prefix()  # parts a previous run completed
                         if any(not p.done for p in self.parts):
-                            self._source = (direct, False) if direct else await self._resolve_source()
+                            self._source = (direct, False) if direct else await self._first_source()
                             await self._fetch_parts(concurrency)
                         whole = await self._hashed.digest(self.desc.size)
                     finally:
@@ -471,6 +471,19 @@ class BlobDownload:
             return None, None
         location = response.headers.get("content-location")
         return chunks, str(response.url.join(location)) if location else None
+
+    async def _first_source(self) -> tuple[str, bool]:
+        """The URL to read parts from, asked again with back-off while the registry cannot be
+        reached for a moment (a restart between two blobs), as the parts' own retries do."""
+        failures = 0
+        while True:
+            try:
+                return await self._resolve_source()
+            except errors.RegistryUnreachable:
+                failures += 1
+                if failures >= MAX_ATTEMPTS:
+                    raise
+                await asyncio.sleep(backoff(failures))
 
     async def _resolve_source(self) -> tuple[str, bool]:
         """The URL to read parts from, and whether it needs our credentials."""
