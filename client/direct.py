@@ -19,13 +19,12 @@ import httpx
 from client import errors
 from client.config import ClientSettings
 from client.credentials import pull_scope, refuse_downgrade
-from client.http import MANIFEST_ACCEPT, make_client, registry_url, send
+from client.http import get_model_manifest, make_client, registry_url, send
 from client.store import ImportedBlob, Store
 from formats.digest import Digest, InvalidDigest
 from formats.manifest import Descriptor, Manifest, ManifestError
 from formats.names import ModelName
 
-MANIFEST_LIMIT = 4 << 20
 MAX_REDIRECTS = 10
 URLS_FORMAT = 1  # the "format" of `hangar urls --json`; `import-blobs --from` checks it
 
@@ -72,17 +71,8 @@ async def model_urls(name: ModelName, settings: ClientSettings, *, insecure: boo
     credentials), else the blob URL itself (then marked as needing credentials)."""
     base = registry_url(name, settings, insecure)
     async with make_client(settings, base, scopes=[pull_scope(name.repository)]) as http:
-        response = await send(
-            http, "GET", f"{base}/v2/{name.repository}/manifests/{name.tag}",
-            headers={"Accept": MANIFEST_ACCEPT}, what="get the model's manifest", limit=MANIFEST_LIMIT,
-        )  # fmt: skip
-        raw = response.content
-        try:
-            manifest = Manifest.parse(raw, response.headers.get("content-type"))
-        except ManifestError as e:
-            raise errors.IntegrityError(f"the registry sent an invalid manifest: {e}") from None
-        if manifest.is_index:
-            raise errors.RequestFailed(f"{name.display()} is a multi-platform index; Hangar handles single models", 415)
+        manifest = await get_model_manifest(http, base, name, "get the model's manifest")
+        raw = manifest.raw
         result = ModelUrls(name, raw)
         ordered = [*manifest.layers, *([manifest.config] if manifest.config else [])]
         for desc in {d.digest: d for d in ordered}.values():

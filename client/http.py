@@ -15,9 +15,17 @@ from client.auth import RegistryAuth
 from client.config import ClientSettings
 from client.credentials import origin_text, registry_host, signs_for
 from client.keys import Identity
-from client.limits import ACCEPT_ENCODING, ERROR_BODY_LIMIT, SMALL_BODY_LIMIT, read_body, request_deadline
+from client.limits import (
+    ACCEPT_ENCODING,
+    ERROR_BODY_LIMIT,
+    MANIFEST_LIMIT,
+    SMALL_BODY_LIMIT,
+    read_body,
+    request_deadline,
+)
 from client.logins import Login, find
 from formats import mediatypes as mt
+from formats.manifest import Manifest, ManifestError
 from formats.names import ModelName
 
 if TYPE_CHECKING:
@@ -119,6 +127,27 @@ async def send(
         else:
             await read_body(response, limit, what)
     return response
+
+
+async def get_model_manifest(http: httpx.AsyncClient, base: str, name: ModelName, what: str) -> Manifest:
+    """``name``'s manifest from the registry at ``base``, checked: it parses, it is a single model
+    (not an index), and its bytes are the digest the registry names (``Docker-Content-Digest``)."""
+    response = await send(
+        http, "GET", f"{base}/v2/{name.repository}/manifests/{name.tag}",
+        headers={"Accept": MANIFEST_ACCEPT}, what=what, limit=MANIFEST_LIMIT,
+    )  # fmt: skip
+    try:
+        manifest = Manifest.parse(response.content, response.headers.get("content-type"))
+    except ManifestError as e:
+        raise errors.IntegrityError(f"{what}: the registry sent an invalid manifest: {e}") from None
+    if manifest.is_index:
+        raise errors.RequestFailed(f"{name.display()} is a multi-platform index; Hangar pulls single models", 415)
+    docker_digest = response.headers.get("docker-content-digest")
+    if docker_digest and docker_digest != str(manifest.digest):
+        raise errors.IntegrityError(
+            f"manifest digest mismatch: the registry says {docker_digest}, the bytes are {manifest.digest}"
+        )
+    return manifest
 
 
 async def _send_once_more_if_dropped(

@@ -50,9 +50,8 @@ from client import errors
 from client.auth import bearer_headers
 from client.config import ClientSettings, FsyncMode
 from client.credentials import pull_scope, refuse_downgrade, same_origin
-from client.http import MANIFEST_ACCEPT, make_client, make_data_session, registry_url, send
+from client.http import get_model_manifest, make_client, make_data_session, registry_url, send
 from client.limits import (
-    MANIFEST_LIMIT,
     MAX_CHUNKS,
     MIN_CHUNK_SIZE,
     check_blob_size,
@@ -75,7 +74,7 @@ from client.transfer import (
     start_writeback,
 )
 from formats.digest import Digest
-from formats.manifest import Descriptor, Manifest, ManifestError
+from formats.manifest import Descriptor
 from formats.names import ModelName
 
 STATE_VERSION = 3  # 2 (one part per chunk) is still read
@@ -150,22 +149,8 @@ async def _pull_from(
         make_data_session(settings, host, concurrency) as data,
     ):
         progress(Progress("pulling manifest"))
-        response = await send(
-            http, "GET", f"{base}/v2/{name.repository}/manifests/{name.tag}",
-            headers={"Accept": MANIFEST_ACCEPT}, what="pull model manifest", limit=MANIFEST_LIMIT,
-        )  # fmt: skip
-        raw = response.content
-        try:
-            manifest = Manifest.parse(raw, response.headers.get("content-type"))
-        except ManifestError as e:
-            raise errors.IntegrityError(f"pull model manifest: the registry sent an invalid manifest: {e}") from None
-        if manifest.is_index:
-            raise errors.RequestFailed(f"{name.display()} is a multi-platform index; Hangar pulls single models", 415)
-        docker_digest = response.headers.get("docker-content-digest")
-        if docker_digest and docker_digest != str(manifest.digest):
-            raise errors.IntegrityError(
-                f"manifest digest mismatch: the registry says {docker_digest}, the bytes are {manifest.digest}"
-            )
+        manifest = await get_model_manifest(http, base, name, "pull model manifest")
+        raw = manifest.raw
 
         # Layers then config, as Ollama orders them.
         ordered = [*manifest.layers, *([manifest.config] if manifest.config else [])]
