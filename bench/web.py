@@ -195,8 +195,8 @@ def main() -> int:
         "*server*: the site's own time, from the request reaching it to its answer starting (its "
         "`Server-Timing: app`); *CPU*: the CPU time the registry spent meanwhile (`Server-Timing: cpu`, "
         "which other processes' load does not inflate); *client*: the whole request as the client sees it. "
-        f"The machine's load average during the run: {load[0]:.1f} (on {os.cpu_count()} CPUs; other work was "
-        "running), so wall times include waiting for a CPU.",
+        f"The machine's load average at the end of the run: {load[0]:.1f} on {os.cpu_count()} CPUs "
+        "(the registry and this client alone make about 1); above that, wall times include waiting for a CPU.",
         "",
         "| page | server p50 | server p95 | CPU p50 | CPU p95 | client p50 | client p95 | target: server p95 < 50 ms |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
