@@ -11,5 +11,9 @@ echo "==> ruff"
 .venv/bin/ruff format --check .
 echo "==> mypy (strict, pyproject.toml [tool.mypy])"
 .venv/bin/mypy
-echo "==> pytest"
-exec .venv/bin/python -m pytest "$@"
+# One pytest worker per CPU (pytest-xdist), each starting its own servers on free ports; a test
+# file's tests stay on one worker, so its module-scoped servers start once. HANGAR_TEST_WORKERS=0
+# (or `-n 0` among the arguments) runs everything in this one process, e.g. to debug with -x or --pdb.
+workers=${HANGAR_TEST_WORKERS:-auto}
+echo "==> pytest (-n $workers)"
+exec .venv/bin/python -m pytest -n "$workers" --dist loadfile "$@"

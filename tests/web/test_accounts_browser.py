@@ -73,9 +73,19 @@ def shoot(browser: Any, name: str) -> None:
         browser.save_screenshot(str(target / f"{name}.png"))
 
 
+def settled(browser: Any) -> None:
+    """Wait until the page now shown has finished loading: an element found while a navigation is
+    still under way can belong to a document that is about to be replaced ("Node with given id
+    does not belong to the document"), which made these tests fail now and then on a busy machine."""
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    WebDriverWait(browser, 30).until(lambda b: b.execute_script("return document.readyState") == "complete")
+
+
 def fill(browser: Any, **fields: str) -> None:
     from selenium.webdriver.common.by import By
 
+    settled(browser)
     for name, value in fields.items():
         box = browser.find_element(By.NAME, name)
         box.clear()
@@ -88,9 +98,11 @@ def click(browser: Any, css: str) -> None:
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.wait import WebDriverWait
 
+    settled(browser)
     page = browser.find_element(By.TAG_NAME, "html")
     browser.find_element(By.CSS_SELECTOR, css).click()
     WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
+    settled(browser)
 
 
 def submit(browser: Any, css: str = "main form.stack button[type=submit]") -> None:
