@@ -14,7 +14,9 @@ prompt; the aggregate decode rate is every client's tokens after its first over 
 the earliest first token to the latest last one, against one client alone, with each client's
 time to first token (p50/p95 over all rounds). And a chat's second turn: a prompt that repeats
 the first turn (about 600 tokens) and its reply and adds a question, its time to first token
-against the first turn's (the second reuses the cached prefix).
+against the first turn's (the second reuses the cached prefix). Beside the load figures, the
+ceiling: the same numbers of sequences decoded together by llama.cpp alone (no sampling, no
+HTTP), which bounds what any batching server gets from this machine and this build.
 
 Usage: python bench/inference.py [--runs N] [--tokens N] [--threads N] [--clients 1,2,4,8] [--no-write]
 """
@@ -168,6 +170,49 @@ def request_body(prompt: str, tokens: int, threads: int) -> dict[str, object]:
     }
 
 
+def decode_ceiling(gguf: Path, threads: int, n_seq: int, n_slots: int, steps: int = 64) -> float:
+    """Tokens/s of ``n_seq`` sequences decoded together by llama.cpp alone: the context the
+    server makes (``n_slots`` sequences of NUM_CTX), one ``llama_decode`` a step with one token of
+    each sequence, no sampling, no HTTP, no event loop. What batching can give on this machine at
+    best: the server's aggregate rate is measured against it."""
+    import llama_cpp
+    from llama_cpp import Llama
+
+    from runtime.engine import _parallel_context
+
+    llm = Llama(
+        str(gguf), n_ctx=NUM_CTX, n_batch=NUM_BATCH, n_ubatch=NUM_BATCH,
+        n_threads=threads, n_threads_batch=threads, n_gpu_layers=0, verbose=False,
+    )  # fmt: skip
+    _parallel_context(llm, NUM_CTX, n_slots)
+    ctx = llm._ctx.ctx
+    batch = llama_cpp.llama_batch_init(NUM_BATCH, 0, 1)
+    try:
+
+        def put(i: int, token: int, pos: int, seq: int) -> None:
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, pos, 1, True
+            batch.seq_id[i][0] = seq
+
+        prompt = llm.tokenize(PROMPT.encode(), add_bos=True)
+        for seq in range(n_seq):
+            for i, token in enumerate(prompt):
+                put(i, token, i, seq)
+            batch.n_tokens = len(prompt)
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+        start = time.perf_counter()
+        for step in range(steps):
+            for seq in range(n_seq):
+                put(seq, prompt[(step + seq) % len(prompt)], len(prompt) + step, seq)
+            batch.n_tokens = n_seq
+            if llama_cpp.llama_decode(ctx, batch) != 0:
+                raise RuntimeError("llama_decode failed")
+        return n_seq * steps / (time.perf_counter() - start)
+    finally:
+        llama_cpp.llama_batch_free(batch)
+        llm.close()
+
+
 def hangar_sample(client: httpx.Client, prompt: str, tokens: int, threads: int) -> Sample:
     body = request_body(prompt, tokens, threads)
     start = time.perf_counter()
@@ -244,6 +289,12 @@ def main() -> int:
                     flush=True,
                 )
             llm.close()  # its threads must not compete with the server's from here on
+            ceiling: dict[int, list[float]] = {n: [] for n in clients}
+            for _round in range(args.load_runs):
+                for n in clients:
+                    time.sleep(args.pause)
+                    ceiling[n].append(decode_ceiling(gguf, threads, n, max(clients, default=1)))
+                print("llama.cpp alone: " + ", ".join(f"{n}: {v[-1]:.1f}" for n, v in ceiling.items()), flush=True)
             load: dict[int, list[list[Stream]]] = {n: [] for n in clients}
             url = f"http://127.0.0.1:{port}"
             for run in range(args.load_runs):
@@ -304,26 +355,33 @@ def main() -> int:
         f"every client with its own new prompt, all sent at once; {args.load_runs} rounds of each. Aggregate: all "
         "clients' tokens after their first over the span from the earliest first token to the latest last one.",
         "",
-        "| clients | aggregate decode, tokens/s | × one client | time to first token p50 / p95, ms | goal |",
-        "|---:|---:|---:|---:|---|",
+        "Beside it, the ceiling: llama.cpp alone in the benchmark's process (the server idle, its model's "
+        "threads asleep) decoding the same number of sequences together in the context the server makes, one "
+        "`llama_decode` a step, no sampling, no HTTP; medians of as many rounds.",
+        "",
+        "| clients | aggregate decode, tokens/s | × one client | llama.cpp alone, tokens/s | × its one sequence "
+        "| server / llama.cpp alone | time to first token p50 / p95, ms | goal |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
+    solo = statistics.median(ceiling[clients[0]]) if clients else 0.0
     for n in clients:
         rate = statistics.median(aggregate_rate(r) for r in load[n])
+        alone = statistics.median(ceiling[n])
         ttfts = [s.ttft * 1000 for r in load[n] for s in r]
         goal = "≥ 2.0×" if n == 4 else ""
         lines.append(
-            f"| {n} | {rate:.1f} | {rate / single:.2f}× | {percentile(ttfts, 0.5):.0f} / {percentile(ttfts, 0.95):.0f} "
-            f"| {goal} |"
+            f"| {n} | {rate:.1f} | {rate / single:.2f}× | {alone:.1f} | {alone / solo:.2f}× | {rate / alone:.2f} "
+            f"| {percentile(ttfts, 0.5):.0f} / {percentile(ttfts, 0.95):.0f} | {goal} |"
         )
     first_ttft = statistics.median(s.ttft for s in first_turns) * 1000
     second_ttft = statistics.median(s.ttft for s in second_turns) * 1000
     lines += [
         "",
-        f"A chat's second turn (prompt cache): {args.chat_runs} conversations, a first turn of "
-        f"{statistics.median(s.prompt_eval_count for s in first_turns):.0f} prompt tokens, then the whole "
-        "conversation again with a new question, "
-        f"{statistics.median(s.prompt_eval_count for s in second_turns):.0f} prompt tokens, all but the new ones "
-        f"from the cache. Time to first token {first_ttft:.1f} ms → {second_ttft:.1f} ms, "
+        f"A chat's second turn (prompt cache): {args.chat_runs} conversations, a first turn of about 690 prompt "
+        "tokens, then the whole conversation again with a new question, all but the new tokens from the cache "
+        f"(`prompt_eval_count`: {statistics.median(s.prompt_eval_count for s in first_turns):.0f}, then "
+        f"{statistics.median(s.prompt_eval_count for s in second_turns):.0f}). "
+        f"Time to first token {first_ttft:.1f} ms → {second_ttft:.1f} ms, "
         f"{second_ttft / first_ttft:.2f}× (goal ≤ 0.5×).",
         "",
         "All rounds, tok/s: " + "; ".join(
