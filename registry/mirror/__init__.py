@@ -2,7 +2,8 @@
 
 - ``config``: ``--upstream`` (which upstream serves which namespace), credentials, the size limit;
 - ``upstream``: the HTTP client for one upstream, with its authentication;
-- ``fetch``: single-flight, verified, resumable blob downloads streamed to waiting clients;
+- ``fetch``: single-flight (across worker processes too), verified, resumable blob downloads
+  streamed to waiting clients;
 - ``cache``: the cache's tables (cached repositories, tag checks) and their SQL;
 - ``service``: ``Mirror``, manifest resolution and eviction;
 - ``hooks``: the one-line calls the API handlers make into it.

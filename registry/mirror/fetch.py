@@ -12,14 +12,22 @@ deletes the file; the readers still reading it get an error, and nothing is cach
 
 An upstream connection that breaks mid-blob is resumed with ``Range: bytes=<written>-`` (a few
 times, with a pause), and a partial file left by a restart is resumed too: its bytes are hashed
-again first. Flights are per worker process: with ``--workers N`` each worker may fetch the same
-cold blob once (the store then keeps one copy).
+again first.
+
+Across worker processes (``--workers N``, or replicas sharing a data directory on one host) the
+single flight holds through an OS lock: the worker that takes ``flock`` on ``<hex>.lock`` next to
+the partial file downloads (and writes the blob's size into the lock file once the upstream says
+it); the others *follow*: they serve the partial file's bytes as its size grows, until the lock is
+let go, and then find the blob in the store. A follower whose downloader stopped without storing
+the blob fails its readers if it had served them bytes (as the downloader's own readers fail), else
+takes the lock and downloads itself. ``flock`` is per host: replicas on different hosts each fetch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
@@ -30,13 +38,14 @@ from typing import Any, TypeVar
 
 from formats.digest import Digest
 from registry.mirror.upstream import UpstreamClient, UpstreamError, UpstreamUnreachable
-from registry.storage import BlobInfo, DigestMismatch, SizeMismatch, VerifiedStore, put_blob
+from registry.storage import BlobInfo, BlobNotFound, DigestMismatch, SizeMismatch, VerifiedStore, put_blob
 
 log = logging.getLogger("hangar.registry.mirror")
 
 READ_CHUNK = 1024 * 1024
 WRITE_BATCH = 4 * 1024 * 1024
 RESUME_ATTEMPTS = 5
+FOLLOW_POLL = 0.05  # seconds: how often a follower looks at another worker's partial file and lock
 T = TypeVar("T")
 
 
@@ -64,10 +73,20 @@ class Flight:
         self.changed = asyncio.Condition()
         self.task: asyncio.Task[BlobInfo] | None = None
         self.upstream_bytes = 0  # bytes this flight received from the upstream (counted for tests/logs)
+        self.lock_fd: int | None = None  # the cross-worker lock, while this worker downloads
+        self.by_other_worker = False  # another worker downloaded and stored it (and reads its chunk sums)
 
     async def _notify(self) -> None:
         async with self.changed:
             self.changed.notify_all()
+
+    async def _set_size(self, size: int) -> None:
+        """The blob's size, now known: for this worker's readers, and (written into the lock file)
+        for the workers following this download."""
+        self.size = size
+        if self.lock_fd is not None:
+            os.pwrite(self.lock_fd, f"{size}\n".encode(), 0)
+        await self._notify()
 
     async def wait_size(self) -> int:
         """The blob's size, once the upstream said it; raises FetchFailed if the fetch failed first."""
@@ -96,9 +115,13 @@ class Flight:
         try:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
-            if not self.done or self.error is not None:
-                raise FetchFailed(f"{self.digest}: {self.error or 'the partial file is gone'}") from None
-            async for data in self.store.read(self.digest, offset, end - offset):  # stored meanwhile
+            # Stored meanwhile (moved into the store, or copied there and deleted; by this worker or
+            # the one it follows): read it there once the flight has ended well.
+            async with self.changed:
+                await self.changed.wait_for(lambda: self.done or self.error is not None)
+            if self.error is not None:
+                raise FetchFailed(f"{self.digest}: {self.error}") from None
+            async for data in self.store.read(self.digest, offset, end - offset):
                 yield data
             return
         try:
@@ -155,8 +178,7 @@ class BlobFetcher:
 
     async def _run(self, flight: Flight, client: UpstreamClient, repository: str) -> BlobInfo:
         try:
-            info = await self._download(flight, client, repository)
-            await self._publish(flight, info)
+            info = await self._single(flight, client, repository)
             flight.done = True
             await flight._notify()
             try:
@@ -166,9 +188,6 @@ class BlobFetcher:
             return info
         except BaseException as e:
             flight.error = e
-            with contextlib.suppress(FileNotFoundError):
-                if not isinstance(e, (UpstreamUnreachable, asyncio.CancelledError)):
-                    os.unlink(flight.path)  # a bad copy is never resumed; an interrupted one is
             await flight._notify()
             if isinstance(e, asyncio.CancelledError):
                 raise
@@ -177,6 +196,88 @@ class BlobFetcher:
         finally:
             flight.done = True
             self.flights.pop(flight.digest, None)
+
+    async def _single(self, flight: Flight, client: UpstreamClient, repository: str) -> BlobInfo:
+        """The blob in the store, downloaded here or by the worker holding its lock."""
+        lock_path = flight.path.with_name(flight.path.name + ".lock")
+        while True:
+            fd, held = await _in_thread(_open_lock, lock_path)
+            if held:
+                try:
+                    return await self._download_holding(flight, client, repository, fd)
+                finally:
+                    _release(fd, lock_path)
+            try:
+                info = await self._follow(flight, fd)
+            finally:
+                os.close(fd)
+            if info is not None:
+                return info
+            if flight.written:  # its readers had bytes of a copy that was never stored
+                raise FetchFailed(f"{flight.digest}: the worker fetching it stopped before it was stored")
+            # Nothing served yet: fetch it here (the next turn takes the lock).
+
+    async def _download_holding(self, flight: Flight, client: UpstreamClient, repository: str, fd: int) -> BlobInfo:
+        """Download, verify and store the blob, holding the cross-worker lock ``fd``."""
+        try:  # another worker stored it between this one's look at the store and the lock
+            info = await self.store.stat(flight.digest)
+        except BlobNotFound:
+            pass
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(flight.path)  # a leftover of an earlier try: readers go to the store
+            flight.by_other_worker = True
+            await flight._set_size(info.size)
+            return info
+        flight.lock_fd = fd
+        try:
+            info = await self._download(flight, client, repository)
+            await self._publish(flight, info)
+            return info
+        except BaseException as e:
+            if not isinstance(e, (UpstreamUnreachable, asyncio.CancelledError)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(flight.path)  # a bad copy is never resumed; an interrupted one is
+            raise
+        finally:
+            flight.lock_fd = None
+
+    async def _follow(self, flight: Flight, lock_fd: int) -> BlobInfo | None:
+        """Another worker holds the lock and downloads: serve its partial file's bytes as they are
+        written, until it lets go. The blob's info once it is in the store; None when that worker
+        stopped without storing it (failed, or killed)."""
+        flight.by_other_worker = True
+        part: int | None = None
+        try:
+            while True:
+                released = _try_flock(lock_fd)  # non-blocking
+                if part is None:
+                    with contextlib.suppress(FileNotFoundError):
+                        part = os.open(flight.path, os.O_RDONLY)
+                # Readers open the partial file by name once the size is set, so only once it exists.
+                if flight.size is None and part is not None:
+                    size = flight.expected_size if flight.expected_size is not None else _announced_size(lock_fd)
+                    if size is not None:
+                        await flight._set_size(size)
+                if part is not None and flight.size is not None:
+                    written = min(os.fstat(part).st_size, flight.size)
+                    if written > flight.written:
+                        flight.written = written
+                        await flight._notify()
+                if released:
+                    break
+                await asyncio.sleep(FOLLOW_POLL)
+        finally:
+            if part is not None:
+                os.close(part)
+        try:
+            info = await self.store.stat(flight.digest)
+        except BlobNotFound:
+            return None
+        if flight.size is None:
+            await flight._set_size(info.size)
+        flight.written = info.size  # the readers' partial file was the stored blob's, whole
+        return info
 
     async def _download(self, flight: Flight, client: UpstreamClient, repository: str) -> BlobInfo:
         content = _Sha256()
@@ -221,11 +322,9 @@ class BlobFetcher:
                         f"the upstream's blob has {total} bytes, the manifest says {flight.expected_size}"
                     )
                 if flight.size is None:
-                    flight.size = total
-                    await flight._notify()
+                    await flight._set_size(total)
             elif flight.expected_size is not None and flight.size is None:
-                flight.size = flight.expected_size
-                await flight._notify()
+                await flight._set_size(flight.expected_size)
             # One buffer, filled and written again and again: a new 4 MiB object per batch (and the
             # copies into it) cost more CPU than the hashing, as page faults on fresh memory.
             batch = memoryview(bytearray(WRITE_BATCH))
@@ -249,8 +348,7 @@ class BlobFetcher:
             if filled:
                 await self._write(flight, content, out, batch[:filled])
         if flight.size is None:  # no length announced: what came is the blob (it is verified next)
-            flight.size = flight.written
-            await flight._notify()
+            await flight._set_size(flight.written)
 
     async def _write(self, flight: Flight, content: _Sha256, out: Any, data: memoryview) -> None:
         """Write, hash (at once, in two threads) and announce ``data``, done with it on return."""
@@ -290,6 +388,44 @@ class BlobFetcher:
         await put_blob(self.store, f"mirror-{uuid.uuid4().hex}", info.digest, chunks(), info.size)
         # Readers that opened the partial file keep reading it after this unlink.
         os.unlink(flight.path)
+
+
+def _open_lock(path: Path) -> tuple[int, bool]:
+    """The lock file's descriptor, and whether this process now holds its ``flock``. A holder
+    unlinks the file before it lets go, so a lock won on a file no longer at ``path`` holds
+    nothing: then again, on the file there now."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if not _try_flock(fd):
+            return fd, False
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd, True
+        os.close(fd)
+
+
+def _try_flock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _release(fd: int, path: Path) -> None:
+    """Unlink the lock file, then let go of it (the order ``_open_lock`` relies on)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    os.close(fd)
+
+
+def _announced_size(lock_fd: int) -> int | None:
+    """The size the downloading worker wrote into the lock file (``_set_size``), once whole."""
+    text = os.pread(lock_fd, 32, 0)
+    return int(text) if text.endswith(b"\n") and text[:-1].isdigit() else None
 
 
 class _Sha256:

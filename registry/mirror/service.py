@@ -309,6 +309,8 @@ class Mirror:
     async def _stored(self, flight: Flight, info: BlobInfo) -> None:
         for name in sorted(flight.repositories):
             await run_in_threadpool(self.meta.link_blob, name, info)
+        if flight.by_other_worker:
+            return  # that worker reads its chunk sums back
         task = asyncio.create_task(self._chunk_sums(info))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
