@@ -244,7 +244,7 @@ def _mirror_args(parser: argparse.ArgumentParser) -> None:
 def _add_cache_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     cache = commands.add_parser(
         "cache",
-        help="list, evict and pin the models a mirror cached from its upstreams",
+        help="list, evict, pin, copy and make local the models a mirror cached from its upstreams",
         description="The pull-through cache (hangar registry serve --upstream): run on the registry host.",
     )
     sub = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
@@ -262,6 +262,32 @@ def _add_cache_commands(commands: argparse._SubParsersAction[argparse.ArgumentPa
     p.add_argument("--off", action="store_true", help="unpin instead")
     _storage_args(p)
     p.set_defaults(handler=_cache_pin)
+    p = sub.add_parser(
+        "copy",
+        help="copy a cached model (every tag, or one) into a local repository, sharing its blobs",
+        description="Copy a cached model into a local repository: its manifests become the registry's own and "
+        "its blobs are linked, not downloaded or stored again. The copy is never evicted nor checked upstream, and "
+        "takes pushes from whoever may push to its namespace. SOURCE:TAG DEST[:TAG] copies one tag.",
+    )
+    p.add_argument("source", metavar="SOURCE[:TAG]", help="a cached model, e.g. library/gemma3 or library/gemma3:1b")
+    p.add_argument("destination", metavar="DEST[:TAG]", help="a local repository, e.g. acme/gemma3")
+    p.add_argument(
+        "--auth",
+        choices=["required", "off"],
+        help="as the registry serves (HANGAR_REGISTRY_AUTH; default required): with accounts, DEST's namespace "
+        "must be a user's or an organisation's, as for a push",
+    )
+    _storage_args(p)
+    p.set_defaults(handler=_cache_copy)
+    p = sub.add_parser(
+        "make-local",
+        help="make a cached model local in place: no longer checked upstream nor evicted, and it takes pushes",
+        description="Turn a cached repository into one of the registry's own, keeping its tags and blobs: it stops "
+        "following its upstream, is never evicted, and takes pushes from whoever may push to its namespace.",
+    )
+    p.add_argument("name", metavar="NAMESPACE/MODEL")
+    _storage_args(p)
+    p.set_defaults(handler=_cache_make_local)
 
 
 def _cache_state(args: argparse.Namespace) -> tuple[config.Settings, Any, Any, Any]:
@@ -333,6 +359,42 @@ def _cache_pin(args: argparse.Namespace) -> int:
         print(f"error: {args.name} is not a cached model (hangar registry cache list)", file=sys.stderr)
         return 1
     print(f"{'unpinned' if args.off else 'pinned'} {args.name}")
+    return 0
+
+
+def _cache_copy(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from registry.accounts import Accounts
+    from registry.mirror.local import LocalError, copy_cached
+
+    settings, cache, meta, store = _cache_state(args)
+    try:
+        accounts = Accounts(meta.engine)
+        required = settings.auth == "required"
+        copied = asyncio.run(
+            copy_cached(cache, meta, store, accounts, args.source, args.destination, accounts_required=required)
+        )
+    except LocalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for source, destination in copied:
+        print(f"copied {source} to {destination}")
+    return 0
+
+
+def _cache_make_local(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from registry.mirror.local import LocalError, make_local
+
+    _, cache, _, _ = _cache_state(args)
+    try:
+        upstream = asyncio.run(make_local(cache, args.name))
+    except LocalError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.name} is a local model now (it was a cache of {upstream}): never evicted, and it takes pushes")
     return 0
 
 

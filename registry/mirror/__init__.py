@@ -6,6 +6,7 @@
   streamed to waiting clients;
 - ``cache``: the cache's tables (cached repositories, tag checks) and their SQL;
 - ``service``: ``Mirror``, manifest resolution and eviction;
+- ``local``: cached models an administrator copies into, or turns into, local repositories;
 - ``hooks``: the one-line calls the API handlers make into it.
 
 Nothing is imported here, so that ``migrations/env.py`` can register the tables (``cache``)

@@ -154,6 +154,31 @@ class CacheState(Transactions):
             result = conn.execute(update(_mirror).where(_mirror.c.repository_id == repo_id).values(pinned=pinned))
             return result.rowcount > 0
 
+    def is_pinned(self, name: str) -> bool | None:
+        """Whether a cached repository is pinned; None: not a cached repository."""
+        with self._read() as conn:
+            pinned = conn.execute(
+                select(_mirror.c.pinned)
+                .select_from(_mirror.join(_repository, _mirror.c.repository_id == _repository.c.id))
+                .where(_repository.c.key == repository_key(name))
+            ).scalar()
+        return None if pinned is None else bool(pinned)
+
+    def make_local(self, name: str) -> str | None:
+        """Make a cached repository one of the registry's own, in place: its cache rows go (its
+        manifests, tags and links stay), so it is never checked upstream nor evicted again, and
+        takes pushes. The upstream it followed; None where it was not a cached repository."""
+        with self._write() as conn:
+            repo_id = self._repo_id(conn, name)
+            if repo_id is None:
+                return None
+            upstream = conn.execute(select(_mirror.c.upstream).where(_mirror.c.repository_id == repo_id)).scalar()
+            if upstream is None:
+                return None
+            conn.execute(delete(_mirror_tag).where(_mirror_tag.c.repository_id == repo_id))
+            conn.execute(delete(_mirror).where(_mirror.c.repository_id == repo_id))
+            return str(upstream)
+
     def cached(self) -> list[CachedRepository]:
         """Every cached repository, least recently used first."""
         size = (

@@ -331,14 +331,15 @@ class Mirror:
 
     async def refuse_push(self, name: str) -> None:
         """DENIED for a push into a namespace an upstream serves (but a local repository there,
-        made by an administrator, takes pushes)."""
+        made by an administrator, takes pushes: ``registry.mirror.local``)."""
         upstream = self.route(name)
         if upstream is None or await run_in_threadpool(self.cache.kind, name) == "local":
             return
         namespace = repository_namespace(name)
         raise DistributionError(
             "DENIED",
-            f"access denied: namespace {namespace} is a mirror of {upstream.url}; push to another namespace",
+            f"access denied: namespace {namespace} is a mirror of {upstream.url}; push to another namespace, or "
+            f"have an administrator make {name} local (hangar registry cache make-local {name})",
         )
 
     # -- the size limit -----------------------------------------------------------------------
