@@ -182,9 +182,14 @@ def test_full_queue_answers_503(make_runtime) -> None:  # type: ignore[no-untype
 
 
 def test_concurrent_requests_do_not_mix(make_runtime) -> None:  # type: ignore[no-untyped-def]
+    """Four sampled requests, two at a time, against each alone. llama.cpp is not bit-stable across
+    batch shapes, so a reply decoded beside another may leave its solo path after a while: the
+    first tokens must be the same, and no reply may hold a run of another's tokens."""
     rt = make_runtime(HANGAR_NUM_PARALLEL="2")
+    n = 8  # tokens compared
 
-    def ask(seed: int) -> str:
+    def ask(seed: int) -> list[int]:
+        """The reply's tokens (the end of the context sent back)."""
         r = httpx.post(
             rt.url + "/api/generate",
             json={
@@ -194,17 +199,30 @@ def test_concurrent_requests_do_not_mix(make_runtime) -> None:  # type: ignore[n
                 "options": {"num_predict": 30, "seed": seed, "temperature": 0.9},
             },
             timeout=120,
-        )
-        return str(r.json()["response"])
+        ).json()
+        return list(r["context"][len(r["context"]) - r.get("eval_count", 0) :])
 
     alone = {seed: ask(seed) for seed in (1, 2, 3, 4)}
-    results: dict[int, str] = {}
+    results: dict[int, list[int]] = {}
     threads = [threading.Thread(target=lambda s=s: results.__setitem__(s, ask(s))) for s in alone]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert results == alone
+    assert sorted(results) == sorted(alone)
+    runs = {seed: _runs(tokens, n) for seed, tokens in alone.items()}
+    for seed, tokens in results.items():
+        solo = alone[seed]
+        assert tokens[:n] == solo[:n], (seed, tokens, solo)
+        # Any n tokens in a row of another request's solo reply (and not of its own) would be
+        # that request's output leaking into this one, wherever it began.
+        foreign = {run for other, r in runs.items() if other != seed for run in r} - runs[seed]
+        assert not _runs(tokens, n) & foreign, (seed, tokens)
+
+
+def _runs(tokens: list[int], n: int) -> set[tuple[int, ...]]:
+    """Every ``n`` tokens in a row of ``tokens``."""
+    return {tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)}
 
 
 def test_api_key_host_guard_and_cors(make_runtime) -> None:  # type: ignore[no-untyped-def]
