@@ -9,8 +9,8 @@ grammar). Stop sequences, logprobs, ``num_predict`` and the context shift are pe
 
 A finished or cancelled request frees its slot at once; its tokens stay in the slot's cells, so the
 next request that starts the same way (a chat's next turn, the same system prompt) is given that
-slot and evaluates only what is new (``DoneEvent.cached_tokens`` says how much it reused;
-``prompt_tokens`` stays the whole prompt, as Ollama's runner and OpenAI count it).
+slot and evaluates only what is new (``DoneEvent.cached_tokens`` says how much it reused,
+``DoneEvent.evaluated_tokens`` what was evaluated).
 
 Everything here runs on the model's engine thread (``runtime.engine``): llama.cpp's CPU backend
 slows down when called from more than one thread (performance-notes.md)."""

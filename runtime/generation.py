@@ -41,12 +41,21 @@ class TokenEvent:
 @dataclass
 class DoneEvent:
     reason: str  # "stop" | "length" | "cancel"
-    prompt_tokens: int  # the whole prompt (as Ollama's runner counts it), cached tokens included
+    prompt_tokens: int  # the whole prompt, cached tokens included (OpenAI's usage.prompt_tokens)
     eval_tokens: int
     prompt_ns: int
     eval_ns: int
     context: list[int]
     cached_tokens: int = 0  # of those, the ones reused from the cache (the conversation so far)
+
+    @property
+    def evaluated_tokens(self) -> int:
+        """The prompt tokens evaluated for this request, those the cache did not supply (Ollama's
+        ``prompt_eval_count``, so that with ``prompt_eval_duration`` it is a true rate, as
+        llama.cpp's server counts them). At least 1 for a prompt that was all cached: a runner
+        evaluates its last token again for the logits; Hangar keeps those logits instead (so the
+        same request again answers the same) and counts that token as a runner would."""
+        return min(self.prompt_tokens, max(1, self.prompt_tokens - self.cached_tokens))
 
 
 @dataclass

@@ -73,7 +73,7 @@ def _durations(result: Result) -> dict[str, Any]:
     values = {
         "total_duration": result.total_ns,
         "load_duration": result.load_ns,
-        "prompt_eval_count": done.prompt_tokens if done else 0,
+        "prompt_eval_count": done.evaluated_tokens if done else 0,
         "prompt_eval_duration": done.prompt_ns if done else 0,
         "eval_count": done.eval_tokens if done else 0,
         "eval_duration": done.eval_ns if done else 0,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 _FILLERS = ("", "0", ":0", '"k":0', "e", "ue", "rue", "lse", "alse", "l", "ll", "ull")
 
@@ -44,3 +45,10 @@ def is_json_prefix(text: str) -> bool:
         except ValueError:
             continue
     return False
+
+
+def prompt_size(answer: dict[str, Any]) -> int:
+    """The whole prompt of an ``/api/generate`` answer in tokens, as evaluated (cut to fit): its
+    ``context`` is that prompt and then the reply. (``prompt_eval_count`` counts only the prompt
+    tokens the cache did not supply.)"""
+    return len(answer["context"]) - int(answer.get("eval_count", 0))

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.conftest import populate
+from tests.runtime.checks import prompt_size
 from tests.servers import RuntimeProcess
 from tests.tinymodels import add_model
 
@@ -149,7 +150,7 @@ def test_a_long_prompt_is_cut_for_every_context_size(runtime: RuntimeProcess, nu
         out = r.json()
         # Cut to leave room for the 3 tokens of the reply (at most a quarter of the context).
         room = max(1, min(3, num_ctx // 4))
-        assert out["prompt_eval_count"] == num_ctx - room, (num_ctx, num_keep, out)
+        assert prompt_size(out) == num_ctx - room, (num_ctx, num_keep, out)
         assert out["eval_count"] == 3 and out["done_reason"] == "length"
 
 
@@ -157,15 +158,15 @@ def test_the_issue_case_num_ctx_128_streams_and_keeps_the_start(runtime: Runtime
     body = {"model": "tiny-long", "prompt": WORDS, "options": {"num_ctx": 128, "temperature": 0, "num_predict": 5}}
     items = ndjson(httpx.post(runtime.url + "/api/generate", json=body, timeout=120))
     final = items[-1]
-    assert final["done"] is True and final["prompt_eval_count"] == 123 and final["eval_count"] == 5
+    assert final["done"] is True and prompt_size(final) == 123 and final["eval_count"] == 5
     # The context sent back starts with the kept tokens (num_keep 4) and ends with the prompt's end.
     whole = httpx.post(
         runtime.url + "/api/generate",
         json={**body, "options": {"num_ctx": 4096, "num_predict": 1}, "stream": False},
         timeout=120,
     ).json()
-    cut = final["context"][: final["prompt_eval_count"]]
-    full = whole["context"][: whole["prompt_eval_count"]]
+    cut = final["context"][: prompt_size(final)]
+    full = whole["context"][: prompt_size(whole)]
     assert len(full) > 1000 and cut[:4] == full[:4] and cut[4:] == full[len(full) - 119 :]
 
 
@@ -205,8 +206,10 @@ def test_shift_lets_a_reply_outgrow_the_context_and_shift_false_stops_it(runtime
     stopped = httpx.post(runtime.url + "/api/generate", json={**body, "shift": False}, timeout=120).json()
     # The prompt and the reply fill the 64 tokens of the context, then it stops.
     assert stopped["done_reason"] == "length"
-    assert stopped["prompt_eval_count"] + stopped["eval_count"] == 64 + 1
+    assert prompt_size(stopped) + stopped["eval_count"] == 64 + 1
     assert shifted["response"].startswith(stopped["response"][:-2])  # the last bytes may end mid-character
+    # Unloaded first, so that nothing is cached: the chat's prompt_eval_count is its whole prompt.
+    httpx.post(runtime.url + "/api/generate", json={"model": "tiny-long", "keep_alive": 0}, timeout=60)
     chat = httpx.post(
         runtime.url + "/api/chat",
         json={"model": "tiny-long", "messages": [{"role": "user", "content": "hello"}], "stream": False,
@@ -336,6 +339,8 @@ def test_openai_text_parts_and_tool_names_reach_the_template(echo: RuntimeProces
     def native(messages: list[dict]) -> tuple[str, int]:  # type: ignore[type-arg]
         body = {"model": "echo", "messages": messages, "options": {"num_predict": 1}}
         rendered = httpx.post(echo.url + "/api/chat", json={**body, "_debug_render_only": True}).json()
+        # Unloaded first, so that nothing is cached: prompt_eval_count is the whole prompt.
+        httpx.post(echo.url + "/api/chat", json={"model": "echo", "keep_alive": 0}, timeout=60)
         count = httpx.post(echo.url + "/api/chat", json={**body, "stream": False}, timeout=60).json()
         return rendered["_debug_info"]["rendered_template"], count["prompt_eval_count"]
 

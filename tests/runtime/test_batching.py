@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import populate
+from tests.runtime.checks import prompt_size
 from tests.servers import RuntimeProcess, wait_until
 
 # One llama.cpp thread: the tiny models gain nothing from more, and on a machine whose CPUs are
@@ -165,9 +166,9 @@ def test_a_cancelled_stream_frees_its_slot(tmp_path: Path, tiny_models: dict[str
 
 
 def test_a_chat_follow_up_evaluates_only_its_new_tokens(batched: RuntimeProcess) -> None:
-    """The counts: OpenAI's ``usage.prompt_tokens_details.cached_tokens`` (what the cache
-    supplied, within ``prompt_tokens``); Ollama's ``prompt_eval_count`` is the whole prompt, as
-    Ollama's own runner counts it."""
+    """The counts: Ollama's ``prompt_eval_count`` is what was evaluated, the prompt tokens the
+    cache did not supply (at least 1); OpenAI's ``usage.prompt_tokens`` is the whole prompt, with
+    ``prompt_tokens_details.cached_tokens`` what the cache supplied."""
 
     def chat(messages: list[dict[str, str]]) -> tuple[str, int, int]:
         r = httpx.post(
@@ -180,6 +181,13 @@ def test_a_chat_follow_up_evaluates_only_its_new_tokens(batched: RuntimeProcess)
         cached = usage.get("prompt_tokens_details", {}).get("cached_tokens", 0)
         return r["choices"][0]["message"]["content"], usage["prompt_tokens"], cached
 
+    def ollama_chat(messages: list[dict[str, str]]) -> int:
+        # The same runner (the same options as far as loading goes), one token of reply: it is
+        # sampled, never decoded, so the slot's cells end up holding exactly this prompt.
+        options = {"num_predict": 1, "temperature": 0, "top_p": 1.0}
+        body = {"model": "tiny", "messages": messages, "stream": False, "options": options}
+        return int(httpx.post(batched.url + "/api/chat", json=body, timeout=60).json()["prompt_eval_count"])
+
     turn1 = [{"role": "system", "content": "You are terse. " * 20}, {"role": "user", "content": "hello there"}]
     reply, first, cached = chat(turn1)
     assert first > 250 and cached == 0  # the system prompt is about a token a byte; nothing cached yet
@@ -188,14 +196,17 @@ def test_a_chat_follow_up_evaluates_only_its_new_tokens(batched: RuntimeProcess)
     # The first turn's whole prompt came from the cache: only the reply as the template writes it
     # (10 tokens, a few more bytes) and the new message in its markup (about 40 tokens) were new.
     assert cached >= first and 40 <= second - cached <= 80, (first, second, cached)
-    # The same request again reuses all of it, the logits of its end included.
+    # The same request again reuses all of it, the logits of its end included: Ollama's API
+    # counts the 1 token a runner evaluates again for them.
     _, again, cached = chat(turn2)
     assert again == second and cached == second
-    # Ollama's API counts the whole prompt, cached or not (the same runner: the same options).
-    options = {"num_predict": 1, "temperature": 0, "top_p": 1.0}
-    body = {"model": "tiny", "messages": turn2, "stream": False, "options": options}
-    ollama = httpx.post(batched.url + "/api/chat", json=body, timeout=60).json()
-    assert ollama["prompt_eval_count"] == second
+    assert ollama_chat(turn2) == 1
+    # The next turn on Ollama's API evaluates exactly what it adds to the turn before: its whole
+    # prompt (as OpenAI's usage reports it after) less the previous prompt, all cached.
+    turn3 = [*turn2, {"role": "assistant", "content": "Fine."}, {"role": "user", "content": "go on"}]
+    evaluated = ollama_chat(turn3)
+    _, third, cached = chat(turn3)
+    assert cached == third and evaluated == third - second > 10, (second, third, evaluated)
 
 
 def test_the_same_request_again_answers_the_same(batched: RuntimeProcess) -> None:
@@ -211,7 +222,8 @@ def test_the_same_request_again_answers_the_same(batched: RuntimeProcess) -> Non
     first = httpx.post(batched.url + "/api/generate", json=body, timeout=60).json()
     again = httpx.post(batched.url + "/api/generate", json=body, timeout=60).json()
     assert again["response"] == first["response"] and again["logprobs"] == first["logprobs"]
-    assert again["prompt_eval_count"] == first["prompt_eval_count"] and again["eval_count"] == 8
+    assert prompt_size(again) == prompt_size(first) and again["eval_count"] == 8
+    assert again["prompt_eval_count"] == 1  # nothing evaluated: counted as the 1 a runner would
 
 
 def test_a_long_prompt_does_not_stall_the_others(batched: RuntimeProcess) -> None:
@@ -241,7 +253,7 @@ def test_a_long_prompt_does_not_stall_the_others(batched: RuntimeProcess) -> Non
         timeout=300,
     ).json()
     done = time.monotonic()
-    assert item["prompt_eval_count"] >= 4000
+    assert prompt_size(item) >= 4000
     # The engine spent prompt_eval_duration from taking the request to its first token (it ends
     # about when the answer came back): the running stream kept getting tokens meanwhile, one
     # a step, where evaluating the prompt in one go would have given it none.
