@@ -8,9 +8,11 @@ each sequence's token from its own row of logits with its own sampler chain (opt
 grammar). Stop sequences, logprobs, ``num_predict`` and the context shift are per sequence.
 
 A finished or cancelled request frees its slot at once; its tokens stay in the slot's cells, so the
-next request that starts the same way (a chat's next turn, the same system prompt) is given that
-slot and evaluates only what is new (``DoneEvent.cached_tokens`` says how much it reused,
-``DoneEvent.evaluated_tokens`` what was evaluated).
+next request that continues them (a chat's next turn, the same request again) is given that slot
+and evaluates only what is new. A request that shares only a start with another slot (the same
+system prompt, another user) takes a slot of its own and copies that start's cells from the other
+slot, busy or free, instead of evaluating it again. ``DoneEvent.cached_tokens`` says how much of
+the prompt came from the cache (``DoneEvent.evaluated_tokens`` the rest).
 
 Everything here runs on the model's engine thread (``runtime.engine``): llama.cpp's CPU backend
 slows down when called from more than one thread (performance-notes.md)."""
@@ -75,6 +77,7 @@ class Slot:
     tokens: list[int] = field(default_factory=list)
     seq: Sequence | None = None
     used: int = 0  # when it was last given out (the least recent is reused first)
+    prompt: int = 0  # the length of the last prompt evaluated here
     # The last text prompt evaluated here and the logits it ended with: the same request again
     # samples from these instead of decoding its last token again, which would give logits that
     # differ in the last bits (another batch shape), so the same request answers the same.
@@ -96,6 +99,11 @@ class Batcher:
         self.n_ctx = n_ctx
         self.n_batch = int(llm.n_batch)
         self.can_shift = bool(llama_cpp.llama_memory_can_shift(self.memory))
+        self.n_swa = int(llama_cpp.llama_model_n_swa(llm._model.model))  # 0: no sliding window
+        # Copying a prefix from another slot moves that slot's whole sequence (llama.cpp copies
+        # across streams no less): n_ctx cells, each far cheaper than evaluating a token, so a
+        # copy pays off from a few tokens on; below this many shared tokens they are evaluated.
+        self.min_copy = max(16, n_ctx // 256)
         self.vision = vision
         self.slots = [Slot(i) for i in range(n_slots)]
         self.waiting: collections.deque[Sequence] = collections.deque()
@@ -150,13 +158,22 @@ class Batcher:
                 self._clear(slot)
 
     def _slot_for(self, seq: Sequence) -> Slot | None:
-        """The free slot that holds the longest start of ``seq``'s prompt (else the least
-        recently used one); None when all are taken."""
+        """The free slot ``seq`` continues (the one sharing the most with it), else the least
+        recently used free one; None when all are taken.
+
+        ``seq`` continues a slot when it starts with the slot's whole last prompt (a chat's next
+        turn, the same request again) or with at least half of its cells (as llama.cpp's server
+        chooses): taking a slot that holds another conversation would drop that one's cache for
+        a shared start, which :meth:`_borrow` copies into the slot taken instead."""
         free = [s for s in self.slots if s.seq is None]
         if not free:
             return None
         tokens = seq.request if isinstance(seq.request, list) else []
-        return max(free, key=lambda s: (_common(s.tokens, tokens), -s.used))
+        shared = {s.id: _common(s.tokens, tokens) for s in free}
+        mine = [s for s in free if shared[s.id] >= min(s.prompt or len(s.tokens), len(s.tokens) / 2)]
+        if mine:
+            return max(mine, key=lambda s: (shared[s.id], -s.used))
+        return min(free, key=lambda s: s.used)
 
     def _admit(self, seq: Sequence, slot: Slot) -> None:
         import llama_cpp
@@ -179,16 +196,21 @@ class Batcher:
             seq.prompt = fit(request, self.n_ctx, seq.keep, s.num_predict)
             if not seq.prompt:
                 raise BadInput("the prompt is empty")
+            self._borrow(slot, seq.prompt)
             if slot.saved is not None and slot.saved[0] == seq.prompt and slot.tokens[: len(seq.prompt)] == seq.prompt:
                 same = len(seq.prompt)  # all of it, and its logits
             else:  # at least the last token is evaluated again: sampling needs its logits
                 same = min(_common(slot.tokens, seq.prompt), len(seq.prompt) - 1)
+            if same and not self._holds(slot, same):
+                self._clear(slot)
+                same = 0
             if same < len(slot.tokens) and not llama_cpp.llama_memory_seq_rm(self.memory, slot.id, same, -1):
                 self._clear(slot)  # this memory cannot drop a tail: start over
                 same = 0
             del slot.tokens[same:]
             seq.cached = same
             seq.todo = seq.prompt[same:]
+        slot.prompt = len(seq.prompt)
         llm = self.llm
         # The sampler chain reads the seed and the penalty window from the Llama object.
         llm.set_seed(s.seed if s.seed >= 0 else random.randrange(2**31))
@@ -216,6 +238,38 @@ class Batcher:
             self._sample(slot, -1)  # the image prompt was decoded on its own: its logits are the last
         elif not seq.todo and slot.saved is not None:
             self._sample(slot, -1, slot.saved[1])
+
+    def _borrow(self, slot: Slot, prompt: list[int]) -> None:
+        """Copy into ``slot`` the cells of the longest start of ``prompt`` another slot holds
+        (busy or free: a busy one's cells are all decoded between steps), when that is at least
+        ``min_copy`` tokens more than ``slot`` holds itself."""
+        import llama_cpp
+
+        own = _common(slot.tokens, prompt)
+        others = [s for s in self.slots if s is not slot]
+        if not others:
+            return
+        best = max(others, key=lambda s: _common(s.tokens, prompt))
+        # The last prompt token is evaluated again whatever is cached (its logits are needed).
+        n = min(_common(best.tokens, prompt), len(prompt) - 1)
+        if n - own < self.min_copy or not self._holds(best, n):
+            return
+        # Sequences have streams of their own (not unified): llama.cpp copies a whole sequence
+        # across streams, never a range of it, so copy all of it and drop the tail.
+        llama_cpp.llama_memory_seq_rm(self.memory, slot.id, -1, -1)
+        llama_cpp.llama_memory_seq_cp(self.memory, best.id, slot.id, -1, -1)
+        slot.tokens = best.tokens[:n]
+        slot.saved = None
+        if not llama_cpp.llama_memory_seq_rm(self.memory, slot.id, n, -1):
+            self._clear(slot)  # this memory cannot drop a tail (recurrent): start over
+
+    def _holds(self, slot: Slot, n: int) -> bool:
+        """Whether ``slot``'s cells can serve its first ``n`` tokens as a prefix: a model with a
+        sliding window keeps only that window's cells of a long sequence, and the next token
+        needs the window before position ``n`` (llama.cpp's server checks the same)."""
+        import llama_cpp
+
+        return int(llama_cpp.llama_memory_seq_pos_min(self.memory, slot.id)) <= max(0, n - self.n_swa)
 
     def _decode(self) -> None:
         import llama_cpp
@@ -374,6 +428,7 @@ class Batcher:
 
         llama_cpp.llama_memory_seq_rm(self.memory, slot.id, -1, -1)
         slot.tokens = []
+        slot.prompt = 0
         slot.saved = None
 
     def _evaluate_media(self, request: MediaPrompt, slot: Slot) -> list[int]:

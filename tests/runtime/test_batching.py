@@ -1,6 +1,7 @@
 """Continuous batching and prompt caching in a real ``hangar serve`` on tiny GGUF models: requests
 decoded together each get what they would get alone, a cancelled stream frees its slot, a chat's
-next turn evaluates only its new tokens, and a long prompt does not stall the others.
+next turn evaluates only its new tokens, a system prompt shared by two users is evaluated once,
+and a long prompt does not stall the others.
 
 llama.cpp is not bit-stable across batch shapes, so greedy texts are compared by their start,
 not whole (the issue's rule); structure (stops, schemas, counts) must match exactly."""
@@ -224,6 +225,41 @@ def test_the_same_request_again_answers_the_same(batched: RuntimeProcess) -> Non
     assert again["response"] == first["response"] and again["logprobs"] == first["logprobs"]
     assert prompt_size(again) == prompt_size(first) and again["eval_count"] == 8
     assert again["prompt_eval_count"] == 1  # nothing evaluated: counted as the 1 a runner would
+
+
+def test_a_shared_system_prompt_is_copied_not_evaluated_again(batched: RuntimeProcess) -> None:
+    """Two users with the same long system prompt: the second, arriving while the first is still
+    decoding, takes another slot and copies the system prompt's cells from the first one's."""
+    options = {"temperature": 0, "num_ctx": 2048, "num_thread": ONE}
+    system = "You answer in riddles, briefly. " * 10
+    first_body = {"model": "tiny", "system": system, "prompt": "first question", "options": options}
+    # The prompts' tokens, from a model with the same file and template (its own cache).
+    twin = {**first_body, "model": "tiny-greedy", "stream": False, "options": {**options, "num_predict": 1}}
+    mine = httpx.post(batched.url + "/api/generate", json=twin, timeout=60).json()
+    theirs = httpx.post(batched.url + "/api/generate", json={**twin, "prompt": "second question"}, timeout=60).json()
+    first_tokens, second_tokens = (a["context"][: prompt_size(a)] for a in (mine, theirs))
+    shared = next(i for i, (a, b) in enumerate(zip(first_tokens, second_tokens, strict=False)) if a != b)
+    assert shared > 250 and len(second_tokens) - shared < 50, (shared, len(second_tokens))
+
+    times: list[float] = []
+    done: list[dict[str, Any]] = []
+
+    def decode() -> None:
+        long = {**first_body, "options": {**options, "num_predict": 1500}}
+        done.append(stream(batched.url, "/api/generate", long, times))
+
+    thread = threading.Thread(target=decode, daemon=True)
+    thread.start()
+    wait_until(lambda: len(times) > 5, 60, "the first request to be decoding")
+    body = {**first_body, "prompt": "second question", "stream": False, "options": {**options, "num_predict": 2}}
+    second = httpx.post(batched.url + "/api/generate", json=body, timeout=60).json()
+    assert not done, "the first request ended before the second was answered"
+    assert second["context"][: prompt_size(second)] == second_tokens
+    assert second["prompt_eval_count"] == len(second_tokens) - shared, (second, shared)
+    # The copied cells serve as the evaluated ones do: the same first token as the twin's.
+    assert second["context"][: len(second_tokens) + 1] == theirs["context"][: len(second_tokens) + 1]
+    thread.join(120)
+    assert done and done[0]["context"][: len(first_tokens)] == first_tokens
 
 
 def test_a_long_prompt_does_not_stall_the_others(batched: RuntimeProcess) -> None:
