@@ -430,7 +430,8 @@ def _gc(args: argparse.Namespace) -> int:
 
     async def run() -> tuple[gc.Plan, gc.Plan]:
         plan = await gc.plan_uploads(meta, store, settings.upload_max_age)
-        plan.blobs = (await gc.plan_blobs(meta, grace)).blobs
+        blobs = await gc.plan_blobs(meta, grace)
+        plan.blobs, plan.cutoff = blobs.blobs, blobs.cutoff
         done = gc.Plan() if args.dry_run else await gc.execute(meta, store, plan)
         return plan, done
 

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, delete, exists, select
+from sqlalchemy import Table, and_, delete, exists, or_, select
 from sqlalchemy.engine import Engine
 
 from formats.digest import Digest, InvalidDigest
@@ -220,9 +220,12 @@ class Fsck:
     # -- blobs -------------------------------------------------------------------------------
 
     def _blob_rows(self) -> list[_BlobRow]:
+        """The rows to check: not those held (an upload publishing the bytes, gc deleting them:
+        ``registry.gc``), whose bytes are not there yet or any more, by design."""
         cols = (_blob.c.digest, _blob.c.size, _blob.c.chunk_size, _blob.c.chunk_sums)
+        free = or_(_blob.c.held_until.is_(None), _blob.c.held_until <= utcnow())
         with read_transaction(self.engine) as conn:
-            rows = conn.execute(select(*cols).order_by(_blob.c.digest)).all()
+            rows = conn.execute(select(*cols).where(free).order_by(_blob.c.digest)).all()
         return [_BlobRow(r[0], int(r[1]), r[2], (r[3] or "").split()) for r in rows]
 
     async def _check_blobs(self) -> set[str]:
@@ -298,8 +301,8 @@ class Fsck:
 
     async def _check_strays(self) -> None:
         """Bytes in the store that no blob row names: space only (nothing serves them). Removed
-        after the grace period, which a commit in flight (bytes published, row not yet written)
-        is well inside; only where the store can tell a blob's age (the filesystem)."""
+        after the grace period (an upload claims the row before it publishes, so these are what a
+        crash left); only where the store can tell a blob's age (the filesystem)."""
         with read_transaction(self.engine) as conn:
             known = set(conn.execute(select(_blob.c.digest)).scalars())
         blob_path = cast(Callable[[Digest], Path] | None, getattr(self.store.backend, "blob_path", None))

@@ -1,15 +1,38 @@
 """Cleaning up: abandoned upload sessions, and blobs nothing uses any more.
 
 Both are a plan (what would go) followed by its execution, so ``--dry-run`` is the plan alone.
-Online and safe beside running workers: an upload is purged only after ``max_age`` without a
-write, and a blob only if it is older than the grace period and still unreferenced at the moment
-its row is deleted (the delete re-checks in the same statement)."""
+Online and safe beside running workers and replicas: an upload is purged only after ``max_age``
+without a write, and a blob only if it is older than the grace period and still unused when gc
+takes its row.
+
+Uploads and gc take turns on a blob's bytes through its database row (``registry.meta``):
+
+- an upload whose bytes are verified claims the row before it publishes them (``claimer``, made
+  if missing); the claim holds the row for ``PUBLISH_HOLD`` and names its generation. Linking the
+  bytes into the repository checks that generation in the same transaction and ends the hold;
+- gc takes a row only if nobody holds it and nothing links or names it (checked with the row
+  locked), gives it a new generation and holds it, renewing the hold every ``COLLECT_HOLD``/3
+  while it deletes the bytes; then deletes the row (if still its generation);
+- an upload that finds the row held waits (a publish or a delete takes moments); a link that finds
+  another generation fails (BlobBeingCollected, 503) rather than naming bytes gc deleted.
+
+So gc never deletes bytes an upload is publishing or has published and is about to link, and an
+upload never publishes bytes gc is deleting. Two uploads of one digest also take turns: the second
+finds the first's blob in the store and drops its own bytes (on S3, none are left over). A hold
+ends by itself only when its holder is gone (an upload killed mid-publish: the next one takes a new
+generation; a gc killed mid-delete) or, for an upload, publishes for longer than its hold (its link
+then fails, never the other way round); gc's runs out only if its process stops (not killed) for
+longer than ``COLLECT_HOLD`` in the middle of a delete.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -19,15 +42,22 @@ from formats.digest import Digest
 from registry.accounts import Accounts
 from registry.db import utcnow
 from registry.meta import Metadata
-from registry.storage import VerifiedStore
+from registry.storage import BlobBeingCollected, Claim, VerifiedStore
 
 log = logging.getLogger("hangar.registry.gc")
+
+PUBLISH_HOLD = 60.0  # an upload's claim: publishing is a few requests (on S3, completing the parts)
+COLLECT_HOLD = 30.0  # gc's, renewed while it deletes: a gc killed meanwhile blocks pushes this long
+CLAIM_WAIT = PUBLISH_HOLD + 30.0  # longer than any hold whose holder is gone: that one is outwaited
+CLAIM_POLL = 0.1
 
 
 @dataclass
 class Plan:
     uploads: list[str] = field(default_factory=list)
     blobs: list[str] = field(default_factory=list)
+    # Blobs published since are kept (a plan made without a grace period: when it was made).
+    cutoff: dt.datetime = field(default_factory=utcnow)
 
 
 async def plan_uploads(meta: Metadata, store: VerifiedStore, max_age: float) -> Plan:
@@ -43,27 +73,75 @@ async def plan_uploads(meta: Metadata, store: VerifiedStore, max_age: float) -> 
 
 async def plan_blobs(meta: Metadata, grace: float) -> Plan:
     cutoff = utcnow() - dt.timedelta(seconds=grace)
-    return Plan(blobs=await run_in_threadpool(meta.unreferenced_blobs, cutoff))
+    return Plan(blobs=await run_in_threadpool(meta.unreferenced_blobs, cutoff), cutoff=cutoff)
 
 
-async def execute(meta: Metadata, store: VerifiedStore, plan: Plan) -> Plan:
+# Called for each blob after gc took its row, before its bytes go (tests meet a push there).
+Pause = Callable[[str], Awaitable[None]]
+
+
+async def collect(
+    meta: Metadata, store: VerifiedStore, digest: str, cutoff: dt.datetime, pause: Pause | None = None
+) -> bool:
+    """Delete one blob's bytes and row if it is unused and older than ``cutoff``; False if kept."""
+    generation = await run_in_threadpool(meta.collect_blob, digest, cutoff, COLLECT_HOLD)
+    if generation is None:
+        return False
+    async with _holding(meta, digest, generation):
+        if pause is not None:
+            await pause(digest)
+        await store.delete(Digest.parse(digest))
+    if not await run_in_threadpool(meta.drop_blob, digest, generation):
+        log.warning("blob %s: gc's hold ran out before its bytes were deleted; an upload publishes them again", digest)
+    return True
+
+
+async def execute(meta: Metadata, store: VerifiedStore, plan: Plan, pause: Pause | None = None) -> Plan:
     """Carry out a plan; returns what was actually removed."""
-    done = Plan()
+    done = Plan(cutoff=plan.cutoff)
     for upload_id in plan.uploads:
         await store.abort_upload(upload_id)
         await run_in_threadpool(meta.delete_upload, upload_id)
         done.uploads.append(upload_id)
     for digest in plan.blobs:
-        # An upload of the same bytes may be publishing them right now: it rewrites the blob
-        # (``BlobStore.delete``) before it links the row again, so bytes written since this
-        # moment stay (without a row; the upload's link restores it).
-        now = time.time()
-        if await run_in_threadpool(meta.forget_blob, digest):
-            if await store.delete(Digest.parse(digest), written_before=now):
-                done.blobs.append(digest)
-            else:
-                log.info("kept blob %s: written again while it was being collected", digest)
+        if await collect(meta, store, digest, plan.cutoff, pause):
+            done.blobs.append(digest)
+        else:
+            log.info("kept blob %s: in use again since the plan", digest)
     return done
+
+
+@contextlib.asynccontextmanager
+async def _holding(meta: Metadata, digest: str, generation: str) -> AsyncIterator[None]:
+    """Keep gc's hold on a row for as long as it works on the blob, however slow the store."""
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(COLLECT_HOLD / 3)
+            if not await run_in_threadpool(meta.hold_blob, digest, generation, COLLECT_HOLD):
+                return
+
+    renewing = asyncio.ensure_future(renew())
+    try:
+        yield
+    finally:
+        renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await renewing
+
+
+def claimer(meta: Metadata) -> Claim:
+    """The claim ``VerifiedStore`` makes before it publishes an upload's bytes (see above)."""
+
+    async def claim(digest: Digest, size: int) -> str:
+        deadline = time.monotonic() + CLAIM_WAIT
+        while (generation := await run_in_threadpool(meta.claim_blob, digest, size, PUBLISH_HOLD)) is None:
+            if time.monotonic() > deadline:
+                raise BlobBeingCollected(f"{digest} is still being deleted by gc; try again later")
+            await anyio.sleep(CLAIM_POLL)
+        return generation
+
+    return claim
 
 
 async def purge_uploads_forever(meta: Metadata, accounts: Accounts, store: VerifiedStore, max_age: float) -> None:

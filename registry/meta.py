@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import secrets
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,7 +41,7 @@ from registry.models import (
     Tag,
     Upload,
 )
-from registry.storage import CHUNK_SIZE, BlobInfo
+from registry.storage import CHUNK_SIZE, BlobBeingCollected, BlobInfo
 
 _repository = cast(Table, Repository.__table__)
 _blob = cast(Table, Blob.__table__)
@@ -286,33 +287,54 @@ class Metadata(Transactions):
 
     def link_blob(self, name: str, info: BlobInfo) -> None:
         with self._write() as conn:
-            self._link(conn, self._ensure_repository(conn, name), info.digest, info.size)
+            self._link(conn, self._ensure_repository(conn, name), info)
             self._set_chunks(conn, info)
 
-    def _link(self, conn: Connection, repo_id: int, digest: Digest, size: int) -> None:
-        now = utcnow()
-        conn.execute(
-            self._insert(conn, _blob)
-            .values(digest=str(digest), size=size, created_at=now)
-            .on_conflict_do_nothing(index_elements=["digest"])
-        )
+    def _link(self, conn: Connection, repo_id: int, info: BlobInfo) -> None:
+        """Link stored bytes into a repository. Bytes an upload published under a claim
+        (``info.generation``, ``claim_blob``) only while the row is still the one claimed (gc did
+        not take it to delete them since), and the claim's hold ends; others (found in the store)
+        only while nobody holds the row. Else BlobBeingCollected, and nothing changes."""
+        digest, now = str(info.digest), utcnow()
+        if info.generation is not None:
+            # The UPDATE locks the row, as gc's collect_blob does: one of the two waits for the other.
+            claimed = and_(_blob.c.digest == digest, _blob.c.generation == info.generation)
+            kept = conn.execute(update(_blob).where(claimed).values(held_until=None))
+            if kept.rowcount == 0:
+                raise BlobBeingCollected(f"{digest} was deleted by gc after this upload published it; push it again")
+        else:
+            conn.execute(
+                self._insert(conn, _blob)
+                .values(digest=digest, size=info.size, created_at=now)
+                .on_conflict_do_nothing(index_elements=["digest"])
+            )
+            held = conn.execute(select(_blob.c.held_until).where(_blob.c.digest == digest).with_for_update(read=True))
+            held_until = held.scalar()
+            if held_until is not None and held_until > now:
+                raise BlobBeingCollected(f"{digest} is being deleted by gc or published by an upload; try again")
+        self._add_link(conn, repo_id, digest, now)
+
+    def _add_link(self, conn: Connection, repo_id: int, digest: str, now: dt.datetime) -> None:
         conn.execute(
             self._insert(conn, _repository_blob)
-            .values(repository_id=repo_id, digest=str(digest), created_at=now)
+            .values(repository_id=repo_id, digest=digest, created_at=now)
             .on_conflict_do_nothing(index_elements=["repository_id", "digest"])
         )
 
     def mount_blob(self, name: str, source: str, digest: Digest) -> int | None:
         """Link a blob that ``source`` has into ``name``; its size, or None if source lacks it."""
         with self._write() as conn:
+            # The row stays locked until the new link is in: gc (collect_blob) cannot take it
+            # between this read and that insert, should the source's link go meanwhile.
             size = conn.execute(
                 select(_blob.c.size)
                 .select_from(_repository_blob.join(_blob).join(_repository))
                 .where(_repository.c.key == repository_key(source), _repository_blob.c.digest == str(digest))
+                .with_for_update(read=True, of=_blob)
             ).scalar()
             if size is None:
                 return None
-            self._link(conn, self._ensure_repository(conn, name), digest, size)
+            self._add_link(conn, self._ensure_repository(conn, name), str(digest), utcnow())
             return int(size)
 
     def unlink_blob(self, name: str, digest: Digest) -> bool:
@@ -363,7 +385,7 @@ class Metadata(Transactions):
     def finish_upload(self, name: str, upload_id: str, info: BlobInfo) -> None:
         """Link the committed blob into the repository and forget the session."""
         with self._write() as conn:
-            self._link(conn, self._ensure_repository(conn, name), info.digest, info.size)
+            self._link(conn, self._ensure_repository(conn, name), info)
             self._set_chunks(conn, info)
             conn.execute(delete(_upload).where(_upload.c.id == upload_id))
 
@@ -800,16 +822,68 @@ class Metadata(Transactions):
         with self._read() as conn:
             return list(conn.execute(query).scalars())
 
-    def forget_blob(self, digest: str) -> bool:
-        """Drop a blob row if it is still unreferenced; True if the caller may delete its bytes."""
+    # gc and uploads take turns on a blob's bytes through its row (registry.gc has the protocol):
+    # an upload claims the row before it publishes, gc takes it before it deletes, each for a
+    # while (``held_until``); gc's taking gives the row a new generation, which the link checks.
+
+    def claim_blob(self, digest: Digest, size: int, hold: float) -> str | None:
+        """Before an upload publishes bytes under ``digest``: the row's generation, the row held
+        for ``hold`` seconds (made if there is none; gc's grace period starts again). None while
+        someone else holds it (gc deleting the bytes, another upload publishing them). A hold that
+        ran out was someone's who is gone: the row then starts a new generation."""
+        now = utcnow()
+        fresh = uuid.uuid4().hex
+        values = {"held_until": now + dt.timedelta(seconds=hold), "created_at": now}
         with self._write() as conn:
-            result = conn.execute(
-                delete(_blob).where(
-                    _blob.c.digest == digest,
-                    ~exists().where(_repository_blob.c.digest == digest),
-                    ~exists().where(_reference.c.digest == digest),
-                )
+            conn.execute(
+                self._insert(conn, _blob)
+                .values(digest=str(digest), size=size, generation=fresh, **values)
+                .on_conflict_do_nothing(index_elements=["digest"])
             )
+            query = select(_blob.c.generation, _blob.c.held_until).where(_blob.c.digest == str(digest))
+            row = conn.execute(query.with_for_update()).first()
+            if row is None:
+                return None  # gc dropped it between the two statements: ask again
+            if row.generation == fresh:
+                return fresh  # made just now
+            if row.held_until is not None and row.held_until > now:
+                return None
+            generation = row.generation if row.held_until is None and row.generation else fresh
+            conn.execute(update(_blob).where(_blob.c.digest == str(digest)).values(generation=generation, **values))
+            return str(generation)
+
+    def collect_blob(self, digest: str, cutoff: dt.datetime, hold: float) -> str | None:
+        """gc takes a blob's row to delete its bytes: the row's new generation (no upload claimed
+        it), held for ``hold`` seconds. None when a repository links it or a manifest names it, it
+        was published since ``cutoff``, or someone holds it. The row is locked before the checks,
+        so a link being made meanwhile is either seen or waits and then finds the new generation."""
+        now = utcnow()
+        with self._write() as conn:
+            query = select(_blob.c.created_at, _blob.c.held_until).where(_blob.c.digest == digest)
+            row = conn.execute(query.with_for_update()).first()
+            if row is None or row.created_at >= cutoff or (row.held_until is not None and row.held_until > now):
+                return None
+            used = exists().where(_repository_blob.c.digest == digest)
+            named = exists().where(_reference.c.digest == digest)
+            if conn.execute(select(or_(used, named))).scalar():
+                return None
+            generation = uuid.uuid4().hex
+            values = {"generation": generation, "held_until": now + dt.timedelta(seconds=hold)}
+            conn.execute(update(_blob).where(_blob.c.digest == digest).values(**values))
+            return generation
+
+    def hold_blob(self, digest: str, generation: str, hold: float) -> bool:
+        """Renew gc's hold on the row it took; False if it is not that generation any more."""
+        until = utcnow() + dt.timedelta(seconds=hold)
+        with self._write() as conn:
+            claimed = and_(_blob.c.digest == digest, _blob.c.generation == generation)
+            return conn.execute(update(_blob).where(claimed).values(held_until=until)).rowcount > 0
+
+    def drop_blob(self, digest: str, generation: str) -> bool:
+        """The row gc took (``collect_blob``), once its bytes are gone; False if it is not the same
+        generation any more (gc's hold ran out and an upload claimed it)."""
+        with self._write() as conn:
+            result = conn.execute(delete(_blob).where(_blob.c.digest == digest, _blob.c.generation == generation))
             return result.rowcount > 0
 
     # -- secrets ---------------------------------------------------------------------------

@@ -30,6 +30,7 @@ Accounts (see ``registry.accounts``):
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
@@ -62,7 +63,13 @@ class Blob(Base):
     # The chunksums API: sha256 hex of each chunk, newline-separated, and the chunk size.
     chunk_size: Mapped[int | None] = mapped_column(BigInteger)
     chunk_sums: Mapped[str | None] = mapped_column(Text)
+    # When the bytes were last published (a push of the same bytes restarts gc's grace period).
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The row's life (registry.gc): a new one when gc takes the row to delete its bytes, so that
+    # a push that published before that cannot link it; ``held_until``: a push publishing the
+    # bytes, or gc deleting them, has the row until then (the others wait).
+    generation: Mapped[str | None] = mapped_column(String(32), default=lambda: uuid.uuid4().hex)
+    held_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
 
 class RepositoryBlob(Base):

@@ -22,7 +22,6 @@ local repository also uses stay.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -37,6 +36,8 @@ from formats.errorcodes import DistributionError
 from formats.manifest import Manifest
 from formats.names import repository_key, repository_namespace
 from registry.config import Settings
+from registry.db import utcnow
+from registry.gc import collect
 from registry.meta import Metadata, StoredManifest
 from registry.mirror.cache import CachedRepository, CacheState
 from registry.mirror.config import Upstream, parse_cache_size, route
@@ -391,9 +392,7 @@ async def drop(cache: CacheState, meta: Metadata, store: VerifiedStore, name: st
     if digests is None:
         return False
     for digest in digests:
-        if await run_in_threadpool(meta.forget_blob, digest):
-            with contextlib.suppress(BlobNotFound):
-                await store.delete(Digest.parse(digest))
+        await collect(meta, store, digest, utcnow())  # gc's own step, with its turns (registry.gc)
     return True
 
 

@@ -19,6 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from registry.storage.base import (
     CHUNK_SIZE,
+    BlobBeingCollected,
     BlobInfo,
     BlobNotFound,
     BlobStore,
@@ -34,13 +35,15 @@ from registry.storage.base import (
     UploadModeConflict,
     UploadNotFound,
 )
-from registry.storage.verify import ContentHash, VerifiedStore, put_blob
+from registry.storage.verify import Claim, ContentHash, VerifiedStore, put_blob
 
 __all__ = [
     "CHUNK_SIZE",
+    "BlobBeingCollected",
     "BlobInfo",
     "BlobNotFound",
     "BlobStore",
+    "Claim",
     "ContentHash",
     "DigestMismatch",
     "EtagMismatch",

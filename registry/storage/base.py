@@ -77,6 +77,11 @@ class StorageUnavailable(StorageError):
     """The backend could not be reached or refused us (an object store down, bad credentials)."""
 
 
+class BlobBeingCollected(StorageUnavailable):
+    """The blob's bytes are being deleted by gc (or were, after this push published them): this
+    push cannot use them now; sending it again later works (``registry.gc``)."""
+
+
 # Called by a backend once a chunk is in (with the upload's new size): the running-hash record to
 # keep with the session, or None when the hash does not cover that size (the record is dropped).
 StateAfter = Callable[[int], Awaitable[bytes | None]]
@@ -88,6 +93,9 @@ class BlobInfo:
     size: int
     # sha256 hex of each CHUNK_SIZE chunk, when the store computed them (on commit).
     chunk_sums: tuple[str, ...] = ()
+    # The blob row's generation claimed before the bytes were published (``VerifiedStore.claim``);
+    # linking them checks it is still the row's.
+    generation: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +123,9 @@ class BlobStore(Protocol):
         """Stream ``length`` bytes (all remaining if None) from ``offset``; raises BlobNotFound."""
         ...
 
-    async def delete(self, digest: Digest, written_before: float | None = None) -> bool:
-        """Remove a blob's bytes; a missing blob is not an error. With ``written_before`` (unix
-        time), a blob written (or, on an object store, re-published) since then stays: an upload of
-        the same bytes is about to link it again. False when it stayed."""
+    async def delete(self, digest: Digest) -> None:
+        """Remove a blob's bytes; a missing blob is not an error. The caller made sure that no
+        upload publishes the same digest meanwhile (``registry.gc``)."""
         ...
 
     def list(self) -> AsyncIterator[BlobInfo]:

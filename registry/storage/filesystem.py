@@ -121,13 +121,9 @@ class FilesystemStore:
                     await pending
             os.close(fd)
 
-    async def delete(self, digest: Digest, written_before: float | None = None) -> bool:
+    async def delete(self, digest: Digest) -> None:
         with contextlib.suppress(FileNotFoundError):
-            # A publish replaces the file, so its mtime is when an upload last wrote these bytes.
-            if written_before is not None and os.stat(self.blob_path(digest)).st_mtime >= written_before:
-                return False
             os.unlink(self.blob_path(digest))
-        return True
 
     async def list(self) -> AsyncIterator[BlobInfo]:
         for shard in sorted(self.blobs_dir.iterdir()):

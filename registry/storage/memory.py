@@ -57,9 +57,8 @@ class MemoryStore:
         for pos in range(offset, end, READ_CHUNK):
             yield data[pos : min(end, pos + READ_CHUNK)]
 
-    async def delete(self, digest: Digest, written_before: float | None = None) -> bool:
-        self.blobs.pop(digest, None)  # one process: nothing can publish between gc's steps
-        return True
+    async def delete(self, digest: Digest) -> None:
+        self.blobs.pop(digest, None)
 
     async def list(self) -> AsyncIterator[BlobInfo]:
         for digest in sorted(self.blobs, key=str):

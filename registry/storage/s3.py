@@ -27,7 +27,9 @@ key instead (as distribution does) costs a second write of the whole blob: it ha
 throughput on Swift. The layer above verified the sha256 before the commit, from the running hash,
 and the blob key is written only after that, so unverified bytes are never named by a digest; the
 metadata database decides what is visible anyway (``registry.meta``). When the blob key already
-exists (the same digest, so the same bytes), it stays and the session's bytes are dropped.
+exists (the same digest, so the same bytes), it stays and the session's bytes are dropped; the
+registry has two sessions of one digest publish in turn (``registry.gc.claimer``), so the second
+always finds the first's key and no bytes are left that nothing names.
 
 A client that sends ``X-Redirect-Uploads: 1`` (Ollama's, and Hangar's own) with a first chunk of at
 least 5 MiB gets each chunk's part as a presigned UploadPart URL instead (``part_url``): part
@@ -113,7 +115,6 @@ def _check_upload_id(upload_id: str) -> None:
 class _Blob:
     key: str  # the object holding the bytes
     size: int
-    modified: float  # when the blob key was last written
 
 
 class S3Store:
@@ -189,10 +190,9 @@ class S3Store:
         except ClientError:
             raise BlobNotFound(str(digest)) from None
         meta = head.get("Metadata") or {}
-        modified = head["LastModified"].timestamp()
         if "hangar-data" in meta:
-            return _Blob(self.prefix + meta["hangar-data"], int(meta["hangar-size"]), modified)
-        return _Blob(self.blob_key(digest), int(head["ContentLength"]), modified)
+            return _Blob(self.prefix + meta["hangar-data"], int(meta["hangar-size"]))
+        return _Blob(self.blob_key(digest), int(head["ContentLength"]))
 
     async def stat(self, digest: Digest) -> BlobInfo:
         return BlobInfo(digest, (await self._blob(digest)).size)
@@ -216,20 +216,18 @@ class S3Store:
         finally:
             body.close()
 
-    async def delete(self, digest: Digest, written_before: float | None = None) -> bool:
+    async def delete(self, digest: Digest) -> None:
         try:
             blob = await self._blob(digest)
         except BlobNotFound:
-            return True
-        # LastModified has whole seconds: a key written up to a second later may look older.
-        if written_before is not None and blob.modified + 1 >= written_before:
-            return False  # (re)written since: an upload of the same bytes is linking it
+            return
+        # The key first: a delete cut short leaves bytes that nothing names, never a key naming
+        # bytes that are gone.
         with contextlib.suppress(ClientError):
             await self._call("delete_object", Key=self.blob_key(digest))
         if blob.key != self.blob_key(digest):
             with contextlib.suppress(ClientError):
                 await self._call("delete_object", Key=blob.key)
-        return True
 
     async def list(self) -> AsyncIterator[BlobInfo]:
         async for item in self._list(f"{self.prefix}blobs/sha256/"):
@@ -461,17 +459,17 @@ class S3Store:
         except BlobNotFound:
             existing = None
         if existing is not None and existing.size == size:
-            # The same digest is the same bytes: the blob there stays. Rewriting its key (no
-            # bytes move) tells a collection running now that it is in use again (``delete``).
-            await self._point(digest, existing)
+            # The same digest is the same bytes: the blob there stays, and this session's go.
             await self.abort_upload(upload_id)
             return
         record = await self._seal(upload_id)
-        mine = _Blob(self._data_key(upload_id, record), size, time.time())
+        mine = _Blob(self._data_key(upload_id, record), size)
         await self._point(digest, mine)
         await self._remove_session(upload_id, record, keep=mine.key)
-        # Two sessions that published the same digest at once each wrote the blob key; the last
-        # write stands, and the other's bytes, named by nothing, go.
+        # In the registry, two sessions publishing one digest take turns (the blob row's claim,
+        # registry.gc), and the second one finds the first's blob above. Without that, both may
+        # write the blob key: the last write stands, and a session that sees it lost deletes its
+        # own bytes (one that looked before the other wrote keeps them: named by nothing).
         with contextlib.suppress(BlobNotFound):
             if (await self._blob(digest)).key != mine.key:
                 with contextlib.suppress(ClientError):

@@ -21,7 +21,7 @@ import ctypes.util
 import hashlib
 import json
 import sys
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 from formats.digest import Digest
@@ -232,11 +232,19 @@ class _HashingFeed:
             raise errors[0]
 
 
+# Made once an upload's bytes are verified, just before they are published under their digest
+# (``registry.gc.claimer``: the blob row's generation, which gc changes when it takes the row to
+# delete the bytes). Waits while gc deletes them; raises BlobBeingCollected when it takes too long.
+Claim = Callable[[Digest, int], Awaitable[str]]
+
+
 class VerifiedStore:
     """The blob store the registry uses: a backend, with hashing and verification on top."""
 
     def __init__(self, backend: BlobStore) -> None:
         self.backend = backend
+        # Set by the app (registry.app) where gc may delete blobs; without it, publishes claim nothing.
+        self.claim: Claim | None = None
 
     async def ready(self) -> None:
         await self.backend.ready()
@@ -257,8 +265,8 @@ class VerifiedStore:
     def read(self, digest: Digest, offset: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
         return self.backend.read(digest, offset, length)
 
-    async def delete(self, digest: Digest, written_before: float | None = None) -> bool:
-        return await self.backend.delete(digest, written_before)
+    async def delete(self, digest: Digest) -> None:
+        await self.backend.delete(digest)
 
     def list(self) -> AsyncIterator[BlobInfo]:
         return self.backend.list()
@@ -303,7 +311,8 @@ class VerifiedStore:
         object store the client's S3-style ``etag``) and publish them under it.
 
         On DigestMismatch, SizeMismatch or EtagMismatch the upload is discarded and nothing is
-        published."""
+        published. The ``claim`` comes between the check and the publish: where it raises
+        (BlobBeingCollected), the upload stays as it was and the commit can be sent again."""
         actual_size = await self.backend.upload_size(upload_id)
         if size is not None and size != actual_size:
             await self.backend.abort_upload(upload_id)
@@ -319,8 +328,9 @@ class VerifiedStore:
         if etag and stored_etag is not None and stored_etag != etag.strip('"'):
             await self.backend.abort_upload(upload_id)
             raise EtagMismatch(etag, stored_etag)
+        generation = await self.claim(digest, actual_size) if self.claim is not None else None
         await self.backend.publish_upload(upload_id, digest, actual_size)
-        return BlobInfo(digest, actual_size, content.chunk_sums())
+        return BlobInfo(digest, actual_size, content.chunk_sums(), generation)
 
     async def abort_upload(self, upload_id: str) -> None:
         await self.backend.abort_upload(upload_id)

@@ -295,27 +295,7 @@ def test_blobs_an_earlier_version_copied_to_their_key_still_serve(swift: SwiftS3
         await put_blob(store, "again", d, chunks(data), len(data))
         assert keys(swift, s3_backend, "data/") == []  # the new upload's bytes were dropped
         assert [(b.digest, b.size) async for b in store.list()] == [(d, len(data))]
-        assert await store.delete(d)
-        assert keys(swift, s3_backend, "") == []
-
-    asyncio.run(go())
-
-
-def test_a_blob_published_again_outlives_a_collection_that_began_before(swift: SwiftS3, s3_backend: S3Store) -> None:
-    """gc forgets a blob's row, then deletes its bytes unless they were written since it began
-    (``written_before``): an upload of the same bytes rewrote the blob key to link it again."""
-    data = os.urandom(1000)
-    store = VerifiedStore(s3_backend)
-
-    async def go() -> None:
-        await put_blob(store, "first", digest(data), chunks(data), len(data))
-        await asyncio.sleep(2.1)  # LastModified has whole seconds
-        began = __import__("time").time()
-        await put_blob(store, "second", digest(data), chunks(data), len(data))
-        assert not await store.delete(digest(data), written_before=began)
-        assert b"".join([c async for c in store.read(digest(data))]) == data
-        assert len(keys(swift, s3_backend, "data/")) == 1  # the second upload's bytes were dropped
-        assert await store.delete(digest(data), written_before=began + 3)
+        await store.delete(d)
         assert keys(swift, s3_backend, "") == []
 
     asyncio.run(go())
