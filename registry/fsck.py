@@ -20,9 +20,11 @@ problem                      meaning                                     ``--rep
 ``stray-blob``               bytes under no blob row (a crash between    deleted when older than the grace
                              publishing and recording them)              period (filesystem store only)
 ``stale-upload``             an upload row whose data is gone            row deleted after the grace period
+``unused-row``               a blob row nothing uses whose bytes are     row deleted (gc's own step)
+                             gone (gc killed between the two deletes)
 ===========================  ==========================================  ==================================
 
-The last two are what a crash leaves by design (``LEFTOVERS``); the rest are faults, and
+The last three are what a crash leaves by design (``LEFTOVERS``); the rest are faults, and
 ``Report.clean`` (the exit status) is false while one is left. Every blob's size is checked; its
 digest is sampled: one random 16 MiB chunk of each blob whose
 chunk sums are recorded, and ``sample`` whole blobs chosen at random (``full`` hashes them all).
@@ -54,6 +56,7 @@ from formats.digest import Digest, InvalidDigest
 from formats.manifest import Manifest as ParsedManifest
 from formats.manifest import ManifestError
 from registry.db import read_transaction, utcnow, write_transaction
+from registry.gc import collect
 from registry.meta import Metadata
 from registry.models import (
     Blob,
@@ -83,8 +86,9 @@ _manifest_summary = cast(Table, ManifestSummary.__table__)
 _model_summary = cast(Table, ModelSummary.__table__)
 
 # What a crash leaves behind by design (bytes published whose row was not yet written, a
-# session whose data a crash lost): worth removing, not a fault. Every other kind is one.
-LEFTOVERS = frozenset({"stray-blob", "stale-upload"})
+# session whose data a crash lost, a row whose bytes a killed gc deleted): worth removing, not a
+# fault. Every other kind is one.
+LEFTOVERS = frozenset({"stray-blob", "stale-upload", "unused-row"})
 
 
 @dataclass
@@ -245,10 +249,21 @@ class Fsck:
             if problem is None:
                 continue
             kind, detail = problem
+            if kind == "missing-blob" and self._unused(row.digest):
+                # What a gc killed between deleting the bytes and the row leaves (registry.gc).
+                repaired = self.repair and await collect(self.meta, self.store, row.digest, utcnow())
+                self._found("unused-row", row.digest, "a blob row nothing uses, its bytes deleted", repaired)
+                continue
             lost.add(row.digest)
             repaired = self.repair and await self._drop_blob(row, kind)
             self._found(kind, row.digest, detail, repaired)
         return lost
+
+    def _unused(self, digest: str) -> bool:
+        used = exists().where(_repository_blob.c.digest == digest)
+        named = exists().where(_reference.c.digest == digest)
+        with read_transaction(self.engine) as conn:
+            return not conn.execute(select(or_(used, named))).scalar()
 
     async def _check_blob(self, row: _BlobRow, whole: bool) -> tuple[str, str] | None:
         try:

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from formats.digest import Digest
 from registry import db
 from registry.db import utcnow
+from registry.fsck import Fsck
 from registry.gc import claimer, execute, plan_blobs
 from registry.meta import Metadata
 from registry.storage import BlobBeingCollected, BlobInfo, VerifiedStore, put_blob
@@ -155,6 +156,32 @@ def test_a_push_whose_hold_ran_out_before_gc_took_the_row_is_not_linked(
             await run_in_threadpool(meta.link_blob, "team/new", info)
         assert await run_in_threadpool(meta.blob_size, "team/new", digest(data)) is None
         assert [b async for b in store.list()] == []
+
+    asyncio.run(go())
+
+
+def test_what_a_gc_killed_between_the_bytes_and_the_row_leaves_is_a_leftover(
+    wired: tuple[Metadata, VerifiedStore],
+) -> None:
+    """gc took the row and deleted the bytes, then died before the row: once gc's hold has run
+    out, fsck names that row a leftover (not a fault), ``--repair`` finishes gc's step, and a push
+    of the same bytes afterwards stores them again."""
+    meta, store = wired
+    data = os.urandom(100_000)
+
+    async def go() -> None:
+        await orphan(meta, store, data)
+        generation = await run_in_threadpool(meta.collect_blob, str(digest(data)), utcnow(), 0.0)
+        assert generation is not None
+        await store.delete(digest(data))  # and then the kill: the row stays
+        report = await Fsck(meta, store).run()
+        assert [(p.kind, p.subject) for p in report.problems] == [("unused-row", str(digest(data)))]
+        assert report.clean
+        repaired = await Fsck(meta, store, repair=True).run()
+        assert [p.repaired for p in repaired.problems] == [True]
+        assert (await Fsck(meta, store).run()).problems == []
+        await push(meta, store, "team/new", data)
+        assert await read_all(store, digest(data)) == data
 
     asyncio.run(go())
 
