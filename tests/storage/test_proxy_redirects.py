@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +21,6 @@ from tests.servers import RegistryProcess
 from tests.swift import SwiftS3
 
 pytestmark = pytest.mark.skipif(shutil.which("tinyproxy") is None, reason="tinyproxy is installed by scripts/setup.sh")
-
-
-@pytest.fixture
-def s3_registry(tmp_path: Path, s3_url: str) -> Iterator[RegistryProcess]:
-    proc = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url).start()
-    yield proc
-    proc.stop()
 
 
 def test_redirects_to_the_object_store_go_through_the_proxy(

@@ -9,7 +9,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -26,28 +26,22 @@ from tests.client.conftest import make_model
 from tests.helpers import digest_of
 from tests.ollama_wire import OllamaWireClient
 from tests.servers import RegistryProcess
-from tests.storage.test_s3_registry import _RecordingProxy, hangar
-from tests.swift import SwiftS3
+from tests.storage.conftest import RecordingProxy, hangar
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture
 def proxied_registry(
-    tmp_path: Path, s3_url: str, swift: SwiftS3, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[RegistryProcess, _RecordingProxy]]:
+    recording_proxy: RecordingProxy, s3_registries: Callable[..., RegistryProcess]
+) -> tuple[RegistryProcess, RecordingProxy]:
     """An S3-backed registry whose object store is reached through a recording proxy (under
     another host name than the registry's, as Ollama's redirect rule needs)."""
-    proxy = _RecordingProxy(swift.endpoint)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{proxy.port}")
-    registry = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url).start()
-    yield registry, proxy
-    registry.stop()
-    proxy.stop()
+    return s3_registries(), recording_proxy
 
 
 def test_hangar_push_sends_its_parts_straight_to_the_object_store(
-    proxied_registry: tuple[RegistryProcess, _RecordingProxy], tmp_path: Path
+    proxied_registry: tuple[RegistryProcess, RecordingProxy], tmp_path: Path
 ) -> None:
     """The registry offers redirected uploads; hangar push PUTs each 6 MiB part to its presigned
     URL (several at once, no credentials), and the commit checks the parts' etag and the sha256.
@@ -78,7 +72,7 @@ def test_hangar_push_sends_its_parts_straight_to_the_object_store(
 
 
 def test_ollama_pushes_to_the_object_store_and_hangar_pulls(
-    proxied_registry: tuple[RegistryProcess, _RecordingProxy], tmp_path: Path
+    proxied_registry: tuple[RegistryProcess, RecordingProxy], tmp_path: Path
 ) -> None:
     registry, _ = proxied_registry
     weights = os.urandom(13 * MiB + 1)
@@ -106,23 +100,21 @@ def test_ollama_pushes_to_the_object_store_and_hangar_pulls(
     assert pulled.blob_path(layer.digest).read_bytes() == weights
 
 
-def test_hangar_push_takes_the_registry_path_where_redirects_are_off(tmp_path: Path, s3_url: str) -> None:
+def test_hangar_push_takes_the_registry_path_where_redirects_are_off(
+    tmp_path: Path, s3_registries: Callable[..., RegistryProcess]
+) -> None:
     """``--redirect off`` (clients cannot reach the store): the registry does not offer redirected
     uploads, and hangar push sends its chunks to it."""
-    registry = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url, "--redirect", "off")
-    registry.start()
-    try:
-        r = httpx.post(f"{registry.url}/v2/team/off/blobs/uploads/", headers={"X-Redirect-Uploads": "1"})
-        assert r.status_code == 202 and "x-redirect-uploads" not in r.headers
-        weights = os.urandom(11 * MiB)
-        alice = tmp_path / "alice"
-        store = Store(load({"HANGAR_HOME": str(alice)}).models).ensure()
-        name = make_model(store, f"{registry.host}/team/off:v1", weights)
-        assert hangar(alice, "push", "--part-size", "6MiB", str(name)).splitlines()[-1] == "success"
-        blob = httpx.get(f"{registry.url}/v2/team/off/blobs/{digest_of(weights)}")
-        assert blob.status_code == 200 and blob.content == weights
-    finally:
-        registry.stop()
+    registry = s3_registries("--redirect", "off")
+    r = httpx.post(f"{registry.url}/v2/team/off/blobs/uploads/", headers={"X-Redirect-Uploads": "1"})
+    assert r.status_code == 202 and "x-redirect-uploads" not in r.headers
+    weights = os.urandom(11 * MiB)
+    alice = tmp_path / "alice"
+    store = Store(load({"HANGAR_HOME": str(alice)}).models).ensure()
+    name = make_model(store, f"{registry.host}/team/off:v1", weights)
+    assert hangar(alice, "push", "--part-size", "6MiB", str(name)).splitlines()[-1] == "success"
+    blob = httpx.get(f"{registry.url}/v2/team/off/blobs/{digest_of(weights)}")
+    assert blob.status_code == 200 and blob.content == weights
 
 
 def test_the_writer_lease_of_an_upload_session(tmp_path: Path) -> None:
@@ -149,55 +141,49 @@ def test_the_writer_lease_of_an_upload_session(tmp_path: Path) -> None:
     assert not meta.lease_upload("no-such-upload", None, soon(15))
 
 
-def test_two_writers_on_one_session_never_interleave(tmp_path: Path, s3_url: str) -> None:
+def test_two_writers_on_one_session_never_interleave(s3_registries: Callable[..., RegistryProcess]) -> None:
     """Two replicas (one database, one bucket) take a PATCH each for the same session at once, as
     a client's retry on the second while the first still streams: the second is refused (416,
     with the Range there is), the upload holds exactly the first one's bytes, and commits."""
-    data = tmp_path / "data"
-    first = RegistryProcess(data, "", "--auth", "off", "--storage", s3_url).start()
-    second = RegistryProcess(data, "", "--auth", "off", "--storage", s3_url).start()
+    first, second = s3_registries(), s3_registries()
+    started = httpx.post(f"{first.url}/v2/team/two/blobs/uploads/")
+    path = urlsplit(started.headers["location"]).path
+    mine, theirs = os.urandom(12 * MiB), os.urandom(12 * MiB)
+    streaming = threading.Event()
+
+    def slowly(body: bytes) -> Iterator[bytes]:
+        for i in range(0, len(body), MiB):
+            yield body[i : i + MiB]
+            streaming.set()
+            time.sleep(0.15)
+
+    results: dict[str, int] = {}
+
+    def patch() -> None:
+        r = httpx.patch(
+            f"{first.url}{path}", content=slowly(mine),
+            headers={"Content-Range": f"0-{len(mine) - 1}", "Content-Length": str(len(mine))}, timeout=60,
+        )  # fmt: skip
+        results["first"] = r.status_code
+
+    writer = threading.Thread(target=patch)
+    writer.start()
+    assert streaming.wait(10)
+    time.sleep(0.3)
     try:
-        started = httpx.post(f"{first.url}/v2/team/two/blobs/uploads/")
-        path = urlsplit(started.headers["location"]).path
-        mine, theirs = os.urandom(12 * MiB), os.urandom(12 * MiB)
-        streaming = threading.Event()
-
-        def slowly(body: bytes) -> Iterator[bytes]:
-            for i in range(0, len(body), MiB):
-                yield body[i : i + MiB]
-                streaming.set()
-                time.sleep(0.15)
-
-        results: dict[str, int] = {}
-
-        def patch() -> None:
-            r = httpx.patch(
-                f"{first.url}{path}", content=slowly(mine),
-                headers={"Content-Range": f"0-{len(mine) - 1}", "Content-Length": str(len(mine))}, timeout=60,
-            )  # fmt: skip
-            results["first"] = r.status_code
-
-        writer = threading.Thread(target=patch)
-        writer.start()
-        assert streaming.wait(10)
-        time.sleep(0.3)
-        try:
-            r = httpx.patch(
-                f"{second.url}{path}", content=theirs,
-                headers={"Content-Range": f"0-{len(theirs) - 1}"}, timeout=60,
-            )  # fmt: skip
-            assert r.status_code == 416 and r.headers["upload-offset"] == "0"
-            assert "another request is writing" in r.json()["errors"][0]["message"]
-        except httpx.TransportError:
-            pass  # refused before the body was sent: the server closed the connection under it
-        writer.join(60)
-        assert results["first"] == 202
-        # The session holds the first writer's bytes, continues on either replica, and commits.
-        status = httpx.get(f"{second.url}{path}")
-        assert status.status_code == 204 and status.headers["upload-offset"] == str(len(mine))
-        assert httpx.put(f"{second.url}{path}?digest={digest_of(mine)}").status_code == 201
-        blob = httpx.get(f"{first.url}/v2/team/two/blobs/{digest_of(mine)}", follow_redirects=True)
-        assert blob.content == mine
-    finally:
-        first.stop()
-        second.stop()
+        r = httpx.patch(
+            f"{second.url}{path}", content=theirs,
+            headers={"Content-Range": f"0-{len(theirs) - 1}"}, timeout=60,
+        )  # fmt: skip
+        assert r.status_code == 416 and r.headers["upload-offset"] == "0"
+        assert "another request is writing" in r.json()["errors"][0]["message"]
+    except httpx.TransportError:
+        pass  # refused before the body was sent: the server closed the connection under it
+    writer.join(60)
+    assert results["first"] == 202
+    # The session holds the first writer's bytes, continues on either replica, and commits.
+    status = httpx.get(f"{second.url}{path}")
+    assert status.status_code == 204 and status.headers["upload-offset"] == str(len(mine))
+    assert httpx.put(f"{second.url}{path}?digest={digest_of(mine)}").status_code == 201
+    blob = httpx.get(f"{first.url}/v2/team/two/blobs/{digest_of(mine)}", follow_redirects=True)
+    assert blob.content == mine

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,25 +23,8 @@ from client.store import Store
 from tests.client.conftest import make_model
 from tests.helpers import digest_of, push_blob, push_model, write_oci_layout
 from tests.servers import REPO_ROOT, RegistryProcess
+from tests.storage.conftest import RecordingProxy, hangar
 from tests.swift import SwiftS3
-
-
-def hangar(home: Path, *args: str) -> str:
-    env = {**os.environ, "HANGAR_HOME": str(home)}
-    r = subprocess.run(
-        [sys.executable, "-m", "cli.main", *args], env=env, capture_output=True, text=True, cwd=REPO_ROOT
-    )
-    assert r.returncode == 0, r.stdout + r.stderr
-    return r.stdout
-
-
-@pytest.fixture
-def s3_registry(tmp_path: Path, s3_url: str) -> Iterator[RegistryProcess]:
-    """``hangar registry serve --storage s3://…`` (the AWS variables are set by s3_env)."""
-    proc = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url)
-    proc.start()
-    yield proc
-    proc.stop()
 
 
 def test_hangar_push_and_pull_through_s3_with_redirects(
@@ -103,25 +86,21 @@ def test_skopeo_copies_in_and_out_of_an_s3_registry(s3_registry: RegistryProcess
         assert (tmp_path / "dst" / "blobs" / "sha256" / blob.name).read_bytes() == blob.read_bytes()
 
 
-def test_redirect_off_streams_through_the_registry(tmp_path: Path, s3_url: str) -> None:
-    proc = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url, "--redirect", "off")
-    proc.start()
-    try:
-        data = os.urandom(6 * 1024 * 1024)
-        with httpx.Client(base_url=proc.url) as client:
-            blob = push_blob(client, "team/plain", data)
-            r = client.get(f"/v2/team/plain/blobs/{blob['digest']}")
-            assert r.status_code == 200 and r.content == data
-            signed = r.headers["location"]  # our own signed URL, as with the filesystem
-            assert signed.startswith(proc.url)
-            assert client.get(signed, headers={"Range": "bytes=5-9"}).content == data[5:10]
-            # Mounts and deletes are metadata: the bytes stay in the bucket for gc.
-            mounted = client.post(f"/v2/team/other/blobs/uploads/?mount={blob['digest']}&from=team/plain")
-            assert mounted.status_code == 201
-            assert client.delete(f"/v2/team/plain/blobs/{blob['digest']}").status_code == 202
-            assert client.get(f"/v2/team/other/blobs/{blob['digest']}").content == data
-    finally:
-        proc.stop()
+def test_redirect_off_streams_through_the_registry(s3_registries: Callable[..., RegistryProcess]) -> None:
+    proc = s3_registries("--redirect", "off")
+    data = os.urandom(6 * 1024 * 1024)
+    with httpx.Client(base_url=proc.url) as client:
+        blob = push_blob(client, "team/plain", data)
+        r = client.get(f"/v2/team/plain/blobs/{blob['digest']}")
+        assert r.status_code == 200 and r.content == data
+        signed = r.headers["location"]  # our own signed URL, as with the filesystem
+        assert signed.startswith(proc.url)
+        assert client.get(signed, headers={"Range": "bytes=5-9"}).content == data[5:10]
+        # Mounts and deletes are metadata: the bytes stay in the bucket for gc.
+        mounted = client.post(f"/v2/team/other/blobs/uploads/?mount={blob['digest']}&from=team/plain")
+        assert mounted.status_code == 201
+        assert client.delete(f"/v2/team/plain/blobs/{blob['digest']}").status_code == 202
+        assert client.get(f"/v2/team/other/blobs/{blob['digest']}").content == data
 
 
 def test_gc_deletes_unused_blobs_and_abandoned_uploads_in_the_bucket(
@@ -159,14 +138,14 @@ def test_gc_deletes_unused_blobs_and_abandoned_uploads_in_the_bucket(
 
 
 def test_an_upload_survives_kill_9_and_continues_on_another_process(
-    tmp_path: Path, s3_url: str, swift: SwiftS3
+    s3_registries: Callable[..., RegistryProcess], s3_url: str, swift: SwiftS3
 ) -> None:
     """One upload, two registry processes on the same database and bucket (as two replicas, or
     one restarted): the first is killed mid-upload, the second resumes the session from what the
     bucket's record holds, running hash included, so its commit reads nothing back."""
     data = os.urandom(20 * 1024 * 1024 + 3)
     cut = 9 * 1024 * 1024
-    first = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url).start()
+    first = s3_registries()
     try:
         started = httpx.post(f"{first.url}/v2/team/resume/blobs/uploads/")
         path = urlsplit(started.headers["location"]).path
@@ -174,38 +153,32 @@ def test_an_upload_survives_kill_9_and_continues_on_another_process(
         assert r.status_code == 202
     finally:
         first.kill()
-    second = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url).start()
-    try:
-        status = httpx.get(f"{second.url}{path}")
-        assert status.status_code == 204 and status.headers["upload-offset"] == str(cut)
-        rest = data[cut:]
-        r = httpx.patch(f"{second.url}{path}", content=rest, headers={"Content-Range": f"{cut}-{len(data) - 1}"})
-        assert r.status_code == 202 and r.headers["upload-offset"] == str(len(data))
-        bucket, upload_id = urlsplit(s3_url).netloc, path.rsplit("/", 1)[1]
-        record = json.loads(
-            swift.client().get_object(Bucket=bucket, Key=f"registry/uploads/{upload_id}/record")["Body"].read()
-        )
-        assert json.loads(record["hash"])["size"] == len(data)  # the commit will not re-read
-        digest = digest_of(data)
-        assert httpx.put(f"{second.url}{path}?digest={digest}").status_code == 201
-        blob = httpx.get(f"{second.url}/v2/team/resume/blobs/{digest}", follow_redirects=True)
-        assert blob.content == data
-    finally:
-        second.stop()
+    second = s3_registries()
+    status = httpx.get(f"{second.url}{path}")
+    assert status.status_code == 204 and status.headers["upload-offset"] == str(cut)
+    rest = data[cut:]
+    r = httpx.patch(f"{second.url}{path}", content=rest, headers={"Content-Range": f"{cut}-{len(data) - 1}"})
+    assert r.status_code == 202 and r.headers["upload-offset"] == str(len(data))
+    bucket, upload_id = urlsplit(s3_url).netloc, path.rsplit("/", 1)[1]
+    record = json.loads(
+        swift.client().get_object(Bucket=bucket, Key=f"registry/uploads/{upload_id}/record")["Body"].read()
+    )
+    assert json.loads(record["hash"])["size"] == len(data)  # the commit will not re-read
+    digest = digest_of(data)
+    assert httpx.put(f"{second.url}{path}?digest={digest}").status_code == 201
+    blob = httpx.get(f"{second.url}/v2/team/resume/blobs/{digest}", follow_redirects=True)
+    assert blob.content == data
 
 
 @pytest.fixture
 def s3_registry_elsewhere(
-    tmp_path: Path, s3_url: str, swift: SwiftS3, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[RegistryProcess]:
+    s3_registries: Callable[..., RegistryProcess], swift: SwiftS3, monkeypatch: pytest.MonkeyPatch
+) -> RegistryProcess:
     """An S3-backed registry whose object store has another host name (``localhost``) than the
     registry (``127.0.0.1``), as in any real deployment: Ollama follows a redirect to the
     registry's own host name itself (port ignored) and then finds no Location."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{swift.port}")
-    proc = RegistryProcess(tmp_path / "data", "", "--auth", "off", "--storage", s3_url)
-    proc.start()
-    yield proc
-    proc.stop()
+    return s3_registries()
 
 
 def test_ollama_redirected_part_uploads_go_straight_to_the_object_store(
@@ -262,81 +235,29 @@ def test_ollama_redirected_part_uploads_go_straight_to_the_object_store(
         assert http.head(f"/v2/team/ollama/blobs/{digest_of(other)}").status_code == 404
 
 
-class _RecordingProxy:
-    """A plain HTTP proxy in front of Swift that records each request's method, target and
-    Authorization, to see who sends what to the object store. Host headers pass unchanged, so
-    the signatures made for the proxy's address verify at Swift."""
-
-    def __init__(self, upstream: str) -> None:
-        import http.server
-        import threading
-
-        self.seen: list[tuple[str, str, str, str]] = []  # (method, path, Authorization, Range)
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _forward(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "content-length")}
-                proxy.seen.append(
-                    (self.command, self.path, self.headers.get("Authorization", ""), self.headers.get("Range", ""))
-                )
-                r = httpx.request(self.command, upstream + self.path, headers=headers, content=body, timeout=60)
-                self.send_response(r.status_code)
-                for k, v in r.headers.items():
-                    if k.lower() not in ("connection", "transfer-encoding", "content-length", "content-encoding"):
-                        self.send_header(k, v)
-                self.send_header("Content-Length", str(len(r.content)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(r.content)
-
-            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 def test_hangar_pull_reads_from_the_object_store_without_credentials(
-    tmp_path: Path, s3_url: str, swift: SwiftS3, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, recording_proxy: RecordingProxy, s3_registries: Callable[..., RegistryProcess]
 ) -> None:
     """With authentication on, hangar pull holds a bearer token for the registry; its ranged
     GETs go to the object store's presigned URLs, which see no token."""
     from tests.people import Person
 
-    proxy = _RecordingProxy(swift.endpoint)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://localhost:{proxy.port}")
-    registry = RegistryProcess(tmp_path / "data", "", "--auth", "required", "--signup", "open", "--storage", s3_url)
-    registry.start()
-    try:
-        alice = Person(registry, tmp_path / "alice", "alice").signup()
-        name = alice.model("alice/model", size=18 * 1024 * 1024)
-        alice.push(name)
-        weights = alice.store.blob_path(alice.store.get(name).manifest.layers[0].digest).read_bytes()
-        # The push sent the layer's part to a presigned URL, and its token never left for the store.
-        assert [s for s in proxy.seen if s[0] == "PUT" and "X-Amz-Signature=" in s[1] and "partNumber=1" in s[1]]
-        assert not [s for s in proxy.seen if s[2].lower().startswith("bearer")]
-        bob = Person(registry, tmp_path / "bob", "bob").signup()
-        proxy.seen.clear()
-        bob.pull(name)
-        pulled = bob.store.blob_path(bob.store.get(name).manifest.layers[0].digest).read_bytes()
-        assert pulled == weights
-        # The blob's bytes are at data/<upload id>, which the blob key names.
-        reads = [s for s in proxy.seen if s[0] == "GET" and "/registry/data/" in s[1]]
-        assert reads and all("X-Amz-Signature=" in path for _, path, _, _ in reads)  # presigned
-        assert any(rng for *_, rng in reads)  # ranged parts
-        assert not [s for s in proxy.seen if s[2].lower().startswith("bearer")]  # no token left us
-    finally:
-        registry.stop()
-        proxy.stop()
+    proxy = recording_proxy
+    registry = s3_registries("--auth", "required", "--signup", "open")
+    alice = Person(registry, tmp_path / "alice", "alice").signup()
+    name = alice.model("alice/model", size=18 * 1024 * 1024)
+    alice.push(name)
+    weights = alice.store.blob_path(alice.store.get(name).manifest.layers[0].digest).read_bytes()
+    # The push sent the layer's part to a presigned URL, and its token never left for the store.
+    assert [s for s in proxy.seen if s[0] == "PUT" and "X-Amz-Signature=" in s[1] and "partNumber=1" in s[1]]
+    assert not [s for s in proxy.seen if s[2].lower().startswith("bearer")]
+    bob = Person(registry, tmp_path / "bob", "bob").signup()
+    proxy.seen.clear()
+    bob.pull(name)
+    pulled = bob.store.blob_path(bob.store.get(name).manifest.layers[0].digest).read_bytes()
+    assert pulled == weights
+    # The blob's bytes are at data/<upload id>, which the blob key names.
+    reads = [s for s in proxy.seen if s[0] == "GET" and "/registry/data/" in s[1]]
+    assert reads and all("X-Amz-Signature=" in path for _, path, _, _ in reads)  # presigned
+    assert any(rng for *_, rng in reads)  # ranged parts
+    assert not [s for s in proxy.seen if s[2].lower().startswith("bearer")]  # no token left us
