@@ -27,12 +27,11 @@ longer than ``COLLECT_HOLD`` in the middle of a delete.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -42,6 +41,7 @@ from formats.digest import Digest
 from registry.accounts import Accounts
 from registry.db import utcnow
 from registry.meta import Metadata
+from registry.renewal import renewed
 from registry.storage import BlobBeingCollected, Claim, VerifiedStore
 
 log = logging.getLogger("hangar.registry.gc")
@@ -111,23 +111,13 @@ async def execute(meta: Metadata, store: VerifiedStore, plan: Plan, pause: Pause
     return done
 
 
-@contextlib.asynccontextmanager
-async def _holding(meta: Metadata, digest: str, generation: str) -> AsyncIterator[None]:
+def _holding(meta: Metadata, digest: str, generation: str) -> contextlib.AbstractAsyncContextManager[None]:
     """Keep gc's hold on a row for as long as it works on the blob, however slow the store."""
 
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(COLLECT_HOLD / 3)
-            if not await run_in_threadpool(meta.hold_blob, digest, generation, COLLECT_HOLD):
-                return
+    async def renew() -> bool:
+        return await run_in_threadpool(meta.hold_blob, digest, generation, COLLECT_HOLD)
 
-    renewing = asyncio.ensure_future(renew())
-    try:
-        yield
-    finally:
-        renewing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewing
+    return renewed(renew, COLLECT_HOLD / 3)
 
 
 def claimer(meta: Metadata) -> Claim:

@@ -23,7 +23,6 @@ interleave their parts in an object store: on one, each takes the session row's 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import re
@@ -48,6 +47,7 @@ from registry.api.common import (
 )
 from registry.db import utcnow
 from registry.mirror.hooks import refuse_mirrored_push
+from registry.renewal import renewed
 from registry.storage import DigestMismatch, EtagMismatch, SizeMismatch, put_blob
 
 # The one digest an empty monolithic upload can have.
@@ -147,22 +147,18 @@ async def _writing(request: Request, name: str, upload_id: str) -> AsyncIterator
             detail={"upload": upload_id}, headers=headers,
         )  # fmt: skip
 
-    async def renew() -> None:
+    async def renew() -> bool:
         nonlocal held
-        while True:
-            await asyncio.sleep(LEASE_SECONDS / 3)
-            until = lease_until()
-            if not await run_in_threadpool(svc.meta.lease_upload, upload_id, held, until):
-                return  # lost (this process stalled past it): the store's offset checks remain
-            held = until
+        until = lease_until()
+        if not await run_in_threadpool(svc.meta.lease_upload, upload_id, held, until):
+            return False  # lost (this process stalled past it): the store's offset checks remain
+        held = until
+        return True
 
-    renewing = asyncio.ensure_future(renew())
     try:
-        yield
+        async with renewed(renew, LEASE_SECONDS / 3):
+            yield
     finally:
-        renewing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await renewing
         await run_in_threadpool(svc.meta.lease_upload, upload_id, held, utcnow())
 
 
