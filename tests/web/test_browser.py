@@ -111,6 +111,7 @@ def models_listed(browser: Any) -> list[str]:
 
 def test_a_pushed_model_is_on_the_home_page_and_found_by_search(browser, site, published) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     visit(browser, site, "/")
     assert published["model"] in models_listed(browser)
@@ -121,7 +122,9 @@ def test_a_pushed_model_is_on_the_home_page_and_found_by_search(browser, site, p
     box = browser.find_element(By.ID, "site-q")
     box.send_keys(published["word"])
     box.submit()
-    assert "/search?q=" in browser.current_url
+    # The form's navigation runs after submit() returns: wait for it, or a busy machine finds the
+    # old page here (and the next test finds the search page landing in place of its own).
+    WebDriverWait(browser, 30).until(lambda b: "/search?q=" in b.current_url)
     visit(browser, site, browser.current_url.removeprefix(site.url))
     assert models_listed(browser) == [published["model"]]  # the private one has the word too
     card = browser.find_element(By.CSS_SELECTOR, "li.model")
@@ -199,6 +202,7 @@ def test_search_by_capability_and_a_private_model_for_a_member(browser, site, tm
     is on the home page and in search for a member of its organisation (the browser sends the
     member's bearer token, as a signed-in session stands for one) and absent for a stranger."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.wait import WebDriverWait
 
     from tests.web.test_search import TOOLS_TEMPLATE
     from tests.web.test_search import publish as publish_described
@@ -212,7 +216,7 @@ def test_search_by_capability_and_a_private_model_for_a_member(browser, site, tm
     assert models_listed(browser) == [f"{bob.name}/talker", f"{bob.name}/caller"]
     browser.find_element(By.CSS_SELECTOR, "input[name=c][value=tools]").click()
     browser.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
-    assert "c=tools" in browser.current_url
+    WebDriverWait(browser, 30).until(lambda b: "c=tools" in b.current_url)  # the form's navigation
     visit(browser, site, browser.current_url.removeprefix(site.url))
     assert models_listed(browser) == [f"{bob.name}/caller"]
     assert browser.find_element(By.CSS_SELECTOR, "input[name=c][value=tools]").is_selected()
