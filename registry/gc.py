@@ -46,9 +46,14 @@ from registry.storage import BlobBeingCollected, Claim, VerifiedStore
 
 log = logging.getLogger("hangar.registry.gc")
 
-PUBLISH_HOLD = 60.0  # an upload's claim: publishing is a few requests (on S3, completing the parts)
+# An upload's claim: publishing is a few requests (on S3, completing the parts; the bytes were
+# verified before the claim). A registry killed mid-publish leaves it behind, so it is short.
+PUBLISH_HOLD = 15.0
 COLLECT_HOLD = 30.0  # gc's, renewed while it deletes: a gc killed meanwhile blocks pushes this long
-CLAIM_WAIT = PUBLISH_HOLD + 30.0  # longer than any hold whose holder is gone: that one is outwaited
+# How long a commit waits for a held row: past a dead upload's hold, and within clients' read
+# timeouts (hangar's is 30 s; 60 s here made a push after a registry restart time out, found by
+# the soak). A row still held then (a gc killed mid-delete) answers 503 with Retry-After.
+CLAIM_WAIT = PUBLISH_HOLD + 5.0
 CLAIM_POLL = 0.1
 
 

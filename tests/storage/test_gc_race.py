@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from formats.digest import Digest
 from registry import db
 from registry.db import utcnow
 from registry.fsck import Fsck
-from registry.gc import claimer, execute, plan_blobs
+from registry.gc import CLAIM_WAIT, PUBLISH_HOLD, claimer, execute, plan_blobs
 from registry.meta import Metadata
 from registry.storage import BlobBeingCollected, BlobInfo, VerifiedStore, put_blob
 from registry.storage.filesystem import FilesystemStore
@@ -156,6 +157,29 @@ def test_a_push_whose_hold_ran_out_before_gc_took_the_row_is_not_linked(
             await run_in_threadpool(meta.link_blob, "team/new", info)
         assert await run_in_threadpool(meta.blob_size, "team/new", digest(data)) is None
         assert [b async for b in store.list()] == []
+
+    asyncio.run(go())
+
+
+def test_a_claim_left_by_a_registry_killed_mid_publish_delays_the_next_push_less_than_a_client_waits(
+    wired: tuple[Metadata, VerifiedStore],
+) -> None:
+    """A registry killed after claiming a blob's row to publish it leaves the claim behind. The next
+    push of the same bytes (the client resuming after the restart) waits it out and is linked well
+    within hangar's 30 s read timeout; with a 60 s hold the soak saw that push time out."""
+    meta, store = wired
+    data = os.urandom(100_000)
+
+    async def go() -> None:
+        dead = await run_in_threadpool(meta.claim_blob, digest(data), len(data), PUBLISH_HOLD)
+        assert dead is not None  # the killed registry's claim, never linked nor released
+        started = time.monotonic()
+        info = await push(meta, store, "team/again", data)
+        waited = time.monotonic() - started
+        assert info.generation is not None and info.generation != dead
+        assert PUBLISH_HOLD - 1 <= waited < CLAIM_WAIT < 30
+        assert await read_all(store, digest(data)) == data
+        assert await run_in_threadpool(meta.blob_size, "team/again", digest(data)) == len(data)
 
     asyncio.run(go())
 
