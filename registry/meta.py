@@ -15,7 +15,7 @@ import datetime as dt
 import re
 import secrets
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -178,6 +178,15 @@ def _joined(values: Sequence[str], limit: int) -> str:
 
 def _split(text: str) -> tuple[str, ...]:
     return tuple(v for v in text.split(",") if v)
+
+
+def _stored_spelling(tag: str, stored: Iterable[str]) -> str | None:
+    """Which of the stored tags equal to ``tag`` ignoring case it means: itself, else the
+    byte-wise first (should an OCI client have pushed several spellings)."""
+    names = list(stored)
+    if tag in names:
+        return tag
+    return min(names) if names else None
 
 
 class Metadata(Transactions):
@@ -499,14 +508,10 @@ class Metadata(Transactions):
         """The stored spelling of ``tag``: itself, else the one equal to it ignoring case (the
         byte-wise first, should an OCI client have pushed several). Tags compare as Ollama's
         names do (protocol spec §1.4), so ``LATEST`` finds ``latest``."""
-        names = list(
-            conn.execute(
-                select(_tag.c.name).where(_tag.c.repository_id == repo_id, func.lower(_tag.c.name) == tag.lower())
-            ).scalars()
-        )
-        if tag in names:
-            return tag
-        return min(names) if names else None
+        names = conn.execute(
+            select(_tag.c.name).where(_tag.c.repository_id == repo_id, func.lower(_tag.c.name) == tag.lower())
+        ).scalars()
+        return _stored_spelling(tag, names)
 
     def get_manifest(self, name: str, reference: str) -> StoredManifest | None:
         """A manifest by tag (spelt as ``_tag_name`` finds it), or by digest when ``reference``
@@ -523,8 +528,7 @@ class Metadata(Transactions):
                 )
                 row = conn.execute(query).first()
                 return StoredManifest(row[0], row[1], row[2]) if row else None
-            # Every tag equal to ``reference`` ignoring case, with its manifest: the exact spelling
-            # wins, else the byte-wise first (``_tag_name``'s rule).
+            # Every tag equal to ``reference`` ignoring case, with its manifest (``_stored_spelling``).
             query = (
                 select(_tag.c.name, *cols)
                 .select_from(
@@ -535,9 +539,8 @@ class Metadata(Transactions):
                 .where(in_repository, func.lower(_tag.c.name) == reference.lower())
             )
             rows: dict[str, StoredManifest] = {str(r[0]): StoredManifest(r[1], r[2], r[3]) for r in conn.execute(query)}
-        if not rows:
-            return None
-        return rows.get(reference) or rows[min(rows)]
+        tag = _stored_spelling(reference, rows)
+        return None if tag is None else rows[tag]
 
     def delete_manifest(self, name: str, digest: Digest) -> bool:
         """Delete a manifest and every tag pointing at it."""
