@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import resource
 import shutil
 import statistics
 import sys
@@ -34,8 +33,8 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import OUT, MiB, Server, free_port, hangar_registry, machine, process_tree_cpu, write_section
-from bench.pull_push import create_model, hangar
+from bench.common import OUT, MiB, Server, free_port, hangar_registry, machine, write_section
+from bench.pull_push import create_model, hangar, pull_with_cpu
 from bench.registry import make_blob
 
 
@@ -44,22 +43,6 @@ def mirror_registry(data: Path, upstream: str) -> tuple[Server, str]:
     cmd = [sys.executable, "-m", "cli", "registry", "serve", "--listen", f"127.0.0.1:{port}", "--auth", "off",
            "--data-dir", str(data), "--log-level", "warning", "--upstream", upstream]  # fmt: skip
     return Server(cmd, f"http://127.0.0.1:{port}/v2/", data.parent / f"{data.name}.log"), f"http://127.0.0.1:{port}"
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed_pull(home: Path, name: str, servers: dict[str, int]) -> tuple[float, dict[str, float]]:
-    """``hangar pull``: seconds, and the CPU seconds of each server and of the client meanwhile."""
-    before = {k: process_tree_cpu(pid) for k, pid in servers.items()}
-    client = children_cpu()
-    seconds = hangar(home, "pull", name)
-    cpu = {k: process_tree_cpu(pid) - before[k] for k, pid in servers.items()}
-    cpu["client"] = children_cpu() - client
-    shutil.rmtree(home, ignore_errors=True)
-    return seconds, cpu
 
 
 def machine_rates(path: Path) -> tuple[float, float]:
@@ -121,7 +104,7 @@ def main() -> int:
                 names["warm"] = names["cold"]
                 kinds = ["cold"] + (["direct", "warm"] if run % 2 == 0 else ["warm", "direct"])
                 for kind in kinds:
-                    seconds, spent = timed_pull(work / f"run{run}-{kind}", names[kind], servers)
+                    seconds, spent = pull_with_cpu(work / f"run{run}-{kind}", names[kind], servers)
                     results[kind].append(size / seconds / MiB)
                     cpu[kind].append(spent)
                     if kind == "cold":

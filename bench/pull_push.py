@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -35,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import OUT, MiB, Server, free_port, machine, reference_registry, write_section
+from bench.common import OUT, MiB, Server, free_port, machine, process_tree_cpu, reference_registry, write_section
 from bench.registry import curl, make_blob, pull_single, push_chunked, split, upload_small
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -48,6 +49,25 @@ def hangar(home: Path, *args: str) -> float:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "cli.main", *args], env=env, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - start
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def pull_with_cpu(home: Path, name: str, servers: dict[str, int]) -> tuple[float, dict[str, float]]:
+    """``hangar pull NAME`` into the empty store ``home`` (removed after): seconds, and the CPU
+    seconds each of ``servers`` (a process with its children, by name) and the ``"client"`` (the
+    ``hangar`` process) spent meanwhile."""
+    shutil.rmtree(home, ignore_errors=True)
+    before = {k: process_tree_cpu(pid) for k, pid in servers.items()}
+    client = _children_cpu()
+    seconds = hangar(home, "pull", name)
+    cpu = {k: process_tree_cpu(pid) - before[k] for k, pid in servers.items()}
+    cpu["client"] = _children_cpu() - client
+    shutil.rmtree(home, ignore_errors=True)
+    return seconds, cpu
 
 
 def create_model(home: Path, name: str, blob: Path) -> None:

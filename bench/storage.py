@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import OUT, GiB, MiB, Server, free_port, machine, process_tree_cpu, write_section
-from bench.pull_push import create_model, hangar
+from bench.pull_push import create_model, hangar, pull_with_cpu
 from bench.registry import make_blob, wrk_rps
 from bench.s3_push import push_throughput
 from tests.roundrobin import RoundRobinProxy
@@ -56,18 +56,6 @@ def idle_cpu_rate(pid: int) -> float:
     before = process_tree_cpu(pid)
     time.sleep(IDLE_SECONDS)
     return (process_tree_cpu(pid) - before) / IDLE_SECONDS
-
-
-def pull_with_cpu(home: Path, name: str, pids: list[int]) -> tuple[float, list[float]]:
-    """``hangar pull`` into an empty store; seconds, and the CPU seconds each of ``pids`` (with
-    its children) spent meanwhile."""
-    shutil.rmtree(home, ignore_errors=True)
-    home.mkdir(parents=True)
-    before = [process_tree_cpu(p) for p in pids]
-    seconds = hangar(home, "pull", name)
-    spent = [process_tree_cpu(p) - b for p, b in zip(pids, before, strict=True)]
-    shutil.rmtree(home)
-    return seconds, spent
 
 
 def main() -> int:
@@ -118,13 +106,13 @@ def main() -> int:
             for run in range(args.runs):
                 print(f"run {run + 1}/{args.runs}: pulls", flush=True)
                 for kind in ("fs", "s3") if run % 2 == 0 else ("s3", "fs"):
-                    pids = [servers[kind], *swift_pids]
+                    pids = {"registry": servers[kind], **{f"swift {i}": p for i, p in enumerate(swift_pids)}}
                     idle = idle_cpu_rate(servers[kind])
                     seconds, cpu = pull_with_cpu(work / "bob", f"{hosts[kind]}/bench/model", pids)
                     record(f"pull {kind}", size / seconds / MiB)
-                    record(f"registry cpu {kind}", cpu[0] / (size / GiB))
+                    record(f"registry cpu {kind}", cpu["registry"] / (size / GiB))
                     record(f"registry idle cpu {kind}", idle * seconds / (size / GiB))
-                    record(f"swift cpu {kind}", sum(cpu[1:]) / (size / GiB))
+                    record(f"swift cpu {kind}", sum(v for k, v in cpu.items() if k.startswith("swift")) / (size / GiB))
 
                 print(f"run {run + 1}/{args.runs}: manifest GETs", flush=True)
                 path = "/v2/bench/model/manifests/latest"  # what hangar push wrote
