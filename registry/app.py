@@ -28,7 +28,7 @@ from registry.api.uploads import progress_headers
 from registry.auth import Authority
 from registry.db import make_engine
 from registry.db import unavailable as database_unavailable
-from registry.gc import claimer, purge_uploads_forever
+from registry.gc import purge_uploads_forever, take_turns
 from registry.meta import Metadata
 from registry.metrics import Metrics, MetricsMiddleware, healthz, metrics_endpoint, readyz
 from registry.mirror.service import make_mirror
@@ -186,7 +186,7 @@ def create_app(settings: config.Settings) -> Starlette:
     meta = Metadata(engine)
     accounts = Accounts(engine)
     store = open_store(settings.storage_location, settings.resolved_data_dir)
-    store.claim = claimer(meta)  # publishes take turns with gc on each blob (registry.gc)
+    take_turns(store, meta)  # publishes take turns with gc on each blob (registry.gc)
     site = web_app()  # the web site, mounted after every API route with its own error pages
 
     @contextlib.asynccontextmanager

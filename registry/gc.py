@@ -28,6 +28,7 @@ longer than ``COLLECT_HOLD`` in the middle of a delete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -42,7 +43,7 @@ from registry.accounts import Accounts
 from registry.db import utcnow
 from registry.meta import Metadata
 from registry.renewal import renewed
-from registry.storage import BlobBeingCollected, Claim, VerifiedStore
+from registry.storage import BlobBeingCollected, BlobInfo, BlobNotFound, Claim, Release, VerifiedStore
 
 log = logging.getLogger("hangar.registry.gc")
 
@@ -125,6 +126,12 @@ def _holding(meta: Metadata, digest: str, generation: str) -> contextlib.Abstrac
     return renewed(renew, COLLECT_HOLD / 3)
 
 
+def take_turns(store: VerifiedStore, meta: Metadata) -> None:
+    """Wire a store's publishes to claim their blob's row first (and release it if they fail)."""
+    store.claim = claimer(meta)
+    store.release = releaser(meta)
+
+
 def claimer(meta: Metadata) -> Claim:
     """The claim ``VerifiedStore`` makes before it publishes an upload's bytes (see above)."""
 
@@ -137,6 +144,34 @@ def claimer(meta: Metadata) -> Claim:
         return generation
 
     return claim
+
+
+def releaser(meta: Metadata) -> Release:
+    """The release ``VerifiedStore`` makes of a claim whose bytes it did not publish."""
+
+    async def release(digest: Digest, generation: str, present: bool) -> None:
+        await run_in_threadpool(meta.release_blob, digest, generation, present)
+
+    return release
+
+
+async def link_stored(meta: Metadata, store: VerifiedStore, name: str, digest: Digest) -> BlobInfo | None:
+    """Link bytes the store already has (another repository's; another worker's download) into
+    ``name``, taking a turn on the row as an upload does, so that gc cannot delete them between the
+    look and the link. None if the store does not have them (or gc deleted them meanwhile)."""
+    try:
+        info = await store.stat(digest)
+    except BlobNotFound:
+        return None
+    generation = await store.claimed(digest, info.size)
+    try:
+        info = await store.stat(digest)  # still there once claimed: gc cannot take them now
+    except BlobNotFound:
+        await store.release_claim(digest, generation)
+        return None
+    info = dataclasses.replace(info, generation=generation)
+    await run_in_threadpool(meta.link_blob, name, info)
+    return info
 
 
 async def purge_uploads_forever(meta: Metadata, accounts: Accounts, store: VerifiedStore, max_age: float) -> None:

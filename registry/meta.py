@@ -865,6 +865,20 @@ class Metadata(Transactions):
             conn.execute(update(_blob).where(_blob.c.digest == str(digest)).values(generation=generation, **values))
             return str(generation)
 
+    def release_blob(self, digest: Digest, generation: str, present: bool) -> None:
+        """Undo ``claim_blob`` for bytes that were not published after all (the publish failed, or
+        the bytes were gone once claimed): the hold ends, so the next upload need not wait for it,
+        and a row the store has no bytes for is deleted unless something uses it. Nothing if the
+        row is not that generation any more."""
+        with self._write() as conn:
+            claimed = and_(_blob.c.digest == str(digest), _blob.c.generation == generation)
+            if not present:
+                used = exists().where(_repository_blob.c.digest == str(digest))
+                named = exists().where(_reference.c.digest == str(digest))
+                if conn.execute(delete(_blob).where(claimed, ~used, ~named)).rowcount:
+                    return
+            conn.execute(update(_blob).where(claimed).values(held_until=None))
+
     def collect_blob(self, digest: str, cutoff: dt.datetime, hold: float) -> str | None:
         """gc takes a blob's row to delete its bytes: the row's new generation (no upload claimed
         it), held for ``hold`` seconds. None when a repository links it or a manifest names it, it

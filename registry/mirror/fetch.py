@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -231,9 +232,7 @@ class BlobFetcher:
             return info
         flight.lock_fd = fd
         try:
-            info = await self._download(flight, client, repository)
-            await self._publish(flight, info)
-            return info
+            return await self._publish(flight, await self._download(flight, client, repository))
         except BaseException as e:
             if not isinstance(e, (UpstreamUnreachable, asyncio.CancelledError)):
                 with contextlib.suppress(FileNotFoundError):
@@ -361,23 +360,26 @@ class BlobFetcher:
         flight.written += len(data)
         await flight._notify()
 
-    async def _publish(self, flight: Flight, info: BlobInfo) -> None:
-        """The verified file becomes the store's blob."""
+    async def _publish(self, flight: Flight, info: BlobInfo) -> BlobInfo:
+        """The verified file becomes the store's blob: its info, with the claim on its row (as an
+        upload's commit makes, so gc does not delete it before it is linked)."""
         from registry.storage.filesystem import FilesystemStore
 
         backend = self.store.backend
         if isinstance(backend, FilesystemStore):
             target = backend.blob_path(info.digest)
+            generation = await self.store.claimed(info.digest, info.size)
             try:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 os.chmod(flight.path, 0o644)
                 os.link(flight.path, target)  # a reader of the partial file keeps its inode
                 os.unlink(flight.path)
-                return
+                return dataclasses.replace(info, generation=generation)
             except FileExistsError:
                 os.unlink(flight.path)  # another worker (or an upload) stored it first
-                return
-            except OSError as e:  # another filesystem: copy it in below
+                return dataclasses.replace(info, generation=generation)
+            except OSError as e:  # another filesystem: copy it in below (which claims again)
+                await self.store.release_claim(info.digest, generation)
                 log.info("mirror: cannot link %s into the store (%s); copying", info.digest, e)
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -385,9 +387,10 @@ class BlobFetcher:
                 while data := await _in_thread(f.read, WRITE_BATCH):
                     yield data
 
-        await put_blob(self.store, f"mirror-{uuid.uuid4().hex}", info.digest, chunks(), info.size)
+        stored = await put_blob(self.store, f"mirror-{uuid.uuid4().hex}", info.digest, chunks(), info.size)
         # Readers that opened the partial file keep reading it after this unlink.
         os.unlink(flight.path)
+        return stored
 
 
 def _open_lock(path: Path) -> tuple[int, bool]:

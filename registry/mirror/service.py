@@ -37,7 +37,7 @@ from formats.manifest import Manifest
 from formats.names import repository_key, repository_namespace
 from registry.config import Settings
 from registry.db import utcnow
-from registry.gc import collect
+from registry.gc import collect, link_stored
 from registry.meta import Metadata, StoredManifest
 from registry.mirror.cache import CachedRepository, CacheState
 from registry.mirror.config import Upstream, parse_cache_size, route
@@ -194,10 +194,8 @@ class Mirror:
         for desc in parsed.blobs():
             if await run_in_threadpool(self.meta.blob_size, name, desc.digest) is not None:
                 continue
-            try:  # shared by content: the upstream's manifest vouches that this repository has it
-                info = await self.store.stat(desc.digest)
-                await run_in_threadpool(self.meta.link_blob, name, info)
-            except BlobNotFound:
+            # Shared by content: the upstream's manifest vouches that this repository has it.
+            if await link_stored(self.meta, self.store, name, desc.digest) is None:
                 flights.append(self.fetcher.fetch(client, name, desc.digest, desc.size))
         key = (repository_key(name), (tag or fetched.digest).lower())
         self.pending[key] = (stored, time.time())
@@ -231,7 +229,7 @@ class Mirror:
             infos = await asyncio.gather(*(f.wait() for f in flights))
             await asyncio.gather(*children)
             for info in infos:  # linked already by the flight; again in case this name joined late
-                await run_in_threadpool(self.meta.link_blob, name, info)
+                await self._link(name, info)
             await run_in_threadpool(self.meta.put_manifest, name, parsed, tag)
             if tag is not None:
                 await run_in_threadpool(self.cache.set_checked, name, tag, digest)
@@ -275,7 +273,7 @@ class Mirror:
         client = self.clients[upstream.url]
         if flight is None:
             try:
-                info = await self.store.stat(digest)
+                await self.store.stat(digest)
             except BlobNotFound:
                 flight = self.fetcher.fetch(client, name, digest)
             else:
@@ -283,8 +281,9 @@ class Mirror:
                 await self._upstream_has(client, name, digest)
                 if not await run_in_threadpool(self.cache.ensure, name, upstream.url):
                     return None
-                await run_in_threadpool(self.meta.link_blob, name, info)
-                return None
+                if await link_stored(self.meta, self.store, name, digest) is not None:
+                    return None
+                flight = self.fetcher.fetch(client, name, digest)  # gc deleted them meanwhile
         flight.repositories.add(name)
         try:
             size = await flight.wait_size()
@@ -309,12 +308,23 @@ class Mirror:
 
     async def _stored(self, flight: Flight, info: BlobInfo) -> None:
         for name in sorted(flight.repositories):
-            await run_in_threadpool(self.meta.link_blob, name, info)
+            info = await self._link(name, info)
         if flight.by_other_worker:
             return  # that worker reads its chunk sums back
         task = asyncio.create_task(self._chunk_sums(info))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _link(self, name: str, info: BlobInfo) -> BlobInfo:
+        """Link a flight's blob into ``name``: under the claim its download made, or, stored by
+        another worker (no claim here), taking a turn with gc first (``link_stored``)."""
+        if info.generation is not None:
+            await run_in_threadpool(self.meta.link_blob, name, info)
+            return info
+        linked = await link_stored(self.meta, self.store, name, info.digest)
+        if linked is None:
+            raise BlobNotFound(f"{info.digest} left the store before it was linked (gc); fetched again on request")
+        return linked
 
     async def _chunk_sums(self, info: BlobInfo) -> None:
         """The 16 MiB chunk sums of a blob just stored, read back once in the background (the

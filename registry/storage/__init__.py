@@ -35,7 +35,7 @@ from registry.storage.base import (
     UploadModeConflict,
     UploadNotFound,
 )
-from registry.storage.verify import Claim, ContentHash, VerifiedStore, put_blob
+from registry.storage.verify import Claim, ContentHash, Release, VerifiedStore, put_blob
 
 __all__ = [
     "CHUNK_SIZE",
@@ -50,6 +50,7 @@ __all__ = [
     "IncompleteChunk",
     "OffsetMismatch",
     "OversizedChunk",
+    "Release",
     "SizeMismatch",
     "StorageError",
     "StorageUnavailable",

@@ -16,6 +16,7 @@ upload once to hash it, as before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -28,6 +29,7 @@ from formats.digest import Digest
 from registry.storage.base import (
     CHUNK_SIZE,
     BlobInfo,
+    BlobNotFound,
     BlobStore,
     DigestMismatch,
     EtagMismatch,
@@ -236,6 +238,10 @@ class _HashingFeed:
 # (``registry.gc.claimer``: the blob row's generation, which gc changes when it takes the row to
 # delete the bytes). Waits while gc deletes them; raises BlobBeingCollected when it takes too long.
 Claim = Callable[[Digest, int], Awaitable[str]]
+# Undoes a claim whose bytes were not published after all (``registry.gc.releaser``); ``present``
+# says whether the store has bytes under the digest, so that a row made by the claim for bytes
+# that never came is deleted rather than left naming nothing.
+Release = Callable[[Digest, str, bool], Awaitable[None]]
 
 
 class VerifiedStore:
@@ -245,6 +251,7 @@ class VerifiedStore:
         self.backend = backend
         # Set by the app (registry.app) where gc may delete blobs; without it, publishes claim nothing.
         self.claim: Claim | None = None
+        self.release: Release | None = None
 
     async def ready(self) -> None:
         await self.backend.ready()
@@ -328,9 +335,32 @@ class VerifiedStore:
         if etag and stored_etag is not None and stored_etag != etag.strip('"'):
             await self.backend.abort_upload(upload_id)
             raise EtagMismatch(etag, stored_etag)
-        generation = await self.claim(digest, actual_size) if self.claim is not None else None
-        await self.backend.publish_upload(upload_id, digest, actual_size)
+        generation = await self.claimed(digest, actual_size)
+        try:
+            await self.backend.publish_upload(upload_id, digest, actual_size)
+        except Exception:
+            # Else the claim would hold the row for its whole hold, and the next push of these
+            # bytes (the client's retry) would wait for it. A release that fails leaves just that.
+            with contextlib.suppress(Exception):
+                await self.release_claim(digest, generation)
+            raise
         return BlobInfo(digest, actual_size, content.chunk_sums(), generation)
+
+    async def claimed(self, digest: Digest, size: int) -> str | None:
+        """The ``claim`` on ``digest``'s row before its bytes are published or linked (None where
+        nothing is claimed): gc does not delete them until the link ends it."""
+        return await self.claim(digest, size) if self.claim is not None else None
+
+    async def release_claim(self, digest: Digest, generation: str | None) -> None:
+        """Let go of a claim (``claimed``) whose bytes were not published or linked after all."""
+        if generation is None or self.release is None:
+            return
+        try:
+            await self.backend.stat(digest)
+        except BlobNotFound:
+            await self.release(digest, generation, False)
+        else:
+            await self.release(digest, generation, True)
 
     async def abort_upload(self, upload_id: str) -> None:
         await self.backend.abort_upload(upload_id)

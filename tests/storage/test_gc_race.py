@@ -19,7 +19,7 @@ from formats.digest import Digest
 from registry import db
 from registry.db import utcnow
 from registry.fsck import Fsck
-from registry.gc import CLAIM_WAIT, PUBLISH_HOLD, claimer, execute, plan_blobs
+from registry.gc import CLAIM_WAIT, PUBLISH_HOLD, claimer, execute, link_stored, plan_blobs, take_turns
 from registry.meta import Metadata
 from registry.storage import BlobBeingCollected, BlobInfo, VerifiedStore, put_blob
 from registry.storage.filesystem import FilesystemStore
@@ -40,7 +40,7 @@ def wired(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Meta
         store = VerifiedStore(request.getfixturevalue("s3_backend"))
     db.upgrade(url)
     meta = Metadata(db.make_engine(url, pooled=False))
-    store.claim = claimer(meta)
+    take_turns(store, meta)
     yield meta, store
     meta.engine.dispose()
 
@@ -206,6 +206,103 @@ def test_what_a_gc_killed_between_the_bytes_and_the_row_leaves_is_a_leftover(
         assert (await Fsck(meta, store).run()).problems == []
         await push(meta, store, "team/new", data)
         assert await read_all(store, digest(data)) == data
+
+    asyncio.run(go())
+
+
+def test_a_publish_that_fails_lets_go_of_its_claim(
+    wired: tuple[Metadata, VerifiedStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store fails to publish verified bytes: the claim made for them is released (the row it
+    made for bytes that never came is gone), so the client's retry is not kept waiting for the
+    hold, and fsck finds nothing left behind."""
+    meta, store = wired
+    data = os.urandom(100_000)
+
+    async def failing(upload_id: str, d: Digest, size: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    async def go() -> None:
+        with monkeypatch.context() as patched:
+            patched.setattr(store.backend, "publish_upload", failing)
+            with pytest.raises(OSError, match="No space left"):
+                await publish(store, data)
+        assert meta.count("blob") == 0
+        started = time.monotonic()
+        await push(meta, store, "team/retry", data)
+        assert time.monotonic() - started < PUBLISH_HOLD / 2  # no hold to wait out
+        assert await read_all(store, digest(data)) == data
+        assert (await Fsck(meta, store, full=True).run()).problems == []
+
+    asyncio.run(go())
+
+
+def test_a_failed_publish_of_bytes_the_store_has_keeps_their_row_and_ends_the_hold(
+    wired: tuple[Metadata, VerifiedStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another repository's bytes are stored (unlinked, gc's to take) when a second upload of them
+    fails to publish: their row stays (the bytes are there) and is free for gc again."""
+    meta, store = wired
+    data = os.urandom(100_000)
+
+    async def failing(upload_id: str, d: Digest, size: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    async def go() -> None:
+        await orphan(meta, store, data)
+        monkeypatch.setattr(store.backend, "publish_upload", failing)
+        with pytest.raises(OSError):
+            await publish(store, data)
+        assert meta.count("blob") == 1
+        done = await execute(meta, store, await plan_blobs(meta, grace=0))
+        assert done.blobs == [str(digest(data))]  # not held: gc may take it at once
+
+    asyncio.run(go())
+
+
+def test_linking_stored_bytes_waits_for_gc_deleting_them_and_then_finds_them_gone(
+    wired: tuple[Metadata, VerifiedStore],
+) -> None:
+    """The mirror links bytes it finds in the store (``link_stored``) while gc is deleting them:
+    it waits for gc, then sees they are gone and links nothing (the mirror fetches them again),
+    where a look at the store followed by a plain link would have named deleted bytes."""
+    meta, store = wired
+    data = os.urandom(100_000)
+
+    async def go() -> None:
+        await orphan(meta, store, data)
+        plan = await plan_blobs(meta, grace=0)
+        tasks: list[asyncio.Task[BlobInfo | None]] = []
+
+        async def pause(d: str) -> None:
+            tasks.append(asyncio.create_task(link_stored(meta, store, "mirror/new", digest(data))))
+            await asyncio.sleep(0.5)  # it found the bytes and is waiting for gc's hold
+            assert not tasks[0].done()
+
+        done = await execute(meta, store, plan, pause)
+        assert done.blobs == [str(digest(data))]
+        assert await tasks[0] is None
+        assert await run_in_threadpool(meta.blob_size, "mirror/new", digest(data)) is None
+        assert meta.count("blob") == 0
+        assert (await Fsck(meta, store, full=True).run()).problems == []
+
+    asyncio.run(go())
+
+
+def test_linked_stored_bytes_are_kept_from_gc(wired: tuple[Metadata, VerifiedStore]) -> None:
+    """Bytes found in the store and linked by ``link_stored`` are the repository's: gc keeps them."""
+    meta, store = wired
+    data = os.urandom(100_000)
+
+    async def go() -> None:
+        await orphan(meta, store, data)
+        plan = await plan_blobs(meta, grace=0)
+        info = await link_stored(meta, store, "mirror/new", digest(data))
+        assert info is not None and info.generation is not None
+        assert (await execute(meta, store, plan)).blobs == []
+        assert await run_in_threadpool(meta.blob_size, "mirror/new", digest(data)) == len(data)
+        assert await link_stored(meta, store, "mirror/other", Digest("0" * 64)) is None
+        assert (await Fsck(meta, store, full=True).run()).problems == []
 
     asyncio.run(go())
 
