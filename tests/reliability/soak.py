@@ -100,14 +100,15 @@ class Lost(Exception):
 
 class Soak:
     def __init__(  # type: ignore[no-untyped-def]
-        self, root: Path, seed: int, database_url: str = "", say=print, scale: Scale = FULL
+        self, root: Path, seed: int, database_url: str = "", say=print, scale: Scale = FULL, workers: int = 1
     ) -> None:
         self.root = root
         self.seed = seed
         self.random = random.Random(seed)
         self.say = say
         self.scale = scale
-        self.registry = RegistryProcess(root / "registry", database_url, "--auth", "off")
+        # Several workers: a kill -9 of the process group takes them all, each mid-request.
+        self.registry = RegistryProcess(root / "registry", database_url, "--auth", "off", "--workers", str(workers))
         self.source_home = root / "source"
         self.source = Store(load({"HANGAR_HOME": str(self.source_home)}).models).ensure()
         self.no_runtime = f"127.0.0.1:{free_port()}"  # `hangar create` works locally: no `hangar serve` there
@@ -703,6 +704,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="random seed (default: a new one, printed)")
     parser.add_argument("--database-url", default="", help="PostgreSQL URL (default: SQLite in the data dir)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--workers", type=int, default=1, help="the registry's worker processes (default 1)")
     parser.add_argument("--small", action="store_true", help="the test suite's small models and counts")
     parser.add_argument("--max-minutes", type=float, help="start no iteration after this long")
     parser.add_argument("--report", type=Path, help="write the outcomes as JSON here")
@@ -714,7 +716,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         soak = Soak(root, seed, args.database_url, say=lambda line: print(line, flush=True),
-                    scale=SMALL if args.small else Scale())  # fmt: skip
+                    scale=SMALL if args.small else Scale(), workers=args.workers)  # fmt: skip
         outcomes = soak.soak(args.iterations, tuple(k for k in args.kinds.split(",") if k), args.max_minutes)
     finally:
         if not args.keep:
