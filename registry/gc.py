@@ -9,7 +9,9 @@ Uploads and gc take turns on a blob's bytes through its database row (``registry
 
 - an upload whose bytes are verified claims the row before it publishes them (``claimer``, made
   if missing); the claim holds the row for ``PUBLISH_HOLD`` and names its generation. Linking the
-  bytes into the repository checks that generation in the same transaction and ends the hold;
+  bytes into the repository checks that generation in the same transaction and ends the hold; a
+  publish that fails releases it (``releaser``). Bytes already in the store (the mirror's) are
+  linked under a claim too (``link_stored``);
 - gc takes a row only if nobody holds it and nothing links or names it (checked with the row
   locked), gives it a new generation and holds it, renewing the hold every ``COLLECT_HOLD``/3
   while it deletes the bytes; then deletes the row (if still its generation);
