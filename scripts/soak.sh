@@ -9,6 +9,7 @@
 #   scripts/soak.sh --kinds gc,migration     only these kinds (the list: --help)
 #   scripts/soak.sh --iterations 50 --max-minutes 25   starts no iteration after 25 minutes
 #   scripts/soak.sh --small --iterations 1   the test suite's scale: small models and counts
+#   scripts/soak.sh --workers 2              the registry with two worker processes (killed together)
 #   scripts/soak.sh --database-url postgresql+psycopg://…   on PostgreSQL instead of SQLite (the
 #                                            migration kind makes its old-schema databases on that
 #                                            server: its user must be allowed to create databases)
