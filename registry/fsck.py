@@ -249,7 +249,7 @@ class Fsck:
             if problem is None:
                 continue
             kind, detail = problem
-            if kind == "missing-blob" and self._unused(row.digest):
+            if kind == "missing-blob" and not self.meta.blob_in_use(row.digest):
                 # What a gc killed between deleting the bytes and the row leaves (registry.gc).
                 repaired = self.repair and await collect(self.meta, self.store, row.digest, utcnow())
                 self._found("unused-row", row.digest, "a blob row nothing uses, its bytes deleted", repaired)
@@ -258,12 +258,6 @@ class Fsck:
             repaired = self.repair and await self._drop_blob(row, kind)
             self._found(kind, row.digest, detail, repaired)
         return lost
-
-    def _unused(self, digest: str) -> bool:
-        used = exists().where(_repository_blob.c.digest == digest)
-        named = exists().where(_reference.c.digest == digest)
-        with read_transaction(self.engine) as conn:
-            return not conn.execute(select(or_(used, named))).scalar()
 
     async def _check_blob(self, row: _BlobRow, whole: bool) -> tuple[str, str] | None:
         try:

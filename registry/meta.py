@@ -189,6 +189,12 @@ def _stored_spelling(tag: str, stored: Iterable[str]) -> str | None:
     return min(names) if names else None
 
 
+def _blob_used(digest: Any) -> Any:
+    """Whether a repository links the blob or a manifest names it: while so, gc keeps it.
+    ``digest``: a value, or the blob table's column (correlated, row by row)."""
+    return or_(exists().where(_repository_blob.c.digest == digest), exists().where(_reference.c.digest == digest))
+
+
 class Metadata(Transactions):
     def _insert(self, conn: Connection, table: Table) -> Any:
         """An INSERT that can take ON CONFLICT clauses on either backend."""
@@ -827,17 +833,18 @@ class Metadata(Transactions):
 
     def unreferenced_blobs(self, cutoff: dt.datetime) -> list[str]:
         """Blobs older than ``cutoff`` that no repository links and no manifest names."""
-        query = select(_blob.c.digest).where(
-            _blob.c.created_at < cutoff,
-            ~exists().where(_repository_blob.c.digest == _blob.c.digest),
-            ~exists().where(_reference.c.digest == _blob.c.digest),
-        )
+        query = select(_blob.c.digest).where(_blob.c.created_at < cutoff, ~_blob_used(_blob.c.digest))
         with self._read() as conn:
             return list(conn.execute(query).scalars())
 
     # gc and uploads take turns on a blob's bytes through its row (registry.gc has the protocol):
     # an upload claims the row before it publishes, gc takes it before it deletes, each for a
     # while (``held_until``); gc's taking gives the row a new generation, which the link checks.
+
+    def blob_in_use(self, digest: str) -> bool:
+        """Whether a repository links the blob or a manifest names it (gc's rule)."""
+        with self._read() as conn:
+            return bool(conn.execute(select(_blob_used(digest))).scalar())
 
     def claim_blob(self, digest: Digest, size: int, hold: float) -> str | None:
         """Before an upload publishes bytes under ``digest``: the row's generation, the row held
@@ -872,11 +879,8 @@ class Metadata(Transactions):
         row is not that generation any more."""
         with self._write() as conn:
             claimed = and_(_blob.c.digest == str(digest), _blob.c.generation == generation)
-            if not present:
-                used = exists().where(_repository_blob.c.digest == str(digest))
-                named = exists().where(_reference.c.digest == str(digest))
-                if conn.execute(delete(_blob).where(claimed, ~used, ~named)).rowcount:
-                    return
+            if not present and conn.execute(delete(_blob).where(claimed, ~_blob_used(str(digest)))).rowcount:
+                return
             conn.execute(update(_blob).where(claimed).values(held_until=None))
 
     def collect_blob(self, digest: str, cutoff: dt.datetime, hold: float) -> str | None:
@@ -890,9 +894,7 @@ class Metadata(Transactions):
             row = conn.execute(query.with_for_update()).first()
             if row is None or row.created_at >= cutoff or (row.held_until is not None and row.held_until > now):
                 return None
-            used = exists().where(_repository_blob.c.digest == digest)
-            named = exists().where(_reference.c.digest == digest)
-            if conn.execute(select(or_(used, named))).scalar():
+            if conn.execute(select(_blob_used(digest))).scalar():
                 return None
             generation = uuid.uuid4().hex
             values = {"generation": generation, "held_until": now + dt.timedelta(seconds=hold)}

@@ -357,10 +357,10 @@ class VerifiedStore:
             return
         try:
             await self.backend.stat(digest)
+            present = True
         except BlobNotFound:
-            await self.release(digest, generation, False)
-        else:
-            await self.release(digest, generation, True)
+            present = False
+        await self.release(digest, generation, present)
 
     async def abort_upload(self, upload_id: str) -> None:
         await self.backend.abort_upload(upload_id)
