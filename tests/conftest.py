@@ -9,7 +9,7 @@ import pytest
 
 from client.store import Store
 from tests.people import Person, unique
-from tests.servers import PostgresCluster, ReferenceRegistry, RegistryProcess, RuntimeProcess
+from tests.servers import PostgresCluster, ReferenceRegistry, RegistryProcess, RuntimeProcess, registries
 
 BACKENDS = ["sqlite", "postgres"]
 
@@ -54,18 +54,8 @@ def registry(
 def make_registry(request: pytest.FixtureRequest, tmp_path: Path, database_factory) -> Iterator:  # type: ignore[no-untyped-def]
     """A factory for registries a test may restart or kill (one database per test); without
     authentication unless the test passes ``--auth required``."""
-    started: list[RegistryProcess] = []
-    database_url = database_factory(request.param)
-
-    def make(*extra_args: str) -> RegistryProcess:
-        args = extra_args if "--auth" in extra_args else ("--auth", "off", *extra_args)
-        proc = RegistryProcess(tmp_path / f"data{len(started)}", database_url, *args)
-        started.append(proc)
-        return proc.start()
-
-    yield make
-    for proc in started:
-        proc.stop()
+    with registries(lambda n: tmp_path / f"data{n}", database_factory(request.param)) as make:
+        yield make
 
 
 @pytest.fixture

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Self
 
@@ -170,6 +172,28 @@ class RegistryProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+@contextlib.contextmanager
+def registries(
+    data_dir: Callable[[int], Path], database_url: str = "", *args: str
+) -> Iterator[Callable[..., RegistryProcess]]:
+    """``start(*extra)``: a started ``hangar registry serve`` with ``args`` and ``extra``, without
+    authentication unless they name ``--auth``, on the data directory ``data_dir(n)`` for the
+    n-th started; every one stopped at the end."""
+    started: list[RegistryProcess] = []
+
+    def start(*extra: str) -> RegistryProcess:
+        auth = () if "--auth" in args + extra else ("--auth", "off")
+        proc = RegistryProcess(data_dir(len(started)), database_url, *auth, *args, *extra)
+        started.append(proc)
+        return proc.start()
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.stop()
 
 
 class ReferenceRegistry:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from registry.storage.s3 import S3Store
-from tests.servers import REPO_ROOT, RegistryProcess
+from tests.servers import REPO_ROOT, RegistryProcess, registries
 from tests.swift import SwiftS3
 
 
@@ -53,17 +53,8 @@ def s3_registries(tmp_path: Path, s3_url: str) -> Iterator[Callable[..., Registr
     """``start(*args)``: a started ``hangar registry serve --storage s3://…`` on the test's bucket
     and data directory (several share them, as replicas do), ``--auth off`` unless ``args`` name
     ``--auth``; the AWS variables as the test has set them when it starts one. Stopped at the end."""
-    started: list[RegistryProcess] = []
-
-    def start(*args: str) -> RegistryProcess:
-        auth = () if "--auth" in args else ("--auth", "off")
-        proc = RegistryProcess(tmp_path / "data", "", *auth, "--storage", s3_url, *args)
-        started.append(proc)
-        return proc.start()
-
-    yield start
-    for proc in started:
-        proc.stop()
+    with registries(lambda _n: tmp_path / "data", "", "--storage", s3_url) as start:
+        yield start
 
 
 @pytest.fixture
