@@ -196,11 +196,11 @@ class Batcher:
             seq.prompt = fit(request, self.n_ctx, seq.keep, s.num_predict)
             if not seq.prompt:
                 raise BadInput("the prompt is empty")
-            self._borrow(slot, seq.prompt)
-            if slot.saved is not None and slot.saved[0] == seq.prompt and slot.tokens[: len(seq.prompt)] == seq.prompt:
+            shared = self._borrow(slot, seq.prompt)
+            if slot.saved is not None and slot.saved[0] == seq.prompt and shared == len(seq.prompt):
                 same = len(seq.prompt)  # all of it, and its logits
             else:  # at least the last token is evaluated again: sampling needs its logits
-                same = min(_common(slot.tokens, seq.prompt), len(seq.prompt) - 1)
+                same = min(shared, len(seq.prompt) - 1)
             if same and not self._holds(slot, same):
                 self._clear(slot)
                 same = 0
@@ -239,21 +239,22 @@ class Batcher:
         elif not seq.todo and slot.saved is not None:
             self._sample(slot, -1, slot.saved[1])
 
-    def _borrow(self, slot: Slot, prompt: list[int]) -> None:
+    def _borrow(self, slot: Slot, prompt: list[int]) -> int:
         """Copy into ``slot`` the cells of the longest start of ``prompt`` another slot holds
         (busy or free: a busy one's cells are all decoded between steps), when that is at least
-        ``min_copy`` tokens more than ``slot`` holds itself."""
+        ``min_copy`` tokens more than ``slot`` holds itself. How many of ``prompt``'s first tokens
+        ``slot`` holds then."""
         import llama_cpp
 
         own = _common(slot.tokens, prompt)
         others = [s for s in self.slots if s is not slot]
         if not others:
-            return
+            return own
         best = max(others, key=lambda s: _common(s.tokens, prompt))
         # The last prompt token is evaluated again whatever is cached (its logits are needed).
         n = min(_common(best.tokens, prompt), len(prompt) - 1)
         if n - own < self.min_copy or not self._holds(best, n):
-            return
+            return own
         # Sequences have streams of their own (not unified): llama.cpp copies a whole sequence
         # across streams, never a range of it, so copy all of it and drop the tail.
         llama_cpp.llama_memory_seq_rm(self.memory, slot.id, -1, -1)
@@ -262,6 +263,8 @@ class Batcher:
         slot.saved = None
         if not llama_cpp.llama_memory_seq_rm(self.memory, slot.id, n, -1):
             self._clear(slot)  # this memory cannot drop a tail (recurrent): start over
+            return 0
+        return n
 
     def _holds(self, slot: Slot, n: int) -> bool:
         """Whether ``slot``'s cells can serve its first ``n`` tokens as a prefix: a model with a
